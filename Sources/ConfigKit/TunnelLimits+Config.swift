@@ -1,0 +1,25 @@
+import NIOCore
+import TunnelCore
+
+extension TunnelLimits {
+    /// Reads the `limits:` mapping shared by relay.yaml and connector.yaml; absent keys keep the defaults.
+    public static func read(from map: ConfigMap?) throws -> TunnelLimits {
+        var limits = TunnelLimits()
+        guard let map else { return limits }
+        limits.maxWebSocketFrameSize = try map.size("max_websocket_frame_size", default: limits.maxWebSocketFrameSize, range: 125...(1 << 30))
+        limits.maxOutboundWebSocketFrameSize = try map.size(
+            "max_outbound_websocket_frame_size", default: limits.maxOutboundWebSocketFrameSize, range: 1024...(1 << 24))
+        limits.maxConcurrentStreams = try map.int("max_concurrent_streams", default: limits.maxConcurrentStreams, range: 1...10_000)
+        limits.initialWindowSize = try map.size("initial_window_size", default: limits.initialWindowSize, range: 1024...((1 << 31) - 1))
+        limits.connectionWindowSize = try map.size(
+            "connection_window_size", default: limits.connectionWindowSize, range: 65_535...((1 << 31) - 1))
+        limits.maxFrameSize = try map.size("max_frame_size", default: limits.maxFrameSize, range: (1 << 14)...((1 << 24) - 1))
+        limits.maxHeaderListSize = try map.size("max_header_list_size", default: limits.maxHeaderListSize, range: 1024...(1 << 24))
+        limits.handshakeTimeout = .milliseconds(
+            try map.durationMilliseconds("handshake_timeout", default: limits.handshakeTimeout.nanoseconds / 1_000_000, range: 100...600_000))
+        limits.keepaliveInterval = .milliseconds(
+            try map.durationMilliseconds("keepalive_interval", default: limits.keepaliveInterval.nanoseconds / 1_000_000, range: 100...3_600_000))
+        try map.finish()
+        return limits
+    }
+}

@@ -1,0 +1,52 @@
+import NIOCore
+import NIOHTTP1
+import NIOPosix
+import TunnelCore
+
+/// Opens the connection to the component a tunnel stream names. The relay can only name a
+/// component; the address comes from the connector's own config, never from the request.
+struct ComponentOpener: Sendable {
+    let components: [String: Component]
+    let connectTimeout: TimeAmount
+
+    init(components: [Component], connectTimeout: TimeAmount = .seconds(5)) {
+        self.components = Dictionary(uniqueKeysWithValues: components.map { ($0.name, $0) })
+        self.connectTimeout = connectTimeout
+    }
+
+    func open(_ head: HTTPRequestHead, _ upstream: ProxyUpstreamHandler) -> EventLoopFuture<HTTPRequestHead> {
+        let loop = upstream.downstreamEventLoop
+        let name = head.headers.first(name: WireHeader.component) ?? ""
+        guard let component = self.components[name] else {
+            return loop.makeFailedFuture(
+                ProxyRefusal(
+                    .notFound, code: "unknown_component",
+                    message: "component \"\(name)\" is not offered by this cluster's connector"))
+        }
+        guard head.uri.hasPrefix("/") else {
+            return loop.makeFailedFuture(
+                ProxyRefusal(.badRequest, code: "bad_target", message: "only origin-form request targets (/path) are accepted"))
+        }
+        var forwarded = head
+        forwarded.version = .http1_1
+        forwarded.uri = component.basePath + head.uri
+        forwarded.headers.removeRelayOwned()
+        forwarded.headers.replaceOrAdd(name: "host", value: component.authority)
+
+        return ClientBootstrap(group: loop)
+            .connectTimeout(self.connectTimeout)
+            .channelOption(ChannelOptions.socketOption(.tcp_nodelay), value: 1)
+            .channelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    try channel.pipeline.syncOperations.addHTTPClientHandlers()
+                    try channel.pipeline.syncOperations.addHandler(upstream)
+                }
+            }
+            .connect(host: component.host, port: component.port)
+            .map { _ in forwarded }
+            .flatMapErrorThrowing { _ in
+                // The component's address stays on the customer's side: the expert sees the name only.
+                throw ProxyRefusal.badGateway("component \"\(name)\" is not reachable from the connector")
+            }
+    }
+}

@@ -1,0 +1,199 @@
+import Crypto
+import Foundation
+import NIOConcurrencyHelpers
+import NIOCore
+import NIOHTTP1
+import NIOPosix
+
+/// A small cluster "component" for the demo, the tests and the benchmarks: an HTML page, a JSON
+/// API, downloads of any size (`/bytes/N`, generated, honouring backpressure) and uploads answered
+/// with their SHA-256 (`/upload`). It counts what it receives, so tests can assert what got through.
+public final class DemoComponent: Sendable {
+    public let channel: Channel
+    private let countersBox: NIOLockedValueBox<Counters>
+
+    public struct Counters: Sendable {
+        public var requests = 0
+        public var paths: [String] = []
+    }
+
+    private init(channel: Channel, counters: NIOLockedValueBox<Counters>) {
+        self.channel = channel
+        self.countersBox = counters
+    }
+
+    public static func start(host: String = "127.0.0.1", port: Int = 0, name: String = "demo", group: EventLoopGroup) async throws
+        -> DemoComponent
+    {
+        let counters = NIOLockedValueBox(Counters())
+        let channel = try await ServerBootstrap(group: group)
+            .serverChannelOption(ChannelOptions.backlog, value: 512)
+            .serverChannelOption(ChannelOptions.socketOption(.so_reuseaddr), value: 1)
+            .childChannelOption(ChannelOptions.socketOption(.tcp_nodelay), value: 1)
+            .childChannelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    try channel.pipeline.syncOperations.configureHTTPServerPipeline(withErrorHandling: true)
+                    try channel.pipeline.syncOperations.addHandler(DemoHandler(name: name, counters: counters))
+                }
+            }
+            .bind(host: host, port: port)
+            .get()
+        return DemoComponent(channel: channel, counters: counters)
+    }
+
+    public var port: Int { self.channel.localAddress?.port ?? 0 }
+    public var url: String { "http://127.0.0.1:\(self.port)" }
+    public var counters: Counters { self.countersBox.withLockedValue { $0 } }
+
+    public func close() async throws { try await self.channel.close() }
+
+    /// The bytes `/bytes/N` serves: a fixed pattern, so both ends can check a SHA-256.
+    public static func patternByte(at offset: Int) -> UInt8 { UInt8(truncatingIfNeeded: (offset &* 31) ^ (offset >> 8)) }
+
+    public static func sha256OfPattern(size: Int) -> String {
+        var hasher = SHA256()
+        var offset = 0
+        var chunk = [UInt8](repeating: 0, count: 64 * 1024)
+        while offset < size {
+            let count = min(chunk.count, size - offset)
+            for index in 0..<count { chunk[index] = patternByte(at: offset + index) }
+            hasher.update(data: chunk[0..<count])
+            offset += count
+        }
+        return hex(hasher.finalize())
+    }
+}
+
+public func hex<D: Sequence>(_ digest: D) -> String where D.Element == UInt8 {
+    digest.map { String(format: "%02x", $0) }.joined()
+}
+
+private final class DemoHandler: ChannelInboundHandler {
+    typealias InboundIn = HTTPServerRequestPart
+    typealias OutboundOut = HTTPServerResponsePart
+
+    private let name: String
+    private let countersBox: NIOLockedValueBox<Counters>
+    typealias Counters = DemoComponent.Counters
+    private var head: HTTPRequestHead?
+    private var uploadHash: SHA256?
+    private var uploadBytes = 0
+    private var download: (remaining: Int, offset: Int, keepAlive: Bool)?
+
+    init(name: String, counters: NIOLockedValueBox<Counters>) {
+        self.name = name
+        self.countersBox = counters
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        switch self.unwrapInboundIn(data) {
+        case .head(let head):
+            self.head = head
+            self.countersBox.withLockedValue {
+                $0.requests += 1
+                if $0.paths.count < 10_000 { $0.paths.append(head.uri) }
+            }
+            self.uploadHash = SHA256()
+            self.uploadBytes = 0
+        case .body(let bytes):
+            self.uploadBytes += bytes.readableBytes
+            bytes.withUnsafeReadableBytes { self.uploadHash?.update(bufferPointer: $0) }
+        case .end:
+            guard let head = self.head else { return }
+            self.head = nil
+            self.route(context: context, head)
+        }
+    }
+
+    private func route(context: ChannelHandlerContext, _ head: HTTPRequestHead) {
+        let path = head.uri.split(separator: "?", maxSplits: 1).first.map(String.init) ?? head.uri
+        if path.hasPrefix("/bytes/"), let size = Int(path.dropFirst("/bytes/".count)), size >= 0 {
+            var headers = HTTPHeaders()
+            headers.add(name: "content-type", value: "application/octet-stream")
+            headers.add(name: "content-length", value: String(size))
+            context.write(self.wrapOutboundOut(.head(HTTPResponseHead(version: head.version, status: .ok, headers: headers))), promise: nil)
+            self.download = (size, 0, head.isKeepAlive)
+            self.pump(context: context)
+            return
+        }
+        switch path {
+        case "/":
+            self.respond(context, head, .ok, "text/html; charset=utf-8", Self.page(name: self.name))
+        case "/api/status":
+            self.respond(context, head, .ok, "application/json", "{\"component\":\"\(self.name)\",\"healthy\":true}\n")
+        case "/upload", "/echo":
+            let digest = hex(self.uploadHash!.finalize())
+            self.respond(context, head, .ok, "application/json", "{\"bytes\":\(self.uploadBytes),\"sha256\":\"\(digest)\"}\n")
+        case "/headers":
+            let fields = head.headers.map { "\"\($0.name.lowercased())\":\"\($0.value.replacingOccurrences(of: "\"", with: "'"))\"" }
+            self.respond(context, head, .ok, "application/json", "{\"method\":\"\(head.method)\",\"uri\":\"\(head.uri)\",\"headers\":{\(fields.joined(separator: ","))}}\n")
+        default:
+            self.respond(context, head, .notFound, "text/plain", "not found\n")
+        }
+    }
+
+    /// Writes the download while the connection is writable; resumes on writability changes.
+    private func pump(context: ChannelHandlerContext) {
+        guard var download = self.download else { return }
+        while download.remaining > 0 && context.channel.isWritable {
+            let count = min(64 * 1024, download.remaining)
+            var buffer = context.channel.allocator.buffer(capacity: count)
+            buffer.writeWithUnsafeMutableBytes(minimumWritableBytes: count) { pointer in
+                for index in 0..<count { pointer[index] = DemoComponent.patternByte(at: download.offset + index) }
+                return count
+            }
+            download.offset += count
+            download.remaining -= count
+            context.write(self.wrapOutboundOut(.body(.byteBuffer(buffer))), promise: nil)
+        }
+        context.flush()
+        if download.remaining == 0 {
+            self.download = nil
+            let keepAlive = download.keepAlive
+            context.writeAndFlush(self.wrapOutboundOut(.end(nil))).whenComplete { _ in
+                if !keepAlive { context.close(promise: nil) }
+            }
+        } else {
+            self.download = download
+        }
+    }
+
+    func channelWritabilityChanged(context: ChannelHandlerContext) {
+        if context.channel.isWritable { self.pump(context: context) }
+        context.fireChannelWritabilityChanged()
+    }
+
+    private func respond(
+        _ context: ChannelHandlerContext, _ head: HTTPRequestHead, _ status: HTTPResponseStatus, _ type: String, _ body: String
+    ) {
+        var buffer = context.channel.allocator.buffer(capacity: body.utf8.count)
+        buffer.writeString(body)
+        var headers = HTTPHeaders()
+        headers.add(name: "content-type", value: type)
+        headers.add(name: "content-length", value: String(buffer.readableBytes))
+        if !head.isKeepAlive { headers.add(name: "connection", value: "close") }
+        context.write(self.wrapOutboundOut(.head(HTTPResponseHead(version: head.version, status: status, headers: headers))), promise: nil)
+        if head.method != .HEAD { context.write(self.wrapOutboundOut(.body(.byteBuffer(buffer))), promise: nil) }
+        let keepAlive = head.isKeepAlive
+        context.writeAndFlush(self.wrapOutboundOut(.end(nil))).whenComplete { _ in
+            if !keepAlive { context.close(promise: nil) }
+        }
+    }
+
+    static func page(name: String) -> String {
+        """
+        <!doctype html>
+        <html><head><title>\(name) - cluster UI</title></head>
+        <body>
+        <h1>Cluster component "\(name)"</h1>
+        <p>You are looking at this page through relayctl, the relay and the cluster's connector.</p>
+        <ul>
+        <li><a href="/api/status">/api/status</a>: a small JSON API</li>
+        <li><a href="/bytes/10485760">/bytes/10485760</a>: a 10 MiB download</li>
+        <li><a href="/headers">/headers</a>: the request as the component received it</li>
+        </ul>
+        </body></html>
+
+        """
+    }
+}

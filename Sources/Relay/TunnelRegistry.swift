@@ -1,0 +1,54 @@
+import NIOConcurrencyHelpers
+import NIOCore
+import NIOHTTP2
+
+/// A connector's live tunnel on this relay node.
+public struct TunnelHandle: Sendable {
+    public var id: ObjectIdentifier
+    public var cluster: String
+    public var node: String
+    public var channel: Channel
+    public var multiplexer: NIOHTTP2Handler.StreamMultiplexer
+    public var connectedAt: NIODeadline
+}
+
+/// Which tunnels are up, by cluster. Expert streams are switched into one of them.
+public final class TunnelRegistry: Sendable {
+    private struct State {
+        var tunnels: [String: [TunnelHandle]] = [:]
+        var nextPick: [String: Int] = [:]
+    }
+    private let state = NIOLockedValueBox(State())
+
+    public init() {}
+
+    public func register(_ tunnel: TunnelHandle) {
+        self.state.withLockedValue { $0.tunnels[tunnel.cluster, default: []].append(tunnel) }
+    }
+
+    public func unregister(_ tunnel: TunnelHandle) {
+        self.state.withLockedValue { state in
+            state.tunnels[tunnel.cluster]?.removeAll { $0.id == tunnel.id }
+            if state.tunnels[tunnel.cluster]?.isEmpty == true { state.tunnels[tunnel.cluster] = nil }
+        }
+    }
+
+    /// One tunnel of the cluster (round robin over its nodes), or of the given node.
+    public func pick(cluster: String, node: String? = nil) -> TunnelHandle? {
+        self.state.withLockedValue { state in
+            let candidates = (state.tunnels[cluster] ?? []).filter { node == nil || $0.node == node }
+            guard !candidates.isEmpty else { return nil }
+            let index = state.nextPick[cluster, default: 0] % candidates.count
+            state.nextPick[cluster] = index + 1
+            return candidates[index]
+        }
+    }
+
+    public func tunnels(cluster: String) -> [TunnelHandle] {
+        self.state.withLockedValue { $0.tunnels[cluster] ?? [] }
+    }
+
+    public var count: Int {
+        self.state.withLockedValue { $0.tunnels.values.reduce(0) { $0 + $1.count } }
+    }
+}

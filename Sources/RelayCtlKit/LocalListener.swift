@@ -1,0 +1,45 @@
+import NIOCore
+import NIOHTTP1
+import NIOPosix
+import TunnelCore
+
+/// The engineer's local HTTP/1.1 port (loopback by default): a browser or curl uses it unchanged;
+/// every request is carried to the cluster component through the relay.
+public final class LocalListener: Sendable {
+    public let channel: Channel
+
+    private init(channel: Channel) { self.channel = channel }
+
+    public static func start(
+        host: String, port: Int, session: SessionClient, group: EventLoopGroup,
+        onComplete: (@Sendable (ProxyExchangeRecord) -> Void)? = nil
+    ) async throws -> LocalListener {
+        let channel = try await ServerBootstrap(group: group)
+            .serverChannelOption(ChannelOptions.backlog, value: 256)
+            .serverChannelOption(ChannelOptions.socketOption(.so_reuseaddr), value: 1)
+            .childChannelOption(ChannelOptions.socketOption(.tcp_nodelay), value: 1)
+            .childChannelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    try channel.pipeline.syncOperations.configureHTTPServerPipeline(withErrorHandling: true)
+                    try channel.pipeline.syncOperations.addHandler(
+                        ProxyServerHandler(opener: session.open, onComplete: onComplete))
+                }
+            }
+            .bind(host: host, port: port)
+            .get()
+        return LocalListener(channel: channel)
+    }
+
+    public var localAddress: SocketAddress? { self.channel.localAddress }
+
+    /// The URL to open in a browser.
+    public var url: String {
+        guard let address = self.channel.localAddress, let port = address.port else { return "http://?" }
+        let host = address.ipAddress ?? "127.0.0.1"
+        return host.contains(":") ? "http://[\(host)]:\(port)/" : "http://\(host):\(port)/"
+    }
+
+    public func close() async throws {
+        try await self.channel.close()
+    }
+}

@@ -1,0 +1,125 @@
+import ConfigKit
+import Logging
+import NIOConcurrencyHelpers
+import NIOCore
+import NIOHTTP1
+import NIOHTTP2
+import NIOPosix
+import NIOSSL
+import TunnelCore
+
+/// What `relayctl session open` needs to reach one component of one cluster.
+public struct SessionTarget: Sendable {
+    public var relay: WebSocketURL
+    public var token: Secret
+    public var cluster: String
+    public var component: String
+    public var node: String?
+    public var caFile: String
+    public var limits: TunnelLimits
+
+    public init(
+        relay: WebSocketURL, token: Secret, cluster: String, component: String, node: String? = nil, caFile: String,
+        limits: TunnelLimits = TunnelLimits()
+    ) {
+        self.relay = relay
+        self.token = token
+        self.cluster = cluster
+        self.component = component
+        self.node = node
+        self.caFile = caFile
+        self.limits = limits
+    }
+}
+
+/// The engineer's side of a session: one websocket + HTTP/2 connection to the relay (redialed when
+/// it drops), and one HTTP/2 stream per local HTTP request.
+public final class SessionClient: Sendable {
+    public let target: SessionTarget
+    private let group: EventLoopGroup
+    private let tls: NIOSSLContext
+    private let logger: Logger
+    private let connection = NIOLockedValueBox<EventLoopFuture<NIOHTTP2Handler.StreamMultiplexer>?>(nil)
+
+    public init(target: SessionTarget, group: EventLoopGroup, logger: Logger = Logger(label: "relayctl")) throws {
+        self.target = target
+        self.group = group
+        self.tls = try TLSFiles.clientContext(caFile: target.caFile, setting: "--ca")
+        self.logger = logger
+    }
+
+    /// Dials now, so that a bad token or an unknown cluster is reported before the listener starts.
+    public func connect() async throws {
+        _ = try await self.multiplexer().get()
+    }
+
+    /// The live connection, or a new one if the last one closed.
+    func multiplexer() -> EventLoopFuture<NIOHTTP2Handler.StreamMultiplexer> {
+        self.connection.withLockedValue { current in
+            if let current { return current }
+            let future = self.dial()
+            current = future
+            future.whenComplete { result in
+                switch result {
+                case .success:
+                    break
+                case .failure:
+                    self.connection.withLockedValue { if $0 === future { $0 = nil } }
+                }
+            }
+            return future
+        }
+    }
+
+    private func dial() -> EventLoopFuture<NIOHTTP2Handler.StreamMultiplexer> {
+        var headers = HTTPHeaders()
+        headers.add(name: "authorization", value: "Bearer \(self.target.token.value)")
+        headers.add(name: WireHeader.cluster, value: self.target.cluster)
+        headers.add(name: WireHeader.component, value: self.target.component)
+        if let node = self.target.node { headers.add(name: WireHeader.node, value: node) }
+        let limits = self.target.limits
+        let logger = self.logger
+        return WebSocketDialer.dial(url: self.target.relay, headers: headers, tls: self.tls, limits: limits, group: self.group) {
+            channel in
+            try TunnelPipeline.configure(
+                channel: channel, websocketRole: .client, http2Mode: .client, limits: limits,
+                inboundStreamInitializer: TunnelPipeline.refuseInboundStreams)
+        }.map { channel, multiplexer in
+            logger.info("connected to relay", metadata: ["relay": "\(self.target.relay)"])
+            let future = self.connection.withLockedValue { $0 }
+            channel.closeFuture.whenComplete { _ in
+                logger.info("relay connection closed; the next request redials")
+                self.connection.withLockedValue { if $0 === future { $0 = nil } }
+            }
+            return multiplexer
+        }
+    }
+
+    /// Opens one HTTP/2 stream to the relay for one local request.
+    func open(_ head: HTTPRequestHead, _ upstream: ProxyUpstreamHandler) -> EventLoopFuture<HTTPRequestHead> {
+        var head = head
+        head.headers.removeRelayOwned()
+        return self.multiplexer().flatMap { multiplexer in
+            let promise = upstream.downstreamEventLoop.makePromise(of: Channel.self)
+            multiplexer.createStreamChannel(promise: promise) { stream in
+                stream.eventLoop.makeCompletedFuture {
+                    try stream.pipeline.syncOperations.addHandlers([
+                        HTTP2FramePayloadToHTTP1ClientCodec(httpProtocol: .https), upstream,
+                    ])
+                }
+            }
+            return promise.futureResult.map { _ in head }
+        }.flatMapErrorThrowing { error in
+            if let error = error as? DialError {
+                switch error.kind {
+                case .rejected(let status):
+                    throw ProxyRefusal(
+                        HTTPResponseStatus(statusCode: Int(status)), code: "relay_refused", message: error.message)
+                case .timedOut, .failed:
+                    throw ProxyRefusal.badGateway("cannot reach the relay: \(error.message)")
+                }
+            }
+            throw error as? ProxyRefusal ?? ProxyRefusal.badGateway("relay stream failed: \(error)")
+        }
+    }
+}

@@ -1,0 +1,58 @@
+import NIOCore
+import NIOHTTP1
+
+/// A proxy hop answers the request itself instead of forwarding it: unknown component, no tunnel,
+/// component down, policy refusal. Only that request fails; the connection and other streams go on.
+public struct ProxyRefusal: Error, CustomStringConvertible, Sendable, Equatable {
+    public var status: HTTPResponseStatus
+    /// Stable machine-readable code, sent in `x-relay-error` and the JSON body.
+    public var code: String
+    /// One sentence for a person, saying what to do next where there is something to do.
+    public var message: String
+
+    public init(_ status: HTTPResponseStatus, code: String, message: String) {
+        self.status = status
+        self.code = code
+        self.message = message
+    }
+
+    public var description: String { "\(self.status.code) \(self.code): \(self.message)" }
+
+    public static func badGateway(_ message: String) -> ProxyRefusal {
+        ProxyRefusal(.badGateway, code: "upstream_unavailable", message: message)
+    }
+
+    /// The JSON body: `{"error": code, "message": message}`.
+    public func body(allocator: ByteBufferAllocator) -> ByteBuffer {
+        var buffer = allocator.buffer(capacity: 64 + self.message.utf8.count)
+        buffer.writeString("{\"error\":\(jsonString(self.code)),\"message\":\(jsonString(self.message))}\n")
+        return buffer
+    }
+
+    public func responseHead(version: HTTPVersion, bodyLength: Int) -> HTTPResponseHead {
+        var headers = HTTPHeaders()
+        headers.add(name: "content-type", value: "application/json")
+        headers.add(name: "content-length", value: String(bodyLength))
+        headers.add(name: "cache-control", value: "no-store")
+        headers.add(name: WireHeader.error, value: self.code)
+        return HTTPResponseHead(version: version, status: self.status, headers: headers)
+    }
+}
+
+/// A JSON string literal, escaped per RFC 8259.
+public func jsonString(_ value: String) -> String {
+    var out = "\""
+    for scalar in value.unicodeScalars {
+        switch scalar {
+        case "\"": out += "\\\""
+        case "\\": out += "\\\\"
+        case "\n": out += "\\n"
+        case "\r": out += "\\r"
+        case "\t": out += "\\t"
+        case _ where scalar.value < 0x20:
+            out += "\\u" + String(repeating: "0", count: 4 - String(scalar.value, radix: 16).count) + String(scalar.value, radix: 16)
+        default: out.unicodeScalars.append(scalar)
+        }
+    }
+    return out + "\""
+}

@@ -1,0 +1,277 @@
+import NIOCore
+import NIOHTTP1
+
+/// Opens the next hop for one request. It must add `upstream` to the pipeline of the channel it opens
+/// (after an HTTP/1 client codec, or an HTTP/2-to-HTTP/1 client codec), and return the request head
+/// to send there: rewritten as this hop requires. A `ProxyRefusal` failure is answered to the client.
+public typealias UpstreamOpener = @Sendable (_ head: HTTPRequestHead, _ upstream: ProxyUpstreamHandler) -> EventLoopFuture<HTTPRequestHead>
+
+/// What one proxied request did, reported when it ends (for sessions, audit and metrics).
+public struct ProxyExchangeRecord: Sendable {
+    public enum Outcome: Sendable, Equatable {
+        case completed
+        case refused(ProxyRefusal)
+        case aborted(String)
+    }
+    public var head: HTTPRequestHead
+    public var status: UInt?
+    public var requestBodyBytes: Int
+    public var responseBodyBytes: Int
+    public var duration: TimeAmount
+    public var outcome: Outcome
+}
+
+/// The client-facing half of a proxy hop, used at every hop of the product: relayctl's local listener,
+/// the relay's expert streams and the connector's tunnel streams. It reads requests
+/// (`HTTPServerRequestPart`), has `UpstreamOpener` open the next hop for each, and streams the
+/// request and the response through, never buffering a body: it reads from one side only while the
+/// other side is writable (swift-nio-ssh GlueHandler), so bytes in flight stay bounded by the
+/// channels' watermarks and the HTTP/2 windows.
+///
+/// The two halves may live on different event loops; every call across is hopped onto the callee's
+/// loop, and in order.
+public final class ProxyServerHandler: ChannelDuplexHandler {
+    public typealias InboundIn = HTTPServerRequestPart
+    public typealias OutboundIn = HTTPServerResponsePart
+    public typealias OutboundOut = HTTPServerResponsePart
+
+    private enum Phase { case opening, forwarding, refused, responded }
+
+    private final class Exchange {
+        let head: HTTPRequestHead
+        let upstream: ProxyUpstreamHandler
+        let started = NIODeadline.now()
+        var phase = Phase.opening
+        var buffered: [HTTPClientRequestPart] = []
+        var requestEnded = false
+        var responseStarted = false
+        var responseEnded = false
+        var status: UInt?
+        var requestBytes = 0
+        var responseBytes = 0
+        var outcome = ProxyExchangeRecord.Outcome.completed
+        init(head: HTTPRequestHead, upstream: ProxyUpstreamHandler) {
+            self.head = head
+            self.upstream = upstream
+        }
+    }
+
+    private let opener: UpstreamOpener
+    private let onComplete: (@Sendable (ProxyExchangeRecord) -> Void)?
+    private var context: ChannelHandlerContext?
+    private var exchange: Exchange?
+    private var upstreamWritable = true
+    private var pendingRead = false
+
+    public init(opener: @escaping UpstreamOpener, onComplete: (@Sendable (ProxyExchangeRecord) -> Void)? = nil) {
+        self.opener = opener
+        self.onComplete = onComplete
+    }
+
+    public func handlerAdded(context: ChannelHandlerContext) { self.context = context }
+    public func handlerRemoved(context: ChannelHandlerContext) { self.context = nil }
+
+    // MARK: requests from the client
+
+    public func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        switch self.unwrapInboundIn(data) {
+        case .head(let head):
+            guard self.exchange == nil else {
+                // HTTPServerPipelineHandler (HTTP/1) and one-request-per-stream (HTTP/2) rule this out.
+                context.close(promise: nil)
+                return
+            }
+            self.begin(context: context, head: head)
+        case .body(let bytes):
+            guard let exchange = self.exchange else { return }
+            exchange.requestBytes += bytes.readableBytes
+            self.forward(.body(.byteBuffer(bytes)), exchange)
+        case .end(let trailers):
+            guard let exchange = self.exchange else { return }
+            exchange.requestEnded = true
+            self.forward(.end(trailers), exchange)
+            if exchange.responseEnded { self.finish(exchange) }
+        }
+    }
+
+    private func begin(context: ChannelHandlerContext, head: HTTPRequestHead) {
+        let upstream = ProxyUpstreamHandler(server: self, serverLoop: context.eventLoop)
+        let exchange = Exchange(head: head, upstream: upstream)
+        self.exchange = exchange
+        self.upstreamWritable = true
+        let loop = context.eventLoop
+        self.opener(head, upstream).hop(to: loop).whenComplete { [self] result in
+            guard self.exchange === exchange, exchange.phase == .opening else {
+                // The client went away while the next hop was being opened.
+                if case .success = result { exchange.upstream.abort() }
+                return
+            }
+            switch result {
+            case .success(var upstreamHead):
+                upstreamHead.headers.removeHopByHop()
+                exchange.phase = .forwarding
+                exchange.upstream.send(.head(upstreamHead))
+                for part in exchange.buffered { exchange.upstream.send(part) }
+                exchange.buffered = []
+                exchange.upstream.flush()
+                exchange.upstream.downstreamWritabilityChanged(self.context?.channel.isWritable ?? true)
+                self.readIfPending()
+            case .failure(let error):
+                self.refuse(exchange, error as? ProxyRefusal ?? .badGateway("could not open the next hop: \(error)"))
+            }
+        }
+    }
+
+    private func forward(_ part: HTTPClientRequestPart, _ exchange: Exchange) {
+        switch exchange.phase {
+        case .opening: exchange.buffered.append(part)
+        case .forwarding: exchange.upstream.send(part)
+        case .refused, .responded: break  // the answer is out; the rest of the body is read and dropped
+        }
+    }
+
+    public func channelReadComplete(context: ChannelHandlerContext) {
+        if let exchange = self.exchange, exchange.phase == .forwarding { exchange.upstream.flush() }
+        context.fireChannelReadComplete()
+    }
+
+    // MARK: backpressure
+
+    public func read(context: ChannelHandlerContext) {
+        if self.mayRead {
+            context.read()
+        } else {
+            self.pendingRead = true
+        }
+    }
+
+    private var mayRead: Bool {
+        guard let exchange = self.exchange else { return true }
+        switch exchange.phase {
+        case .opening: return false
+        case .forwarding: return self.upstreamWritable
+        case .refused, .responded: return true
+        }
+    }
+
+    private func readIfPending() {
+        guard self.pendingRead, self.mayRead, let context = self.context else { return }
+        self.pendingRead = false
+        context.read()
+    }
+
+    public func channelWritabilityChanged(context: ChannelHandlerContext) {
+        if let exchange = self.exchange, exchange.phase == .forwarding {
+            exchange.upstream.downstreamWritabilityChanged(context.channel.isWritable)
+        }
+        context.fireChannelWritabilityChanged()
+    }
+
+    public func channelInactive(context: ChannelHandlerContext) {
+        if let exchange = self.exchange {
+            exchange.outcome = .aborted("client closed the connection")
+            exchange.upstream.abort()
+            self.report(exchange)
+            self.exchange = nil
+        }
+        context.fireChannelInactive()
+    }
+
+    public func errorCaught(context: ChannelHandlerContext, error: Error) {
+        context.close(promise: nil)
+    }
+
+    // MARK: responses from the upstream half (always called on this handler's loop)
+
+    func upstreamResponse(_ part: HTTPClientResponsePart, from upstream: ProxyUpstreamHandler) {
+        guard let exchange = self.exchange, exchange.upstream === upstream, exchange.phase == .forwarding,
+            let context = self.context
+        else { return }
+        switch part {
+        case .head(var head):
+            exchange.responseStarted = true
+            exchange.status = head.status.code
+            head.version = exchange.head.version
+            head.headers.removeHopByHop()
+            context.write(self.wrapOutboundOut(.head(head)), promise: nil)
+        case .body(let bytes):
+            exchange.responseBytes += bytes.readableBytes
+            context.write(self.wrapOutboundOut(.body(.byteBuffer(bytes))), promise: nil)
+        case .end(let trailers):
+            exchange.responseEnded = true
+            exchange.phase = .responded
+            context.writeAndFlush(self.wrapOutboundOut(.end(trailers)), promise: nil)
+            if exchange.requestEnded { self.finish(exchange) } else { self.readIfPending() }
+        }
+    }
+
+    func upstreamFlush(from upstream: ProxyUpstreamHandler) {
+        guard self.exchange?.upstream === upstream else { return }
+        self.context?.flush()
+    }
+
+    func upstreamWritabilityChanged(_ writable: Bool, from upstream: ProxyUpstreamHandler) {
+        guard self.exchange?.upstream === upstream else { return }
+        self.upstreamWritable = writable
+        self.readIfPending()
+    }
+
+    func upstreamClosed(from upstream: ProxyUpstreamHandler, error: Error?) {
+        guard let exchange = self.exchange, exchange.upstream === upstream, !exchange.responseEnded else { return }
+        if exchange.responseStarted {
+            // Part of the response is out: the only honest signal left is to cut this stream.
+            exchange.outcome = .aborted("upstream closed mid-response: \(describe(error))")
+            self.report(exchange)
+            self.exchange = nil
+            self.context?.close(promise: nil)
+        } else {
+            self.refuse(exchange, .badGateway("the next hop closed before answering: \(describe(error))"))
+        }
+    }
+
+    // MARK: ending an exchange
+
+    private func refuse(_ exchange: Exchange, _ refusal: ProxyRefusal) {
+        guard let context = self.context else { return }
+        exchange.upstream.abort()
+        exchange.phase = .refused
+        exchange.buffered = []
+        exchange.responseStarted = true
+        exchange.responseEnded = true
+        exchange.status = refusal.status.code
+        exchange.outcome = .refused(refusal)
+        let body = refusal.body(allocator: context.channel.allocator)
+        let head = refusal.responseHead(version: exchange.head.version, bodyLength: body.readableBytes)
+        context.write(self.wrapOutboundOut(.head(head)), promise: nil)
+        context.write(self.wrapOutboundOut(.body(.byteBuffer(body))), promise: nil)
+        context.writeAndFlush(self.wrapOutboundOut(.end(nil)), promise: nil)
+        if exchange.requestEnded { self.finish(exchange) } else { self.readIfPending() }
+    }
+
+    private func finish(_ exchange: Exchange) {
+        guard self.exchange === exchange else { return }
+        self.report(exchange)
+        self.exchange = nil
+        self.upstreamWritable = true
+        self.readIfPending()
+    }
+
+    private func report(_ exchange: Exchange) {
+        self.onComplete?(
+            ProxyExchangeRecord(
+                head: exchange.head, status: exchange.status, requestBodyBytes: exchange.requestBytes,
+                responseBodyBytes: exchange.responseBytes, duration: .now() - exchange.started,
+                outcome: exchange.outcome))
+    }
+}
+
+private func describe(_ error: Error?) -> String {
+    guard let error else { return "connection closed" }
+    return String(describing: error)
+}
+
+extension NIODeadline {
+    static func - (lhs: NIODeadline, rhs: NIODeadline) -> TimeAmount {
+        .nanoseconds(Int64(lhs.uptimeNanoseconds) - Int64(rhs.uptimeNanoseconds))
+    }
+}

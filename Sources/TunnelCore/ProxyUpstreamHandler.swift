@@ -1,0 +1,128 @@
+import NIOCore
+import NIOHTTP1
+
+/// The next-hop half of a proxy hop: sits in the channel that `UpstreamOpener` opens (a TCP connection
+/// to a component, or an HTTP/2 stream in a tunnel), writes the request the `ProxyServerHandler`
+/// forwards and hands the response back. Reads only while the client side is writable.
+public final class ProxyUpstreamHandler: ChannelDuplexHandler {
+    public typealias InboundIn = HTTPClientResponsePart
+    public typealias OutboundIn = HTTPClientRequestPart
+    public typealias OutboundOut = HTTPClientRequestPart
+
+    private let server: ProxyServerHandler
+    private let serverLoop: EventLoop
+    /// The event loop of the client-facing half: openers may complete their futures on it.
+    public var downstreamEventLoop: EventLoop { self.serverLoop }
+    private var loop: EventLoop?
+    private var context: ChannelHandlerContext?
+    private var downstreamWritable = true
+    private var pendingRead = false
+    private var requestEnded = false
+    private var responseEnded = false
+    private var lastError: Error?
+    private var closedEarly = false
+
+    init(server: ProxyServerHandler, serverLoop: EventLoop) {
+        self.server = server
+        self.serverLoop = serverLoop
+    }
+
+    public func handlerAdded(context: ChannelHandlerContext) {
+        self.context = context
+        self.loop = context.eventLoop
+        if self.closedEarly { context.close(promise: nil) }
+    }
+
+    // MARK: calls from the server half, hopped onto this channel's loop
+
+    private func onOwnLoop(_ body: @escaping () -> Void) {
+        guard let loop = self.loop else {
+            body()
+            return
+        }
+        if loop.inEventLoop { body() } else { loop.execute(body) }
+    }
+
+    private func onServerLoop(_ body: @escaping () -> Void) {
+        if self.serverLoop.inEventLoop { body() } else { self.serverLoop.execute(body) }
+    }
+
+    func send(_ part: HTTPClientRequestPart) {
+        self.onOwnLoop {
+            guard let context = self.context else { return }
+            if case .end = part { self.requestEnded = true }
+            context.write(self.wrapOutboundOut(part), promise: nil)
+            if self.requestEnded && self.responseEnded { self.done() }
+        }
+    }
+
+    func flush() {
+        self.onOwnLoop { self.context?.flush() }
+    }
+
+    /// The client side is gone or the answer is already out: drop this hop.
+    func abort() {
+        self.onOwnLoop {
+            guard let context = self.context else {
+                self.closedEarly = true
+                return
+            }
+            context.close(promise: nil)
+        }
+    }
+
+    func downstreamWritabilityChanged(_ writable: Bool) {
+        self.onOwnLoop {
+            self.downstreamWritable = writable
+            if writable && self.pendingRead, let context = self.context {
+                self.pendingRead = false
+                context.read()
+            }
+        }
+    }
+
+    // MARK: channel events
+
+    public func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        let part = self.unwrapInboundIn(data)
+        if case .end = part { self.responseEnded = true }
+        self.onServerLoop { self.server.upstreamResponse(part, from: self) }
+        if self.requestEnded && self.responseEnded { self.done() }
+    }
+
+    public func channelReadComplete(context: ChannelHandlerContext) {
+        self.onServerLoop { self.server.upstreamFlush(from: self) }
+        context.fireChannelReadComplete()
+    }
+
+    public func read(context: ChannelHandlerContext) {
+        if self.downstreamWritable {
+            context.read()
+        } else {
+            self.pendingRead = true
+        }
+    }
+
+    public func channelWritabilityChanged(context: ChannelHandlerContext) {
+        let writable = context.channel.isWritable
+        self.onServerLoop { self.server.upstreamWritabilityChanged(writable, from: self) }
+        context.fireChannelWritabilityChanged()
+    }
+
+    public func channelInactive(context: ChannelHandlerContext) {
+        let error = self.lastError
+        self.onServerLoop { self.server.upstreamClosed(from: self, error: error) }
+        context.fireChannelInactive()
+    }
+
+    public func errorCaught(context: ChannelHandlerContext, error: Error) {
+        self.lastError = error
+        context.close(promise: nil)
+    }
+
+    /// Both directions are complete: this hop carries one request only.
+    private func done() {
+        self.context?.flush()
+        self.context?.close(promise: nil)
+    }
+}

@@ -1,0 +1,54 @@
+import NIOCore
+import NIOSSL
+
+/// Why TLS material could not be loaded: names the file and the setting it came from, never the key's content.
+public struct TLSSetupError: Error, CustomStringConvertible {
+    public var setting: String
+    public var path: String
+    public var reason: String
+    public var description: String { "\(self.setting) (\(self.path)): \(self.reason)" }
+}
+
+public enum TLSFiles {
+    /// Server side: certificate chain and private key from PEM files.
+    public static func serverContext(
+        certificateFile: String, privateKeyFile: String, certificateSetting: String = "tls.certificate_file",
+        keySetting: String = "tls.private_key_file"
+    ) throws -> NIOSSLContext {
+        let chain = try Self.certificates(certificateFile, setting: certificateSetting)
+        let key: NIOSSLPrivateKey
+        do {
+            key = try NIOSSLPrivateKey(file: privateKeyFile, format: .pem)
+        } catch {
+            throw TLSSetupError(setting: keySetting, path: privateKeyFile, reason: "cannot read a PEM private key")
+        }
+        var configuration = TLSConfiguration.makeServerConfiguration(
+            certificateChain: chain.map { .certificate($0) }, privateKey: .privateKey(key))
+        configuration.minimumTLSVersion = .tlsv12
+        return try NIOSSLContext(configuration: configuration)
+    }
+
+    /// Client side: trusts only the CA certificates in `caFile`, not the system store, and checks the
+    /// server's name against its certificate.
+    public static func clientContext(caFile: String, setting: String = "relay.ca_file") throws -> NIOSSLContext {
+        let roots = try Self.certificates(caFile, setting: setting)
+        var configuration = TLSConfiguration.makeClientConfiguration()
+        configuration.trustRoots = .certificates(roots)
+        configuration.certificateVerification = .fullVerification
+        configuration.minimumTLSVersion = .tlsv12
+        return try NIOSSLContext(configuration: configuration)
+    }
+
+    static func certificates(_ path: String, setting: String) throws -> [NIOSSLCertificate] {
+        let certificates: [NIOSSLCertificate]
+        do {
+            certificates = try NIOSSLCertificate.fromPEMFile(path)
+        } catch {
+            throw TLSSetupError(setting: setting, path: path, reason: "cannot read PEM certificates")
+        }
+        guard !certificates.isEmpty else {
+            throw TLSSetupError(setting: setting, path: path, reason: "no certificate in the file")
+        }
+        return certificates
+    }
+}

@@ -1,0 +1,242 @@
+import NIOCore
+import NIOWebSocket
+
+/// Carries a byte stream (the HTTP/2 connection) in websocket binary messages.
+///
+/// Inbound: the payload of every binary or continuation frame is passed on as bytes, in order;
+/// message boundaries carry no meaning. Outbound: bytes written between two flushes go out as one
+/// binary message, split into frames of at most `maxOutboundFrameSize`.
+///
+/// Protocol violations (text frames, reserved bits, a continuation with no message open, a new
+/// message while one is open) close the tunnel with the matching RFC 6455 close code. Frames larger
+/// than the decoder's limit are refused by `WebSocketFrameDecoder` (close code 1009).
+public final class WebSocketByteStreamHandler: ChannelDuplexHandler, RemovableChannelHandler {
+    public typealias InboundIn = WebSocketFrame
+    public typealias InboundOut = ByteBuffer
+    public typealias OutboundIn = ByteBuffer
+    public typealias OutboundOut = WebSocketFrame
+
+    public enum Role: Sendable { case client, server }
+
+    private enum State { case open, closeSent, closed }
+
+    /// Space left in front of an outbound message so the frame encoder can write the header in place.
+    private static let headerRoom = 14
+
+    private let role: Role
+    private let maxOutboundFrameSize: Int
+    private var state = State.open
+    private var messageOpen = false
+    private var pending: ByteBuffer?
+    private var pendingPromise: EventLoopPromise<Void>?
+    private let keepaliveInterval: TimeAmount?
+    private var keepaliveTask: RepeatedTask?
+    private var sawInbound = false
+    private var pingOutstanding = false
+
+    /// - Parameter keepaliveInterval: with no inbound frame for this long a ping is sent; with still
+    ///   nothing one interval later the tunnel is closed as dead. `nil` turns keepalive off.
+    public init(role: Role, maxOutboundFrameSize: Int = 1 << 16, keepaliveInterval: TimeAmount? = nil) {
+        precondition(maxOutboundFrameSize > 0)
+        self.role = role
+        self.maxOutboundFrameSize = maxOutboundFrameSize
+        self.keepaliveInterval = keepaliveInterval
+    }
+
+    // MARK: keepalive
+
+    public func handlerAdded(context: ChannelHandlerContext) {
+        if context.channel.isActive { self.startKeepalive(context: context) }
+    }
+
+    public func channelActive(context: ChannelHandlerContext) {
+        self.startKeepalive(context: context)
+        context.fireChannelActive()
+    }
+
+    public func handlerRemoved(context: ChannelHandlerContext) {
+        self.keepaliveTask?.cancel()
+        self.keepaliveTask = nil
+    }
+
+    private func startKeepalive(context: ChannelHandlerContext) {
+        guard let interval = self.keepaliveInterval, self.keepaliveTask == nil else { return }
+        self.keepaliveTask = context.eventLoop.scheduleRepeatedTask(initialDelay: interval, delay: interval) { _ in
+            self.keepaliveTick(context: context)
+        }
+    }
+
+    private func keepaliveTick(context: ChannelHandlerContext) {
+        guard self.state == .open else { return }
+        if self.sawInbound {
+            self.sawInbound = false
+            self.pingOutstanding = false
+        } else if self.pingOutstanding {
+            self.fail(context: context, code: .goingAway, reason: "peer did not answer the keepalive ping")
+        } else {
+            self.pingOutstanding = true
+            let ping = WebSocketFrame(
+                fin: true, opcode: .ping, maskKey: self.maskKey(), data: context.channel.allocator.buffer(string: "ka"))
+            context.writeAndFlush(self.wrapOutboundOut(ping), promise: nil)
+        }
+    }
+
+    // MARK: inbound
+
+    public func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        let frame = self.unwrapInboundIn(data)
+        guard self.state != .closed else { return }
+        self.sawInbound = true
+        if frame.rsv1 || frame.rsv2 || frame.rsv3 {
+            return self.fail(context: context, code: .protocolError, reason: "reserved bits set without an extension")
+        }
+        switch frame.opcode {
+        case .binary:
+            if self.messageOpen {
+                return self.fail(context: context, code: .protocolError, reason: "new message before the previous one ended")
+            }
+            self.messageOpen = !frame.fin
+            self.deliver(context: context, frame: frame)
+        case .continuation:
+            if !self.messageOpen {
+                return self.fail(context: context, code: .protocolError, reason: "continuation frame with no message open")
+            }
+            self.messageOpen = !frame.fin
+            self.deliver(context: context, frame: frame)
+        case .text:
+            self.fail(context: context, code: .unacceptableData, reason: "text frames are not part of the tunnel protocol")
+        case .ping:
+            guard frame.fin else {
+                return self.fail(context: context, code: .protocolError, reason: "fragmented control frame")
+            }
+            if self.state == .open {
+                let pong = WebSocketFrame(fin: true, opcode: .pong, maskKey: self.maskKey(), data: frame.unmaskedData)
+                context.writeAndFlush(self.wrapOutboundOut(pong), promise: nil)
+            }
+        case .pong:
+            break
+        case .connectionClose:
+            self.receivedClose(context: context, frame: frame)
+        default:
+            self.fail(context: context, code: .protocolError, reason: "unknown opcode")
+        }
+    }
+
+    private func deliver(context: ChannelHandlerContext, frame: WebSocketFrame) {
+        let bytes = frame.unmaskedData
+        if bytes.readableBytes > 0 {
+            context.fireChannelRead(self.wrapInboundOut(bytes))
+        }
+    }
+
+    private func receivedClose(context: ChannelHandlerContext, frame: WebSocketFrame) {
+        switch self.state {
+        case .open:
+            // Echo the peer's code, as RFC 6455 5.5.1 asks, then close the TCP connection.
+            var data = frame.unmaskedData
+            let code = data.readWebSocketErrorCode() ?? .normalClosure
+            self.state = .closeSent
+            self.sendClose(context: context, code: code).whenComplete { _ in context.close(promise: nil) }
+        case .closeSent:
+            self.state = .closed
+            context.close(promise: nil)
+        case .closed:
+            break
+        }
+    }
+
+    private func fail(context: ChannelHandlerContext, code: WebSocketErrorCode, reason: String) {
+        context.fireErrorCaught(WebSocketByteStreamError(code: code, reason: reason))
+        guard self.state == .open else {
+            context.close(promise: nil)
+            return
+        }
+        self.state = .closeSent
+        self.sendClose(context: context, code: code).whenComplete { _ in context.close(promise: nil) }
+    }
+
+    // MARK: outbound
+
+    public func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
+        guard self.state == .open else {
+            promise?.fail(ChannelError.ioOnClosedChannel)
+            return
+        }
+        let bytes = self.unwrapOutboundIn(data)
+        if self.pending == nil {
+            var buffer = context.channel.allocator.buffer(capacity: Self.headerRoom + max(bytes.readableBytes, 1024))
+            buffer.moveWriterIndex(forwardBy: Self.headerRoom)
+            buffer.moveReaderIndex(forwardBy: Self.headerRoom)
+            self.pending = buffer
+        }
+        var incoming = bytes
+        self.pending!.writeBuffer(&incoming)
+        if let promise {
+            if let existing = self.pendingPromise { existing.futureResult.cascade(to: promise) } else { self.pendingPromise = promise }
+        }
+    }
+
+    public func flush(context: ChannelHandlerContext) {
+        guard var message = self.pending else {
+            context.flush()
+            return
+        }
+        let promise = self.pendingPromise
+        self.pending = nil
+        self.pendingPromise = nil
+        var first = true
+        while message.readableBytes > 0 {
+            let size = min(message.readableBytes, self.maxOutboundFrameSize)
+            let payload = size == message.readableBytes ? message : message.getSlice(at: message.readerIndex, length: size)!
+            message.moveReaderIndex(forwardBy: size)
+            let last = message.readableBytes == 0
+            let frame = WebSocketFrame(
+                fin: last, opcode: first ? .binary : .continuation, maskKey: self.maskKey(), data: payload)
+            context.write(self.wrapOutboundOut(frame), promise: last ? promise : nil)
+            first = false
+        }
+        context.flush()
+    }
+
+    public func close(context: ChannelHandlerContext, mode: CloseMode, promise: EventLoopPromise<Void>?) {
+        guard mode == .all, self.state == .open, context.channel.isActive else {
+            context.close(mode: mode, promise: promise)
+            return
+        }
+        self.state = .closeSent
+        self.sendClose(context: context, code: .normalClosure).whenComplete { _ in
+            context.close(mode: .all, promise: promise)
+        }
+    }
+
+    public func channelInactive(context: ChannelHandlerContext) {
+        self.state = .closed
+        self.keepaliveTask?.cancel()
+        self.keepaliveTask = nil
+        self.pendingPromise?.fail(ChannelError.ioOnClosedChannel)
+        self.pendingPromise = nil
+        self.pending = nil
+        context.fireChannelInactive()
+    }
+
+    /// Writes a close frame, first sending what is pending; the tunnel code travels in the payload.
+    private func sendClose(context: ChannelHandlerContext, code: WebSocketErrorCode) -> EventLoopFuture<Void> {
+        if self.pending != nil { self.flush(context: context) }
+        var data = context.channel.allocator.buffer(capacity: 2)
+        data.write(webSocketErrorCode: code)
+        let frame = WebSocketFrame(fin: true, opcode: .connectionClose, maskKey: self.maskKey(), data: data)
+        return context.writeAndFlush(self.wrapOutboundOut(frame))
+    }
+
+    private func maskKey() -> WebSocketMaskingKey? {
+        // RFC 6455 5.3: a client masks every frame, a server never does.
+        self.role == .client ? .random() : nil
+    }
+}
+
+/// Why the websocket layer closed a tunnel.
+public struct WebSocketByteStreamError: Error, CustomStringConvertible, Equatable {
+    public var code: WebSocketErrorCode
+    public var reason: String
+    public var description: String { "websocket protocol violation (\(self.code)): \(self.reason)" }
+}

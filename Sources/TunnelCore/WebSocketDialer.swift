@@ -1,0 +1,221 @@
+import Foundation
+import NIOCore
+import NIOHTTP1
+import NIOPosix
+import NIOSSL
+import NIOWebSocket
+
+/// A `wss://host:port/path` address. Plain `ws://` is refused: every network leg is TLS.
+public struct WebSocketURL: Sendable, Equatable, CustomStringConvertible {
+    public var host: String
+    public var port: Int
+    public var path: String
+
+    public init(host: String, port: Int, path: String) {
+        self.host = host
+        self.port = port
+        self.path = path
+    }
+
+    public init(parsing text: String) throws(WebSocketURLError) {
+        guard text.hasPrefix("wss://") else {
+            throw text.hasPrefix("ws://") ? .init("plain ws:// is not allowed; use wss://") : .init("must start with wss://")
+        }
+        var rest = Substring(text.dropFirst("wss://".count))
+        let pathStart = rest.firstIndex(of: "/") ?? rest.endIndex
+        let authority = rest[..<pathStart]
+        rest = rest[pathStart...]
+        if authority.contains("@") { throw .init("credentials in the URL are not allowed") }
+        if rest.contains("?") || rest.contains("#") { throw .init("query strings and fragments are not allowed") }
+        let host: Substring
+        var portText: Substring?
+        if authority.hasPrefix("[") {
+            guard let close = authority.firstIndex(of: "]") else { throw .init("unterminated IPv6 address") }
+            host = authority[authority.index(after: authority.startIndex)..<close]
+            let after = authority[authority.index(after: close)...]
+            if after.hasPrefix(":") { portText = after.dropFirst() } else if !after.isEmpty { throw .init("bad port") }
+        } else if let colon = authority.lastIndex(of: ":") {
+            host = authority[..<colon]
+            portText = authority[authority.index(after: colon)...]
+        } else {
+            host = authority
+        }
+        guard !host.isEmpty else { throw .init("missing host") }
+        var port = 443
+        if let portText {
+            guard let value = Int(portText), (1...65_535).contains(value) else { throw .init("bad port \"\(portText)\"") }
+            port = value
+        }
+        self.host = String(host)
+        self.port = port
+        self.path = rest.isEmpty ? "/" : String(rest)
+    }
+
+    public var description: String {
+        let host = self.host.contains(":") ? "[\(self.host)]" : self.host
+        return "wss://\(host):\(self.port)\(self.path)"
+    }
+
+    /// The name TLS checks the certificate against (SNI is not sent for IP literals).
+    var serverHostname: String? {
+        (try? SocketAddress(ipAddress: self.host, port: 0)) == nil ? self.host : nil
+    }
+}
+
+public struct WebSocketURLError: Error, CustomStringConvertible, Equatable {
+    public var description: String
+    init(_ description: String) { self.description = description }
+}
+
+/// Why a dial failed; `rejected` carries the relay's status and its message for a person.
+public struct DialError: Error, CustomStringConvertible {
+    public enum Kind: Sendable, Equatable {
+        case rejected(status: UInt)
+        case timedOut
+        case failed
+    }
+    public var kind: Kind
+    public var message: String
+    public var description: String { self.message }
+}
+
+public enum WebSocketDialer {
+    /// Connects with TLS, upgrades to websocket at `url.path`, then runs `afterUpgrade` on the
+    /// channel's loop (typically `TunnelPipeline.configure`). Fails with `DialError`.
+    public static func dial<Result: Sendable>(
+        url: WebSocketURL,
+        headers: HTTPHeaders,
+        tls: NIOSSLContext,
+        limits: TunnelLimits,
+        group: EventLoopGroup,
+        afterUpgrade: @escaping @Sendable (Channel) throws -> Result
+    ) -> EventLoopFuture<(Channel, Result)> {
+        let loop = group.next()
+        let promise = loop.makePromise(of: (Channel, Result).self)
+        let timeout = loop.scheduleTask(in: limits.handshakeTimeout) {
+            promise.fail(DialError(kind: .timedOut, message: "\(url): no websocket upgrade within \(limits.handshakeTimeout)"))
+        }
+        promise.futureResult.whenComplete { _ in timeout.cancel() }
+
+        var requestHeaders = headers
+        requestHeaders.replaceOrAdd(name: "host", value: url.port == 443 ? url.host : "\(url.host):\(url.port)")
+        requestHeaders.replaceOrAdd(name: "sec-websocket-protocol", value: WireProtocolVersion.current)
+        requestHeaders.replaceOrAdd(name: "content-length", value: "0")
+        let head = HTTPRequestHead(version: .http1_1, method: .GET, uri: url.path, headers: requestHeaders)
+
+        let bootstrap = ClientBootstrap(group: loop)
+            .connectTimeout(limits.handshakeTimeout)
+            .channelOption(ChannelOptions.socketOption(.so_keepalive), value: 1)
+            .channelInitializer { channel in
+                do {
+                    let requester = UpgradeRequester(head: head, promise: promise, url: url)
+                    let upgrader = NIOWebSocketClientUpgrader(
+                        maxFrameSize: limits.maxWebSocketFrameSize, automaticErrorHandling: true
+                    ) { channel, _ in
+                        do {
+                            try channel.pipeline.syncOperations.removeHandler(requester).whenComplete { _ in }
+                            let result = try afterUpgrade(channel)
+                            promise.succeed((channel, result))
+                        } catch {
+                            promise.fail(DialError(kind: .failed, message: "\(url): tunnel setup failed: \(error)"))
+                            channel.close(promise: nil)
+                        }
+                        return channel.eventLoop.makeSucceededVoidFuture()
+                    }
+                    let sync = channel.pipeline.syncOperations
+                    try sync.addHandler(NIOSSLClientHandler(context: tls, serverHostname: url.serverHostname))
+                    try sync.addHTTPClientHandlers(
+                        withClientUpgrade: (upgraders: [upgrader], completionHandler: { _ in }))
+                    try sync.addHandler(requester)
+                    return channel.eventLoop.makeSucceededVoidFuture()
+                } catch {
+                    return channel.eventLoop.makeFailedFuture(error)
+                }
+            }
+        bootstrap.connect(host: url.host, port: url.port).whenComplete { result in
+            switch result {
+            case .success(let channel):
+                promise.futureResult.whenFailure { _ in channel.close(promise: nil) }
+                channel.closeFuture.whenComplete { _ in
+                    promise.fail(DialError(kind: .failed, message: "\(url): connection closed during the handshake"))
+                }
+            case .failure(let error):
+                promise.fail(DialError(kind: .failed, message: "\(url): cannot connect: \(error)"))
+            }
+        }
+        return promise.futureResult
+    }
+}
+
+/// Sends the upgrade request; if the relay answers anything but 101, fails the dial with the
+/// status and the relay's message.
+private final class UpgradeRequester: ChannelInboundHandler, RemovableChannelHandler {
+    typealias InboundIn = HTTPClientResponsePart
+    typealias OutboundOut = HTTPClientRequestPart
+
+    private let head: HTTPRequestHead
+    private let fail: (DialError) -> Void
+    private let url: WebSocketURL
+    private var status: HTTPResponseStatus?
+    private var body: ByteBuffer?
+
+    init<R>(head: HTTPRequestHead, promise: EventLoopPromise<(Channel, R)>, url: WebSocketURL) {
+        self.head = head
+        self.fail = { promise.fail($0) }
+        self.url = url
+    }
+
+    func channelActive(context: ChannelHandlerContext) {
+        context.write(self.wrapOutboundOut(.head(self.head)), promise: nil)
+        context.writeAndFlush(self.wrapOutboundOut(.end(nil)), promise: nil)
+        context.fireChannelActive()
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        switch self.unwrapInboundIn(data) {
+        case .head(let head):
+            self.status = head.status
+        case .body(var bytes):
+            if (self.body?.readableBytes ?? 0) < 4096 {
+                if self.body == nil { self.body = bytes } else { self.body!.writeBuffer(&bytes) }
+            }
+        case .end:
+            let status = self.status ?? .badRequest
+            let message = self.body.flatMap { extractMessage($0) } ?? status.reasonPhrase
+            self.fail(
+                DialError(
+                    kind: .rejected(status: status.code),
+                    message: "\(self.url): relay refused the connection: \(status.code) \(message)"))
+            context.close(promise: nil)
+        }
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: Error) {
+        self.fail(DialError(kind: .failed, message: "\(self.url): \(describeTLSError(error))"))
+        context.close(promise: nil)
+    }
+}
+
+/// The `message` of a relay JSON error body, or the body itself when short.
+func extractMessage(_ body: ByteBuffer) -> String? {
+    let text = String(buffer: body)
+    if let range = text.range(of: "\"message\":\"") {
+        let rest = text[range.upperBound...]
+        if let end = rest.firstIndex(of: "\"") { return String(rest[..<end]) }
+    }
+    let trimmed = text.trimmingCharacters(in: .whitespacesAndNewlines)
+    return trimmed.isEmpty || trimmed.count > 200 ? nil : trimmed
+}
+
+/// Names certificate failures plainly: they are the ones operators must act on.
+public func describeTLSError(_ error: Error) -> String {
+    if let error = error as? NIOSSLError {
+        switch error {
+        case .handshakeFailed:
+            return "TLS handshake failed (is the relay's certificate signed by the configured CA?): \(error)"
+        default:
+            return "TLS error: \(error)"
+        }
+    }
+    return String(describing: error)
+}

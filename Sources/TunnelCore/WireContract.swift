@@ -1,0 +1,54 @@
+import NIOHTTP1
+
+/// Names shared by the three programs. The wire contract is written out in docs/PROTOCOL.md.
+public enum WirePath {
+    /// Connectors upgrade here (websocket, then HTTP/2 with the connector as server).
+    public static let tunnel = "/v1/tunnel"
+    /// relayctl upgrades here (websocket, then HTTP/2 with relayctl as client).
+    public static let session = "/v1/session"
+    /// Plain HTTPS liveness probe.
+    public static let health = "/healthz"
+}
+
+public enum WireHeader {
+    /// On the connector's upgrade request: the cluster it serves.
+    public static let cluster = "x-relay-cluster"
+    /// On the connector's upgrade request: its node ID.
+    public static let node = "x-relay-node"
+    /// On relayctl's upgrade request and on every stream the relay opens in a tunnel: the component name.
+    public static let component = "x-relay-component"
+    /// Set by the relay on every tunnel stream: the authenticated expert.
+    public static let expert = "x-relay-expert"
+    /// Set by the relay on every tunnel stream: the session the stream belongs to.
+    public static let session = "x-relay-session"
+    /// Set by the relay on every tunnel stream: a unique request ID, echoed in responses and audit.
+    public static let requestID = "x-relay-request-id"
+    /// On error responses produced by relay, connector or relayctl (not by a component): who refused and why.
+    public static let error = "x-relay-error"
+
+    /// Every header the relay owns; any copy that arrives from an expert is removed before the relay sets its own.
+    public static let relayOwned = [cluster, node, component, expert, session, requestID, error]
+
+    /// Hop-by-hop headers (RFC 9110 7.6.1) never forwarded across a hop.
+    public static let hopByHop = [
+        "connection", "keep-alive", "proxy-connection", "te", "trailer", "transfer-encoding", "upgrade",
+        "proxy-authenticate", "proxy-authorization",
+    ]
+}
+
+public enum WireProtocolVersion {
+    /// Sent as `Sec-WebSocket-Protocol`; a peer with another version is refused at the upgrade.
+    public static let current = "relay-tunnel.v1"
+}
+
+extension HTTPHeaders {
+    /// Removes hop-by-hop headers, including those named in `Connection`.
+    public mutating func removeHopByHop() {
+        let named = self[canonicalForm: "connection"].map { String($0).lowercased() }
+        for name in WireHeader.hopByHop + named { self.remove(name: name) }
+    }
+
+    public mutating func removeRelayOwned() {
+        for name in WireHeader.relayOwned { self.remove(name: name) }
+    }
+}

@@ -1,0 +1,40 @@
+import ArgumentParser
+import Logging
+import NIOPosix
+import Relay
+import TunnelCore
+
+@main
+struct RelayCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "relay",
+        abstract: "Relay node: accepts connector tunnels and expert sessions, and switches sessions into tunnels.")
+
+    @Option(name: .shortAndLong, help: "Path to relay.yaml (see Config/relay.yaml).")
+    var config: String = "relay.yaml"
+
+    @Option(help: "trace, debug, info, notice, warning, error or critical.")
+    var logLevel: Logger.Level = .info
+
+    @Flag(help: "Validate the config file and exit.")
+    var checkConfig = false
+
+    func run() async throws {
+        LoggingSystem.bootstrap { StreamLogHandler.standardError(label: $0) }
+        var logger = Logger(label: "relay")
+        logger.logLevel = self.logLevel
+        let config = try RelayConfig.load(path: self.config)
+        if self.checkConfig {
+            print("\(self.config): OK (\(config.clusters.count) clusters, \(config.experts.count) experts)")
+            return
+        }
+        let server = try RelayServer(config: config, group: MultiThreadedEventLoopGroup.singleton, logger: logger)
+        let address = try await server.start()
+        print("relay listening on \(address)")
+        let signal = await TerminationSignal.wait()
+        logger.info("shutting down", metadata: ["signal": "\(signal)"])
+        try await server.stop()
+    }
+}
+
+extension Logger.Level: @retroactive ExpressibleByArgument {}

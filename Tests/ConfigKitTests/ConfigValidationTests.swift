@@ -1,0 +1,199 @@
+import ConfigKit
+import Connector
+import Foundation
+import Relay
+import Testing
+import TunnelCore
+
+private let repoRoot = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+
+private let goodRelay = """
+    listen: 127.0.0.1:0
+    tls:
+      certificate_file: relay.pem
+      private_key_file: relay.key
+    clusters:
+      - id: demo
+        secret: 0123456789abcdef0123
+    experts:
+      - name: alice
+        token: tok-0123456789abcdef0123456789
+    limits:
+      max_frame_size: 64KiB
+      handshake_timeout: 5s
+    """
+
+private let goodConnector = """
+    cluster_id: demo
+    node_id: node-1
+    secret: 0123456789abcdef0123
+    relay:
+      urls: [wss://127.0.0.1:8443/v1/tunnel, "wss://[::1]:9443/v1/tunnel"]
+      ca_file: ca.pem
+    components:
+      ui: http://127.0.0.1:8080
+      api: http://localhost:9000/api/
+    """
+
+/// Replaces one line of a YAML document (by its exact text) or appends one.
+private func edit(_ yaml: String, replace old: String? = nil, with new: String) -> String {
+    guard let old else { return yaml + "\n" + new }
+    precondition(yaml.contains(old), "fixture has no line \(old)")
+    return yaml.replacingOccurrences(of: old, with: new)
+}
+
+@Suite struct RelayConfigTests {
+    @Test func goodConfigParsesWithPathsRelativeToTheFile() throws {
+        let config = try RelayConfig.parse(yaml: goodRelay, file: "/etc/relay/relay.yaml")
+        #expect(config.listenPort == 0)
+        #expect(config.certificateFile == "/etc/relay/relay.pem")
+        #expect(config.clusters.map(\.id) == ["demo"])
+        #expect(config.experts.map(\.name) == ["alice"])
+        #expect(config.limits.maxFrameSize == 65536)
+        #expect(config.limits.handshakeTimeout == .seconds(5))
+        #expect(config.limits.maxConcurrentStreams == TunnelLimits().maxConcurrentStreams)
+    }
+
+    @Test func shippedExampleIsValid() throws {
+        let path = repoRoot.appendingPathComponent("Config/relay.yaml").path
+        let text = try String(contentsOfFile: path, encoding: .utf8)
+        // secret files do not exist until the demo makes them; inline them for the check
+        let inlined = text.replacingOccurrences(of: "secret_file: ../.demo/cluster-demo.secret", with: "secret: 0123456789abcdef0123")
+            .replacingOccurrences(of: "token_file: ../.demo/alice.token", with: "token: tok-0123456789abcdef0123456789")
+        let config = try RelayConfig.parse(yaml: inlined, file: path)
+        #expect(config.listenPort == 8443)
+        #expect(config.limits == TunnelLimits(), "the example documents the defaults")
+    }
+
+    @Test(arguments: [
+        (edit(goodRelay, with: "listn: 1.2.3.4:5"), "listn", "unknown key"),
+        (edit(goodRelay, replace: "listen: 127.0.0.1:0", with: "listen: localhost"), "listen", "host:port"),
+        (edit(goodRelay, replace: "listen: 127.0.0.1:0", with: "listen: 127.0.0.1:70000"), "listen", "host:port"),
+        (edit(goodRelay, replace: "  private_key_file: relay.key", with: "  private_key: relay.key"), "tls.private_key", "unknown key"),
+        (edit(goodRelay, replace: "  certificate_file: relay.pem", with: ""), "tls.certificate_file", "required"),
+        (edit(goodRelay, replace: "  - id: demo", with: "  - id: \"bad id!\""), "clusters[0].id", "letters, digits"),
+        (edit(goodRelay, replace: "    secret: 0123456789abcdef0123", with: "    secret: short"), "clusters[0].secret", "at least 16"),
+        (edit(goodRelay, replace: "    secret: 0123456789abcdef0123", with: "    secret: 0123456789abcdef0123\n    secret_file: x"),
+         "clusters[0].secret", "not both"),
+        (edit(goodRelay, replace: "    token: tok-0123456789abcdef0123456789", with: "    token: tok-short"), "experts[0].token", "at least 24"),
+        (edit(goodRelay, replace: "  max_frame_size: 64KiB", with: "  max_frame_size: 1KiB"), "limits.max_frame_size", "16384"),
+        (edit(goodRelay, replace: "  max_frame_size: 64KiB", with: "  max_frame_size: lots"), "limits.max_frame_size", "expected a size"),
+        (edit(goodRelay, replace: "  handshake_timeout: 5s", with: "  handshake_timeout: soon"), "limits.handshake_timeout", "duration"),
+        (edit(goodRelay, replace: "  handshake_timeout: 5s", with: "  handshake_timeout: 0s"), "limits.handshake_timeout", "between"),
+        (edit(goodRelay, replace: "  handshake_timeout: 5s", with: "  max_concurrent_streams: many"), "limits.max_concurrent_streams", "whole number"),
+        (edit(goodRelay, replace: "  handshake_timeout: 5s", with: "  max_concurrent_streams: 0"), "limits.max_concurrent_streams", "1 ... 10000"),
+        (edit(goodRelay, replace: "  handshake_timeout: 5s", with: "  max_streams: 5"), "limits.max_streams", "unknown key"),
+        (edit(goodRelay, with: "clusters: 5"), "clusters", "given twice"),
+        ("listen: [1, 2]", "listen", "expected a string"),
+        ("- a\n- b", "", "mapping"),
+        ("listen: \"unterminated", "", "not valid YAML"),
+    ])
+    func everyBadValueIsRejectedNamingItsKey(_ yaml: String, _ key: String, _ message: String) {
+        do {
+            _ = try RelayConfig.parse(yaml: yaml, file: "relay.yaml")
+            Issue.record("accepted a bad config; expected an error at \(key)")
+        } catch let error as ConfigError {
+            #expect(error.key == key, "\(error)")
+            #expect(error.description.contains(message), "\(error)")
+            #expect(error.description.hasPrefix("relay.yaml: "))
+        } catch {
+            Issue.record("unexpected error type: \(error)")
+        }
+    }
+
+    @Test func secretsNeverPrint() throws {
+        let config = try RelayConfig.parse(yaml: goodRelay, file: "relay.yaml")
+        let printed = "\(config) \(String(reflecting: config))"
+        #expect(!printed.contains("0123456789abcdef0123"))
+        #expect(!printed.contains("tok-0123456789abcdef0123456789"))
+        #expect(printed.contains("<redacted>"))
+    }
+}
+
+@Suite struct ConnectorConfigTests {
+    @Test func goodConfigParses() throws {
+        let config = try ConnectorConfig.parse(yaml: goodConnector, file: "/opt/c/connector.yaml")
+        #expect(config.clusterID == "demo")
+        #expect(config.relayURLs.map(\.description) == ["wss://127.0.0.1:8443/v1/tunnel", "wss://[::1]:9443/v1/tunnel"])
+        #expect(config.caFile == "/opt/c/ca.pem")
+        #expect(config.components.map(\.name) == ["ui", "api"])
+        #expect(config.components[1].host == "localhost")
+        #expect(config.components[1].port == 9000)
+        #expect(config.components[1].basePath == "/api")
+        #expect(config.components[0].authority == "127.0.0.1:8080")
+    }
+
+    @Test func shippedExampleIsValid() throws {
+        let path = repoRoot.appendingPathComponent("Config/connector.yaml").path
+        let text = try String(contentsOfFile: path, encoding: .utf8)
+        let inlined = text.replacingOccurrences(of: "secret_file: ../.demo/cluster-demo.secret", with: "secret: 0123456789abcdef0123")
+        let config = try ConnectorConfig.parse(yaml: inlined, file: path)
+        #expect(config.components.map(\.name) == ["ui"])
+        #expect(config.limits == TunnelLimits())
+    }
+
+    @Test(arguments: [
+        (edit(goodConnector, with: "proxy: yes"), "proxy", "unknown key"),
+        (edit(goodConnector, replace: "cluster_id: demo", with: "cluster_id: \"\""), "cluster_id", "required"),
+        (edit(goodConnector, replace: "node_id: node-1", with: "node_id: a/b"), "node_id", "letters, digits"),
+        (edit(goodConnector, replace: "secret: 0123456789abcdef0123", with: "secret_file: /nonexistent/secret"), "secret_file", "cannot read"),
+        (edit(goodConnector, replace: "  urls: [wss://127.0.0.1:8443/v1/tunnel, \"wss://[::1]:9443/v1/tunnel\"]", with: "  urls: [ws://127.0.0.1:8443/v1/tunnel]"),
+         "relay.urls[0]", "plain ws://"),
+        (edit(goodConnector, replace: "  urls: [wss://127.0.0.1:8443/v1/tunnel, \"wss://[::1]:9443/v1/tunnel\"]", with: "  urls: [\"wss://127.0.0.1:99999/\"]"),
+         "relay.urls[0]", "bad port"),
+        (edit(goodConnector, replace: "  urls: [wss://127.0.0.1:8443/v1/tunnel, \"wss://[::1]:9443/v1/tunnel\"]", with: "  urls: []"),
+         "relay.urls", "at least one"),
+        (edit(goodConnector, replace: "  ca_file: ca.pem", with: ""), "relay.ca_file", "required"),
+        (edit(goodConnector, replace: "  ca_file: ca.pem", with: "  ca_file: ca.pem\n  reconnect_initial: 5s\n  reconnect_max: 1s"),
+         "relay.reconnect_max", "between"),
+        (edit(goodConnector, replace: "  ui: http://127.0.0.1:8080", with: "  ui: https://127.0.0.1:8080"), "components.ui", "http://"),
+        (edit(goodConnector, replace: "  ui: http://127.0.0.1:8080", with: "  ui: http://user:pw@127.0.0.1:8080"), "components.ui", "no credentials"),
+        (edit(goodConnector, replace: "  ui: http://127.0.0.1:8080", with: "  ui: http://127.0.0.1:notaport"), "components.ui", "bad host or port"),
+        (edit(goodConnector, replace: "  ui: http://127.0.0.1:8080", with: "  \"../etc\": http://127.0.0.1:8080"), "components.../etc", "component names"),
+        (edit(goodConnector, replace: "  api: http://localhost:9000/api/", with: "  api:"), "components.api", "needs a URL"),
+        (edit(goodConnector, replace: "  ui: http://127.0.0.1:8080\n  api: http://localhost:9000/api/", with: "  {}"), "components", "mapping"),
+    ])
+    func everyBadValueIsRejectedNamingItsKey(_ yaml: String, _ key: String, _ message: String) {
+        do {
+            _ = try ConnectorConfig.parse(yaml: yaml, file: "connector.yaml")
+            Issue.record("accepted a bad config; expected an error at \(key)")
+        } catch let error as ConfigError {
+            #expect(error.key == key, "\(error)")
+            #expect(error.description.contains(message), "\(error)")
+        } catch {
+            Issue.record("unexpected error type: \(error)")
+        }
+    }
+}
+
+@Suite struct ValueParsingTests {
+    @Test func sizesAndDurations() {
+        #expect(parseSize("65536") == 65536)
+        #expect(parseSize("64KiB") == 65536)
+        #expect(parseSize("4MiB") == 4 << 20)
+        #expect(parseSize("1 GiB") == 1 << 30)
+        #expect(parseSize("-1") == nil)
+        #expect(parseSize("12XB") == nil)
+        #expect(parseDurationMilliseconds("250ms") == 250)
+        #expect(parseDurationMilliseconds("10s") == 10_000)
+        #expect(parseDurationMilliseconds("5m") == 300_000)
+        #expect(parseDurationMilliseconds("8h") == 28_800_000)
+        #expect(parseDurationMilliseconds("7") == 7000)
+        #expect(parseDurationMilliseconds("ten") == nil)
+    }
+
+    @Test func backoffGrowsWithJitterAndResets() {
+        var policy = Backoff.Policy()
+        policy.initialMilliseconds = 100
+        policy.maximumMilliseconds = 1000
+        var backoff = Backoff(policy: policy)
+        var random = SystemRandomNumberGenerator()
+        let bounds: [ClosedRange<Int64>] = [50...100, 100...200, 200...400, 400...800, 500...1000, 500...1000]
+        for range in bounds {
+            let delay = backoff.next(using: &random)
+            #expect(range.contains(delay), "\(delay) not in \(range)")
+        }
+        backoff.reset()
+        #expect((50...100).contains(backoff.next(using: &random)))
+    }
+}
