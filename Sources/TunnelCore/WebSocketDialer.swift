@@ -124,7 +124,9 @@ public enum WebSocketDialer {
                     }
                     let sync = channel.pipeline.syncOperations
                     try sync.addHandler(NIOSSLClientHandler(context: tls, serverHostname: url.serverHostname))
+                    // Tunnel bytes can arrive in the same read as the 101 response: forward them, never drop them.
                     try sync.addHTTPClientHandlers(
+                        leftOverBytesStrategy: .forwardBytes,
                         withClientUpgrade: (upgraders: [upgrader], completionHandler: { _ in }))
                     try sync.addHandler(requester)
                     return channel.eventLoop.makeSucceededVoidFuture()

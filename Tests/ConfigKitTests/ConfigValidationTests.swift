@@ -69,7 +69,7 @@ private func edit(_ yaml: String, replace old: String? = nil, with new: String) 
         (edit(goodRelay, with: "listn: 1.2.3.4:5"), "listn", "unknown key"),
         (edit(goodRelay, replace: "listen: 127.0.0.1:0", with: "listen: localhost"), "listen", "host:port"),
         (edit(goodRelay, replace: "listen: 127.0.0.1:0", with: "listen: 127.0.0.1:70000"), "listen", "host:port"),
-        (edit(goodRelay, replace: "  private_key_file: relay.key", with: "  private_key: relay.key"), "tls.private_key", "unknown key"),
+        (edit(goodRelay, replace: "  private_key_file: relay.key", with: "  private_key: relay.key"), "tls.private_key_file", "required"),
         (edit(goodRelay, replace: "  certificate_file: relay.pem", with: ""), "tls.certificate_file", "required"),
         (edit(goodRelay, replace: "  - id: demo", with: "  - id: \"bad id!\""), "clusters[0].id", "letters, digits"),
         (edit(goodRelay, replace: "    secret: 0123456789abcdef0123", with: "    secret: short"), "clusters[0].secret", "at least 16"),
@@ -83,7 +83,7 @@ private func edit(_ yaml: String, replace old: String? = nil, with new: String) 
         (edit(goodRelay, replace: "  handshake_timeout: 5s", with: "  max_concurrent_streams: many"), "limits.max_concurrent_streams", "whole number"),
         (edit(goodRelay, replace: "  handshake_timeout: 5s", with: "  max_concurrent_streams: 0"), "limits.max_concurrent_streams", "1 ... 10000"),
         (edit(goodRelay, replace: "  handshake_timeout: 5s", with: "  max_streams: 5"), "limits.max_streams", "unknown key"),
-        (edit(goodRelay, with: "clusters: 5"), "clusters", "given twice"),
+        (edit(goodRelay, with: "clusters: 5"), "", "duplicated key(s): 'clusters'"),
         ("listen: [1, 2]", "listen", "expected a string"),
         ("- a\n- b", "", "mapping"),
         ("listen: \"unterminated", "", "not valid YAML"),
@@ -151,7 +151,7 @@ private func edit(_ yaml: String, replace old: String? = nil, with new: String) 
         (edit(goodConnector, replace: "  ui: http://127.0.0.1:8080", with: "  ui: http://127.0.0.1:notaport"), "components.ui", "bad host or port"),
         (edit(goodConnector, replace: "  ui: http://127.0.0.1:8080", with: "  \"../etc\": http://127.0.0.1:8080"), "components.../etc", "component names"),
         (edit(goodConnector, replace: "  api: http://localhost:9000/api/", with: "  api:"), "components.api", "needs a URL"),
-        (edit(goodConnector, replace: "  ui: http://127.0.0.1:8080\n  api: http://localhost:9000/api/", with: "  {}"), "components", "mapping"),
+        (edit(goodConnector, replace: "  ui: http://127.0.0.1:8080\n  api: http://localhost:9000/api/", with: "  {}"), "components", "needs at least one component"),
     ])
     func everyBadValueIsRejectedNamingItsKey(_ yaml: String, _ key: String, _ message: String) {
         do {

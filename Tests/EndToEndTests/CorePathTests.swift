@@ -1,0 +1,270 @@
+import ConfigKit
+import DemoComponentKit
+import Foundation
+import NIOCore
+import NIOHTTP1
+import NIOPosix
+import NIOSSL
+import Relay
+import RelayCtlKit
+import Testing
+import TunnelCore
+
+/// local port -> relay -> connector -> component, on real TLS sockets on loopback.
+@Suite(.serialized) struct CorePathTests {
+    @Test func smallGetReachesTheComponent() async throws {
+        let stack = try await TestStack.start()
+        let session = try await stack.openSession()
+        let port = session.localAddress!.port!
+        let page = try await TestHTTPConnection.request(port: port, .GET, "/")
+        #expect(page.status == .ok)
+        #expect(page.text.contains("Cluster component \"ui\""))
+        let api = try await TestHTTPConnection.request(port: port, .GET, "/api/status")
+        #expect(api.status == .ok)
+        #expect(api.headers.first(name: "content-type") == "application/json")
+        #expect(api.text == "{\"component\":\"ui\",\"healthy\":true}\n")
+        try await session.close()
+        await stack.stop()
+    }
+
+    @Test func componentSeesItsOwnHostAndNoRelayHeaders() async throws {
+        let stack = try await TestStack.start()
+        let session = try await stack.openSession()
+        let response = try await TestHTTPConnection.request(
+            port: session.localAddress!.port!, .GET, "/headers", headers: [("x-relay-expert", "mallory"), ("x-custom", "kept")])
+        #expect(response.status == .ok)
+        #expect(response.text.contains("\"host\":\"127.0.0.1:\(stack.component.port)\""))
+        #expect(response.text.contains("\"x-custom\":\"kept\""))
+        #expect(!response.text.contains("x-relay"), "\(response.text)")
+        try await session.close()
+        await stack.stop()
+    }
+
+    @Test func tenMiBDownloadAndUploadArriveIntact() async throws {
+        let stack = try await TestStack.start()
+        let session = try await stack.openSession()
+        let port = session.localAddress!.port!
+        let size = 10 << 20
+        let download = try await TestHTTPConnection.request(port: port, .GET, "/bytes/\(size)")
+        #expect(download.status == .ok)
+        #expect(download.bodyBytes == size)
+        #expect(download.sha256 == DemoComponent.sha256OfPattern(size: size))
+
+        var generator = SystemRandomNumberGenerator()
+        let body = (0..<size).map { _ in UInt8.random(in: 0...255, using: &generator) }
+        let upload = try await TestHTTPConnection.request(port: port, .POST, "/upload", body: body)
+        #expect(upload.status == .ok)
+        #expect(upload.text == "{\"bytes\":\(size),\"sha256\":\"\(sha256Hex(body))\"}\n")
+
+        let chunked = try await TestHTTPConnection.request(port: port, .PUT, "/upload", body: Array(body[0..<300_001]), chunked: true)
+        #expect(chunked.text == "{\"bytes\":300001,\"sha256\":\"\(sha256Hex(Array(body[0..<300_001])))\"}\n")
+        try await session.close()
+        await stack.stop()
+    }
+
+    @Test func keepAliveConnectionCarriesManyRequests() async throws {
+        let stack = try await TestStack.start()
+        let session = try await stack.openSession()
+        let connection = try await TestHTTPConnection.connect(port: session.localAddress!.port!)
+        for size in [0, 1, 1000, 70_000, 5] {
+            let response = try await connection.request(.GET, "/bytes/\(size)")
+            #expect(response.status == .ok)
+            #expect(response.bodyBytes == size)
+        }
+        await connection.close()
+        #expect(stack.component.counters.requests == 5)
+        try await session.close()
+        await stack.stop()
+    }
+
+    @Test func hundredConcurrentRequestsAllCorrect() async throws {
+        let stack = try await TestStack.start()
+        let session = try await stack.openSession()
+        let port = session.localAddress!.port!
+        let results = try await withThrowingTaskGroup(of: (Int, TestResponse).self) { group in
+            for index in 0..<100 {
+                group.addTask {
+                    let size = 1000 + index * 997
+                    return (size, try await TestHTTPConnection.request(port: port, .GET, "/bytes/\(size)"))
+                }
+            }
+            var all: [(Int, TestResponse)] = []
+            for try await result in group { all.append(result) }
+            return all
+        }
+        #expect(results.count == 100)
+        for (size, response) in results {
+            #expect(response.status == .ok)
+            #expect(response.bodyBytes == size)
+            #expect(response.sha256 == DemoComponent.sha256OfPattern(size: size))
+        }
+        #expect(stack.relay.registry.tunnels(cluster: "demo").count == 1, "all on the one tunnel")
+        try await session.close()
+        await stack.stop()
+    }
+
+    @Test func unknownComponentFailsThatRequestOnly() async throws {
+        let stack = try await TestStack.start()
+        let tunnelBefore = stack.relay.registry.tunnels(cluster: "demo").first?.id
+        let bad = try await stack.openSession(component: "nope")
+        let response = try await TestHTTPConnection.request(port: bad.localAddress!.port!, .GET, "/")
+        #expect(response.status == .notFound)
+        #expect(response.headers.first(name: WireHeader.error) == "unknown_component")
+        #expect(response.text.contains("component \\\"nope\\\" is not offered"))
+        #expect(stack.component.counters.requests == 0)
+
+        let good = try await stack.openSession(component: "ui")
+        let ok = try await TestHTTPConnection.request(port: good.localAddress!.port!, .GET, "/api/status")
+        #expect(ok.status == .ok)
+        #expect(stack.relay.registry.tunnels(cluster: "demo").first?.id == tunnelBefore, "the tunnel was not replaced")
+        try await bad.close()
+        try await good.close()
+        await stack.stop()
+    }
+
+    @Test func componentDownIs502AndTheTunnelGoesOn() async throws {
+        // A port that refuses: bind one, note it, close it.
+        let closed = try await ServerBootstrap(group: TestStack.group).bind(host: "127.0.0.1", port: 0).get()
+        let deadPort = closed.localAddress!.port!
+        try await closed.close()
+        let stack = try await TestStack.start(extraComponents: ["down": "http://127.0.0.1:\(deadPort)"])
+        let tunnelBefore = stack.relay.registry.tunnels(cluster: "demo").first?.id
+        let down = try await stack.openSession(component: "down")
+        let up = try await stack.openSession(component: "ui")
+        let downPort = down.localAddress!.port!
+        let upPort = up.localAddress!.port!
+
+        // A long download in flight on the same tunnel while the other stream fails.
+        async let big = TestHTTPConnection.request(port: upPort, .GET, "/bytes/\(4 << 20)")
+        let failed = try await TestHTTPConnection.request(port: downPort, .GET, "/")
+        #expect(failed.status == .badGateway)
+        #expect(failed.headers.first(name: WireHeader.error) == "upstream_unavailable")
+        #expect(failed.text.contains("component \\\"down\\\" is not reachable"))
+        #expect(!failed.text.contains(String(deadPort)), "the component's address stays on the customer side")
+        let bigResponse = try await big
+        #expect(bigResponse.bodyBytes == 4 << 20)
+        #expect(try await TestHTTPConnection.request(port: upPort, .GET, "/api/status").status == .ok)
+        #expect(stack.relay.registry.tunnels(cluster: "demo").first?.id == tunnelBefore)
+        try await down.close()
+        try await up.close()
+        await stack.stop()
+    }
+
+    @Test func noConnectedTunnelIs503WithTheReason() async throws {
+        let stack = try await TestStack.start()
+        let session = try await stack.openSession(cluster: "other")
+        let response = try await TestHTTPConnection.request(port: session.localAddress!.port!, .GET, "/")
+        #expect(response.status == .serviceUnavailable)
+        #expect(response.headers.first(name: WireHeader.error) == "no_tunnel")
+        #expect(response.text.contains("cluster \\\"other\\\" has no connector connected"))
+        try await session.close()
+        await stack.stop()
+    }
+}
+
+/// Handshake refusals: credentials and certificates.
+@Suite(.serialized) struct HandshakeTests {
+    func dialTunnel(port: Int, cluster: String, secret: String, caDir: String = TestCerts.trusted) async throws -> Channel {
+        var headers = HTTPHeaders()
+        headers.add(name: "authorization", value: "Bearer \(secret)")
+        headers.add(name: WireHeader.cluster, value: cluster)
+        headers.add(name: WireHeader.node, value: "node-x")
+        let tls = try TLSFiles.clientContext(caFile: caDir + "/ca.pem")
+        let (channel, _) = try await WebSocketDialer.dial(
+            url: try WebSocketURL(parsing: "wss://127.0.0.1:\(port)/v1/tunnel"), headers: headers, tls: tls, limits: TunnelLimits(),
+            group: TestStack.group
+        ) { channel in
+            try TunnelPipeline.configure(
+                channel: channel, websocketRole: .client, http2Mode: .server, limits: TunnelLimits(),
+                inboundStreamInitializer: TunnelPipeline.refuseInboundStreams)
+        }.get()
+        return channel
+    }
+
+    func rejection(_ body: () async throws -> Void) async -> DialError? {
+        do {
+            try await body()
+            return nil
+        } catch let error as DialError {
+            return error
+        } catch {
+            Issue.record("unexpected error \(error)")
+            return nil
+        }
+    }
+
+    @Test func wrongConnectorSecretIsRefusedBeforeTheUpgrade() async throws {
+        let relay = try RelayServer(config: TestStack.relayConfig(), group: TestStack.group, logger: TestStack.quietLogger)
+        let port = try await relay.start().port!
+        let wrongSecret = await self.rejection { _ = try await self.dialTunnel(port: port, cluster: "demo", secret: "not-the-secret-0123456789") }
+        let otherClusters = await self.rejection {
+            _ = try await self.dialTunnel(port: port, cluster: "demo", secret: "other-secret-0123456789abcdef")
+        }
+        let unknownCluster = await self.rejection { _ = try await self.dialTunnel(port: port, cluster: "ghost", secret: TestStack.clusterSecret) }
+        for error in [wrongSecret, otherClusters, unknownCluster] {
+            #expect(error?.kind == .rejected(status: 401), "\(String(describing: error))")
+        }
+        // One response shape whatever was wrong, and no secret echoed.
+        #expect(wrongSecret?.message == unknownCluster?.message)
+        #expect(!(wrongSecret?.message.contains("not-the-secret") ?? true))
+        #expect(relay.registry.count == 0)
+
+        let good = try await self.dialTunnel(port: port, cluster: "demo", secret: TestStack.clusterSecret)
+        #expect(relay.registry.tunnels(cluster: "demo").count == 1)
+        try await good.close()
+        try await relay.stop()
+    }
+
+    @Test func wrongExpertTokenIsRefused() async throws {
+        let stack = try await TestStack.start()
+        let client = try SessionClient(target: try stack.sessionTarget(token: "wrong-token-0123456789abcdef0123"), group: TestStack.group,
+                                       logger: TestStack.quietLogger)
+        let error = await self.rejection { try await client.connect() }
+        #expect(error?.kind == .rejected(status: 401))
+        #expect(error?.message.contains("invalid credentials") == true)
+        #expect(!(error?.message.contains("wrong-token") ?? true))
+
+        let unknownCluster = try SessionClient(target: try stack.sessionTarget(cluster: "ghost"), group: TestStack.group,
+                                               logger: TestStack.quietLogger)
+        let notFound = await self.rejection { try await unknownCluster.connect() }
+        #expect(notFound?.kind == .rejected(status: 404))
+        await stack.stop()
+    }
+
+    @Test func connectorRefusesARelayCertificateFromAnotherCA() async throws {
+        let relay = try RelayServer(config: TestStack.relayConfig(), group: TestStack.group, logger: TestStack.quietLogger)
+        let port = try await relay.start().port!
+        let error = await self.rejection {
+            _ = try await self.dialTunnel(port: port, cluster: "demo", secret: TestStack.clusterSecret, caDir: TestCerts.other)
+        }
+        #expect(error?.kind == .failed)
+        #expect(error?.message.contains("TLS handshake failed") == true, "\(String(describing: error))")
+        #expect(relay.registry.count == 0)
+        try await relay.stop()
+    }
+
+    @Test func plainHTTPSGetsAClearAnswer() async throws {
+        let relay = try RelayServer(config: TestStack.relayConfig(), group: TestStack.group, logger: TestStack.quietLogger)
+        let port = try await relay.start().port!
+        let health = try await curl(["https://127.0.0.1:\(port)/healthz"])
+        #expect(health.contains("200"))
+        let noUpgrade = try await curl(["-H", "Authorization: Bearer \(TestStack.clusterSecret)", "-H", "x-relay-cluster: demo",
+                                        "-H", "x-relay-node: n1", "-H", "sec-websocket-protocol: relay-tunnel.v1",
+                                        "https://127.0.0.1:\(port)/v1/tunnel"])
+        #expect(noUpgrade.contains("426"))
+        try await relay.stop()
+    }
+
+    /// curl with the test CA: prints the status code and body.
+    func curl(_ arguments: [String]) async throws -> String {
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: "/usr/bin/curl")
+        process.arguments = ["-s", "--max-time", "10", "--cacert", TestCerts.trusted + "/ca.pem", "-w", "%{http_code}"] + arguments
+        let pipe = Pipe()
+        process.standardOutput = pipe
+        try process.run()
+        let data = pipe.fileHandleForReading.readDataToEndOfFile()
+        process.waitUntilExit()
+        return String(decoding: data, as: UTF8.self)
+    }
+}
