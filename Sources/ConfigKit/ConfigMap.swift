@@ -30,6 +30,14 @@ public final class ConfigMap {
     private let order: [String]
     private var read: Set<String> = []
 
+    /// The text of a config file, or an error naming it.
+    public static func readFile(_ path: String) throws -> String {
+        guard let data = FileManager.default.contents(atPath: path), let text = String(data: data, encoding: .utf8) else {
+            throw ConfigError(file: path, key: "", message: "cannot read the file")
+        }
+        return text
+    }
+
     public convenience init(yaml: String, file: String) throws {
         let base = (file as NSString).deletingLastPathComponent
         let node: Node?

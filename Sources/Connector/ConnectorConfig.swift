@@ -70,10 +70,7 @@ public struct ConnectorConfig: Sendable {
     }
 
     public static func load(path: String) throws -> ConnectorConfig {
-        guard let data = FileManager.default.contents(atPath: path), let text = String(data: data, encoding: .utf8) else {
-            throw ConfigError(file: path, key: "", message: "cannot read the file")
-        }
-        return try self.parse(yaml: text, file: path)
+        try self.parse(yaml: try ConfigMap.readFile(path), file: path)
     }
 
     public static func parse(yaml: String, file: String) throws -> ConnectorConfig {

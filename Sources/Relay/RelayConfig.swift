@@ -44,10 +44,7 @@ public struct RelayConfig: Sendable {
     }
 
     public static func load(path: String) throws -> RelayConfig {
-        guard let data = FileManager.default.contents(atPath: path), let text = String(data: data, encoding: .utf8) else {
-            throw ConfigError(file: path, key: "", message: "cannot read the file")
-        }
-        return try self.parse(yaml: text, file: path)
+        try self.parse(yaml: try ConfigMap.readFile(path), file: path)
     }
 
     /// Relative file paths in the config are taken relative to the config file's folder.

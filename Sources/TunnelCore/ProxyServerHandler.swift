@@ -90,7 +90,10 @@ public final class ProxyServerHandler: ChannelDuplexHandler {
             guard let exchange = self.exchange else { return }
             exchange.requestEnded = true
             self.forward(.end(trailers), exchange)
-            if exchange.responseEnded { self.finish(exchange) }
+            if exchange.responseEnded {
+                self.finish(exchange)
+                self.readIfPending()
+            }
         }
     }
 
@@ -200,8 +203,11 @@ public final class ProxyServerHandler: ChannelDuplexHandler {
         case .end(let trailers):
             exchange.responseEnded = true
             exchange.phase = .responded
+            // Settle the exchange before writing: on an HTTP/2 stream, writing END_STREAM can close
+            // the channel re-entrantly, and channelInactive must then see nothing left to abort.
+            if exchange.requestEnded { self.finish(exchange) }
             context.writeAndFlush(self.wrapOutboundOut(.end(trailers)), promise: nil)
-            if exchange.requestEnded { self.finish(exchange) } else { self.readIfPending() }
+            self.readIfPending()
         }
     }
 
@@ -242,18 +248,19 @@ public final class ProxyServerHandler: ChannelDuplexHandler {
         exchange.outcome = .refused(refusal)
         let body = refusal.body(allocator: context.channel.allocator)
         let head = refusal.responseHead(version: exchange.head.version, bodyLength: body.readableBytes)
+        if exchange.requestEnded { self.finish(exchange) }  // before the writes, as in upstreamResponse
         context.write(self.wrapOutboundOut(.head(head)), promise: nil)
         context.write(self.wrapOutboundOut(.body(.byteBuffer(body))), promise: nil)
         context.writeAndFlush(self.wrapOutboundOut(.end(nil)), promise: nil)
-        if exchange.requestEnded { self.finish(exchange) } else { self.readIfPending() }
+        self.readIfPending()
     }
 
+    /// Both directions are complete: report and get ready for the next request (HTTP/1 keep-alive).
     private func finish(_ exchange: Exchange) {
         guard self.exchange === exchange else { return }
         self.report(exchange)
         self.exchange = nil
         self.upstreamWritable = true
-        self.readIfPending()
     }
 
     private func report(_ exchange: Exchange) {

@@ -22,6 +22,12 @@ public final class ProxyUpstreamHandler: ChannelDuplexHandler {
     private var lastError: Error?
     private var closedEarly = false
 
+    /// Close the channel once request and response are complete: right for a TCP connection to a
+    /// component. An HTTP/2 stream closes by itself on END_STREAM both ways; closing it ourselves
+    /// would send RST_STREAM, and a peer counts those (NIOHTTP2 closes a connection after 200 resets
+    /// in 30 s as a denial-of-service defence). Openers of HTTP/2 streams set this to false.
+    public var closesWhenDone = true
+
     init(server: ProxyServerHandler, serverLoop: EventLoop) {
         self.server = server
         self.serverLoop = serverLoop
@@ -123,6 +129,6 @@ public final class ProxyUpstreamHandler: ChannelDuplexHandler {
     /// Both directions are complete: this hop carries one request only.
     private func done() {
         self.context?.flush()
-        self.context?.close(promise: nil)
+        if self.closesWhenDone { self.context?.close(promise: nil) }
     }
 }

@@ -107,31 +107,11 @@ public enum WebSocketDialer {
             .connectTimeout(limits.handshakeTimeout)
             .channelOption(ChannelOptions.socketOption(.so_keepalive), value: 1)
             .channelInitializer { channel in
-                do {
-                    let requester = UpgradeRequester(head: head, promise: promise, url: url)
-                    let upgrader = NIOWebSocketClientUpgrader(
-                        maxFrameSize: limits.maxWebSocketFrameSize, automaticErrorHandling: true
-                    ) { channel, _ in
-                        do {
-                            try channel.pipeline.syncOperations.removeHandler(requester).whenComplete { _ in }
-                            let result = try afterUpgrade(channel)
-                            promise.succeed((channel, result))
-                        } catch {
-                            promise.fail(DialError(kind: .failed, message: "\(url): tunnel setup failed: \(error)"))
-                            channel.close(promise: nil)
-                        }
-                        return channel.eventLoop.makeSucceededVoidFuture()
-                    }
-                    let sync = channel.pipeline.syncOperations
-                    try sync.addHandler(NIOSSLClientHandler(context: tls, serverHostname: url.serverHostname))
-                    // Tunnel bytes can arrive in the same read as the 101 response: forward them, never drop them.
-                    try sync.addHTTPClientHandlers(
-                        leftOverBytesStrategy: .forwardBytes,
-                        withClientUpgrade: (upgraders: [upgrader], completionHandler: { _ in }))
-                    try sync.addHandler(requester)
-                    return channel.eventLoop.makeSucceededVoidFuture()
-                } catch {
-                    return channel.eventLoop.makeFailedFuture(error)
+                channel.eventLoop.makeCompletedFuture {
+                    try channel.pipeline.syncOperations.addHandler(
+                        NIOSSLClientHandler(context: tls, serverHostname: url.serverHostname))
+                    try Self.configureUpgrade(
+                        channel: channel, head: head, url: url, limits: limits, promise: promise, afterUpgrade: afterUpgrade)
                 }
             }
         bootstrap.connect(host: url.host, port: url.port).whenComplete { result in
@@ -146,6 +126,33 @@ public enum WebSocketDialer {
             }
         }
         return promise.futureResult
+    }
+
+    /// The HTTP/1 upgrade stage on a connected (TLS) channel: sends `head`, and on `101` runs
+    /// `afterUpgrade` and succeeds `promise`; any other answer fails it with `DialError.rejected`.
+    static func configureUpgrade<Result: Sendable>(
+        channel: Channel, head: HTTPRequestHead, url: WebSocketURL, limits: TunnelLimits,
+        promise: EventLoopPromise<(Channel, Result)>, afterUpgrade: @escaping @Sendable (Channel) throws -> Result
+    ) throws {
+        let requester = UpgradeRequester(head: head, promise: promise, url: url)
+        let upgrader = NIOWebSocketClientUpgrader(maxFrameSize: limits.maxWebSocketFrameSize, automaticErrorHandling: true) {
+            channel, _ in
+            do {
+                try channel.pipeline.syncOperations.removeHandler(requester).whenComplete { _ in }
+                let result = try afterUpgrade(channel)
+                promise.succeed((channel, result))
+            } catch {
+                promise.fail(DialError(kind: .failed, message: "\(url): tunnel setup failed: \(error)"))
+                channel.close(promise: nil)
+            }
+            return channel.eventLoop.makeSucceededVoidFuture()
+        }
+        // Tunnel bytes can arrive in the same read as the 101 response: forward them, never drop them
+        // (NIO's default drops them, which silently loses the peer's HTTP/2 preface).
+        try channel.pipeline.syncOperations.addHTTPClientHandlers(
+            leftOverBytesStrategy: .forwardBytes,
+            withClientUpgrade: (upgraders: [upgrader], completionHandler: { _ in }))
+        try channel.pipeline.syncOperations.addHandler(requester)
     }
 }
 

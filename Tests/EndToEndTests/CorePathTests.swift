@@ -51,7 +51,10 @@ import TunnelCore
         #expect(download.sha256 == DemoComponent.sha256OfPattern(size: size))
 
         var generator = SystemRandomNumberGenerator()
-        let body = (0..<size).map { _ in UInt8.random(in: 0...255, using: &generator) }
+        var body = [UInt8](repeating: 0, count: size)
+        body.withUnsafeMutableBytes { raw in
+            for index in stride(from: 0, to: size, by: 8) { raw.storeBytes(of: generator.next() as UInt64, toByteOffset: index, as: UInt64.self) }
+        }
         let upload = try await TestHTTPConnection.request(port: port, .POST, "/upload", body: body)
         #expect(upload.status == .ok)
         #expect(upload.text == "{\"bytes\":\(size),\"sha256\":\"\(sha256Hex(body))\"}\n")
@@ -73,6 +76,23 @@ import TunnelCore
         }
         await connection.close()
         #expect(stack.component.counters.requests == 5)
+        try await session.close()
+        await stack.stop()
+    }
+
+    /// More requests than NIOHTTP2's reset budget (200 per 30 s): finished streams must close with
+    /// END_STREAM, not RST_STREAM, or the relay drops the connection as abusive.
+    @Test func manyMoreRequestsThanTheResetBudgetOnOneSession() async throws {
+        let stack = try await TestStack.start()
+        let session = try await stack.openSession()
+        let connection = try await TestHTTPConnection.connect(port: session.localAddress!.port!)
+        var statuses: [UInt: Int] = [:]
+        for _ in 0..<400 {
+            let response = try await connection.request(.GET, "/bytes/100")
+            statuses[response.status.code, default: 0] += 1
+        }
+        #expect(statuses == [200: 400])
+        await connection.close()
         try await session.close()
         await stack.stop()
     }
