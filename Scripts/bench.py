@@ -69,6 +69,9 @@ def main():
     parser.add_argument("--slow-size-mib", type=int, default=1024)
     parser.add_argument("--slow-rate", default="50M", help="curl --limit-rate for the slow reader")
     parser.add_argument("--no-build", action="store_true")
+    parser.add_argument("--limit", action="append", default=[], metavar="KEY=VALUE",
+                        help="a limits: entry for relay.yaml and connector.yaml, e.g. initial_window_size=1MiB")
+    parser.add_argument("--skip-wrk", action="store_true")
     args = parser.parse_args()
     for tool in ("wrk", "curl", "openssl"):
         if not shutil.which(tool):
@@ -89,6 +92,11 @@ def main():
     with open(f"{work}/connector.yaml", "w") as f:
         f.write(f"cluster_id: bench\nnode_id: n1\nsecret: {secret}\nrelay:\n  urls: [wss://127.0.0.1:{relay_port}/v1/tunnel]\n"
                 f"  ca_file: ca.pem\ncomponents:\n  ui: http://127.0.0.1:{component_port}\n")
+    if args.limit:
+        block = "limits:\n" + "".join(f"  {item.replace('=', ': ', 1)}\n" for item in args.limit)
+        for name in ("relay", "connector"):
+            with open(f"{work}/{name}.yaml", "a") as f:
+                f.write(block)
     os.chmod(f"{work}/relay.yaml", 0o600)
     os.chmod(f"{work}/connector.yaml", 0o600)
 
@@ -113,7 +121,7 @@ def main():
 
         print(f"== 1 KiB GETs, wrk -t2, {args.duration} s per run (latency in ms)")
         print(f"{'connections':>11} {'':>9} {'req/s':>10} {'p50':>8} {'p99':>8}   ratio path/direct (req/s, p50, p99)")
-        for connections in (16, 64):
+        for connections in (() if args.skip_wrk else (16, 64)):
             d = wrk(f"{direct}/bytes/1024", connections, args.duration)
             p = wrk(f"{path}/bytes/1024", connections, args.duration)
             if d[3] or p[3]:

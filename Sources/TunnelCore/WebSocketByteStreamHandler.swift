@@ -123,7 +123,8 @@ public final class WebSocketByteStreamHandler: ChannelDuplexHandler, RemovableCh
     }
 
     private func deliver(context: ChannelHandlerContext, frame: WebSocketFrame) {
-        let bytes = frame.unmaskedData
+        var bytes = frame.data
+        if let key = frame.maskKey { bytes.xorWebSocketMask(key) }
         if bytes.readableBytes > 0 {
             context.fireChannelRead(self.wrapInboundOut(bytes))
         }
