@@ -141,7 +141,10 @@ final class NIOLockedValueBoxChannel: Sendable {
     func get() -> Channel? { self.box.withLockedValue { $0 } }
 }
 
+/// 128 random bits as 32 hex digits: session and request IDs.
 func randomIdentifier() -> String {
     var generator = SystemRandomNumberGenerator()
-    return (0..<16).map { _ in String(format: "%02x", UInt8.random(in: 0...255, using: &generator)) }.joined()
+    let high = String(generator.next() as UInt64, radix: 16)
+    let low = String(generator.next() as UInt64, radix: 16)
+    return String(repeating: "0", count: 16 - high.count) + high + String(repeating: "0", count: 16 - low.count) + low
 }

@@ -206,7 +206,7 @@ public final class ProxyServerHandler: ChannelDuplexHandler {
             // Settle the exchange before writing: on an HTTP/2 stream, writing END_STREAM can close
             // the channel re-entrantly, and channelInactive must then see nothing left to abort.
             if exchange.requestEnded { self.finish(exchange) }
-            context.writeAndFlush(self.wrapOutboundOut(.end(trailers)), promise: nil)
+            self.writeEnd(context: context, trailers, closing: !exchange.head.isKeepAlive)
             self.readIfPending()
         }
     }
@@ -251,8 +251,16 @@ public final class ProxyServerHandler: ChannelDuplexHandler {
         if exchange.requestEnded { self.finish(exchange) }  // before the writes, as in upstreamResponse
         context.write(self.wrapOutboundOut(.head(head)), promise: nil)
         context.write(self.wrapOutboundOut(.body(.byteBuffer(body))), promise: nil)
-        context.writeAndFlush(self.wrapOutboundOut(.end(nil)), promise: nil)
+        // A refused upload is not read to its end: the connection (or stream) is closed instead.
+        self.writeEnd(context: context, nil, closing: !exchange.head.isKeepAlive || !exchange.requestEnded)
         self.readIfPending()
+    }
+
+    /// Ends the response; for HTTP/1.0 and `Connection: close` clients the end of the body is the
+    /// end of the connection.
+    private func writeEnd(context: ChannelHandlerContext, _ trailers: HTTPHeaders?, closing: Bool) {
+        let written = context.writeAndFlush(self.wrapOutboundOut(.end(trailers)))
+        if closing { written.whenComplete { _ in context.close(promise: nil) } }
     }
 
     /// Both directions are complete: report and get ready for the next request (HTTP/1 keep-alive).

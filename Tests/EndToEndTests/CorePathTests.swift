@@ -97,6 +97,18 @@ import TunnelCore
         await stack.stop()
     }
 
+    @Test func http10AndConnectionCloseClientsGetWholeBodies() async throws {
+        let stack = try await TestStack.start()
+        let session = try await stack.openSession()
+        let url = "http://127.0.0.1:\(session.localAddress!.port!)/bytes/70000"
+        for flags in [["--http1.0"], ["-H", "Connection: close"]] {
+            let output = try await runCurl(flags + ["-s", "--max-time", "10", "-o", "/dev/null", "-w", "%{http_code} %{size_download}", url])
+            #expect(output == "200 70000", "curl \(flags)")
+        }
+        try await session.close()
+        await stack.stop()
+    }
+
     @Test func hundredConcurrentRequestsAllCorrect() async throws {
         let stack = try await TestStack.start()
         let session = try await stack.openSession()
@@ -275,16 +287,21 @@ import TunnelCore
         try await relay.stop()
     }
 
-    /// curl with the test CA: prints the status code and body.
+    /// curl with the test CA: prints the body and the status code.
     func curl(_ arguments: [String]) async throws -> String {
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: "/usr/bin/curl")
-        process.arguments = ["-s", "--max-time", "10", "--cacert", TestCerts.trusted + "/ca.pem", "-w", "%{http_code}"] + arguments
-        let pipe = Pipe()
-        process.standardOutput = pipe
-        try process.run()
-        let data = pipe.fileHandleForReading.readDataToEndOfFile()
-        process.waitUntilExit()
-        return String(decoding: data, as: UTF8.self)
+        try await runCurl(["-s", "--max-time", "10", "--cacert", TestCerts.trusted + "/ca.pem", "-w", "%{http_code}"] + arguments)
     }
+}
+
+/// Runs curl and returns what it printed.
+func runCurl(_ arguments: [String]) async throws -> String {
+    let process = Process()
+    process.executableURL = URL(fileURLWithPath: "/usr/bin/curl")
+    process.arguments = arguments
+    let pipe = Pipe()
+    process.standardOutput = pipe
+    try process.run()
+    let data = pipe.fileHandleForReading.readDataToEndOfFile()
+    process.waitUntilExit()
+    return String(decoding: data, as: UTF8.self)
 }
