@@ -32,6 +32,7 @@ let package = Package(
             .product(name: "NIOSSL", package: "swift-nio-ssl"),
             .product(name: "NIOHTTP2", package: "swift-nio-http2"),
             .product(name: "Logging", package: "swift-log"),
+            .product(name: "Crypto", package: "swift-crypto"),
         ]),
         // Strict YAML config reading: unknown keys and bad values are errors that name the key.
         .target(name: "ConfigKit", dependencies: ["TunnelCore", .product(name: "Yams", package: "Yams")]),

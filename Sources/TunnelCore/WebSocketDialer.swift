@@ -135,8 +135,7 @@ public enum WebSocketDialer {
         promise: EventLoopPromise<(Channel, Result)>, afterUpgrade: @escaping @Sendable (Channel) throws -> Result
     ) throws {
         let requester = UpgradeRequester(head: head, promise: promise, url: url)
-        let upgrader = NIOWebSocketClientUpgrader(maxFrameSize: limits.maxWebSocketFrameSize, automaticErrorHandling: true) {
-            channel, _ in
+        let upgrader = TunnelWebSocketClientUpgrader(maxFrameSize: limits.maxWebSocketFrameSize) { channel in
             do {
                 try channel.pipeline.syncOperations.removeHandler(requester).whenComplete { _ in }
                 let result = try afterUpgrade(channel)

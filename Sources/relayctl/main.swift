@@ -77,7 +77,9 @@ struct Open: AsyncParsableCommand {
         let target = SessionTarget(
             relay: try self.relayOptions.sessionURL(), token: try self.relayOptions.token(), cluster: self.cluster,
             component: self.component, node: self.node, caFile: self.relayOptions.ca)
-        let group = MultiThreadedEventLoopGroup.singleton
+        // One event loop for the local listener and the relay connection: every hop between them is
+        // then a direct call, not a cross-thread wakeup (one engineer's traffic needs no more than a core).
+        let group = MultiThreadedEventLoopGroup.singleton.next()
         let session = try SessionClient(target: target, group: group, logger: logger)
         do {
             try await session.connect()

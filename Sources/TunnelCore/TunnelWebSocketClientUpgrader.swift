@@ -1,0 +1,53 @@
+import Crypto
+import Foundation
+import NIOCore
+import NIOHTTP1
+import NIOWebSocket
+
+/// The client side of the websocket handshake (RFC 6455 4.1): NIO's `NIOWebSocketClientUpgrader`
+/// but installing `MaskingFrameEncoder` instead of NIO's slower encoder. Frame decoding and protocol
+/// error handling are NIO's.
+final class TunnelWebSocketClientUpgrader: NIOHTTPClientProtocolUpgrader {
+    let supportedProtocol = "websocket"
+    let requiredUpgradeHeaders: [String] = []
+
+    private let requestKey: String
+    private let maxFrameSize: Int
+    private let upgradePipelineHandler: @Sendable (Channel) -> EventLoopFuture<Void>
+
+    init(maxFrameSize: Int, upgradePipelineHandler: @escaping @Sendable (Channel) -> EventLoopFuture<Void>) {
+        var generator = SystemRandomNumberGenerator()
+        let nonce = (0..<16).map { _ in UInt8.random(in: 0...255, using: &generator) }
+        self.requestKey = Data(nonce).base64EncodedString()
+        self.maxFrameSize = maxFrameSize
+        self.upgradePipelineHandler = upgradePipelineHandler
+    }
+
+    func addCustom(upgradeRequestHeaders: inout HTTPHeaders) {
+        upgradeRequestHeaders.add(name: "sec-websocket-key", value: self.requestKey)
+        upgradeRequestHeaders.add(name: "sec-websocket-version", value: "13")
+    }
+
+    func shouldAllowUpgrade(upgradeResponse: HTTPResponseHead) -> Bool {
+        let accept = upgradeResponse.headers["sec-websocket-accept"]
+        guard accept.count == 1 else { return false }
+        return accept[0] == Self.acceptValue(for: self.requestKey)
+    }
+
+    /// RFC 6455 4.2.2: base64(SHA-1(key + GUID)).
+    static func acceptValue(for key: String) -> String {
+        let digest = Insecure.SHA1.hash(data: Data((key + "258EAFA5-E914-47DA-95CA-C5AB0DC85B11").utf8))
+        return Data(digest).base64EncodedString()
+    }
+
+    func upgrade(context: ChannelHandlerContext, upgradeResponse: HTTPResponseHead) -> EventLoopFuture<Void> {
+        let channel = context.channel
+        return channel.eventLoop.makeCompletedFuture {
+            try channel.pipeline.syncOperations.addHandler(MaskingFrameEncoder())
+            try channel.pipeline.syncOperations.addHandler(ByteToMessageHandler(WebSocketFrameDecoder(maxFrameSize: self.maxFrameSize)))
+            try channel.pipeline.syncOperations.addHandler(WebSocketProtocolErrorHandler(isServer: false))
+        }.flatMap {
+            self.upgradePipelineHandler(channel)
+        }
+    }
+}
