@@ -35,6 +35,20 @@ private let goodConnector = """
       api: http://localhost:9000/api/
     """
 
+/// One bad config and the error it must produce. Described by key and message only, so the
+/// fixture's (fake) secrets stay out of the test output.
+struct BadConfig: Sendable, CustomTestStringConvertible {
+    var yaml: String
+    var key: String
+    var message: String
+    init(_ yaml: String, _ key: String, _ message: String) {
+        self.yaml = yaml
+        self.key = key
+        self.message = message
+    }
+    var testDescription: String { "\(key.isEmpty ? "(file)" : key): \(message)" }
+}
+
 /// Replaces one line of a YAML document (by its exact text) or appends one.
 private func edit(_ yaml: String, replace old: String? = nil, with new: String) -> String {
     guard let old else { return yaml + "\n" + new }
@@ -66,29 +80,30 @@ private func edit(_ yaml: String, replace old: String? = nil, with new: String) 
     }
 
     @Test(arguments: [
-        (edit(goodRelay, with: "listn: 1.2.3.4:5"), "listn", "unknown key"),
-        (edit(goodRelay, replace: "listen: 127.0.0.1:0", with: "listen: localhost"), "listen", "host:port"),
-        (edit(goodRelay, replace: "listen: 127.0.0.1:0", with: "listen: 127.0.0.1:70000"), "listen", "host:port"),
-        (edit(goodRelay, replace: "  private_key_file: relay.key", with: "  private_key: relay.key"), "tls.private_key_file", "required"),
-        (edit(goodRelay, replace: "  certificate_file: relay.pem", with: ""), "tls.certificate_file", "required"),
-        (edit(goodRelay, replace: "  - id: demo", with: "  - id: \"bad id!\""), "clusters[0].id", "letters, digits"),
-        (edit(goodRelay, replace: "    secret: 0123456789abcdef0123", with: "    secret: short"), "clusters[0].secret", "at least 16"),
-        (edit(goodRelay, replace: "    secret: 0123456789abcdef0123", with: "    secret: 0123456789abcdef0123\n    secret_file: x"),
+        BadConfig(edit(goodRelay, with: "listn: 1.2.3.4:5"), "listn", "unknown key"),
+        BadConfig(edit(goodRelay, replace: "listen: 127.0.0.1:0", with: "listen: localhost"), "listen", "host:port"),
+        BadConfig(edit(goodRelay, replace: "listen: 127.0.0.1:0", with: "listen: 127.0.0.1:70000"), "listen", "host:port"),
+        BadConfig(edit(goodRelay, replace: "  private_key_file: relay.key", with: "  private_key: relay.key"), "tls.private_key_file", "required"),
+        BadConfig(edit(goodRelay, replace: "  certificate_file: relay.pem", with: ""), "tls.certificate_file", "required"),
+        BadConfig(edit(goodRelay, replace: "  - id: demo", with: "  - id: \"bad id!\""), "clusters[0].id", "letters, digits"),
+        BadConfig(edit(goodRelay, replace: "    secret: 0123456789abcdef0123", with: "    secret: short"), "clusters[0].secret", "at least 16"),
+        BadConfig(edit(goodRelay, replace: "    secret: 0123456789abcdef0123", with: "    secret: 0123456789abcdef0123\n    secret_file: x"),
          "clusters[0].secret", "not both"),
-        (edit(goodRelay, replace: "    token: tok-0123456789abcdef0123456789", with: "    token: tok-short"), "experts[0].token", "at least 24"),
-        (edit(goodRelay, replace: "  max_frame_size: 64KiB", with: "  max_frame_size: 1KiB"), "limits.max_frame_size", "16384"),
-        (edit(goodRelay, replace: "  max_frame_size: 64KiB", with: "  max_frame_size: lots"), "limits.max_frame_size", "expected a size"),
-        (edit(goodRelay, replace: "  handshake_timeout: 5s", with: "  handshake_timeout: soon"), "limits.handshake_timeout", "duration"),
-        (edit(goodRelay, replace: "  handshake_timeout: 5s", with: "  handshake_timeout: 0s"), "limits.handshake_timeout", "between"),
-        (edit(goodRelay, replace: "  handshake_timeout: 5s", with: "  max_concurrent_streams: many"), "limits.max_concurrent_streams", "whole number"),
-        (edit(goodRelay, replace: "  handshake_timeout: 5s", with: "  max_concurrent_streams: 0"), "limits.max_concurrent_streams", "1 ... 10000"),
-        (edit(goodRelay, replace: "  handshake_timeout: 5s", with: "  max_streams: 5"), "limits.max_streams", "unknown key"),
-        (edit(goodRelay, with: "clusters: 5"), "", "duplicated key(s): 'clusters'"),
-        ("listen: [1, 2]", "listen", "expected a string"),
-        ("- a\n- b", "", "mapping"),
-        ("listen: \"unterminated", "", "not valid YAML"),
+        BadConfig(edit(goodRelay, replace: "    token: tok-0123456789abcdef0123456789", with: "    token: tok-short"), "experts[0].token", "at least 24"),
+        BadConfig(edit(goodRelay, replace: "  max_frame_size: 64KiB", with: "  max_frame_size: 1KiB"), "limits.max_frame_size", "16384"),
+        BadConfig(edit(goodRelay, replace: "  max_frame_size: 64KiB", with: "  max_frame_size: lots"), "limits.max_frame_size", "expected a size"),
+        BadConfig(edit(goodRelay, replace: "  handshake_timeout: 5s", with: "  handshake_timeout: soon"), "limits.handshake_timeout", "duration"),
+        BadConfig(edit(goodRelay, replace: "  handshake_timeout: 5s", with: "  handshake_timeout: 0s"), "limits.handshake_timeout", "between"),
+        BadConfig(edit(goodRelay, replace: "  handshake_timeout: 5s", with: "  max_concurrent_streams: many"), "limits.max_concurrent_streams", "whole number"),
+        BadConfig(edit(goodRelay, replace: "  handshake_timeout: 5s", with: "  max_concurrent_streams: 0"), "limits.max_concurrent_streams", "1 ... 10000"),
+        BadConfig(edit(goodRelay, replace: "  handshake_timeout: 5s", with: "  max_streams: 5"), "limits.max_streams", "unknown key"),
+        BadConfig(edit(goodRelay, with: "clusters: 5"), "", "duplicated key(s): 'clusters'"),
+        BadConfig("listen: [1, 2]", "listen", "expected a string"),
+        BadConfig("- a\n- b", "", "mapping"),
+        BadConfig("listen: \"unterminated", "", "not valid YAML"),
     ])
-    func everyBadValueIsRejectedNamingItsKey(_ yaml: String, _ key: String, _ message: String) {
+    func everyBadValueIsRejectedNamingItsKey(_ bad: BadConfig) {
+        let (yaml, key, message) = (bad.yaml, bad.key, bad.message)
         do {
             _ = try RelayConfig.parse(yaml: yaml, file: "relay.yaml")
             Issue.record("accepted a bad config; expected an error at \(key)")
@@ -133,27 +148,28 @@ private func edit(_ yaml: String, replace old: String? = nil, with new: String) 
     }
 
     @Test(arguments: [
-        (edit(goodConnector, with: "proxy: yes"), "proxy", "unknown key"),
-        (edit(goodConnector, replace: "cluster_id: demo", with: "cluster_id: \"\""), "cluster_id", "required"),
-        (edit(goodConnector, replace: "node_id: node-1", with: "node_id: a/b"), "node_id", "letters, digits"),
-        (edit(goodConnector, replace: "secret: 0123456789abcdef0123", with: "secret_file: /nonexistent/secret"), "secret_file", "cannot read"),
-        (edit(goodConnector, replace: "  urls: [wss://127.0.0.1:8443/v1/tunnel, \"wss://[::1]:9443/v1/tunnel\"]", with: "  urls: [ws://127.0.0.1:8443/v1/tunnel]"),
+        BadConfig(edit(goodConnector, with: "proxy: yes"), "proxy", "unknown key"),
+        BadConfig(edit(goodConnector, replace: "cluster_id: demo", with: "cluster_id: \"\""), "cluster_id", "required"),
+        BadConfig(edit(goodConnector, replace: "node_id: node-1", with: "node_id: a/b"), "node_id", "letters, digits"),
+        BadConfig(edit(goodConnector, replace: "secret: 0123456789abcdef0123", with: "secret_file: /nonexistent/secret"), "secret_file", "cannot read"),
+        BadConfig(edit(goodConnector, replace: "  urls: [wss://127.0.0.1:8443/v1/tunnel, \"wss://[::1]:9443/v1/tunnel\"]", with: "  urls: [ws://127.0.0.1:8443/v1/tunnel]"),
          "relay.urls[0]", "plain ws://"),
-        (edit(goodConnector, replace: "  urls: [wss://127.0.0.1:8443/v1/tunnel, \"wss://[::1]:9443/v1/tunnel\"]", with: "  urls: [\"wss://127.0.0.1:99999/\"]"),
+        BadConfig(edit(goodConnector, replace: "  urls: [wss://127.0.0.1:8443/v1/tunnel, \"wss://[::1]:9443/v1/tunnel\"]", with: "  urls: [\"wss://127.0.0.1:99999/\"]"),
          "relay.urls[0]", "bad port"),
-        (edit(goodConnector, replace: "  urls: [wss://127.0.0.1:8443/v1/tunnel, \"wss://[::1]:9443/v1/tunnel\"]", with: "  urls: []"),
+        BadConfig(edit(goodConnector, replace: "  urls: [wss://127.0.0.1:8443/v1/tunnel, \"wss://[::1]:9443/v1/tunnel\"]", with: "  urls: []"),
          "relay.urls", "at least one"),
-        (edit(goodConnector, replace: "  ca_file: ca.pem", with: ""), "relay.ca_file", "required"),
-        (edit(goodConnector, replace: "  ca_file: ca.pem", with: "  ca_file: ca.pem\n  reconnect_initial: 5s\n  reconnect_max: 1s"),
+        BadConfig(edit(goodConnector, replace: "  ca_file: ca.pem", with: ""), "relay.ca_file", "required"),
+        BadConfig(edit(goodConnector, replace: "  ca_file: ca.pem", with: "  ca_file: ca.pem\n  reconnect_initial: 5s\n  reconnect_max: 1s"),
          "relay.reconnect_max", "between"),
-        (edit(goodConnector, replace: "  ui: http://127.0.0.1:8080", with: "  ui: https://127.0.0.1:8080"), "components.ui", "http://"),
-        (edit(goodConnector, replace: "  ui: http://127.0.0.1:8080", with: "  ui: http://user:pw@127.0.0.1:8080"), "components.ui", "no credentials"),
-        (edit(goodConnector, replace: "  ui: http://127.0.0.1:8080", with: "  ui: http://127.0.0.1:notaport"), "components.ui", "bad host or port"),
-        (edit(goodConnector, replace: "  ui: http://127.0.0.1:8080", with: "  \"../etc\": http://127.0.0.1:8080"), "components.../etc", "component names"),
-        (edit(goodConnector, replace: "  api: http://localhost:9000/api/", with: "  api:"), "components.api", "needs a URL"),
-        (edit(goodConnector, replace: "  ui: http://127.0.0.1:8080\n  api: http://localhost:9000/api/", with: "  {}"), "components", "needs at least one component"),
+        BadConfig(edit(goodConnector, replace: "  ui: http://127.0.0.1:8080", with: "  ui: https://127.0.0.1:8080"), "components.ui", "http://"),
+        BadConfig(edit(goodConnector, replace: "  ui: http://127.0.0.1:8080", with: "  ui: http://user:pw@127.0.0.1:8080"), "components.ui", "no credentials"),
+        BadConfig(edit(goodConnector, replace: "  ui: http://127.0.0.1:8080", with: "  ui: http://127.0.0.1:notaport"), "components.ui", "bad host or port"),
+        BadConfig(edit(goodConnector, replace: "  ui: http://127.0.0.1:8080", with: "  \"../etc\": http://127.0.0.1:8080"), "components.../etc", "component names"),
+        BadConfig(edit(goodConnector, replace: "  api: http://localhost:9000/api/", with: "  api:"), "components.api", "needs a URL"),
+        BadConfig(edit(goodConnector, replace: "  ui: http://127.0.0.1:8080\n  api: http://localhost:9000/api/", with: "  {}"), "components", "needs at least one component"),
     ])
-    func everyBadValueIsRejectedNamingItsKey(_ yaml: String, _ key: String, _ message: String) {
+    func everyBadValueIsRejectedNamingItsKey(_ bad: BadConfig) {
+        let (yaml, key, message) = (bad.yaml, bad.key, bad.message)
         do {
             _ = try ConnectorConfig.parse(yaml: yaml, file: "connector.yaml")
             Issue.record("accepted a bad config; expected an error at \(key)")
