@@ -8,10 +8,12 @@ import TunnelCore
 struct ComponentOpener: Sendable {
     let components: [String: Component]
     let connectTimeout: TimeAmount
+    let pool: ComponentConnectionPool
 
-    init(components: [Component], connectTimeout: TimeAmount = .seconds(5)) {
+    init(components: [Component], connectTimeout: TimeAmount = .seconds(5), pool: ComponentConnectionPool = ComponentConnectionPool()) {
         self.components = Dictionary(uniqueKeysWithValues: components.map { ($0.name, $0) })
         self.connectTimeout = connectTimeout
+        self.pool = pool
     }
 
     func open(_ head: HTTPRequestHead, _ upstream: ProxyUpstreamHandler) -> EventLoopFuture<HTTPRequestHead> {
@@ -32,7 +34,17 @@ struct ComponentOpener: Sendable {
         forwarded.uri = component.basePath + head.uri
         forwarded.headers.removeRelayOwned()
         forwarded.headers.replaceOrAdd(name: "host", value: component.authority)
+        let pool = self.pool
+        upstream.whenDone = .release { channel in pool.release(channel, component: name) }
 
+        if let idle = pool.take(component: name, loop: loop) {
+            do {
+                try idle.pipeline.syncOperations.addHandler(upstream)
+                return loop.makeSucceededFuture(forwarded)
+            } catch {
+                idle.close(promise: nil)
+            }
+        }
         return ClientBootstrap(group: loop)
             .connectTimeout(self.connectTimeout)
             .channelOption(ChannelOptions.socketOption(.tcp_nodelay), value: 1)

@@ -14,6 +14,8 @@ public final class DemoComponent: Sendable {
 
     public struct Counters: Sendable {
         public var requests = 0
+        /// TCP connections accepted.
+        public var connections = 0
         public var paths: [String] = []
     }
 
@@ -31,7 +33,8 @@ public final class DemoComponent: Sendable {
             .serverChannelOption(ChannelOptions.socketOption(.so_reuseaddr), value: 1)
             .childChannelOption(ChannelOptions.socketOption(.tcp_nodelay), value: 1)
             .childChannelInitializer { channel in
-                channel.eventLoop.makeCompletedFuture {
+                counters.withLockedValue { $0.connections += 1 }
+                return channel.eventLoop.makeCompletedFuture {
                     try channel.pipeline.syncOperations.configureHTTPServerPipeline(withErrorHandling: true)
                     try channel.pipeline.syncOperations.addHandler(DemoHandler(name: name, counters: counters))
                 }
@@ -133,28 +136,27 @@ private final class DemoHandler: ChannelInboundHandler {
     }
 
     /// Writes the download while the connection is writable; resumes on writability changes.
+    /// The progress lives in `self.download` and is updated before each write: a write or flush can
+    /// change writability and call `pump` re-entrantly, which must continue, not repeat, the body.
     private func pump(context: ChannelHandlerContext) {
-        guard var download = self.download else { return }
-        while download.remaining > 0 && context.channel.isWritable {
+        while let download = self.download, download.remaining > 0, context.channel.isWritable {
             let count = min(64 * 1024, download.remaining)
             var buffer = context.channel.allocator.buffer(capacity: count)
             buffer.writeWithUnsafeMutableBytes(minimumWritableBytes: count) { pointer in
                 for index in 0..<count { pointer[index] = DemoComponent.patternByte(at: download.offset + index) }
                 return count
             }
-            download.offset += count
-            download.remaining -= count
+            self.download = (download.remaining - count, download.offset + count, download.keepAlive)
             context.write(self.wrapOutboundOut(.body(.byteBuffer(buffer))), promise: nil)
         }
-        context.flush()
+        guard let download = self.download else { return }
         if download.remaining == 0 {
             self.download = nil
-            let keepAlive = download.keepAlive
             context.writeAndFlush(self.wrapOutboundOut(.end(nil))).whenComplete { _ in
-                if !keepAlive { context.close(promise: nil) }
+                if !download.keepAlive { context.close(promise: nil) }
             }
         } else {
-            self.download = download
+            context.flush()
         }
     }
 

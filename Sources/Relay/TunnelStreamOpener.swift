@@ -54,7 +54,7 @@ struct TunnelStreamOpener: Sendable {
             let promise = loop.makePromise(of: Channel.self)
             tunnel.multiplexer.createStreamChannel(promise: promise) { stream in
                 stream.eventLoop.makeCompletedFuture {
-                    upstream.closesWhenDone = false
+                    upstream.whenDone = .leaveOpen
                     try stream.pipeline.syncOperations.addHandlers([
                         HTTP2FramePayloadToHTTP1ClientCodec(httpProtocol: .https), upstream,
                     ])

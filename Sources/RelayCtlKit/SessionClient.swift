@@ -103,7 +103,7 @@ public final class SessionClient: Sendable {
             let promise = upstream.downstreamEventLoop.makePromise(of: Channel.self)
             multiplexer.createStreamChannel(promise: promise) { stream in
                 stream.eventLoop.makeCompletedFuture {
-                    upstream.closesWhenDone = false
+                    upstream.whenDone = .leaveOpen
                     try stream.pipeline.syncOperations.addHandlers([
                         HTTP2FramePayloadToHTTP1ClientCodec(httpProtocol: .https), upstream,
                     ])

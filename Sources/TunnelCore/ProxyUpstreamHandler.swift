@@ -4,7 +4,7 @@ import NIOHTTP1
 /// The next-hop half of a proxy hop: sits in the channel that `UpstreamOpener` opens (a TCP connection
 /// to a component, or an HTTP/2 stream in a tunnel), writes the request the `ProxyServerHandler`
 /// forwards and hands the response back. Reads only while the client side is writable.
-public final class ProxyUpstreamHandler: ChannelDuplexHandler {
+public final class ProxyUpstreamHandler: ChannelDuplexHandler, RemovableChannelHandler {
     public typealias InboundIn = HTTPClientResponsePart
     public typealias OutboundIn = HTTPClientRequestPart
     public typealias OutboundOut = HTTPClientRequestPart
@@ -22,15 +22,30 @@ public final class ProxyUpstreamHandler: ChannelDuplexHandler {
     private var lastError: Error?
     private var closedEarly = false
 
-    /// Close the channel once request and response are complete: right for a TCP connection to a
-    /// component. An HTTP/2 stream closes by itself on END_STREAM both ways; closing it ourselves
-    /// would send RST_STREAM, and a peer counts those (NIOHTTP2 closes a connection after 200 resets
-    /// in 30 s as a denial-of-service defence). Openers of HTTP/2 streams set this to false.
-    public var closesWhenDone = true
+    /// What happens to the channel once request and response are complete.
+    public enum Completion: Sendable {
+        /// Close it: a one-off TCP connection.
+        case close
+        /// Leave it: an HTTP/2 stream closes by itself on END_STREAM both ways. Closing it ourselves
+        /// would send RST_STREAM, and peers count those (NIOHTTP2 drops a connection after 200
+        /// resets in 30 s as a denial-of-service defence).
+        case leaveOpen
+        /// Hand a keep-alive HTTP/1.1 connection back for reuse (this handler removes itself first);
+        /// a connection the exchange did not leave reusable is closed instead.
+        case release(@Sendable (Channel) -> Void)
+    }
+
+    /// Set by the opener before the handler is added.
+    public var whenDone = Completion.close
+    private var reusable = false
 
     init(server: ProxyServerHandler, serverLoop: EventLoop) {
         self.server = server
         self.serverLoop = serverLoop
+    }
+
+    public func handlerRemoved(context: ChannelHandlerContext) {
+        self.context = nil
     }
 
     public func handlerAdded(context: ChannelHandlerContext) {
@@ -91,7 +106,16 @@ public final class ProxyUpstreamHandler: ChannelDuplexHandler {
 
     public func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         let part = self.unwrapInboundIn(data)
-        if case .end = part { self.responseEnded = true }
+        switch part {
+        case .head(let head):
+            self.reusable = head.isKeepAlive
+        case .body:
+            break
+        case .end:
+            self.responseEnded = true
+            // Reusable only if the whole request went out before the response ended.
+            self.reusable = self.reusable && self.requestEnded
+        }
         self.onServerLoop { self.server.upstreamResponse(part, from: self) }
         if self.requestEnded && self.responseEnded { self.done() }
     }
@@ -128,7 +152,30 @@ public final class ProxyUpstreamHandler: ChannelDuplexHandler {
 
     /// Both directions are complete: this hop carries one request only.
     private func done() {
-        self.context?.flush()
-        if self.closesWhenDone { self.context?.close(promise: nil) }
+        guard let context = self.context else { return }
+        context.flush()
+        switch self.whenDone {
+        case .leaveOpen:
+            break
+        case .close:
+            context.close(promise: nil)
+        case .release(let release):
+            guard self.reusable, context.channel.isActive else {
+                context.close(promise: nil)
+                return
+            }
+            // Leave the pipeline once the HTTP decoder has finished the read that ended the response.
+            let channel = context.channel
+            context.eventLoop.execute {
+                // A read this handler held back must not be lost, or the idle connection never reads again.
+                if self.pendingRead {
+                    self.pendingRead = false
+                    context.read()
+                }
+                context.pipeline.syncOperations.removeHandler(context: context).whenComplete { result in
+                    if case .success = result { release(channel) } else { channel.close(promise: nil) }
+                }
+            }
+        }
     }
 }

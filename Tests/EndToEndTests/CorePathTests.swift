@@ -65,6 +65,19 @@ import TunnelCore
         await stack.stop()
     }
 
+    /// The demo component itself: exact bodies, so a keep-alive connection parses response after response.
+    @Test func demoComponentSendsExactlyContentLengthBytes() async throws {
+        let component = try await DemoComponent.start(group: TestStack.group)
+        let connection = try await TestHTTPConnection.connect(port: component.port)
+        for size in [70_000, 5, 1 << 20, 0, 3] {
+            let response = try await connection.request(.GET, "/bytes/\(size)")
+            #expect(response.bodyBytes == size)
+            #expect(response.sha256 == DemoComponent.sha256OfPattern(size: size))
+        }
+        await connection.close()
+        try await component.close()
+    }
+
     @Test func keepAliveConnectionCarriesManyRequests() async throws {
         let stack = try await TestStack.start()
         let session = try await stack.openSession()
@@ -76,6 +89,7 @@ import TunnelCore
         }
         await connection.close()
         #expect(stack.component.counters.requests == 5)
+        #expect(stack.component.counters.connections == 1, "the connector reuses its keep-alive connection to the component")
         try await session.close()
         await stack.stop()
     }

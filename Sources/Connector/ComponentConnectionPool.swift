@@ -1,0 +1,75 @@
+import NIOConcurrencyHelpers
+import NIOCore
+
+/// Idle keep-alive HTTP/1.1 connections to components, kept per component and per event loop (a
+/// tunnel stream and its component connection share a loop, so a reused connection needs no hop).
+///
+/// Bounded: at most `maxIdlePerKey` idle connections per component and loop, each closed after
+/// `idleTimeout` unused. The timeout is kept below common server keep-alive timeouts (5 s and up),
+/// so a component rarely closes a connection just as it is reused.
+final class ComponentConnectionPool: Sendable {
+    private struct Key: Hashable {
+        var component: String
+        var loop: ObjectIdentifier
+    }
+    private struct Entry {
+        var id: UInt64
+        var channel: Channel
+    }
+    private struct State {
+        var idle: [Key: [Entry]] = [:]
+        var nextID: UInt64 = 0
+    }
+
+    let maxIdlePerKey: Int
+    let idleTimeout: TimeAmount
+    private let state = NIOLockedValueBox(State())
+
+    init(maxIdlePerKey: Int = 32, idleTimeout: TimeAmount = .seconds(2)) {
+        self.maxIdlePerKey = maxIdlePerKey
+        self.idleTimeout = idleTimeout
+    }
+
+    /// An idle, still open connection to `component` on `loop`, removed from the pool.
+    func take(component: String, loop: EventLoop) -> Channel? {
+        let key = Key(component: component, loop: ObjectIdentifier(loop))
+        return self.state.withLockedValue { state in
+            while let entry = state.idle[key]?.popLast() {
+                if entry.channel.isActive { return entry.channel }
+            }
+            return nil
+        }
+    }
+
+    /// Keeps `channel` for reuse, or closes it when the pool for its component and loop is full.
+    func release(_ channel: Channel, component: String) {
+        let key = Key(component: component, loop: ObjectIdentifier(channel.eventLoop))
+        let id: UInt64? = self.state.withLockedValue { state in
+            guard (state.idle[key]?.count ?? 0) < self.maxIdlePerKey else { return nil }
+            state.nextID += 1
+            state.idle[key, default: []].append(Entry(id: state.nextID, channel: channel))
+            return state.nextID
+        }
+        guard let id else {
+            channel.close(promise: nil)
+            return
+        }
+        channel.eventLoop.scheduleTask(in: self.idleTimeout) {
+            if self.remove(id: id, key: key) { channel.close(promise: nil) }
+        }
+        channel.closeFuture.whenComplete { _ in _ = self.remove(id: id, key: key) }
+    }
+
+    /// Idle connections right now.
+    var idleCount: Int {
+        self.state.withLockedValue { $0.idle.values.reduce(0) { $0 + $1.count } }
+    }
+
+    private func remove(id: UInt64, key: Key) -> Bool {
+        self.state.withLockedValue { state in
+            guard let index = state.idle[key]?.firstIndex(where: { $0.id == id }) else { return false }
+            state.idle[key]!.remove(at: index)
+            return true
+        }
+    }
+}
