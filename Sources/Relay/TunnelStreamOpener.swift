@@ -51,16 +51,7 @@ struct TunnelStreamOpener: Sendable {
         let cluster = self.session.cluster
         let loop = tunnel.channel.eventLoop
         return loop.flatSubmit {
-            let promise = loop.makePromise(of: Channel.self)
-            tunnel.multiplexer.createStreamChannel(promise: promise) { stream in
-                stream.eventLoop.makeCompletedFuture {
-                    upstream.whenDone = .leaveOpen
-                    try stream.pipeline.syncOperations.addHandlers([
-                        HTTP2FramePayloadToHTTP1ClientCodec(httpProtocol: .https), upstream,
-                    ])
-                }
-            }
-            return promise.futureResult.map { _ in head }
+            TunnelPipeline.openRequestStream(on: tunnel.multiplexer, loop: loop, upstream: upstream).map { head }
         }.flatMapErrorThrowing { error in
             throw ProxyRefusal.badGateway("the tunnel to cluster \"\(cluster)\" failed: \(error)")
         }

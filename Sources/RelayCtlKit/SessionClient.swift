@@ -100,16 +100,8 @@ public final class SessionClient: Sendable {
         var head = head
         head.headers.removeRelayOwned()
         return self.multiplexer().flatMap { multiplexer in
-            let promise = upstream.downstreamEventLoop.makePromise(of: Channel.self)
-            multiplexer.createStreamChannel(promise: promise) { stream in
-                stream.eventLoop.makeCompletedFuture {
-                    upstream.whenDone = .leaveOpen
-                    try stream.pipeline.syncOperations.addHandlers([
-                        HTTP2FramePayloadToHTTP1ClientCodec(httpProtocol: .https), upstream,
-                    ])
-                }
-            }
-            return promise.futureResult.map { _ in head }
+            // The connection future completes on the connection's own loop, as openRequestStream needs.
+            TunnelPipeline.openRequestStream(on: multiplexer, loop: upstream.downstreamEventLoop, upstream: upstream).map { head }
         }.flatMapErrorThrowing { error in
             if let error = error as? DialError {
                 switch error.kind {

@@ -25,6 +25,21 @@ public enum TunnelPipeline {
             inboundStreamInitializer: inboundStreamInitializer)
     }
 
+    /// Opens one request stream on an HTTP/2 client connection, carrying `upstream` (one proxied
+    /// request). Call on the connection's event loop.
+    public static func openRequestStream(
+        on multiplexer: NIOHTTP2Handler.StreamMultiplexer, loop: EventLoop, upstream: ProxyUpstreamHandler
+    ) -> EventLoopFuture<Void> {
+        let promise = loop.makePromise(of: Channel.self)
+        multiplexer.createStreamChannel(promise: promise) { stream in
+            stream.eventLoop.makeCompletedFuture {
+                upstream.whenDone = .leaveOpen
+                try stream.pipeline.syncOperations.addHandlers([HTTP2FramePayloadToHTTP1ClientCodec(httpProtocol: .https), upstream])
+            }
+        }
+        return promise.futureResult.map { _ in }
+    }
+
     /// For the side that never accepts streams from its peer: the stream is reset at once.
     public static let refuseInboundStreams: NIOChannelInitializer = { channel in
         channel.close(promise: nil)
