@@ -72,7 +72,7 @@ public final class TunnelConnector: Sendable {
         let logger = self.logger
         WebSocketDialer.dial(url: url, headers: headers, tls: self.tls, limits: limits, group: self.group) { channel in
             try TunnelPipeline.configure(
-                channel: channel, websocketRole: .client, http2Mode: .server, limits: limits
+                channel: channel, websocketRole: .client, http2Mode: .server, limits: limits, logger: logger
             ) { stream in
                 stream.eventLoop.makeCompletedFuture {
                     try stream.pipeline.syncOperations.addHandlers([

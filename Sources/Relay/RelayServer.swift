@@ -99,7 +99,7 @@ public final class RelayServer: Sendable {
     private func acceptTunnel(_ channel: Channel, cluster: String, node: String) throws {
         let multiplexer = try TunnelPipeline.configure(
             channel: channel, websocketRole: .server, http2Mode: .client, limits: self.config.limits,
-            inboundStreamInitializer: TunnelPipeline.refuseInboundStreams)
+            logger: self.logger, inboundStreamInitializer: TunnelPipeline.refuseInboundStreams)
         let tunnel = TunnelHandle(
             id: ObjectIdentifier(channel), cluster: cluster, node: node, channel: channel, multiplexer: multiplexer,
             connectedAt: .now())
@@ -118,7 +118,7 @@ public final class RelayServer: Sendable {
         let opener = TunnelStreamOpener(session: session, registry: self.registry)
         let logger = self.logger
         _ = try TunnelPipeline.configure(
-            channel: channel, websocketRole: .server, http2Mode: .server, limits: self.config.limits
+            channel: channel, websocketRole: .server, http2Mode: .server, limits: self.config.limits, logger: logger
         ) { stream in
             stream.eventLoop.makeCompletedFuture {
                 try stream.pipeline.syncOperations.addHandlers([

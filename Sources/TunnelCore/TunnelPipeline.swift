@@ -1,3 +1,4 @@
+import Logging
 import NIOCore
 import NIOHTTP2
 import NIOWebSocket
@@ -11,6 +12,7 @@ public enum TunnelPipeline {
         websocketRole: WebSocketByteStreamHandler.Role,
         http2Mode: NIOHTTP2Handler.ParserMode,
         limits: TunnelLimits,
+        logger: Logger? = nil,
         inboundStreamInitializer: @escaping NIOChannelInitializer
     ) throws -> NIOHTTP2Handler.StreamMultiplexer {
         let sync = channel.pipeline.syncOperations
@@ -18,11 +20,13 @@ public enum TunnelPipeline {
             WebSocketByteStreamHandler(
                 role: websocketRole, maxOutboundFrameSize: limits.maxOutboundWebSocketFrameSize,
                 keepaliveInterval: limits.keepaliveInterval))
-        return try sync.configureHTTP2Pipeline(
+        let multiplexer = try sync.configureHTTP2Pipeline(
             mode: http2Mode,
             connectionConfiguration: limits.connectionConfiguration,
             streamConfiguration: limits.streamConfiguration,
             inboundStreamInitializer: inboundStreamInitializer)
+        try sync.addHandler(TunnelErrorHandler(logger: logger))
+        return multiplexer
     }
 
     /// Opens one request stream on an HTTP/2 client connection, carrying `upstream` (one proxied
@@ -44,5 +48,22 @@ public enum TunnelPipeline {
     public static let refuseInboundStreams: NIOChannelInitializer = { channel in
         channel.close(promise: nil)
         return channel.eventLoop.makeSucceededVoidFuture()
+    }
+}
+
+/// Last in a tunnel's connection pipeline. Errors that reach it are connection errors (a stream's
+/// errors stay in its stream channel): NIOHTTP2 has already sent GOAWAY, so close the tunnel rather
+/// than leave a connection that will never carry a request again.
+final class TunnelErrorHandler: ChannelInboundHandler {
+    typealias InboundIn = Any
+    private let logger: Logger?
+
+    init(logger: Logger?) { self.logger = logger }
+
+    func errorCaught(context: ChannelHandlerContext, error: Error) {
+        self.logger?.notice(
+            "closing tunnel after a protocol error",
+            metadata: ["peer": "\(context.channel.remoteAddress.map { "\($0)" } ?? "?")", "error": "\(error)"])
+        context.close(promise: nil)
     }
 }

@@ -5,6 +5,7 @@ import NIOCore
 import NIOHTTP1
 import NIOPosix
 import NIOSSL
+import NIOWebSocket
 import Relay
 import RelayCtlKit
 import Testing
@@ -318,4 +319,45 @@ func runCurl(_ arguments: [String]) async throws -> String {
     let data = pipe.fileHandleForReading.readDataToEndOfFile()
     process.waitUntilExit()
     return String(decoding: data, as: UTF8.self)
+}
+
+/// A misbehaving peer costs its own tunnel, never the relay or anyone else's traffic.
+@Suite(.serialized) struct AbuseTests {
+    /// A second "connector" for cluster demo that, once upgraded, speaks raw websocket frames.
+    func rawTunnel(port: Int) async throws -> Channel {
+        var headers = HTTPHeaders()
+        headers.add(name: "authorization", value: "Bearer \(TestStack.clusterSecret)")
+        headers.add(name: WireHeader.cluster, value: "demo")
+        headers.add(name: WireHeader.node, value: "rogue")
+        let tls = try TLSFiles.clientContext(caFile: TestCerts.trusted + "/ca.pem")
+        let (channel, _) = try await WebSocketDialer.dial(
+            url: try WebSocketURL(parsing: "wss://127.0.0.1:\(port)/v1/tunnel"), headers: headers, tls: tls, limits: TunnelLimits(),
+            group: TestStack.group
+        ) { _ in () }.get()
+        return channel
+    }
+
+    @Test(arguments: [
+        ("text frame", WebSocketFrame(fin: true, opcode: .text, maskKey: .random(), data: ByteBuffer(string: "hello"))),
+        ("not HTTP/2", WebSocketFrame(fin: true, opcode: .binary, maskKey: .random(), data: ByteBuffer(string: "GET / HTTP/1.1\r\n\r\n"))),
+        ("reserved bit", WebSocketFrame(fin: true, rsv1: true, opcode: .binary, maskKey: .random(), data: ByteBuffer(string: "x"))),
+    ])
+    func badFramesCloseOnlyThatTunnel(_ name: String, _ frame: WebSocketFrame) async throws {
+        let stack = try await TestStack.start()
+        let session = try await stack.openSession()
+        let rogue = try await self.rawTunnel(port: stack.relayPort)
+        try await stack.waitForTunnels(2)
+        try await rogue.writeAndFlush(frame)
+        // The relay drops the rogue tunnel (bounded wait: 10 s) ...
+        try await stack.waitForTunnels(1)
+        #expect(stack.relay.registry.tunnels(cluster: "demo").map(\.node) == ["node-1"], "\(name)")
+        // ... and the real tunnel still carries requests (whichever tunnel the relay would have picked).
+        for _ in 0..<4 {
+            let response = try await TestHTTPConnection.request(port: session.localAddress!.port!, .GET, "/api/status")
+            #expect(response.status == .ok, "\(name)")
+        }
+        try? await rogue.close()
+        try await session.close()
+        await stack.stop()
+    }
 }
