@@ -15,6 +15,7 @@ final class ComponentConnectionPool: Sendable {
     private struct Entry {
         var id: UInt64
         var channel: Channel
+        var guardHandler: IdleConnectionGuard
     }
     private struct State {
         var idle: [Key: [Entry]] = [:]
@@ -35,19 +36,31 @@ final class ComponentConnectionPool: Sendable {
         let key = Key(component: component, loop: ObjectIdentifier(loop))
         return self.state.withLockedValue { state in
             while let entry = state.idle[key]?.popLast() {
-                if entry.channel.isActive { return entry.channel }
+                guard entry.channel.isActive else { continue }
+                // Called on the channel's own loop (the key includes it), so the pipeline is ours to change.
+                if (try? entry.channel.pipeline.syncOperations.removeHandler(entry.guardHandler)) == nil {
+                    entry.channel.close(promise: nil)
+                    continue
+                }
+                return entry.channel
             }
             return nil
         }
     }
 
     /// Keeps `channel` for reuse, or closes it when the pool for its component and loop is full.
+    /// Call on the channel's event loop, with nothing after the HTTP client codec in its pipeline.
     func release(_ channel: Channel, component: String) {
         let key = Key(component: component, loop: ObjectIdentifier(channel.eventLoop))
+        let guardHandler = IdleConnectionGuard()
+        guard (try? channel.pipeline.syncOperations.addHandler(guardHandler)) != nil else {
+            channel.close(promise: nil)
+            return
+        }
         let id: UInt64? = self.state.withLockedValue { state in
             guard (state.idle[key]?.count ?? 0) < self.maxIdlePerKey else { return nil }
             state.nextID += 1
-            state.idle[key, default: []].append(Entry(id: state.nextID, channel: channel))
+            state.idle[key, default: []].append(Entry(id: state.nextID, channel: channel, guardHandler: guardHandler))
             return state.nextID
         }
         guard let id else {
@@ -71,5 +84,20 @@ final class ComponentConnectionPool: Sendable {
             state.idle[key]!.remove(at: index)
             return true
         }
+    }
+}
+
+/// Sits on an idle pooled connection: a component that sends anything while no request is out
+/// (bytes past a response, a broken parser state) has made the connection unusable, so it is closed
+/// instead of being handed to the next request.
+final class IdleConnectionGuard: ChannelInboundHandler, RemovableChannelHandler {
+    typealias InboundIn = Any
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        context.close(promise: nil)
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: Error) {
+        context.close(promise: nil)
     }
 }

@@ -115,7 +115,7 @@ private final class DemoHandler: ChannelInboundHandler {
             headers.add(name: "content-type", value: "application/octet-stream")
             headers.add(name: "content-length", value: String(size))
             context.write(self.wrapOutboundOut(.head(HTTPResponseHead(version: head.version, status: .ok, headers: headers))), promise: nil)
-            self.download = (size, 0, head.isKeepAlive)
+            self.download = (head.method == .HEAD ? 0 : size, 0, head.isKeepAlive)
             self.pump(context: context)
             return
         }

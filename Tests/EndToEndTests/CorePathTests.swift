@@ -1,6 +1,7 @@
 import ConfigKit
 import DemoComponentKit
 import Foundation
+import NIOConcurrencyHelpers
 import NIOCore
 import NIOHTTP1
 import NIOPosix
@@ -120,6 +121,25 @@ import TunnelCore
             let output = try await runCurl(flags + ["-s", "--max-time", "10", "-o", "/dev/null", "-w", "%{http_code} %{size_download}", url])
             #expect(output == "200 70000", "curl \(flags)")
         }
+        try await session.close()
+        await stack.stop()
+    }
+
+    @Test func headRequestsGetHeadersOnly() async throws {
+        let stack = try await TestStack.start()
+        let session = try await stack.openSession()
+        let url = "http://127.0.0.1:\(session.localAddress!.port!)/bytes/12345"
+        let output = try await runCurl(["-s", "--max-time", "10", "-I", url])
+        #expect(output.hasPrefix("HTTP/1.1 200 OK"), "\(output)")
+        #expect(output.lowercased().contains("content-length: 12345"), "\(output)")
+        // The connection is still usable afterwards: HEAD left no body bytes behind.
+        let connection = try await TestHTTPConnection.connect(port: session.localAddress!.port!)
+        let head = try await connection.request(.HEAD, "/bytes/70000")
+        let get = try await connection.request(.GET, "/api/status")
+        #expect(head.status == .ok && head.bodyBytes == 0)
+        #expect(head.headers.first(name: "content-length") == "70000")
+        #expect(get.text == "{\"component\":\"ui\",\"healthy\":true}\n")
+        await connection.close()
         try await session.close()
         await stack.stop()
     }
@@ -359,5 +379,44 @@ func runCurl(_ arguments: [String]) async throws -> String {
         try? await rogue.close()
         try await session.close()
         await stack.stop()
+    }
+}
+
+/// A component that answers every request with a 2-byte body and, 20 ms later, 5 bytes too many.
+final class SloppyComponent: ChannelInboundHandler, @unchecked Sendable {
+    typealias InboundIn = ByteBuffer
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        let request = String(buffer: self.unwrapInboundIn(data))
+        guard request.contains("\r\n\r\n") else { return }
+        context.writeAndFlush(NIOAny(ByteBuffer(string: "HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")), promise: nil)
+        // The stray bytes come later, when the connector already holds the connection as idle.
+        let channel = context.channel
+        context.eventLoop.scheduleTask(in: .milliseconds(20)) {
+            channel.writeAndFlush(ByteBuffer(string: "EXTRA"), promise: nil)
+        }
+    }
+}
+
+extension AbuseTests {
+    @Test func aComponentSendingBytesPastItsResponseDoesNotPoisonTheNextRequest() async throws {
+        let connections = NIOLockedValueBox(0)
+        let sloppy = try await ServerBootstrap(group: TestStack.group)
+            .childChannelInitializer { channel in
+                connections.withLockedValue { $0 += 1 }
+                return channel.pipeline.addHandler(SloppyComponent())
+            }
+            .bind(host: "127.0.0.1", port: 0).get()
+        let stack = try await TestStack.start(extraComponents: ["sloppy": "http://127.0.0.1:\(sloppy.localAddress!.port!)"])
+        let session = try await stack.openSession(component: "sloppy")
+        for _ in 0..<3 {
+            let response = try await TestHTTPConnection.request(port: session.localAddress!.port!, .GET, "/")
+            #expect(response.status == .ok)
+            #expect(response.text == "ok")
+            try await Task.sleep(for: .milliseconds(100))
+        }
+        #expect(connections.withLockedValue { $0 } == 3, "a connection left dirty is never reused")
+        try await session.close()
+        await stack.stop()
+        try await sloppy.close()
     }
 }
