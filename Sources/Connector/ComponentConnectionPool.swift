@@ -38,9 +38,8 @@ final class ComponentConnectionPool: Sendable {
             while let entry = state.idle[key]?.popLast() {
                 guard entry.channel.isActive else { continue }
                 // Called on the channel's own loop (the key includes it), so the pipeline is ours to change.
-                if (try? entry.channel.pipeline.syncOperations.removeHandler(entry.guardHandler)) == nil {
+                entry.channel.pipeline.syncOperations.removeHandler(entry.guardHandler).whenFailure { _ in
                     entry.channel.close(promise: nil)
-                    continue
                 }
                 return entry.channel
             }
@@ -90,7 +89,7 @@ final class ComponentConnectionPool: Sendable {
 /// Sits on an idle pooled connection: a component that sends anything while no request is out
 /// (bytes past a response, a broken parser state) has made the connection unusable, so it is closed
 /// instead of being handed to the next request.
-final class IdleConnectionGuard: ChannelInboundHandler, RemovableChannelHandler {
+final class IdleConnectionGuard: ChannelInboundHandler, RemovableChannelHandler, @unchecked Sendable {  // stateless; used on its channel's loop
     typealias InboundIn = Any
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {

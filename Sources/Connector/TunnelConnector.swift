@@ -77,7 +77,7 @@ public final class TunnelConnector: Sendable {
                 stream.eventLoop.makeCompletedFuture {
                     try stream.pipeline.syncOperations.addHandlers([
                         HTTP2FramePayloadToHTTP1ServerCodec(),
-                        ProxyServerHandler(opener: opener.open, onComplete: { record in
+                        ProxyServerHandler(opener: { opener.open($0, $1) }, onComplete: { record in
                             logger.debug(
                                 "request",
                                 metadata: [

@@ -79,7 +79,7 @@ public final class RelayServer: Sendable {
             upgradePipelineHandler: { channel, head in
                 channel.eventLoop.makeCompletedFuture {
                     // The HTTP codecs are gone; the fallback handler must go too, before tunnel bytes flow.
-                    try channel.pipeline.syncOperations.removeHandler(fallback).whenComplete { _ in }
+                    channel.pipeline.syncOperations.removeHandler(fallback).whenComplete { _ in }
                     switch self.authenticator.decide(head) {
                     case .tunnel(let cluster, let node):
                         try self.acceptTunnel(channel, cluster: cluster, node: node)
@@ -123,7 +123,7 @@ public final class RelayServer: Sendable {
             stream.eventLoop.makeCompletedFuture {
                 try stream.pipeline.syncOperations.addHandlers([
                     HTTP2FramePayloadToHTTP1ServerCodec(),
-                    ProxyServerHandler(opener: opener.open, onComplete: { record in
+                    ProxyServerHandler(opener: { opener.open($0, $1) }, onComplete: { record in
                         logger.debug("session request", metadata: session.metadata(record))
                     }),
                 ])

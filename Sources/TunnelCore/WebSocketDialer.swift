@@ -137,7 +137,7 @@ public enum WebSocketDialer {
         let requester = UpgradeRequester(head: head, promise: promise, url: url)
         let upgrader = TunnelWebSocketClientUpgrader(maxFrameSize: limits.maxWebSocketFrameSize) { channel in
             do {
-                try channel.pipeline.syncOperations.removeHandler(requester).whenComplete { _ in }
+                channel.pipeline.syncOperations.removeHandler(requester).whenComplete { _ in }
                 let result = try afterUpgrade(channel)
                 promise.succeed((channel, result))
             } catch {
