@@ -46,6 +46,7 @@ let package = Package(
         .executableTarget(name: "demo-component", dependencies: ["DemoComponentKit", "ConfigKit", "TunnelCore", .product(name: "NIOPosix", package: "swift-nio"), .product(name: "ArgumentParser", package: "swift-argument-parser")]),
         .testTarget(name: "TunnelCoreTests", dependencies: ["TunnelCore", .product(name: "NIOEmbedded", package: "swift-nio")]),
         .testTarget(name: "ConfigKitTests", dependencies: ["ConfigKit", "Relay", "Connector"]),
+        .testTarget(name: "ConnectorTests", dependencies: ["Connector"]),
         .testTarget(name: "EndToEndTests", dependencies: ["Relay", "Connector", "RelayCtlKit", "DemoComponentKit", "TunnelCore", .product(name: "NIOWebSocket", package: "swift-nio"), .product(name: "NIOConcurrencyHelpers", package: "swift-nio")]),
     ],
     swiftLanguageModes: [.v5]
