@@ -207,9 +207,10 @@ private final class UpgradeRequester: ChannelInboundHandler, RemovableChannelHan
 /// The `message` of a relay JSON error body, or the body itself when short.
 func extractMessage(_ body: ByteBuffer) -> String? {
     let text = String(buffer: body)
-    if let range = text.range(of: "\"message\":\"") {
-        let rest = text[range.upperBound...]
-        if let end = rest.firstIndex(of: "\"") { return String(rest[..<end]) }
+    if let object = try? JSONSerialization.jsonObject(with: Data(text.utf8)) as? [String: Any],
+        let message = object["message"] as? String
+    {
+        return message
     }
     let trimmed = text.trimmingCharacters(in: .whitespacesAndNewlines)
     return trimmed.isEmpty || trimmed.count > 200 ? nil : trimmed

@@ -83,8 +83,12 @@ struct Open: AsyncParsableCommand {
         let session = try SessionClient(target: target, group: group, logger: logger)
         do {
             try await session.connect()
-        } catch {
-            FileHandle.standardError.write("relayctl: \(error)\n".data(using: .utf8)!)
+        } catch let error as DialError {
+            var message = "relayctl: \(error)\n"
+            if case .rejected = error.kind {} else {
+                message += "relayctl: check --relay (\(self.relayOptions.relay)), --ca, and that the relay is running\n"
+            }
+            FileHandle.standardError.write(message.data(using: .utf8)!)
             throw ExitCode(3)
         }
         let listener = try await LocalListener.start(host: listen.host, port: listen.port, session: session, group: group)

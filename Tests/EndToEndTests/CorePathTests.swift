@@ -295,6 +295,7 @@ import TunnelCore
                                                logger: TestStack.quietLogger)
         let notFound = await self.rejection { try await unknownCluster.connect() }
         #expect(notFound?.kind == .rejected(status: 404))
+        #expect(notFound?.message.hasSuffix("404 cluster \"ghost\" is not known to this relay") == true, "\(String(describing: notFound))")
         await stack.stop()
     }
 

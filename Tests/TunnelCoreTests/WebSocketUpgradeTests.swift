@@ -71,7 +71,7 @@ import Testing
 
     @Test func refusalFailsTheDialWithTheRelaysStatusAndMessage() throws {
         let (channel, promise, _) = try self.start()
-        let body = "{\"error\":\"unauthorized\",\"message\":\"invalid credentials; check the configured secret or token\"}\n"
+        let body = "{\"error\":\"unauthorized\",\"message\":\"invalid credentials; check the \\\"configured\\\" secret or token\"}\n"
         try channel.writeInbound(ByteBuffer(string:
             "HTTP/1.1 401 Unauthorized\r\ncontent-type: application/json\r\ncontent-length: \(body.utf8.count)\r\n\r\n\(body)"))
         channel.embeddedEventLoop.run()
@@ -79,7 +79,7 @@ import Testing
             try promise.futureResult.wait()
         } throws: { error in
             guard let error = error as? DialError else { return false }
-            return error.kind == .rejected(status: 401) && error.message.contains("invalid credentials; check the configured secret")
+            return error.kind == .rejected(status: 401) && error.message.hasSuffix("401 invalid credentials; check the \"configured\" secret or token")
         }
         #expect(!channel.isActive)
     }
