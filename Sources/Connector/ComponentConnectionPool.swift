@@ -72,11 +72,6 @@ final class ComponentConnectionPool: Sendable {
         channel.closeFuture.whenComplete { _ in _ = self.remove(id: id, key: key) }
     }
 
-    /// Idle connections right now.
-    var idleCount: Int {
-        self.state.withLockedValue { $0.idle.values.reduce(0) { $0 + $1.count } }
-    }
-
     private func remove(id: UInt64, key: Key) -> Bool {
         self.state.withLockedValue { state in
             guard let index = state.idle[key]?.firstIndex(where: { $0.id == id }) else { return false }

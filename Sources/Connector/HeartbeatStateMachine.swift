@@ -13,7 +13,7 @@ public struct HeartbeatStateMachine: Sendable {
         public var disabledIntervalMilliseconds: Int64 = 300_000
         /// Each interval is multiplied by 1 + jitterFraction × jitter, jitter in -1...1.
         public var jitterFraction: Double = 0.1
-        /// After a failed heartbeat, the next one comes this much sooner than a full interval.
+        /// After a failed heartbeat, the next one comes after at most this long.
         public var retryMilliseconds: Int64 = 10_000
         public init() {}
     }
@@ -78,7 +78,8 @@ public struct HeartbeatStateMachine: Sendable {
         let wanted = self.remoteAccessEnabled && answer.remoteUIRequested ? answer.websocketURLs : []
         if wanted != self.tunnelURLs {
             if wanted.isEmpty {
-                actions.append(.closeTunnels(reason: self.remoteAccessEnabled ? "the access request ended" : "remote access is disabled"))
+                // Only reachable while enabled: disabling already closed the tunnels.
+                actions.append(.closeTunnels(reason: "the access request ended"))
             } else {
                 actions.append(.openTunnels(wanted))
             }

@@ -16,7 +16,6 @@ public final class DemoComponent: Sendable {
         public var requests = 0
         /// TCP connections accepted.
         public var connections = 0
-        public var paths: [String] = []
     }
 
     private init(channel: Channel, counters: NIOLockedValueBox<Counters>) {
@@ -92,10 +91,7 @@ private final class DemoHandler: ChannelInboundHandler {
         switch self.unwrapInboundIn(data) {
         case .head(let head):
             self.head = head
-            self.countersBox.withLockedValue {
-                $0.requests += 1
-                if $0.paths.count < 10_000 { $0.paths.append(head.uri) }
-            }
+            self.countersBox.withLockedValue { $0.requests += 1 }
             self.uploadHash = SHA256()
             self.uploadBytes = 0
         case .body(let bytes):

@@ -62,6 +62,12 @@ public final class RelayServer: Sendable {
         let sync = channel.pipeline.syncOperations
         try sync.addHandler(NIOSSLServerHandler(context: self.tls))
         let fallback = RelayHTTPHandler(authenticator: self.authenticator, logger: self.logger)
+        // handshake_timeout: TLS and the websocket upgrade must be done by then, or the connection is
+        // closed (plain HTTPS requests such as health probes get the same window).
+        let deadline = channel.eventLoop.scheduleTask(in: self.config.limits.handshakeTimeout) {
+            channel.close(promise: nil)
+        }
+        channel.closeFuture.whenComplete { _ in deadline.cancel() }
         let upgrader = NIOWebSocketServerUpgrader(
             maxFrameSize: self.config.limits.maxWebSocketFrameSize,
             automaticErrorHandling: true,
@@ -78,6 +84,7 @@ public final class RelayServer: Sendable {
             },
             upgradePipelineHandler: { channel, head in
                 channel.eventLoop.makeCompletedFuture {
+                    deadline.cancel()
                     // The HTTP codecs are gone; the fallback handler must go too, before tunnel bytes flow.
                     channel.pipeline.syncOperations.removeHandler(fallback).whenComplete { _ in }
                     switch self.authenticator.decide(head) {

@@ -90,6 +90,9 @@ struct Open: AsyncParsableCommand {
             }
             FileHandle.standardError.write(message.data(using: .utf8)!)
             throw ExitCode(3)
+        } catch {
+            FileHandle.standardError.write("relayctl: \(error)\n".data(using: .utf8)!)
+            throw ExitCode(3)
         }
         let listener = try await LocalListener.start(host: listen.host, port: listen.port, session: session, group: group)
         print("session open: cluster \(self.cluster), component \(self.component)")

@@ -47,6 +47,20 @@ struct BadConfig: Sendable, CustomTestStringConvertible {
         self.message = message
     }
     var testDescription: String { "\(key.isEmpty ? "(file)" : key): \(message)" }
+
+    /// Parsing must fail with a `ConfigError` that names `key`, mentions `message` and starts with the file name.
+    func expectRejected<T>(file: String, _ parse: (String, String) throws -> T) {
+        do {
+            _ = try parse(self.yaml, file)
+            Issue.record("accepted a bad config; expected an error at \(self.key)")
+        } catch let error as ConfigError {
+            #expect(error.key == self.key, "\(error)")
+            #expect(error.description.contains(self.message), "\(error)")
+            #expect(error.description.hasPrefix("\(file): "), "\(error)")
+        } catch {
+            Issue.record("unexpected error type: \(error)")
+        }
+    }
 }
 
 /// Replaces one line of a YAML document (by its exact text) or appends one.
@@ -103,17 +117,7 @@ private func edit(_ yaml: String, replace old: String? = nil, with new: String) 
         BadConfig("listen: \"unterminated", "", "not valid YAML"),
     ])
     func everyBadValueIsRejectedNamingItsKey(_ bad: BadConfig) {
-        let (yaml, key, message) = (bad.yaml, bad.key, bad.message)
-        do {
-            _ = try RelayConfig.parse(yaml: yaml, file: "relay.yaml")
-            Issue.record("accepted a bad config; expected an error at \(key)")
-        } catch let error as ConfigError {
-            #expect(error.key == key, "\(error)")
-            #expect(error.description.contains(message), "\(error)")
-            #expect(error.description.hasPrefix("relay.yaml: "))
-        } catch {
-            Issue.record("unexpected error type: \(error)")
-        }
+        bad.expectRejected(file: "relay.yaml") { try RelayConfig.parse(yaml: $0, file: $1) }
     }
 
     @Test func secretsNeverPrint() throws {
@@ -169,16 +173,7 @@ private func edit(_ yaml: String, replace old: String? = nil, with new: String) 
         BadConfig(edit(goodConnector, replace: "  ui: http://127.0.0.1:8080\n  api: http://localhost:9000/api/", with: "  {}"), "components", "needs at least one component"),
     ])
     func everyBadValueIsRejectedNamingItsKey(_ bad: BadConfig) {
-        let (yaml, key, message) = (bad.yaml, bad.key, bad.message)
-        do {
-            _ = try ConnectorConfig.parse(yaml: yaml, file: "connector.yaml")
-            Issue.record("accepted a bad config; expected an error at \(key)")
-        } catch let error as ConfigError {
-            #expect(error.key == key, "\(error)")
-            #expect(error.description.contains(message), "\(error)")
-        } catch {
-            Issue.record("unexpected error type: \(error)")
-        }
+        bad.expectRejected(file: "connector.yaml") { try ConnectorConfig.parse(yaml: $0, file: $1) }
     }
 }
 

@@ -311,6 +311,35 @@ import TunnelCore
         try await relay.stop()
     }
 
+    @Test func connectionsThatNeverUpgradeAreClosedAtTheHandshakeTimeout() async throws {
+        var limits = TunnelLimits()
+        limits.handshakeTimeout = .milliseconds(300)
+        let relay = try RelayServer(config: TestStack.relayConfig(limits: limits), group: TestStack.group, logger: TestStack.quietLogger)
+        let port = try await relay.start().port!
+        // A peer that connects and says nothing: no TLS, no upgrade.
+        let silent = try await ClientBootstrap(group: TestStack.group).connect(host: "127.0.0.1", port: port).get()
+        let started = ContinuousClock.now
+        for _ in 0..<250 where silent.isActive {  // bounded: 5 s
+            try await Task.sleep(for: .milliseconds(20))
+        }
+        #expect(!silent.isActive, "the relay kept a silent connection open")
+        #expect(ContinuousClock.now - started < .seconds(3))
+        try? await silent.close()
+        try await relay.stop()
+    }
+
+    @Test func upgradedTunnelsOutliveTheHandshakeTimeout() async throws {
+        var limits = TunnelLimits()
+        limits.handshakeTimeout = .milliseconds(300)
+        let stack = try await TestStack.start(limits: limits)
+        let session = try await stack.openSession()
+        try await Task.sleep(for: .milliseconds(800))
+        #expect(stack.relay.registry.tunnels(cluster: "demo").count == 1)
+        #expect(try await TestHTTPConnection.request(port: session.localAddress!.port!, .GET, "/api/status").status == .ok)
+        try await session.close()
+        await stack.stop()
+    }
+
     @Test func plainHTTPSGetsAClearAnswer() async throws {
         let relay = try RelayServer(config: TestStack.relayConfig(), group: TestStack.group, logger: TestStack.quietLogger)
         let port = try await relay.start().port!
