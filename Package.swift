@@ -24,6 +24,7 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-log.git", from: "1.16.2"),
         .package(url: "https://github.com/jpsim/Yams.git", from: "6.2.2"),
         .package(url: "https://github.com/apple/swift-crypto.git", "3.12.3"..<"5.0.0"),
+        .package(url: "https://github.com/groue/GRDB.swift.git", from: "7.10.0"),
     ],
     targets: [
         // Wire contract shared by all programs: websocket <-> byte stream, HTTP/2 setup, TLS, glue.
@@ -36,18 +37,25 @@ let package = Package(
         ]),
         // Strict YAML config reading: unknown keys and bad values are errors that name the key.
         .target(name: "ConfigKit", dependencies: ["TunnelCore", .product(name: "Yams", package: "Yams")]),
-        .target(name: "Relay", dependencies: ["TunnelCore", "ConfigKit", .product(name: "Logging", package: "swift-log"), .product(name: "NIOHTTP2", package: "swift-nio-http2"), .product(name: "NIOSSL", package: "swift-nio-ssl"), .product(name: "NIOWebSocket", package: "swift-nio")] + nio),
-        .target(name: "Connector", dependencies: ["TunnelCore", "ConfigKit", .product(name: "Logging", package: "swift-log"), .product(name: "NIOHTTP2", package: "swift-nio-http2"), .product(name: "NIOSSL", package: "swift-nio-ssl")] + nio),
-        .target(name: "RelayCtlKit", dependencies: ["TunnelCore", "ConfigKit", .product(name: "Logging", package: "swift-log"), .product(name: "NIOHTTP2", package: "swift-nio-http2"), .product(name: "NIOSSL", package: "swift-nio-ssl")] + nio),
+        // The relay's records (clusters, tokens, access requests, sessions, audit): plain values, no I/O.
+        .target(name: "RelayModel"),
+        // Persistence behind the `Store` protocol; SQLite (GRDB) is the embedded default.
+        .target(name: "RelayStore", dependencies: ["RelayModel", .product(name: "GRDB", package: "GRDB.swift"), .product(name: "Crypto", package: "swift-crypto")]),
+        // The relay's HTTPS JSON API: message types and a small client (connector and relayctl).
+        .target(name: "RelayAPI", dependencies: ["RelayModel", "TunnelCore", .product(name: "NIOSSL", package: "swift-nio-ssl")] + nio),
+        .target(name: "Relay", dependencies: ["TunnelCore", "ConfigKit", "RelayModel", "RelayStore", "RelayAPI", .product(name: "Logging", package: "swift-log"), .product(name: "NIOHTTP2", package: "swift-nio-http2"), .product(name: "NIOSSL", package: "swift-nio-ssl"), .product(name: "NIOWebSocket", package: "swift-nio")] + nio),
+        .target(name: "Connector", dependencies: ["TunnelCore", "ConfigKit", "RelayAPI", "RelayModel", .product(name: "Logging", package: "swift-log"), .product(name: "NIOHTTP2", package: "swift-nio-http2"), .product(name: "NIOSSL", package: "swift-nio-ssl")] + nio),
+        .target(name: "RelayCtlKit", dependencies: ["TunnelCore", "ConfigKit", "RelayAPI", "RelayModel", .product(name: "Logging", package: "swift-log"), .product(name: "NIOHTTP2", package: "swift-nio-http2"), .product(name: "NIOSSL", package: "swift-nio-ssl")] + nio),
         .target(name: "DemoComponentKit", dependencies: nio + [.product(name: "Crypto", package: "swift-crypto")]),
         .executableTarget(name: "relay", dependencies: ["Relay", "TunnelCore", .product(name: "Logging", package: "swift-log"), .product(name: "NIOPosix", package: "swift-nio"), .product(name: "ArgumentParser", package: "swift-argument-parser")]),
         .executableTarget(name: "connector", dependencies: ["Connector", "TunnelCore", .product(name: "Logging", package: "swift-log"), .product(name: "NIOPosix", package: "swift-nio"), .product(name: "ArgumentParser", package: "swift-argument-parser")]),
-        .executableTarget(name: "relayctl", dependencies: ["RelayCtlKit", "ConfigKit", "TunnelCore", .product(name: "Logging", package: "swift-log"), .product(name: "NIOPosix", package: "swift-nio"), .product(name: "ArgumentParser", package: "swift-argument-parser")]),
+        .executableTarget(name: "relayctl", dependencies: ["RelayCtlKit", "RelayAPI", "RelayModel", "ConfigKit", "TunnelCore", .product(name: "Logging", package: "swift-log"), .product(name: "NIOPosix", package: "swift-nio"), .product(name: "ArgumentParser", package: "swift-argument-parser")]),
         .executableTarget(name: "demo-component", dependencies: ["DemoComponentKit", "ConfigKit", "TunnelCore", .product(name: "NIOPosix", package: "swift-nio"), .product(name: "ArgumentParser", package: "swift-argument-parser")]),
         .testTarget(name: "TunnelCoreTests", dependencies: ["TunnelCore", .product(name: "NIOEmbedded", package: "swift-nio")]),
         .testTarget(name: "ConfigKitTests", dependencies: ["ConfigKit", "Relay", "Connector"]),
-        .testTarget(name: "ConnectorTests", dependencies: ["Connector"]),
-        .testTarget(name: "EndToEndTests", dependencies: ["Relay", "Connector", "RelayCtlKit", "DemoComponentKit", "TunnelCore", .product(name: "NIOWebSocket", package: "swift-nio"), .product(name: "NIOConcurrencyHelpers", package: "swift-nio")]),
+        .testTarget(name: "ConnectorTests", dependencies: ["Connector", "RelayAPI", "RelayModel"]),
+        .testTarget(name: "RelayTests", dependencies: ["Relay", "RelayStore", "RelayModel", "RelayAPI", "RelayCtlKit"]),
+        .testTarget(name: "EndToEndTests", dependencies: ["Relay", "RelayStore", "RelayModel", "RelayAPI", "Connector", "RelayCtlKit", "DemoComponentKit", "TunnelCore", .product(name: "NIOWebSocket", package: "swift-nio"), .product(name: "NIOConcurrencyHelpers", package: "swift-nio")]),
     ],
     swiftLanguageModes: [.v5]
 )

@@ -1,5 +1,6 @@
 import ConfigKit
 import Foundation
+import RelayModel
 import TunnelCore
 
 /// A component the customer allows experts to reach: a name the relay may use, and the local
@@ -46,27 +47,38 @@ public struct ComponentURLError: Error, CustomStringConvertible {
 
 /// connector.yaml, validated. See Config/connector.yaml for every key with its default.
 public struct ConnectorConfig: Sendable {
-    public var clusterID: String
     public var nodeID: String
-    public var secret: Secret
-    public var relayURLs: [WebSocketURL]
+    /// What kind of installation this is, reported in heartbeats ("server").
+    public var sourceType: String
+    /// Where `connector register` keeps the node's credential (mode 0600).
+    public var credentialFile: String
+    /// The relay's API base URL (`https://host:port`); tunnel URLs come from heartbeat answers.
+    public var relayURL: WebSocketURL
     public var caFile: String
     public var components: [Component]
     public var limits: TunnelLimits
     public var backoff: Backoff.Policy
+    public var heartbeat: HeartbeatStateMachine.Configuration
+    public var privacyMode: PrivacyMode
+    /// Reported in the node's health: whether this node is the cluster's master node.
+    public var masterNode: Bool
 
     public init(
-        clusterID: String, nodeID: String, secret: Secret, relayURLs: [WebSocketURL], caFile: String,
-        components: [Component], limits: TunnelLimits = TunnelLimits(), backoff: Backoff.Policy = .init()
+        nodeID: String, sourceType: String = "server", credentialFile: String, relayURL: WebSocketURL, caFile: String,
+        components: [Component], limits: TunnelLimits = TunnelLimits(), backoff: Backoff.Policy = .init(),
+        heartbeat: HeartbeatStateMachine.Configuration = .init(), privacyMode: PrivacyMode = .all, masterNode: Bool = false
     ) {
-        self.clusterID = clusterID
         self.nodeID = nodeID
-        self.secret = secret
-        self.relayURLs = relayURLs
+        self.sourceType = sourceType
+        self.credentialFile = credentialFile
+        self.relayURL = relayURL
         self.caFile = caFile
         self.components = components
         self.limits = limits
         self.backoff = backoff
+        self.heartbeat = heartbeat
+        self.privacyMode = privacyMode
+        self.masterNode = masterNode
     }
 
     public static func load(path: String) throws -> ConnectorConfig {
@@ -75,20 +87,17 @@ public struct ConnectorConfig: Sendable {
 
     public static func parse(yaml: String, file: String) throws -> ConnectorConfig {
         let root = try ConfigMap(yaml: yaml, file: file)
-        let cluster = try root.identifier("cluster_id")
         let node = try root.identifier("node_id")
-        let secret = try root.secret("secret")
+        let sourceType = try root.string("source_type", default: "server")
+        guard Identifier.isValid(sourceType) else { throw root.error("source_type", "must be \(Identifier.rule)") }
+        let credentialFile = try root.filePath("credential_file") ?? root.resolve("connector-credential.json")
 
-        guard let relay = try root.map("relay") else { throw root.error("relay", "is required (urls, ca_file)") }
-        let urlTexts = try relay.strings("urls")
-        guard !urlTexts.isEmpty else { throw relay.error("urls", "needs at least one wss:// URL") }
-        var urls: [WebSocketURL] = []
-        for (index, text) in urlTexts.enumerated() {
-            do {
-                urls.append(try WebSocketURL(parsing: text))
-            } catch {
-                throw relay.error("urls[\(index)]", "\(error)")
-            }
+        guard let relay = try root.map("relay") else { throw root.error("relay", "is required (url, ca_file)") }
+        let relayURL: WebSocketURL
+        do {
+            relayURL = try WebSocketURL(parsing: try relay.requiredString("url"), acceptHTTPS: true)
+        } catch let error as WebSocketURLError {
+            throw relay.error("url", "\(error)")
         }
         let caFile = try relay.requiredFilePath("ca_file")
         var backoff = Backoff.Policy()
@@ -97,6 +106,29 @@ public struct ConnectorConfig: Sendable {
         backoff.maximumMilliseconds = try relay.durationMilliseconds(
             "reconnect_max", default: backoff.maximumMilliseconds, range: backoff.initialMilliseconds...3_600_000)
         try relay.finish()
+
+        var heartbeat = HeartbeatStateMachine.Configuration()
+        if let map = try root.map("heartbeat") {
+            heartbeat.enabledIntervalMilliseconds = try map.durationMilliseconds(
+                "interval", default: heartbeat.enabledIntervalMilliseconds, range: 100...3_600_000)
+            heartbeat.disabledIntervalMilliseconds = try map.durationMilliseconds(
+                "disabled_interval", default: heartbeat.disabledIntervalMilliseconds, range: heartbeat.enabledIntervalMilliseconds...86_400_000)
+            heartbeat.jitterFraction = Double(try map.int("jitter_percent", default: 10, range: 0...50)) / 100
+            heartbeat.retryMilliseconds = try map.durationMilliseconds(
+                "retry_interval", default: min(heartbeat.retryMilliseconds, heartbeat.enabledIntervalMilliseconds), range: 100...3_600_000)
+            try map.finish()
+        }
+        var mode = PrivacyMode.all
+        if let privacy = try root.map("privacy") {
+            let text = try privacy.oneOf("mode", PrivacyMode.allCases.map(\.rawValue), default: PrivacyMode.all.rawValue)
+            mode = PrivacyMode(rawValue: text)!
+            try privacy.finish()
+        }
+        var master = false
+        if let health = try root.map("health") {
+            master = try health.bool("master_node", default: false)
+            try health.finish()
+        }
 
         guard let componentMap = try root.map("components") else {
             throw root.error("components", "is required: name -> http://host:port of each component experts may reach")
@@ -115,7 +147,7 @@ public struct ConnectorConfig: Sendable {
         let limits = try TunnelLimits.read(from: try root.map("limits"))
         try root.finish()
         return ConnectorConfig(
-            clusterID: cluster, nodeID: node, secret: secret, relayURLs: urls, caFile: caFile, components: components,
-            limits: limits, backoff: backoff)
+            nodeID: node, sourceType: sourceType, credentialFile: credentialFile, relayURL: relayURL, caFile: caFile,
+            components: components, limits: limits, backoff: backoff, heartbeat: heartbeat, privacyMode: mode, masterNode: master)
     }
 }

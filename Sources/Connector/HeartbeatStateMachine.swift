@@ -70,6 +70,14 @@ public struct HeartbeatStateMachine: Sendable {
         return [.sendHeartbeat]
     }
 
+    /// Something suggests the answer changed (a tunnel was closed or refused by the relay): ask now
+    /// instead of at the next timer. Ignored while a heartbeat is in flight or before `start`.
+    public mutating func heartbeatNow() -> [Action] {
+        guard self.phase == .waiting else { return [] }
+        self.phase = .awaitingAnswer
+        return [.sendHeartbeat]
+    }
+
     public mutating func received(_ answer: Answer, jitter: Double) -> [Action] {
         guard self.phase == .awaitingAnswer else { return [] }
         self.phase = .waiting

@@ -7,48 +7,72 @@ import NIOPosix
 import NIOSSL
 import TunnelCore
 
-/// Keeps one outbound tunnel to each configured relay URL, redialing with jittered backoff.
-/// The connector never listens: every tunnel is a websocket it dialed.
+/// Keeps one outbound tunnel to each wanted relay URL (the heartbeat answer says which, and when),
+/// redialing with jittered backoff. The connector never listens: every tunnel is a websocket it dialed.
 public final class TunnelConnector: Sendable {
     public let config: ConnectorConfig
+    private let credential: ConnectorCredential
     private let group: EventLoopGroup
     private let logger: Logger
     private let tls: NIOSSLContext
     private let opener: ComponentOpener
     private let state = NIOLockedValueBox(State())
+    /// Called when a tunnel goes down or a dial is refused: the access may have ended, so the
+    /// heartbeat driver asks the relay at once.
+    private let onTunnelLost: @Sendable () -> Void
 
     private struct State {
-        var running = false
+        var wanted: Set<String> = []
         var tunnels: [String: Channel] = [:]
         var lastErrors: [String: String] = [:]
         var retryTasks: [String: Scheduled<Void>] = [:]
     }
 
-    public init(config: ConnectorConfig, group: EventLoopGroup, logger: Logger = Logger(label: "connector")) throws {
+    public init(
+        config: ConnectorConfig, credential: ConnectorCredential, group: EventLoopGroup, logger: Logger = Logger(label: "connector"),
+        onTunnelLost: @escaping @Sendable () -> Void = {}
+    ) throws {
         self.config = config
+        self.credential = credential
         self.group = group
         self.logger = logger
         self.tls = try TLSFiles.clientContext(caFile: config.caFile)
         self.opener = ComponentOpener(components: config.components)
+        self.onTunnelLost = onTunnelLost
     }
 
-    /// Starts dialing every relay URL; returns at once.
-    public func start() {
-        self.state.withLockedValue { $0.running = true }
-        for url in self.config.relayURLs {
-            self.dial(url, backoff: Backoff(policy: self.config.backoff))
+    /// Keeps exactly these tunnels: dials the missing ones, closes the others telling the relay why.
+    public func keep(_ urls: [WebSocketURL], reason: String = "no longer wanted") {
+        let wanted = Set(urls.map(\.description))
+        let (toDial, toClose, toCancel) = self.state.withLockedValue { state -> ([WebSocketURL], [Channel], [Scheduled<Void>]) in
+            let added = urls.filter { !state.wanted.contains($0.description) }
+            let removed = state.wanted.subtracting(wanted)
+            state.wanted = wanted
+            var channels: [Channel] = []
+            var tasks: [Scheduled<Void>] = []
+            for url in removed {
+                if let channel = state.tunnels.removeValue(forKey: url) { channels.append(channel) }
+                if let task = state.retryTasks.removeValue(forKey: url) { tasks.append(task) }
+                state.lastErrors[url] = nil
+            }
+            return (added, channels, tasks)
         }
+        toCancel.forEach { $0.cancel() }
+        for channel in toClose {
+            channel.triggerUserOutboundEvent(WebSocketCloseRequest(code: 1000, reason: reason), promise: nil)
+        }
+        for url in toDial { self.dial(url, backoff: Backoff(policy: self.config.backoff)) }
     }
 
     /// Closes every tunnel and stops redialing.
     public func stop() async {
-        let (channels, tasks) = self.state.withLockedValue { state -> ([Channel], [Scheduled<Void>]) in
-            state.running = false
-            defer { state.retryTasks = [:] }
-            return (Array(state.tunnels.values), Array(state.retryTasks.values))
-        }
-        tasks.forEach { $0.cancel() }
-        for channel in channels { try? await channel.close() }
+        let channels = self.state.withLockedValue { Array($0.tunnels.values) }
+        self.keep([], reason: "the connector is shutting down")
+        for channel in channels { try? await channel.closeFuture.get() }
+    }
+
+    private func isWanted(_ url: WebSocketURL) -> Bool {
+        self.state.withLockedValue { $0.wanted.contains(url.description) }
     }
 
     /// Relay URLs with a tunnel up right now.
@@ -62,11 +86,11 @@ public final class TunnelConnector: Sendable {
     }
 
     private func dial(_ url: WebSocketURL, backoff: Backoff) {
-        guard self.state.withLockedValue({ $0.running }) else { return }
+        guard self.isWanted(url) else { return }
         var headers = HTTPHeaders()
-        headers.add(name: "authorization", value: "Bearer \(self.config.secret.value)")
-        headers.add(name: WireHeader.cluster, value: self.config.clusterID)
-        headers.add(name: WireHeader.node, value: self.config.nodeID)
+        headers.add(name: "authorization", value: "Bearer \(self.credential.credential)")
+        headers.add(name: WireHeader.cluster, value: self.credential.clusterID)
+        headers.add(name: WireHeader.node, value: self.credential.nodeID)
         let limits = self.config.limits
         let opener = self.opener
         let logger = self.logger
@@ -95,7 +119,7 @@ public final class TunnelConnector: Sendable {
             case .success(let (channel, _)):
                 backoff.reset()
                 let keep = self.state.withLockedValue { state -> Bool in
-                    guard state.running else { return false }
+                    guard state.wanted.contains(url.description) else { return false }
                     state.tunnels[url.description] = channel
                     state.lastErrors[url.description] = nil
                     return true
@@ -106,13 +130,19 @@ public final class TunnelConnector: Sendable {
                 }
                 logger.info("tunnel up", metadata: ["relay": "\(url)"])
                 channel.closeFuture.whenComplete { _ in
-                    self.state.withLockedValue { _ = $0.tunnels.removeValue(forKey: url.description) }
+                    let wasWanted = self.state.withLockedValue { state -> Bool in
+                        if state.tunnels[url.description] === channel { state.tunnels[url.description] = nil }
+                        return state.wanted.contains(url.description)
+                    }
                     logger.info("tunnel down", metadata: ["relay": "\(url)"])
+                    guard wasWanted else { return }
+                    self.onTunnelLost()
                     self.scheduleRedial(url, backoff: backoff)
                 }
             case .failure(let error):
                 self.state.withLockedValue { $0.lastErrors[url.description] = "\(error)" }
-                logger.warning("cannot reach relay", metadata: ["relay": "\(url)", "error": "\(error)"])
+                logger.warning("cannot open tunnel", metadata: ["relay": "\(url)", "error": "\(error)"])
+                if let dial = error as? DialError, case .rejected = dial.kind { self.onTunnelLost() }
                 self.scheduleRedial(url, backoff: backoff)
             }
         }
@@ -122,7 +152,7 @@ public final class TunnelConnector: Sendable {
         var backoff = backoff
         let delay = backoff.next()
         self.state.withLockedValue { state in
-            guard state.running else { return }
+            guard state.wanted.contains(url.description) else { return }
             state.retryTasks[url.description] = self.group.next().scheduleTask(in: .milliseconds(delay)) {
                 self.dial(url, backoff: backoff)
             }

@@ -4,42 +4,45 @@ import TunnelCore
 
 /// relay.yaml, validated. See Config/relay.yaml for every key with its default.
 public struct RelayConfig: Sendable {
-    public struct Cluster: Sendable {
-        public var id: String
-        public var secret: Secret
-        public init(id: String, secret: Secret) {
-            self.id = id
-            self.secret = secret
-        }
-    }
-
-    public struct Expert: Sendable {
-        public var name: String
-        public var token: Secret
-        public init(name: String, token: Secret) {
-            self.name = name
-            self.token = token
-        }
-    }
-
     public var listenHost: String
     public var listenPort: Int
     public var certificateFile: String
     public var privateKeyFile: String
-    public var clusters: [Cluster]
-    public var experts: [Expert]
+    /// Holds the SQLite store, the token hash key and the bootstrap token.
+    public var dataDirectory: String
+    /// This node's name, recorded on the sessions it carries.
+    public var nodeName: String
+    /// Every relay node's tunnel URL; empty means this node's own `wss://listen/v1/tunnel`.
+    public var tunnelURLs: [String]
+    public var heartbeatIntervalSeconds: Int?
+    public var enrollmentTTLSeconds: Int64
+    public var maxRequestSeconds: Int64
+    /// How often this node expires requests and closes tunnels and sessions whose access ended.
+    public var reconcileInterval: TimeAmountMilliseconds
+    /// Plain HTTPS (API) connections idle for this long are closed.
+    public var apiIdleTimeoutMilliseconds: Int64
     public var limits: TunnelLimits
+
+    public typealias TimeAmountMilliseconds = Int64
 
     public init(
         listenHost: String = "127.0.0.1", listenPort: Int = 8443, certificateFile: String, privateKeyFile: String,
-        clusters: [Cluster], experts: [Expert], limits: TunnelLimits = TunnelLimits()
+        dataDirectory: String, nodeName: String = "relay-1", tunnelURLs: [String] = [], heartbeatIntervalSeconds: Int? = nil,
+        enrollmentTTLSeconds: Int64 = 86_400, maxRequestSeconds: Int64 = 7 * 86_400, reconcileInterval: Int64 = 1000,
+        apiIdleTimeoutMilliseconds: Int64 = 60_000, limits: TunnelLimits = TunnelLimits()
     ) {
         self.listenHost = listenHost
         self.listenPort = listenPort
         self.certificateFile = certificateFile
         self.privateKeyFile = privateKeyFile
-        self.clusters = clusters
-        self.experts = experts
+        self.dataDirectory = dataDirectory
+        self.nodeName = nodeName
+        self.tunnelURLs = tunnelURLs
+        self.heartbeatIntervalSeconds = heartbeatIntervalSeconds
+        self.enrollmentTTLSeconds = enrollmentTTLSeconds
+        self.maxRequestSeconds = maxRequestSeconds
+        self.reconcileInterval = reconcileInterval
+        self.apiIdleTimeoutMilliseconds = apiIdleTimeoutMilliseconds
         self.limits = limits
     }
 
@@ -55,26 +58,40 @@ public struct RelayConfig: Sendable {
         let certificate = try tls.requiredFilePath("certificate_file")
         let key = try tls.requiredFilePath("private_key_file")
         try tls.finish()
-
-        var clusters: [Cluster] = []
-        for entry in try root.list("clusters") {
-            let id = try entry.identifier("id")
-            if clusters.contains(where: { $0.id == id }) { throw entry.error("id", "cluster \"\(id)\" is listed twice") }
-            clusters.append(Cluster(id: id, secret: try entry.secret("secret")))
-            try entry.finish()
+        let dataDirectory = try root.filePath("data_dir") ?? root.resolve("relay-data")
+        let nodeName = try root.string("node_name", default: "relay-1")
+        guard Identifier.isValid(nodeName) else { throw root.error("node_name", "must be \(Identifier.rule)") }
+        var tunnelURLs: [String] = []
+        for (index, text) in try root.strings("tunnel_urls").enumerated() {
+            do {
+                var url = try WebSocketURL(parsing: text)
+                if url.path == "/" { url.path = WirePath.tunnel }
+                tunnelURLs.append(url.description)
+            } catch {
+                throw root.error("tunnel_urls[\(index)]", "\(error)")
+            }
         }
-        var experts: [Expert] = []
-        for entry in try root.list("experts") {
-            let name = try entry.identifier("name")
-            if experts.contains(where: { $0.name == name }) { throw entry.error("name", "expert \"\(name)\" is listed twice") }
-            experts.append(Expert(name: name, token: try entry.secret("token", minimumLength: 24)))
-            try entry.finish()
+        var heartbeat: Int?
+        if root.has("heartbeat_interval") {
+            heartbeat = Int(try root.durationMilliseconds("heartbeat_interval", default: 60_000, range: 1000...3_600_000) / 1000)
         }
+        let enrollmentTTL = try root.durationMilliseconds("enrollment_ttl", default: 86_400_000, range: 60_000...(30 * 86_400_000)) / 1000
+        let maxRequest = try root.durationMilliseconds("max_request_duration", default: 7 * 86_400_000, range: 60_000...(90 * 86_400_000)) / 1000
+        let reconcile = try root.durationMilliseconds("reconcile_interval", default: 1000, range: 50...5000)
+        let apiIdle = try root.durationMilliseconds("api_idle_timeout", default: 60_000, range: 1000...3_600_000)
         let limits = try TunnelLimits.read(from: try root.map("limits"))
         try root.finish()
         return RelayConfig(
             listenHost: listen.host, listenPort: listen.port, certificateFile: certificate, privateKeyFile: key,
-            clusters: clusters, experts: experts, limits: limits)
+            dataDirectory: dataDirectory, nodeName: nodeName, tunnelURLs: tunnelURLs, heartbeatIntervalSeconds: heartbeat,
+            enrollmentTTLSeconds: enrollmentTTL, maxRequestSeconds: maxRequest, reconcileInterval: reconcile,
+            apiIdleTimeoutMilliseconds: apiIdle, limits: limits)
+    }
+
+    /// The tunnel URLs sent to connectors: the configured list, or this node's own listen address.
+    public func effectiveTunnelURLs(boundPort: Int) -> [String] {
+        if !self.tunnelURLs.isEmpty { return self.tunnelURLs }
+        let host = self.listenHost == "0.0.0.0" || self.listenHost == "::" ? "127.0.0.1" : self.listenHost
+        return [WebSocketURL(host: host, port: boundPort, path: WirePath.tunnel).description]
     }
 }
-

@@ -1,71 +1,146 @@
+import Foundation
 import Logging
 import NIOCore
 import NIOHTTP1
 import TunnelCore
 
-/// Answers every request that was not upgraded: the health probe, and refusals of tunnel and
-/// session handshakes (401, 400, 404) with a JSON body that says why.
+/// Per-connection state shared by the upgrader and `RelayHTTPHandler` (used on the connection's loop only).
+final class ConnectionHandshake: @unchecked Sendable {
+    /// The gate's verdict on this connection's upgrade request, once decided.
+    var decision: HandshakeDecision?
+    /// Closes the connection if it neither upgrades nor sends a plain request in time.
+    var deadline: Scheduled<Void>?
+}
+
+/// Answers every request that was not upgraded: the health probe, the JSON API (kept alive, one
+/// request at a time, idle connections closed) and refusals of tunnel and session handshakes with a
+/// JSON body that says why.
 final class RelayHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
     typealias InboundIn = HTTPServerRequestPart
     typealias OutboundOut = HTTPServerResponsePart
 
-    private let authenticator: HandshakeAuthenticator
+    /// Largest API request body accepted (a heartbeat is about 1 KiB).
+    static let maxBodyBytes = 1 << 20
+
+    private let router: RelayAPIRouter
+    private let handshake: ConnectionHandshake
+    private let idleTimeout: TimeAmount
     private let logger: Logger
     private var head: HTTPRequestHead?
+    private var body = Data()
+    private var tooLarge = false
+    private var busy = false
+    private var queued: [(HTTPRequestHead, Data, Bool)] = []
+    private var idleTask: Scheduled<Void>?
 
-    init(authenticator: HandshakeAuthenticator, logger: Logger) {
-        self.authenticator = authenticator
+    init(router: RelayAPIRouter, handshake: ConnectionHandshake, idleTimeout: TimeAmount, logger: Logger) {
+        self.router = router
+        self.handshake = handshake
+        self.idleTimeout = idleTimeout
         self.logger = logger
+    }
+
+    func handlerRemoved(context: ChannelHandlerContext) {
+        self.idleTask?.cancel()
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         switch self.unwrapInboundIn(data) {
         case .head(let head):
+            // A plain HTTPS client: the handshake deadline gives way to the API idle timeout.
+            self.handshake.deadline?.cancel()
+            self.idleTask?.cancel()
             self.head = head
-        case .body:
-            break
+            self.body = Data()
+            self.tooLarge = false
+        case .body(let buffer):
+            if self.body.count + buffer.readableBytes > Self.maxBodyBytes {
+                self.tooLarge = true
+            } else {
+                self.body.append(contentsOf: buffer.readableBytesView)
+            }
         case .end:
             guard let head = self.head else { return }
             self.head = nil
-            self.respond(context: context, to: head)
+            self.queued.append((head, self.body, self.tooLarge))
+            self.body = Data()
+            if self.queued.count > 16 {
+                context.close(promise: nil)
+                return
+            }
+            self.next(context: context)
         }
     }
 
-    private func respond(context: ChannelHandlerContext, to head: HTTPRequestHead) {
-        let path = head.uri.split(separator: "?", maxSplits: 1).first.map(String.init) ?? head.uri
-        if path == WirePath.health {
-            var body = context.channel.allocator.buffer(capacity: 16)
-            body.writeString("{\"status\":\"ok\"}\n")
-            var headers = HTTPHeaders()
-            headers.add(name: "content-type", value: "application/json")
-            headers.add(name: "content-length", value: String(body.readableBytes))
-            self.write(context: context, HTTPResponseHead(version: head.version, status: .ok, headers: headers), body, keepAlive: head.isKeepAlive)
+    private func next(context: ChannelHandlerContext) {
+        guard !self.busy, !self.queued.isEmpty else {
+            if !self.busy { self.armIdle(context: context) }
             return
         }
-        let refusal: ProxyRefusal
-        switch self.authenticator.decide(head) {
-        case .refuse(let reason):
-            refusal = reason
-            if path == WirePath.tunnel || path == WirePath.session {
+        let (head, body, tooLarge) = self.queued.removeFirst()
+        if tooLarge {
+            self.refuse(context: context, head, ProxyRefusal(.payloadTooLarge, code: "too_large", message: "request bodies are limited to 1 MiB"))
+            return
+        }
+        switch head.path {
+        case WirePath.health:
+            self.write(context: context, head: head, status: .ok, body: Data("{\"status\":\"ok\"}\n".utf8), extra: nil)
+        case WirePath.tunnel, WirePath.session:
+            if case .refuse(let refusal) = self.handshake.decision {
                 self.logger.notice(
                     "handshake refused",
-                    metadata: ["path": "\(path)", "status": "\(reason.status.code)", "reason": "\(reason.code)",
+                    metadata: ["path": "\(head.path)", "status": "\(refusal.status.code)", "reason": "\(refusal.code)",
                                "peer": "\(context.channel.remoteAddress.map { "\($0)" } ?? "?")"])
+                self.refuse(context: context, head, refusal, close: true)
+            } else {
+                self.refuse(context: context, head, ProxyRefusal(.upgradeRequired, code: "upgrade_required", message: "this endpoint needs a websocket upgrade"), close: true)
             }
-        case .tunnel, .session:
-            refusal = ProxyRefusal(.upgradeRequired, code: "upgrade_required", message: "this endpoint needs a websocket upgrade")
+        default:
+            self.busy = true
+            let request = APIRequest(method: head.method, uri: head.uri, bearer: head.bearer, body: body)
+            let router = self.router
+            let promise = context.eventLoop.makePromise(of: APIResponse.self)
+            promise.completeWithTask { await router.handle(request) }
+            promise.futureResult.whenSuccess { response in
+                self.busy = false
+                var extra = HTTPHeaders()
+                if let code = response.errorCode { extra.add(name: WireHeader.error, value: code) }
+                self.write(context: context, head: head, status: response.status, body: response.body, extra: extra)
+            }
         }
-        let body = refusal.body(allocator: context.channel.allocator)
-        self.write(context: context, refusal.responseHead(version: head.version, bodyLength: body.readableBytes), body, keepAlive: false)
     }
 
-    private func write(context: ChannelHandlerContext, _ head: HTTPResponseHead, _ body: ByteBuffer, keepAlive: Bool) {
-        var head = head
-        if !keepAlive { head.headers.replaceOrAdd(name: "connection", value: "close") }
-        context.write(self.wrapOutboundOut(.head(head)), promise: nil)
-        context.write(self.wrapOutboundOut(.body(.byteBuffer(body))), promise: nil)
+    private func refuse(context: ChannelHandlerContext, _ head: HTTPRequestHead, _ refusal: ProxyRefusal, close: Bool = false) {
+        let body = refusal.body(allocator: context.channel.allocator)
+        var extra = HTTPHeaders()
+        extra.add(name: WireHeader.error, value: refusal.code)
+        self.write(context: context, head: head, status: refusal.status, body: Data(body.readableBytesView), extra: extra, forceClose: close)
+    }
+
+    private func write(
+        context: ChannelHandlerContext, head request: HTTPRequestHead, status: HTTPResponseStatus, body: Data, extra: HTTPHeaders?,
+        forceClose: Bool = false
+    ) {
+        let keepAlive = request.isKeepAlive && !forceClose
+        var headers = HTTPHeaders()
+        headers.add(name: "content-type", value: "application/json")
+        headers.add(name: "content-length", value: String(body.count))
+        headers.add(name: "cache-control", value: "no-store")
+        if let extra { headers.add(contentsOf: extra) }
+        if !keepAlive { headers.add(name: "connection", value: "close") }
+        context.write(self.wrapOutboundOut(.head(HTTPResponseHead(version: request.version, status: status, headers: headers))), promise: nil)
+        context.write(self.wrapOutboundOut(.body(.byteBuffer(ByteBuffer(bytes: body)))), promise: nil)
         context.writeAndFlush(self.wrapOutboundOut(.end(nil))).whenComplete { _ in
-            if !keepAlive { context.close(promise: nil) }
+            if !keepAlive {
+                context.close(promise: nil)
+            } else {
+                self.next(context: context)
+            }
         }
+    }
+
+    private func armIdle(context: ChannelHandlerContext) {
+        self.idleTask?.cancel()
+        self.idleTask = context.eventLoop.scheduleTask(in: self.idleTimeout) { context.close(promise: nil) }
     }
 }

@@ -1,4 +1,6 @@
 import Foundation
+import RelayModel
+import RelayStore
 import NIOConcurrencyHelpers
 import Logging
 import NIOCore
@@ -10,22 +12,43 @@ import NIOWebSocket
 import TunnelCore
 
 /// The relay node: one TLS listener for connector tunnels (`/v1/tunnel`), expert sessions
-/// (`/v1/session`) and plain HTTPS (`/healthz`). Expert streams are switched into tunnels.
+/// (`/v1/session`), the JSON API (`/v1/...`) and the health probe (`/healthz`). Expert streams are
+/// switched into tunnels; `AccessReconciler` closes what access no longer allows.
 public final class RelayServer: Sendable {
     public let config: RelayConfig
+    public let control: MissionControl
     public let registry = TunnelRegistry()
+    public let sessions = LiveSessions()
     private let group: EventLoopGroup
     private let logger: Logger
-    private let authenticator: HandshakeAuthenticator
+    private let gate: HandshakeGate
+    private let router: RelayAPIRouter
     private let tls: NIOSSLContext
     private let serverChannel = NIOLockedValueBoxChannel()
+    private let reconcileTask = NIOLockedValueBox<Task<Void, Never>?>(nil)
 
-    public init(config: RelayConfig, group: EventLoopGroup, logger: Logger = Logger(label: "relay")) throws {
+    public init(config: RelayConfig, control: MissionControl, group: EventLoopGroup, logger: Logger = Logger(label: "relay")) throws {
         self.config = config
+        self.control = control
         self.group = group
         self.logger = logger
-        self.authenticator = HandshakeAuthenticator(config: config)
+        self.gate = HandshakeGate(control: control, registry: self.registry)
+        self.router = RelayAPIRouter(control: control, registry: self.registry)
         self.tls = try TLSFiles.serverContext(certificateFile: config.certificateFile, privateKeyFile: config.privateKeyFile)
+    }
+
+    /// Opens the embedded SQLite store in `config.dataDirectory` (created 0700 if missing) and the
+    /// token hash key beside it.
+    public static func openEmbeddedControl(config: RelayConfig, logger: Logger, clock: @escaping @Sendable () -> Date = { Date() }) throws -> MissionControl {
+        try FileManager.default.createDirectory(
+            atPath: config.dataDirectory, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
+        let store = try SQLiteStore(path: config.dataDirectory + "/relay.sqlite")
+        let key = try TokenHasher.loadOrCreateKey(at: config.dataDirectory + "/token-hash.key")
+        var settings = MissionControl.Settings(nodeName: config.nodeName)
+        settings.enrollmentTTLSeconds = config.enrollmentTTLSeconds
+        settings.maxRequestSeconds = config.maxRequestSeconds
+        settings.heartbeatIntervalSeconds = config.heartbeatIntervalSeconds
+        return MissionControl(store: store, hasher: TokenHasher(key: key), settings: settings, clock: clock, logger: logger)
     }
 
     /// Binds and starts accepting; returns the bound address (useful with port 0).
@@ -42,16 +65,28 @@ public final class RelayServer: Sendable {
             .get()
         self.serverChannel.set(channel)
         let address = channel.localAddress!
-        self.logger.info("relay listening", metadata: ["address": "\(address)"])
+        self.control.tunnelURLs = self.config.effectiveTunnelURLs(boundPort: address.port ?? self.config.listenPort)
+        let reconciler = AccessReconciler(control: self.control, registry: self.registry, sessions: self.sessions)
+        let interval = Duration.milliseconds(self.config.reconcileInterval)
+        self.reconcileTask.withLockedValue { $0 = Task { await reconciler.run(every: interval) } }
+        self.logger.info("relay listening", metadata: ["address": "\(address)", "tunnel_urls": "\(self.control.tunnelURLs)"])
         return address
     }
 
-    /// Stops accepting and closes every tunnel and session.
+    /// Stops accepting, then closes every session and tunnel, telling each why.
     public func stop() async throws {
+        self.reconcileTask.withLockedValue { $0?.cancel() }
         try await self.serverChannel.get()?.close()
-        for cluster in self.config.clusters {
-            for tunnel in self.registry.tunnels(cluster: cluster.id) { try? await tunnel.channel.close() }
+        for session in self.sessions.all {
+            session.end(code: WireCloseCode.relayShutdown, reason: "the relay node is shutting down")
         }
+        for cluster in self.registry.clusterIDs {
+            for tunnel in self.registry.tunnels(cluster: cluster) {
+                tunnel.channel.triggerUserOutboundEvent(
+                    WebSocketCloseRequest(code: WireCloseCode.relayShutdown, reason: "the relay node is shutting down"), promise: nil)
+            }
+        }
+        for session in self.sessions.all { try? await session.channel.closeFuture.get() }
     }
 
     public var closeFuture: EventLoopFuture<Void>? { self.serverChannel.get()?.closeFuture }
@@ -61,38 +96,42 @@ public final class RelayServer: Sendable {
     private func initializeConnection(_ channel: Channel) throws {
         let sync = channel.pipeline.syncOperations
         try sync.addHandler(NIOSSLServerHandler(context: self.tls))
-        let fallback = RelayHTTPHandler(authenticator: self.authenticator, logger: self.logger)
-        // handshake_timeout: TLS and the websocket upgrade must be done by then, or the connection is
-        // closed (plain HTTPS requests such as health probes get the same window).
-        let deadline = channel.eventLoop.scheduleTask(in: self.config.limits.handshakeTimeout) {
+        let handshake = ConnectionHandshake()
+        let fallback = RelayHTTPHandler(
+            router: self.router, handshake: handshake, idleTimeout: .milliseconds(self.config.apiIdleTimeoutMilliseconds),
+            logger: self.logger)
+        // handshake_timeout: TLS and the websocket upgrade (or a first plain request) must come by
+        // then, or the connection is closed.
+        handshake.deadline = channel.eventLoop.scheduleTask(in: self.config.limits.handshakeTimeout) {
             channel.close(promise: nil)
         }
-        channel.closeFuture.whenComplete { _ in deadline.cancel() }
+        channel.closeFuture.whenComplete { _ in handshake.deadline?.cancel() }
+        let gate = self.gate
         let upgrader = NIOWebSocketServerUpgrader(
             maxFrameSize: self.config.limits.maxWebSocketFrameSize,
             automaticErrorHandling: true,
             shouldUpgrade: { channel, head in
-                switch self.authenticator.decide(head) {
-                case .refuse:
-                    // Not upgraded: RelayHTTPHandler answers with the reason.
-                    return channel.eventLoop.makeSucceededFuture(nil)
-                case .tunnel, .session:
+                let promise = channel.eventLoop.makePromise(of: HandshakeDecision.self)
+                promise.completeWithTask { await gate.decide(head) }
+                return promise.futureResult.map { decision -> HTTPHeaders? in
+                    handshake.decision = decision
+                    if case .refuse = decision { return nil }  // not upgraded: RelayHTTPHandler answers why
                     var headers = HTTPHeaders()
                     headers.add(name: "sec-websocket-protocol", value: WireProtocolVersion.current)
-                    return channel.eventLoop.makeSucceededFuture(headers)
+                    return headers
                 }
             },
-            upgradePipelineHandler: { channel, head in
+            upgradePipelineHandler: { channel, _ in
                 channel.eventLoop.makeCompletedFuture {
-                    deadline.cancel()
+                    handshake.deadline?.cancel()
                     // The HTTP codecs are gone; the fallback handler must go too, before tunnel bytes flow.
                     channel.pipeline.syncOperations.removeHandler(fallback).whenComplete { _ in }
-                    switch self.authenticator.decide(head) {
+                    switch handshake.decision {
                     case .tunnel(let cluster, let node):
                         try self.acceptTunnel(channel, cluster: cluster, node: node)
-                    case .session(let expert, let cluster, let component, let node):
-                        try self.acceptSession(channel, expert: expert, cluster: cluster, component: component, node: node)
-                    case .refuse:
+                    case .session(let plan):
+                        try self.acceptSession(channel, plan: plan)
+                    case .refuse, nil:
                         channel.close(promise: nil)
                     }
                 }
@@ -112,32 +151,49 @@ public final class RelayServer: Sendable {
             connectedAt: .now())
         self.registry.register(tunnel)
         let logger = self.logger
+        let control = self.control
         logger.info("tunnel up", metadata: ["cluster": "\(cluster)", "node": "\(node)", "peer": "\(channel.remoteAddress.map { "\($0)" } ?? "?")"])
+        Task { await control.audit(actor: "node:\(cluster)/\(node)", "tunnel.open", cluster: cluster, subject: node) }
         channel.closeFuture.whenComplete { _ in
             self.registry.unregister(tunnel)
             logger.info("tunnel down", metadata: ["cluster": "\(cluster)", "node": "\(node)"])
         }
     }
 
-    private func acceptSession(_ channel: Channel, expert: String, cluster: String, component: String, node: String?) throws {
-        let session = SessionIdentity(
-            id: randomIdentifier(), expert: expert, cluster: cluster, component: component, node: node)
-        let opener = TunnelStreamOpener(session: session, registry: self.registry)
+    private func acceptSession(_ channel: Channel, plan: SessionPlan) throws {
+        let record = SessionRecord(
+            id: randomIdentifier(), expert: plan.expert.name, clusterID: plan.cluster, node: plan.node, component: plan.component,
+            requestID: plan.grant.request.id, role: plan.grant.role, relayNode: self.config.nodeName, startedAt: self.control.now)
+        let live = LiveSession(channel: channel, record: record)
+        let opener = TunnelStreamOpener(session: record, registry: self.registry)
         let logger = self.logger
+        let control = self.control
         _ = try TunnelPipeline.configure(
             channel: channel, websocketRole: .server, http2Mode: .server, limits: self.config.limits, logger: logger
         ) { stream in
             stream.eventLoop.makeCompletedFuture {
                 try stream.pipeline.syncOperations.addHandlers([
                     HTTP2FramePayloadToHTTP1ServerCodec(),
-                    ProxyServerHandler(opener: { opener.open($0, $1) }, onComplete: { record in
-                        logger.debug("session request", metadata: session.metadata(record))
+                    ProxyServerHandler(opener: { opener.open($0, $1) }, onComplete: { exchange in
+                        live.count(exchange)
+                        logger.debug("session request", metadata: record.metadata)
                     }),
                 ])
             }
         }
-        logger.info("session opened", metadata: session.metadata)
-        channel.closeFuture.whenComplete { _ in logger.info("session closed", metadata: session.metadata) }
+        self.sessions.add(live)
+        live.started.withLockedValue { $0 = Task { await control.sessionStarted(record) } }
+        logger.info("session opened", metadata: record.metadata)
+        channel.closeFuture.whenComplete { _ in
+            self.sessions.remove(record.id)
+            let final = live.finish(at: control.now)
+            let started = live.started.withLockedValue { $0 }
+            Task {
+                await started?.value
+                await control.sessionEnded(final)
+            }
+            logger.info("session closed", metadata: final.metadata.merging(["reason": "\(final.endReason ?? "-")"]) { $1 })
+        }
     }
 }
 

@@ -48,6 +48,11 @@ public final class TunnelRegistry: Sendable {
         self.state.withLockedValue { $0.tunnels[cluster] ?? [] }
     }
 
+    /// Clusters with at least one tunnel here.
+    public var clusterIDs: [String] {
+        self.state.withLockedValue { Array($0.tunnels.keys) }
+    }
+
     public var count: Int {
         self.state.withLockedValue { $0.tunnels.values.reduce(0) { $0 + $1.count } }
     }

@@ -6,6 +6,7 @@ import NIOHTTP1
 import NIOHTTP2
 import NIOPosix
 import NIOSSL
+import RelayModel
 import TunnelCore
 
 /// What `relayctl session open` needs to reach one component of one cluster.
@@ -15,13 +16,16 @@ public struct SessionTarget: Sendable {
     public var cluster: String
     public var component: String
     public var node: String?
+    /// The role to run under (at most the request's); nil takes the request's role.
+    public var role: AccessRole?
     public var caFile: String
     public var limits: TunnelLimits
 
     public init(
-        relay: WebSocketURL, token: Secret, cluster: String, component: String, node: String? = nil, caFile: String,
-        limits: TunnelLimits = TunnelLimits()
+        relay: WebSocketURL, token: Secret, cluster: String, component: String, node: String? = nil, role: AccessRole? = nil,
+        caFile: String, limits: TunnelLimits = TunnelLimits()
     ) {
+        self.role = role
         self.relay = relay
         self.token = token
         self.cluster = cluster
@@ -40,8 +44,15 @@ public final class SessionClient: Sendable {
     private let tls: NIOSSLContext
     private let logger: Logger
     private let connection = NIOLockedValueBox<EventLoopFuture<NIOHTTP2Handler.StreamMultiplexer>?>(nil)
+    private let onEnded: (@Sendable (WebSocketPeerClosed) -> Void)?
 
-    public init(target: SessionTarget, group: EventLoopGroup, logger: Logger = Logger(label: "relayctl")) throws {
+    /// - Parameter onEnded: the relay closed the session and said why (access revoked or expired,
+    ///   session killed, relay shutting down).
+    public init(
+        target: SessionTarget, group: EventLoopGroup, logger: Logger = Logger(label: "relayctl"),
+        onEnded: (@Sendable (WebSocketPeerClosed) -> Void)? = nil
+    ) throws {
+        self.onEnded = onEnded
         self.target = target
         self.group = group
         self.tls = try TLSFiles.clientContext(caFile: target.caFile, setting: "--ca")
@@ -77,12 +88,14 @@ public final class SessionClient: Sendable {
         headers.add(name: WireHeader.cluster, value: self.target.cluster)
         headers.add(name: WireHeader.component, value: self.target.component)
         if let node = self.target.node { headers.add(name: WireHeader.node, value: node) }
+        if let role = self.target.role { headers.add(name: WireHeader.role, value: role.rawValue) }
+        let onEnded = self.onEnded
         let limits = self.target.limits
         let logger = self.logger
         return WebSocketDialer.dial(url: self.target.relay, headers: headers, tls: self.tls, limits: limits, group: self.group) {
             channel in
             try TunnelPipeline.configure(
-                channel: channel, websocketRole: .client, http2Mode: .client, limits: limits,
+                channel: channel, websocketRole: .client, http2Mode: .client, limits: limits, onPeerClosed: onEnded,
                 inboundStreamInitializer: TunnelPipeline.refuseInboundStreams)
         }.map { channel, multiplexer in
             logger.info("connected to relay", metadata: ["relay": "\(self.target.relay)"])

@@ -13,6 +13,7 @@ public enum TunnelPipeline {
         http2Mode: NIOHTTP2Handler.ParserMode,
         limits: TunnelLimits,
         logger: Logger? = nil,
+        onPeerClosed: (@Sendable (WebSocketPeerClosed) -> Void)? = nil,
         inboundStreamInitializer: @escaping NIOChannelInitializer
     ) throws -> NIOHTTP2Handler.StreamMultiplexer {
         let sync = channel.pipeline.syncOperations
@@ -25,7 +26,7 @@ public enum TunnelPipeline {
             connectionConfiguration: limits.connectionConfiguration,
             streamConfiguration: limits.streamConfiguration,
             inboundStreamInitializer: inboundStreamInitializer)
-        try sync.addHandler(TunnelErrorHandler(logger: logger))
+        try sync.addHandler(TunnelErrorHandler(logger: logger, onPeerClosed: onPeerClosed))
         return multiplexer
     }
 
@@ -53,12 +54,22 @@ public enum TunnelPipeline {
 
 /// Last in a tunnel's connection pipeline. Errors that reach it are connection errors (a stream's
 /// errors stay in its stream channel): NIOHTTP2 has already sent GOAWAY, so close the tunnel rather
-/// than leave a connection that will never carry a request again.
+/// than leave a connection that will never carry a request again. Also reports the peer's close
+/// code and reason (for example: why the relay ended a session).
 final class TunnelErrorHandler: ChannelInboundHandler {
     typealias InboundIn = Any
     private let logger: Logger?
+    private let onPeerClosed: (@Sendable (WebSocketPeerClosed) -> Void)?
 
-    init(logger: Logger?) { self.logger = logger }
+    init(logger: Logger?, onPeerClosed: (@Sendable (WebSocketPeerClosed) -> Void)?) {
+        self.logger = logger
+        self.onPeerClosed = onPeerClosed
+    }
+
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        if let closed = event as? WebSocketPeerClosed { self.onPeerClosed?(closed) }
+        context.fireUserInboundEventTriggered(event)
+    }
 
     func errorCaught(context: ChannelHandlerContext, error: Error) {
         self.logger?.notice(

@@ -134,11 +134,12 @@ public final class WebSocketByteStreamHandler: ChannelDuplexHandler, RemovableCh
         switch self.state {
         case .open:
             // Echo the peer's code, as RFC 6455 5.5.1 asks, then close the TCP connection.
-            var data = frame.unmaskedData
-            let code = data.readWebSocketErrorCode() ?? .normalClosure
+            let closed = WebSocketPeerClosed(frame: frame)
+            context.fireUserInboundEventTriggered(closed)
             self.state = .closeSent
-            self.sendClose(context: context, code: code).whenComplete { _ in context.close(promise: nil) }
+            self.sendClose(context: context, code: closed.code).whenComplete { _ in context.close(promise: nil) }
         case .closeSent:
+            context.fireUserInboundEventTriggered(WebSocketPeerClosed(frame: frame))
             self.state = .closed
             context.close(promise: nil)
         case .closed:
@@ -210,6 +211,23 @@ public final class WebSocketByteStreamHandler: ChannelDuplexHandler, RemovableCh
         }
     }
 
+    /// `WebSocketCloseRequest` closes the connection with that code and reason (for example: the access
+    /// request was revoked), so the peer can tell a person why.
+    public func triggerUserOutboundEvent(context: ChannelHandlerContext, event: Any, promise: EventLoopPromise<Void>?) {
+        guard let request = event as? WebSocketCloseRequest else {
+            context.triggerUserOutboundEvent(event, promise: promise)
+            return
+        }
+        guard self.state == .open, context.channel.isActive else {
+            context.close(promise: promise)
+            return
+        }
+        self.state = .closeSent
+        self.sendClose(context: context, code: request.code, reason: request.reason).whenComplete { _ in
+            context.close(mode: .all, promise: promise)
+        }
+    }
+
     public func channelInactive(context: ChannelHandlerContext) {
         self.state = .closed
         self.keepaliveTask?.cancel()
@@ -221,10 +239,11 @@ public final class WebSocketByteStreamHandler: ChannelDuplexHandler, RemovableCh
     }
 
     /// Writes a close frame, first sending what is pending; the tunnel code travels in the payload.
-    private func sendClose(context: ChannelHandlerContext, code: WebSocketErrorCode) -> EventLoopFuture<Void> {
+    private func sendClose(context: ChannelHandlerContext, code: WebSocketErrorCode, reason: String = "") -> EventLoopFuture<Void> {
         if self.pending != nil { self.flush(context: context) }
-        var data = context.channel.allocator.buffer(capacity: 2)
+        var data = context.channel.allocator.buffer(capacity: 2 + reason.utf8.count)
         data.write(webSocketErrorCode: code)
+        data.writeString(WebSocketCloseRequest.truncated(reason))
         let frame = WebSocketFrame(fin: true, opcode: .connectionClose, maskKey: self.maskKey(), data: data)
         return context.writeAndFlush(self.wrapOutboundOut(frame))
     }
@@ -232,6 +251,42 @@ public final class WebSocketByteStreamHandler: ChannelDuplexHandler, RemovableCh
     private func maskKey() -> WebSocketMaskingKey? {
         // RFC 6455 5.3: a client masks every frame, a server never does.
         self.role == .client ? .random() : nil
+    }
+}
+
+/// Ask `WebSocketByteStreamHandler` to close with a code and a reason a person can read
+/// (`channel.triggerUserOutboundEvent`). Codes 4000-4999 are ours (docs/PROTOCOL.md).
+public struct WebSocketCloseRequest: Sendable {
+    public var code: WebSocketErrorCode
+    public var reason: String
+
+    public init(code: UInt16, reason: String) {
+        self.code = WebSocketErrorCode(codeNumber: Int(code))
+        self.reason = reason
+    }
+
+    /// A close frame's payload is at most 125 bytes: the reason is cut at 123, on a character boundary.
+    static func truncated(_ reason: String) -> String {
+        var out = ""
+        var size = 0
+        for character in reason {
+            size += character.utf8.count
+            if size > 123 { break }
+            out.append(character)
+        }
+        return out
+    }
+}
+
+/// Fired inbound when the peer's close frame arrives: its code and reason.
+public struct WebSocketPeerClosed: Sendable, Equatable {
+    public var code: WebSocketErrorCode
+    public var reason: String
+
+    init(frame: WebSocketFrame) {
+        var data = frame.unmaskedData
+        self.code = data.readWebSocketErrorCode() ?? .normalClosure
+        self.reason = data.readString(length: data.readableBytes) ?? ""
     }
 }
 

@@ -17,11 +17,19 @@ public struct WebSocketURL: Sendable, Equatable, CustomStringConvertible {
         self.path = path
     }
 
-    public init(parsing text: String) throws(WebSocketURLError) {
-        guard text.hasPrefix("wss://") else {
-            throw text.hasPrefix("ws://") ? .init("plain ws:// is not allowed; use wss://") : .init("must start with wss://")
+    /// - Parameter acceptHTTPS: also take `https://` (the relay's API base URL: same host and port).
+    public init(parsing text: String, acceptHTTPS: Bool = false) throws(WebSocketURLError) {
+        let scheme: String
+        if text.hasPrefix("wss://") {
+            scheme = "wss://"
+        } else if acceptHTTPS && text.hasPrefix("https://") {
+            scheme = "https://"
+        } else if text.hasPrefix("ws://") || text.hasPrefix("http://") {
+            throw .init("plain \(text.hasPrefix("ws:") ? "ws" : "http"):// is not allowed; use \(acceptHTTPS ? "https:// or wss://" : "wss://")")
+        } else {
+            throw .init(acceptHTTPS ? "must start with https:// or wss://" : "must start with wss://")
         }
-        var rest = Substring(text.dropFirst("wss://".count))
+        var rest = Substring(text.dropFirst(scheme.count))
         let pathStart = rest.firstIndex(of: "/") ?? rest.endIndex
         let authority = rest[..<pathStart]
         rest = rest[pathStart...]
@@ -56,8 +64,14 @@ public struct WebSocketURL: Sendable, Equatable, CustomStringConvertible {
         return "wss://\(host):\(self.port)\(self.path)"
     }
 
+    /// The same host and port as an `https://` URL (the relay's API), without the path.
+    public var httpsBase: String {
+        let host = self.host.contains(":") ? "[\(self.host)]" : self.host
+        return "https://\(host):\(self.port)"
+    }
+
     /// The name TLS checks the certificate against (SNI is not sent for IP literals).
-    var serverHostname: String? {
+    public var serverHostname: String? {
         (try? SocketAddress(ipAddress: self.host, port: 0)) == nil ? self.host : nil
     }
 }

@@ -23,11 +23,16 @@ public enum WireHeader {
     public static let session = "x-relay-session"
     /// Set by the relay on every tunnel stream: a unique request ID, echoed in responses and audit.
     public static let requestID = "x-relay-request-id"
+    /// On relayctl's upgrade request (optional): the role asked for, at most the request's role.
+    /// Set by the relay on every tunnel stream: the role the session runs under.
+    public static let role = "x-relay-role"
+    /// Set by the relay on every tunnel stream: the access request the session runs under.
+    public static let accessRequest = "x-relay-access-request"
     /// On error responses produced by relay, connector or relayctl (not by a component): who refused and why.
     public static let error = "x-relay-error"
 
     /// Every header the relay owns; any copy that arrives from an expert is removed before the relay sets its own.
-    public static let relayOwned = [cluster, node, component, expert, session, requestID, error]
+    public static let relayOwned = [cluster, node, component, expert, session, requestID, role, accessRequest, error]
 
     /// Hop-by-hop headers (RFC 9110 7.6.1) never forwarded across a hop.
     public static let hopByHop = [
@@ -51,4 +56,14 @@ extension HTTPHeaders {
     public mutating func removeRelayOwned() {
         for name in WireHeader.relayOwned { self.remove(name: name) }
     }
+}
+
+/// Websocket close codes the relay sends with a reason a person can read (docs/PROTOCOL.md).
+public enum WireCloseCode {
+    /// The access request behind a tunnel or session ended (revoked, expired, rejected).
+    public static let accessEnded: UInt16 = 4001
+    /// An operator killed the session, or the expert's token was revoked.
+    public static let sessionKilled: UInt16 = 4002
+    /// The relay node is shutting down; redial (another node may answer).
+    public static let relayShutdown: UInt16 = 1001
 }

@@ -1,5 +1,6 @@
 import ArgumentParser
 import Connector
+import Foundation
 import Logging
 import NIOPosix
 import TunnelCore
@@ -8,34 +9,89 @@ import TunnelCore
 struct ConnectorCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "connector",
-        abstract: "Cluster-side connector: dials out to the relay and serves the allowed components. Never listens.")
+        abstract: "Cluster-side connector: heartbeats to the relay, dials out when access is requested, serves the allowed components. Never listens.",
+        subcommands: [Run.self, Register.self], defaultSubcommand: Run.self)
+}
 
+struct CommonOptions: ParsableArguments {
     @Option(name: .shortAndLong, help: "Path to connector.yaml (see Config/connector.yaml).")
     var config: String = "connector.yaml"
 
     @Option(help: "trace, debug, info, notice, warning, error or critical.")
     var logLevel: Logger.Level = .info
 
-    @Flag(help: "Validate the config file and exit.")
-    var checkConfig = false
-
-    func run() async throws {
+    func logger() -> Logger {
         LoggingSystem.bootstrap { StreamLogHandler.standardError(label: $0) }
         var logger = Logger(label: "connector")
         logger.logLevel = self.logLevel
-        let config = try ConnectorConfig.load(path: self.config)
+        return logger
+    }
+}
+
+struct Run: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Run the connector (the default).")
+
+    @OptionGroup var options: CommonOptions
+
+    @Flag(help: "Validate the config file and the credential file, and exit.")
+    var checkConfig = false
+
+    func run() async throws {
+        let logger = self.options.logger()
+        let config = try ConnectorConfig.load(path: self.options.config)
+        let credential = try ConnectorCredential.load(path: config.credentialFile)
         if self.checkConfig {
-            print("\(self.config): OK (cluster \(config.clusterID), node \(config.nodeID), \(config.components.count) components)")
+            print("\(self.options.config): OK (\(credential), \(config.components.count) components, mode \(config.privacyMode.rawValue))")
             return
         }
-        let connector = try TunnelConnector(config: config, group: MultiThreadedEventLoopGroup.singleton, logger: logger)
-        connector.start()
+        let group = MultiThreadedEventLoopGroup.singleton
+        let driver = try HeartbeatDriver(config: config, credential: credential, group: group, logger: logger)
+        let connector = try TunnelConnector(
+            config: config, credential: credential, group: group, logger: logger, onTunnelLost: { driver.heartbeatNow() })
+        driver.attach(connector)
+        driver.start()
         logger.info(
             "connector started",
-            metadata: ["cluster": "\(config.clusterID)", "node": "\(config.nodeID)", "relays": "\(config.relayURLs.count)"])
+            metadata: ["cluster": "\(credential.clusterID)", "node": "\(credential.nodeID)", "relay": "\(config.relayURL.httpsBase)",
+                       "mode": "\(config.privacyMode.rawValue)"])
         let signal = await TerminationSignal.wait()
         logger.info("shutting down", metadata: ["signal": "\(signal)"])
+        driver.stop()
         await connector.stop()
+    }
+}
+
+struct Register: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Register this node once with a one-time enrollment token; writes credential_file (mode 0600).")
+
+    @OptionGroup var options: CommonOptions
+
+    @Option(help: "File holding the enrollment token. Without it the token is read from env CONNECTOR_ENROLLMENT_TOKEN.")
+    var enrollmentTokenFile: String?
+
+    func run() async throws {
+        let logger = self.options.logger()
+        let config = try ConnectorConfig.load(path: self.options.config)
+        let token: String
+        if let path = self.enrollmentTokenFile {
+            guard let text = try? String(contentsOfFile: path, encoding: .utf8) else {
+                throw ValidationError("cannot read --enrollment-token-file \(path)")
+            }
+            token = text.trimmingCharacters(in: .whitespacesAndNewlines)
+        } else if let text = ProcessInfo.processInfo.environment["CONNECTOR_ENROLLMENT_TOKEN"], !text.isEmpty {
+            token = text
+        } else {
+            throw ValidationError("no enrollment token: pass --enrollment-token-file or set CONNECTOR_ENROLLMENT_TOKEN")
+        }
+        do {
+            let credential = try await ConnectorRegistration.register(
+                config: config, enrollmentToken: token, group: MultiThreadedEventLoopGroup.singleton, logger: logger)
+            print("registered: \(credential); saved to \(config.credentialFile)")
+        } catch {
+            FileHandle.standardError.write(Data("connector: registration failed: \(error)\n".utf8))
+            throw ExitCode(4)
+        }
     }
 }
 

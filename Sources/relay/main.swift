@@ -8,7 +8,7 @@ import TunnelCore
 struct RelayCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "relay",
-        abstract: "Relay node: accepts connector tunnels and expert sessions, and switches sessions into tunnels.")
+        abstract: "Relay node: registration, heartbeats and the ops API; accepts connector tunnels and expert sessions.")
 
     @Option(name: .shortAndLong, help: "Path to relay.yaml (see Config/relay.yaml).")
     var config: String = "relay.yaml"
@@ -25,10 +25,17 @@ struct RelayCommand: AsyncParsableCommand {
         logger.logLevel = self.logLevel
         let config = try RelayConfig.load(path: self.config)
         if self.checkConfig {
-            print("\(self.config): OK (\(config.clusters.count) clusters, \(config.experts.count) experts)")
+            print("\(self.config): OK (data in \(config.dataDirectory), node \(config.nodeName))")
             return
         }
-        let server = try RelayServer(config: config, group: MultiThreadedEventLoopGroup.singleton, logger: logger)
+        let control = try RelayServer.openEmbeddedControl(config: config, logger: logger)
+        let bootstrapPath = config.dataDirectory + "/bootstrap-ops-token"
+        if try await control.createBootstrapToken(at: bootstrapPath) {
+            // The path only: the token itself never goes to a log.
+            print("first start: an ops token named \"bootstrap\" is in \(bootstrapPath) (mode 0600);")
+            print("use it to create your own: relayctl --token-file \(bootstrapPath) tokens create --name NAME --role ops")
+        }
+        let server = try RelayServer(config: config, control: control, group: MultiThreadedEventLoopGroup.singleton, logger: logger)
         let address = try await server.start()
         print("relay listening on \(address)")
         let signal = await TerminationSignal.wait()

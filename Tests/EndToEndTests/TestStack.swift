@@ -5,8 +5,11 @@ import Foundation
 import Logging
 import NIOCore
 import NIOPosix
+import NIOConcurrencyHelpers
 import Relay
+import RelayAPI
 import RelayCtlKit
+import RelayModel
 import TunnelCore
 
 /// Development certificates made once per test run with Certs/make-dev-certs.sh (the openssl CLI).
@@ -32,16 +35,33 @@ enum TestCerts {
     }
 }
 
-/// A relay, a connector and a demo component, all real servers on loopback port 0.
+/// The relay's clock in tests: real time plus an offset tests move forward (request expiry).
+final class TestClock: Sendable {
+    private let offset = NIOLockedValueBox<TimeInterval>(0)
+    func now() -> Date { Date().addingTimeInterval(self.offset.withLockedValue { $0 }) }
+    func advance(seconds: TimeInterval) { self.offset.withLockedValue { $0 += seconds } }
+}
+
+/// A relay (embedded store in a temporary folder), a registered connector and a demo component,
+/// all real servers on loopback port 0. By default alice's admin request for cluster demo is
+/// approved and the tunnel is up when `start` returns.
 struct TestStack {
-    static let clusterSecret = "cluster-secret-0123456789abcdef"
-    static let expertToken = "expert-token-0123456789abcdef0123"
     static let group = MultiThreadedEventLoopGroup.singleton
+    /// Heartbeat interval of test connectors (the "shortened interval").
+    static let heartbeatMilliseconds: Int64 = 200
 
     let component: DemoComponent
     let relay: RelayServer
     let relayPort: Int
+    let clock: TestClock
+    let dataDirectory: String
+    /// Secrets issued by the relay during set-up.
+    let opsToken: String
+    let expertToken: String
+    let credential: ConnectorCredential
     let connector: TunnelConnector
+    let driver: HeartbeatDriver
+    let connectorConfig: ConnectorConfig
 
     static var quietLogger: Logger {
         var logger = Logger(label: "test")
@@ -49,46 +69,97 @@ struct TestStack {
         return logger
     }
 
-    static func relayConfig(port: Int = 0, limits: TunnelLimits = TunnelLimits()) -> RelayConfig {
-        RelayConfig(
-            listenHost: "127.0.0.1", listenPort: port, certificateFile: TestCerts.trusted + "/relay.pem",
-            privateKeyFile: TestCerts.trusted + "/relay.key",
-            clusters: [.init(id: "demo", secret: Secret(clusterSecret)), .init(id: "other", secret: Secret("other-secret-0123456789abcdef"))],
-            experts: [.init(name: "alice", token: Secret(expertToken))], limits: limits)
+    var control: MissionControl { self.relay.control }
+
+    static func temporaryDirectory(_ name: String) -> String {
+        let path = FileManager.default.temporaryDirectory.appendingPathComponent("relay-test-\(getpid())-\(name)-\(UUID().uuidString.prefix(8))").path
+        try! FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: true)
+        return path
     }
 
-    /// - Parameter extraComponents: name -> URL added to the connector's allowlist beside `ui`.
-    static func start(extraComponents: [String: String] = [:], limits: TunnelLimits = TunnelLimits()) async throws -> TestStack {
+    static func relayConfig(dataDirectory: String, limits: TunnelLimits = TunnelLimits()) -> RelayConfig {
+        RelayConfig(
+            listenHost: "127.0.0.1", listenPort: 0, certificateFile: TestCerts.trusted + "/relay.pem",
+            privateKeyFile: TestCerts.trusted + "/relay.key", dataDirectory: dataDirectory, reconcileInterval: 100, limits: limits)
+    }
+
+    /// - Parameters:
+    ///   - extraComponents: name -> URL added to the connector's allowlist beside `ui`.
+    ///   - approve: create and (with mode `all`) auto-approve alice's admin request, then wait for the tunnel.
+    static func start(
+        extraComponents: [String: String] = [:], limits: TunnelLimits = TunnelLimits(), mode: PrivacyMode = .all, approve: Bool = true
+    ) async throws -> TestStack {
         let component = try await DemoComponent.start(name: "ui", group: group)
-        let relay = try RelayServer(config: relayConfig(limits: limits), group: group, logger: quietLogger)
-        let address = try await relay.start()
-        let port = address.port!
+        let clock = TestClock()
+        let dataDirectory = temporaryDirectory("relay")
+        let config = relayConfig(dataDirectory: dataDirectory, limits: limits)
+        let control = try RelayServer.openEmbeddedControl(config: config, logger: quietLogger, clock: { clock.now() })
+        let relay = try RelayServer(config: config, control: control, group: group, logger: quietLogger)
+        let port = try await relay.start().port!
+
+        let ops = try await control.createToken(CreateTokenRequest(name: "root", role: .ops, ttlSeconds: nil), by: nil)
+        let opsRecord = try await control.authenticateUser(bearer: ops.secret, action: "test")
+        let expert = try await control.createToken(CreateTokenRequest(name: "alice", role: .expert, ttlSeconds: nil), by: opsRecord)
+        let enrollment = try await control.addCluster(CreateClusterRequest(id: "demo", description: "test cluster"), by: opsRecord)
+        _ = try await control.addCluster(CreateClusterRequest(id: "other", description: "no connector"), by: opsRecord)
+
         var components = [try Component(name: "ui", url: component.url)]
         for (name, url) in extraComponents.sorted(by: { $0.key < $1.key }) { components.append(try Component(name: name, url: url)) }
+        var heartbeat = HeartbeatStateMachine.Configuration()
+        heartbeat.enabledIntervalMilliseconds = heartbeatMilliseconds
+        heartbeat.retryMilliseconds = heartbeatMilliseconds
+        var backoff = Backoff.Policy()
+        backoff.initialMilliseconds = 100
+        backoff.maximumMilliseconds = 1000
         let connectorConfig = ConnectorConfig(
-            clusterID: "demo", nodeID: "node-1", secret: Secret(clusterSecret),
-            relayURLs: [try WebSocketURL(parsing: "wss://127.0.0.1:\(port)/v1/tunnel")], caFile: TestCerts.trusted + "/ca.pem",
-            components: components, limits: limits)
-        let connector = try TunnelConnector(config: connectorConfig, group: group, logger: quietLogger)
-        connector.start()
-        let stack = TestStack(component: component, relay: relay, relayPort: port, connector: connector)
-        try await stack.waitForTunnels(1)
+            nodeID: "node-1", credentialFile: temporaryDirectory("connector") + "/credential.json",
+            relayURL: try WebSocketURL(parsing: "https://127.0.0.1:\(port)", acceptHTTPS: true), caFile: TestCerts.trusted + "/ca.pem",
+            components: components, limits: limits, backoff: backoff, heartbeat: heartbeat, privacyMode: mode, masterNode: true)
+        let credential = try await ConnectorRegistration.register(
+            config: connectorConfig, enrollmentToken: enrollment.enrollmentToken, group: group, logger: quietLogger)
+        let driver = try HeartbeatDriver(config: connectorConfig, credential: credential, group: group, logger: quietLogger)
+        let connector = try TunnelConnector(
+            config: connectorConfig, credential: credential, group: group, logger: quietLogger, onTunnelLost: { driver.heartbeatNow() })
+        driver.attach(connector)
+        driver.start()
+        let stack = TestStack(
+            component: component, relay: relay, relayPort: port, clock: clock, dataDirectory: dataDirectory, opsToken: ops.secret,
+            expertToken: expert.secret, credential: credential, connector: connector, driver: driver, connectorConfig: connectorConfig)
+        if approve {
+            try await stack.waitUntil("the first heartbeat") { try await control.store.cluster(id: "demo")?.lastHeartbeatAt != nil }
+            _ = try await stack.createRequest(cluster: "demo", role: .admin)
+            try await stack.waitForTunnels(1)
+        }
         return stack
+    }
+
+    /// An access request for alice, created by the ops token (auto-approved when the cluster's mode allows).
+    func createRequest(cluster: String, role: AccessRole, seconds: Int64 = 3600, expert: String = "alice") async throws -> AccessRequestRecord {
+        let ops = try await self.control.authenticateUser(bearer: self.opsToken, action: "test")
+        return try await self.control.createRequest(
+            CreateAccessRequest(clusterID: cluster, expert: expert, reason: "test", role: role, durationSeconds: seconds), by: ops)
+    }
+
+    /// Polls `condition` every 20 ms, at most 10 s.
+    func waitUntil(_ what: String, _ condition: () async throws -> Bool) async throws {
+        for _ in 0..<500 {
+            if try await condition() { return }
+            try await Task.sleep(for: .milliseconds(20))
+        }
+        throw TestFailure("timed out waiting for \(what)")
     }
 
     /// Waits (bounded: 10 s) until the relay has `count` tunnels for cluster demo.
     func waitForTunnels(_ count: Int) async throws {
-        for _ in 0..<500 {
-            if self.relay.registry.tunnels(cluster: "demo").count == count { return }
-            try await Task.sleep(for: .milliseconds(20))
-        }
-        throw TestFailure("relay has \(self.relay.registry.tunnels(cluster: "demo").count) tunnels, expected \(count)")
+        try await self.waitUntil("\(count) tunnels") { self.relay.registry.tunnels(cluster: "demo").count == count }
     }
 
-    func sessionTarget(component: String = "ui", token: String = expertToken, cluster: String = "demo") throws -> SessionTarget {
+    func sessionTarget(
+        component: String = "ui", token: String? = nil, cluster: String = "demo", role: AccessRole? = nil
+    ) throws -> SessionTarget {
         SessionTarget(
-            relay: try WebSocketURL(parsing: "wss://127.0.0.1:\(self.relayPort)/v1/session"), token: Secret(token), cluster: cluster,
-            component: component, caFile: TestCerts.trusted + "/ca.pem")
+            relay: try WebSocketURL(parsing: "wss://127.0.0.1:\(self.relayPort)/v1/session"), token: Secret(token ?? self.expertToken),
+            cluster: cluster, component: component, role: role, caFile: TestCerts.trusted + "/ca.pem")
     }
 
     /// What `relayctl session open` sets up: a session to the relay and a local listener on port 0.
@@ -98,7 +169,15 @@ struct TestStack {
         return try await LocalListener.start(host: "127.0.0.1", port: 0, session: session, group: Self.group)
     }
 
+    /// An API client with the given token (the ops token by default).
+    func api(token: String? = nil) throws -> APIClient {
+        try APIClient(
+            base: try WebSocketURL(parsing: "https://127.0.0.1:\(self.relayPort)", acceptHTTPS: true), caFile: TestCerts.trusted + "/ca.pem",
+            bearer: token ?? self.opsToken, group: Self.group)
+    }
+
     func stop() async {
+        self.driver.stop()
         await self.connector.stop()
         try? await self.relay.stop()
         try? await self.component.close()

@@ -1,0 +1,105 @@
+import Foundation
+import Logging
+import NIOConcurrencyHelpers
+import NIOCore
+import RelayAPI
+import RelayModel
+import TunnelCore
+
+/// Runs `HeartbeatStateMachine` against the real world: sends heartbeats to the relay's API, keeps
+/// timers on an event loop, and opens or closes tunnels through `TunnelConnector`.
+public final class HeartbeatDriver: Sendable {
+    private let config: ConnectorConfig
+    private let credential: ConnectorCredential
+    private let client: APIClient
+    private let loop: EventLoop
+    private let logger: Logger
+    private let health: NodeHealthProbe
+    private let machine: NIOLockedValueBox<HeartbeatStateMachine>
+    private let timer = NIOLockedValueBox<Scheduled<Void>?>(nil)
+    private let last = NIOLockedValueBox<HeartbeatResponse?>(nil)
+    private let tunnels = NIOLockedValueBox<TunnelConnector?>(nil)
+
+    public init(config: ConnectorConfig, credential: ConnectorCredential, group: EventLoopGroup, logger: Logger) throws {
+        self.config = config
+        self.credential = credential
+        self.client = try APIClient(base: config.relayURL, caFile: config.caFile, bearer: credential.credential, group: group)
+        self.loop = group.next()
+        self.logger = logger
+        let folder = (config.credentialFile as NSString).deletingLastPathComponent
+        self.health = NodeHealthProbe(masterNode: config.masterNode, startedAt: Date(), diskPath: folder.isEmpty ? "." : folder)
+        self.machine = NIOLockedValueBox(
+            HeartbeatStateMachine(configuration: config.heartbeat, remoteAccessEnabled: config.privacyMode != .disabled))
+    }
+
+    /// The tunnels this driver opens and closes.
+    public func attach(_ connector: TunnelConnector) {
+        self.tunnels.withLockedValue { $0 = connector }
+    }
+
+    public func start() {
+        self.perform(self.machine.withLockedValue { $0.start() })
+    }
+
+    public func stop() {
+        self.timer.withLockedValue { $0?.cancel() }
+    }
+
+    /// Ask the relay now (a tunnel was closed or refused: the access may have ended).
+    public func heartbeatNow() {
+        self.perform(self.machine.withLockedValue { $0.heartbeatNow() })
+    }
+
+    /// The relay's last answer (for status output and tests).
+    public var lastAnswer: HeartbeatResponse? { self.last.withLockedValue { $0 } }
+
+    /// Exactly what leaves the connector in a heartbeat.
+    public func makeRequest() -> HeartbeatRequest {
+        HeartbeatRequest(
+            clusterID: self.credential.clusterID, nodeID: self.credential.nodeID, sourceType: self.config.sourceType,
+            connectorVersion: ConnectorVersion.current,
+            privacy: PrivacySettings(mode: self.config.privacyMode, components: self.config.components.map(\.name).sorted()),
+            health: self.health.sample(), decisions: [])
+    }
+
+    private func perform(_ actions: [HeartbeatStateMachine.Action]) {
+        for action in actions {
+            switch action {
+            case .sendHeartbeat:
+                Task { await self.send() }
+            case .scheduleHeartbeat(let milliseconds):
+                self.timer.withLockedValue { timer in
+                    timer?.cancel()
+                    timer = self.loop.scheduleTask(in: .milliseconds(milliseconds)) {
+                        self.perform(self.machine.withLockedValue { $0.timerFired() })
+                    }
+                }
+            case .openTunnels(let urls):
+                let parsed = urls.compactMap { try? WebSocketURL(parsing: $0) }
+                self.logger.info("access requested: opening tunnels", metadata: ["relays": "\(parsed.count)"])
+                self.tunnels.withLockedValue { $0 }?.keep(parsed)
+            case .closeTunnels(let reason):
+                self.logger.info("closing tunnels", metadata: ["reason": "\(reason)"])
+                self.tunnels.withLockedValue { $0 }?.keep([], reason: reason)
+            }
+        }
+    }
+
+    private func send() async {
+        let jitter = Double.random(in: -1...1)
+        do {
+            let answer: HeartbeatResponse = try await self.client.post(APIPath.heartbeat, self.makeRequest())
+            self.last.withLockedValue { $0 = answer }
+            if !answer.pendingApprovals.isEmpty {
+                self.logger.notice("access requests wait for the customer's approval", metadata: ["count": "\(answer.pendingApprovals.count)"])
+            }
+            let state = HeartbeatStateMachine.Answer(
+                remoteUIRequested: answer.remoteUIRequested, websocketURLs: answer.websocketURLs,
+                nextIntervalMilliseconds: answer.nextHeartbeatSeconds.map { Int64($0) * 1000 })
+            self.perform(self.machine.withLockedValue { $0.received(state, jitter: jitter) })
+        } catch {
+            self.logger.warning("heartbeat failed", metadata: ["error": "\(error)"])
+            self.perform(self.machine.withLockedValue { $0.failed(jitter: jitter) })
+        }
+    }
+}

@@ -1,0 +1,120 @@
+import ConfigKit
+import NIOHTTP1
+import RelayModel
+import TunnelCore
+
+/// What an upgrade request is allowed to become, decided before the upgrade: a connector's tunnel,
+/// an expert's session, or a refusal whose message is safe to show.
+public enum HandshakeDecision: Sendable {
+    case tunnel(cluster: String, node: String)
+    case session(SessionPlan)
+    case refuse(ProxyRefusal)
+}
+
+/// An authorized session, before it starts.
+public struct SessionPlan: Sendable {
+    public var expert: TokenRecord
+    public var grant: SessionGrant
+    public var cluster: String
+    public var component: String
+    public var node: String?
+}
+
+/// Authenticates and authorizes `/v1/tunnel` and `/v1/session` upgrades against the store.
+/// Credential failures all get `MissionControl.unauthorized`; authenticated callers who may not
+/// proceed get a 403 that says why and what to do next. Every refusal is audited.
+struct HandshakeGate: Sendable {
+    let control: MissionControl
+    let registry: TunnelRegistry
+
+    func decide(_ head: HTTPRequestHead) async -> HandshakeDecision {
+        do {
+            if let refusal = Self.checkProtocol(head) { return .refuse(refusal) }
+            switch head.path {
+            case WirePath.tunnel: return try await self.decideTunnel(head)
+            case WirePath.session: return try await self.decideSession(head)
+            default: return .refuse(ProxyRefusal(.notFound, code: "not_found", message: "no such endpoint"))
+            }
+        } catch let refusal as ProxyRefusal {
+            return .refuse(refusal)
+        } catch {
+            self.control.logger.error("handshake failed", metadata: ["error": "\(error)"])
+            return .refuse(ProxyRefusal(.internalServerError, code: "internal", message: "the relay could not decide; try again"))
+        }
+    }
+
+    private func decideTunnel(_ head: HTTPRequestHead) async throws -> HandshakeDecision {
+        let cluster = head.headers.first(name: WireHeader.cluster)
+        let node = head.headers.first(name: WireHeader.node)
+        let credential = try await self.control.authenticateNode(bearer: head.bearer, cluster: cluster, node: node, action: "tunnel.open")
+        // A tunnel exists only while the cluster's flag is set.
+        guard try await self.control.flag(cluster: credential.clusterID) else {
+            await self.control.audit(
+                actor: "node:\(credential.clusterID)/\(credential.nodeID)", "tunnel.open", cluster: credential.clusterID,
+                subject: credential.nodeID, denied: "no approved access request")
+            throw ProxyRefusal(
+                .forbidden, code: "no_access_request",
+                message: "no approved access request for this cluster; the connector dials only while its heartbeat answer asks it to")
+        }
+        return .tunnel(cluster: credential.clusterID, node: credential.nodeID)
+    }
+
+    private func decideSession(_ head: HTTPRequestHead) async throws -> HandshakeDecision {
+        let token = try await self.control.authenticateUser(bearer: head.bearer, action: "session.open")
+        guard let cluster = head.headers.first(name: WireHeader.cluster), Identifier.isValid(cluster),
+            let component = head.headers.first(name: WireHeader.component), Identifier.isValid(component)
+        else {
+            throw ProxyRefusal(
+                .badRequest, code: "bad_request", message: "\(WireHeader.cluster) and \(WireHeader.component) must be \(Identifier.rule)")
+        }
+        let node = head.headers.first(name: WireHeader.node)
+        if let node, !Identifier.isValid(node) {
+            throw ProxyRefusal(.badRequest, code: "bad_request", message: "\(WireHeader.node) must be \(Identifier.rule)")
+        }
+        var role: AccessRole?
+        if let text = head.headers.first(name: WireHeader.role) {
+            guard let parsed = AccessRole(rawValue: text) else {
+                throw ProxyRefusal(.badRequest, code: "bad_request", message: "\(WireHeader.role) must be viewer, user or admin")
+            }
+            role = parsed
+        }
+        let grant = try await self.control.authorizeSession(caller: token, cluster: cluster, role: role)
+        // Authorized, but the connector has not dialed this relay node yet: relayctl waits and retries.
+        guard self.registry.pick(cluster: cluster, node: node) != nil else {
+            let target = node.map { "node \"\($0)\" of cluster \"\(cluster)\"" } ?? "cluster \"\(cluster)\""
+            throw ProxyRefusal(
+                .serviceUnavailable, code: "no_tunnel",
+                message: "request \(grant.request.id) is approved, but \(target) has no connector connected to this relay yet; it dials at its next heartbeat")
+        }
+        return .session(SessionPlan(expert: token, grant: grant, cluster: cluster, component: component, node: node))
+    }
+
+    private static func checkProtocol(_ head: HTTPRequestHead) -> ProxyRefusal? {
+        let offered = head.headers[canonicalForm: "sec-websocket-protocol"].map { $0.trimmingSpaces }
+        guard offered.contains(WireProtocolVersion.current) else {
+            return ProxyRefusal(
+                .badRequest, code: "unsupported_protocol",
+                message: "this relay speaks \(WireProtocolVersion.current); upgrade the connector or relayctl")
+        }
+        return nil
+    }
+}
+
+extension HTTPRequestHead {
+    /// The URI without its query string.
+    var path: String { self.uri.split(separator: "?", maxSplits: 1).first.map(String.init) ?? self.uri }
+
+    /// The `Authorization: Bearer` value, if any.
+    var bearer: String? {
+        guard let value = self.headers.first(name: "authorization") else { return nil }
+        let parts = value.split(separator: " ", maxSplits: 1)
+        guard parts.count == 2, parts[0].lowercased() == "bearer" else { return nil }
+        return String(parts[1])
+    }
+}
+
+extension Substring {
+    fileprivate var trimmingSpaces: String {
+        String(self.drop(while: { $0 == " " }).reversed().drop(while: { $0 == " " }).reversed())
+    }
+}

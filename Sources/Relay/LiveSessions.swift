@@ -1,0 +1,55 @@
+import Foundation
+import NIOConcurrencyHelpers
+import NIOCore
+import RelayModel
+import TunnelCore
+
+/// One expert session carried by this relay node: its websocket connection and running counts.
+public final class LiveSession: Sendable {
+    public let channel: Channel
+    private let state: NIOLockedValueBox<SessionRecord>
+    /// Completes once the session's start is recorded, so its end is never written first.
+    let started: NIOLockedValueBox<Task<Void, Never>?> = NIOLockedValueBox(nil)
+
+    init(channel: Channel, record: SessionRecord) {
+        self.channel = channel
+        self.state = NIOLockedValueBox(record)
+    }
+
+    public var record: SessionRecord { self.state.withLockedValue { $0 } }
+
+    func count(_ exchange: ProxyExchangeRecord) {
+        self.state.withLockedValue { record in
+            record.requests += 1
+            record.bytesIn += Int64(exchange.requestBodyBytes)
+            record.bytesOut += Int64(exchange.responseBodyBytes)
+        }
+    }
+
+    /// Ends the session with a websocket close code and a reason relayctl shows the engineer.
+    public func end(code: UInt16, reason: String) {
+        self.state.withLockedValue { if $0.endReason == nil { $0.endReason = reason } }
+        self.channel.triggerUserOutboundEvent(WebSocketCloseRequest(code: code, reason: reason), promise: nil)
+    }
+
+    /// The final record: end time set, reason defaulted.
+    func finish(at now: Date) -> SessionRecord {
+        self.state.withLockedValue { record in
+            record.endedAt = now
+            if record.endReason == nil { record.endReason = "closed by the expert" }
+            return record
+        }
+    }
+}
+
+/// The sessions this relay node carries, by ID.
+public final class LiveSessions: Sendable {
+    private let sessions = NIOLockedValueBox<[String: LiveSession]>([:])
+
+    public init() {}
+
+    func add(_ session: LiveSession) { self.sessions.withLockedValue { $0[session.record.id] = session } }
+    func remove(_ id: String) { self.sessions.withLockedValue { _ = $0.removeValue(forKey: id) } }
+    public var all: [LiveSession] { self.sessions.withLockedValue { Array($0.values) } }
+    public func session(id: String) -> LiveSession? { self.sessions.withLockedValue { $0[id] } }
+}

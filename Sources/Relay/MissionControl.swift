@@ -1,0 +1,268 @@
+import ConfigKit
+import Foundation
+import Logging
+import NIOConcurrencyHelpers
+import RelayAPI
+import RelayModel
+import RelayStore
+import TunnelCore
+
+/// The relay's business rules over the store: enrollment, registration, heartbeats, access requests,
+/// tokens, sessions and the audit trail. No sockets here; `RelayAPIRouter` and `RelayServer` call it.
+public final class MissionControl: Sendable {
+    public struct Settings: Sendable {
+        public var enrollmentTTLSeconds: Int64 = 86_400
+        /// Longest access request anyone may ask for.
+        public var maxRequestSeconds: Int64 = 7 * 86_400
+        /// Sent as the next heartbeat interval (nil: connectors use their own configuration).
+        public var heartbeatIntervalSeconds: Int?
+        /// This relay node's name, recorded on the sessions it carries.
+        public var nodeName: String
+
+        public init(nodeName: String) {
+            self.nodeName = nodeName
+        }
+    }
+
+    public let store: any Store
+    public let settings: Settings
+    let hasher: TokenHasher
+    let clock: @Sendable () -> Date
+    let logger: Logger
+    private let tunnelURLBox = NIOLockedValueBox<[String]>([])
+
+    /// Every relay node's tunnel URL, sent to connectors in heartbeat answers (set once the port is known).
+    public var tunnelURLs: [String] {
+        get { self.tunnelURLBox.withLockedValue { $0 } }
+        set { self.tunnelURLBox.withLockedValue { $0 = newValue } }
+    }
+
+    public init(store: any Store, hasher: TokenHasher, settings: Settings, clock: @escaping @Sendable () -> Date = { Date() }, logger: Logger) {
+        self.store = store
+        self.hasher = hasher
+        self.settings = settings
+        self.clock = clock
+        self.logger = logger
+    }
+
+    public var now: Date { self.clock() }
+
+    /// One answer for every credential problem (unknown, wrong cluster, revoked, expired, malformed),
+    /// so a caller learns nothing about which part was wrong.
+    public static let unauthorized = ProxyRefusal(
+        .unauthorized, code: "unauthorized", message: "invalid credentials; check the configured credential or token")
+
+    // MARK: authentication
+
+    /// The valid API token presented as `Bearer`, or a 401 (audited as `action`).
+    public func authenticateUser(bearer: String?, action: String, cluster: String? = nil) async throws -> TokenRecord {
+        if let bearer, IssuedToken.api.isWellFormed(bearer), let token = try await self.store.token(hash: self.hasher.hash(bearer)),
+            token.isValid(at: self.now)
+        {
+            return token
+        }
+        await self.audit(actor: "anonymous", action, cluster: cluster, denied: "invalid, expired or revoked token")
+        throw Self.unauthorized
+    }
+
+    /// The node credential presented as `Bearer`, if it belongs to exactly this cluster and node.
+    public func authenticateNode(bearer: String?, cluster: String?, node: String?, action: String) async throws -> CredentialRecord {
+        if let bearer, IssuedToken.credential.isWellFormed(bearer),
+            let credential = try await self.store.credential(hash: self.hasher.hash(bearer)),
+            credential.revokedAt == nil, credential.clusterID == cluster, credential.nodeID == node
+        {
+            return credential
+        }
+        await self.audit(
+            actor: "anonymous", action, cluster: cluster.flatMap { Identifier.isValid($0) ? $0 : nil },
+            subject: node.flatMap { Identifier.isValid($0) ? $0 : nil }, denied: "invalid node credential")
+        throw Self.unauthorized
+    }
+
+    public static func requireOps(_ caller: TokenRecord) throws {
+        guard caller.role == .ops else {
+            throw ProxyRefusal(.forbidden, code: "ops_only", message: "this needs an ops token; ask an operator")
+        }
+    }
+
+    static func actor(_ token: TokenRecord) -> String { "\(token.role.rawValue):\(token.name)" }
+
+    // MARK: enrollment and registration
+
+    public func addCluster(_ body: CreateClusterRequest, by caller: TokenRecord) async throws -> EnrollmentResponse {
+        try Self.requireOps(caller)
+        guard Identifier.isValid(body.id) else {
+            throw ProxyRefusal(.badRequest, code: "bad_request", message: "cluster ID must be \(Identifier.rule)")
+        }
+        let now = self.now
+        let (enrollment, token) = self.makeEnrollment(cluster: body.id, by: caller, now: now)
+        do {
+            try await self.store.createCluster(
+                ClusterRecord(id: body.id, description: body.description, createdAt: now, createdBy: Self.actor(caller)), enrollment: enrollment)
+        } catch StoreError.conflict {
+            throw ProxyRefusal(
+                .conflict, code: "cluster_exists",
+                message: "cluster \"\(body.id)\" already exists; for another node run relayctl clusters enroll \(body.id)")
+        }
+        await self.audit(actor: Self.actor(caller), "cluster.add", cluster: body.id)
+        return EnrollmentResponse(clusterID: body.id, enrollmentToken: token, expiresAt: enrollment.expiresAt)
+    }
+
+    /// A new one-time enrollment token for an existing cluster (another node, or a reinstalled one).
+    public func enroll(cluster: String, by caller: TokenRecord) async throws -> EnrollmentResponse {
+        try Self.requireOps(caller)
+        let (enrollment, token) = self.makeEnrollment(cluster: cluster, by: caller, now: self.now)
+        do {
+            try await self.store.addEnrollment(enrollment)
+        } catch StoreError.notFound {
+            throw Self.unknownCluster(cluster)
+        }
+        await self.audit(actor: Self.actor(caller), "cluster.enroll", cluster: cluster)
+        return EnrollmentResponse(clusterID: cluster, enrollmentToken: token, expiresAt: enrollment.expiresAt)
+    }
+
+    private func makeEnrollment(cluster: String, by caller: TokenRecord, now: Date) -> (EnrollmentRecord, String) {
+        let token = IssuedToken.enrollment.generate()
+        let record = EnrollmentRecord(
+            tokenHash: self.hasher.hash(token), clusterID: cluster, createdAt: now, createdBy: Self.actor(caller),
+            expiresAt: now.addingTimeInterval(TimeInterval(self.settings.enrollmentTTLSeconds)))
+        return (record, token)
+    }
+
+    static func unknownCluster(_ id: String) -> ProxyRefusal {
+        ProxyRefusal(.notFound, code: "unknown_cluster", message: "cluster \"\(id)\" is not known to this relay; see relayctl clusters list")
+    }
+
+    public func register(_ body: RegisterRequest) async throws -> RegisterResponse {
+        guard Identifier.isValid(body.nodeID) else {
+            throw ProxyRefusal(.badRequest, code: "bad_request", message: "node ID must be \(Identifier.rule)")
+        }
+        let now = self.now
+        let credential = IssuedToken.credential.generate()
+        let outcome: RegistrationOutcome
+        if IssuedToken.enrollment.isWellFormed(body.enrollmentToken) {
+            outcome = try await self.store.register(
+                enrollmentHash: self.hasher.hash(body.enrollmentToken),
+                credential: CredentialRecord(credentialHash: self.hasher.hash(credential), clusterID: "", nodeID: body.nodeID, createdAt: now),
+                now: now)
+        } else {
+            outcome = .unknownToken
+        }
+        switch outcome {
+        case .registered(let cluster):
+            await self.audit(actor: "node:\(cluster)/\(body.nodeID)", "node.register", cluster: cluster, subject: body.nodeID)
+            return RegisterResponse(clusterID: cluster, nodeID: body.nodeID, credential: credential)
+        case .unknownToken:
+            await self.audit(actor: "anonymous", "node.register", subject: body.nodeID, denied: "unknown enrollment token")
+            throw ProxyRefusal(
+                .unauthorized, code: "enrollment_invalid",
+                message: "this enrollment token is not valid; ask the vendor's operator for a new one (relayctl clusters enroll CLUSTER)")
+        case .alreadyUsed(let at):
+            await self.audit(actor: "anonymous", "node.register", subject: body.nodeID, denied: "enrollment token already used")
+            throw ProxyRefusal(
+                .unauthorized, code: "enrollment_used",
+                message: "this enrollment token was already used at \(Timestamp.text(at)); each token registers one node once, ask for a new one")
+        case .expired(let at):
+            await self.audit(actor: "anonymous", "node.register", subject: body.nodeID, denied: "enrollment token expired")
+            throw ProxyRefusal(
+                .unauthorized, code: "enrollment_expired",
+                message: "this enrollment token expired at \(Timestamp.text(at)); ask for a new one")
+        }
+    }
+
+    // MARK: heartbeat
+
+    public func heartbeat(_ body: HeartbeatRequest, credential: CredentialRecord) async throws -> HeartbeatResponse {
+        let cluster = credential.clusterID
+        let nodeActor = "node:\(cluster)/\(credential.nodeID)"
+        let now = self.now
+        for decision in body.decisions { try await self.apply(decision, cluster: cluster, now: now) }
+
+        let mode = body.privacy.mode
+        if mode.approvesAutomatically {
+            for request in try await self.store.requests(clusterID: cluster, states: [.pending]) {
+                _ = try await self.approve(request, by: "auto:privacy mode \(mode.rawValue)", now: now)
+            }
+        }
+        let requests = try await self.store.requests(clusterID: cluster, states: [.pending, .approved])
+        let flag = mode != .disabled && AccessPolicy.flag(requests: requests, now: now)
+        let encoder = APIJSON.encoder()
+        let node = NodeRecord(
+            clusterID: cluster, nodeID: credential.nodeID, sourceType: String(body.sourceType.prefix(64)),
+            connectorVersion: String(body.connectorVersion.prefix(64)), privacyMode: mode,
+            privacyJSON: String(decoding: try encoder.encode(body.privacy), as: UTF8.self),
+            healthJSON: try body.health.map { String(decoding: try encoder.encode($0), as: UTF8.self) } ?? "{}",
+            lastHeartbeatAt: now, registeredAt: now, remoteUIRequested: flag)
+        let previous = try await self.store.recordHeartbeat(node)
+        if previous?.privacyMode != mode {
+            await self.audit(actor: nodeActor, "heartbeat.mode", cluster: cluster, subject: credential.nodeID, reason: "privacy mode \(mode.rawValue)")
+        }
+        if (previous?.remoteUIRequested ?? false) != flag {
+            await self.audit(
+                actor: "relay", "heartbeat.flag", cluster: cluster, subject: credential.nodeID,
+                reason: flag ? "remote-UI flag set" : "remote-UI flag cleared")
+        }
+        let active = requests.filter { $0.isActive(at: now) }
+        return HeartbeatResponse(
+            remoteUIRequested: flag, websocketURLs: self.tunnelURLs,
+            nextHeartbeatSeconds: self.settings.heartbeatIntervalSeconds,
+            pendingApprovals: mode.approvesAutomatically ? [] : requests.filter { $0.state == .pending }.map(PendingApproval.init),
+            activeRole: active.map(\.role).max())
+    }
+
+    private func apply(_ decision: ApprovalDecision, cluster: String, now: Date) async throws {
+        let customer = "customer:\(String(decision.by.prefix(64)))@\(cluster)"
+        guard let request = try await self.store.request(id: decision.requestID), request.clusterID == cluster,
+            request.state == .pending
+        else {
+            await self.audit(
+                actor: customer, "request.\(decision.verdict.rawValue)", cluster: cluster, subject: String(decision.requestID),
+                denied: "not a pending request of this cluster")
+            return
+        }
+        switch decision.verdict {
+        case .approve:
+            _ = try await self.approve(request, by: customer, now: now)
+        case .reject:
+            var rejected = request
+            rejected.state = .rejected
+            rejected.changedAt = now
+            rejected.changedBy = customer
+            rejected.endReason = "rejected by the customer"
+            if try await self.store.updateRequest(rejected, expecting: .pending) {
+                await self.audit(actor: customer, "request.reject", cluster: cluster, subject: String(request.id))
+            }
+        }
+    }
+
+    public func approve(_ request: AccessRequestRecord, by: String, now: Date) async throws -> AccessRequestRecord {
+        var approved = request
+        approved.state = .approved
+        approved.changedAt = now
+        approved.changedBy = by
+        approved.approvedAt = now
+        approved.expiresAt = now.addingTimeInterval(TimeInterval(request.durationSeconds))
+        guard try await self.store.updateRequest(approved, expecting: .pending) else { return request }
+        await self.audit(actor: by, "request.approve", cluster: request.clusterID, subject: String(request.id))
+        return approved
+    }
+
+    // MARK: audit
+
+    /// Appends one audit record. A store failure is logged, not thrown: the caller's answer stands.
+    func audit(
+        actor: String, _ action: String, cluster: String? = nil, subject: String? = nil, denied: String? = nil, reason: String? = nil
+    ) async {
+        let record = AuditRecord(
+            time: self.now, actor: actor, action: action, clusterID: cluster, subject: subject,
+            outcome: denied == nil ? .ok : .denied, reason: denied ?? reason)
+        do {
+            try await self.store.appendAudit([record])
+        } catch {
+            self.logger.error("audit write failed", metadata: ["action": "\(action)", "error": "\(error)"])
+        }
+        if denied != nil {
+            self.logger.notice("denied", metadata: ["actor": "\(actor)", "action": "\(action)", "reason": "\(denied!)"])
+        }
+    }
+}

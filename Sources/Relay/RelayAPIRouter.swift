@@ -1,0 +1,220 @@
+import Foundation
+import NIOHTTP1
+import RelayAPI
+import RelayModel
+import TunnelCore
+
+/// One API request, fully read.
+public struct APIRequest: Sendable {
+    public var method: HTTPMethod
+    public var path: String
+    public var query: [String: String]
+    public var bearer: String?
+    public var body: Data
+
+    public init(method: HTTPMethod, uri: String, bearer: String?, body: Data) {
+        self.method = method
+        let parts = uri.split(separator: "?", maxSplits: 1)
+        self.path = parts.first.map(String.init) ?? uri
+        var query: [String: String] = [:]
+        if parts.count == 2 {
+            for pair in parts[1].split(separator: "&") {
+                let kv = pair.split(separator: "=", maxSplits: 1)
+                let key = String(kv[0]).removingPercentEncoding ?? String(kv[0])
+                let value = kv.count == 2 ? (String(kv[1]).replacingOccurrences(of: "+", with: " ").removingPercentEncoding ?? "") : ""
+                query[key] = value
+            }
+        }
+        self.query = query
+        self.bearer = bearer
+        self.body = body
+    }
+}
+
+/// Matches `/v1/...` paths against patterns such as `clusters/*/enroll`.
+struct Route {
+    static let patterns = [
+        "register", "heartbeat", "whoami", "clusters", "clusters/*", "clusters/*/enroll", "requests", "requests/*/revoke",
+        "sessions", "sessions/*/kill", "tokens", "tokens/*/revoke", "audit",
+    ]
+    let method: HTTPMethod
+    let segments: [String]
+
+    init(_ request: APIRequest) {
+        self.method = request.method
+        let all = request.path.split(separator: "/").map(String.init)
+        self.segments = all.first == "v1" ? Array(all.dropFirst()) : []
+    }
+
+    /// Whether some pattern has this path (whatever the method): unknown paths get 404 before authentication.
+    var isKnown: Bool { Self.patterns.contains { self.captures($0) != nil } }
+
+    /// The `*` segments, when method and path match.
+    func match(_ method: HTTPMethod, _ pattern: String) -> [String]? {
+        guard method == self.method else { return nil }
+        return self.captures(pattern)
+    }
+
+    private func captures(_ pattern: String) -> [String]? {
+        let parts = pattern.split(separator: "/").map(String.init)
+        guard parts.count == self.segments.count, !parts.isEmpty else { return nil }
+        var captured: [String] = []
+        for (part, segment) in zip(parts, self.segments) {
+            if part == "*" {
+                guard let decoded = segment.removingPercentEncoding, !decoded.isEmpty else { return nil }
+                captured.append(decoded)
+            } else if part != segment {
+                return nil
+            }
+        }
+        return captured
+    }
+}
+
+/// One API answer: status, JSON body, and the error code for `x-relay-error` on failures.
+public struct APIResponse: Sendable {
+    public var status: HTTPResponseStatus
+    public var body: Data
+    public var errorCode: String?
+}
+
+/// Routes the relay's JSON API (docs/API.md) to `MissionControl`. Errors become
+/// `{"error", "message"}` with their status; nothing here touches a socket.
+public struct RelayAPIRouter: Sendable {
+    let control: MissionControl
+    let registry: TunnelRegistry
+
+    public init(control: MissionControl, registry: TunnelRegistry) {
+        self.control = control
+        self.registry = registry
+    }
+
+    public func handle(_ request: APIRequest) async -> APIResponse {
+        let refusal: ProxyRefusal
+        do {
+            return APIResponse(status: .ok, body: try await self.route(request), errorCode: nil)
+        } catch let error as ProxyRefusal {
+            refusal = error
+        } catch let error as DecodingError {
+            refusal = ProxyRefusal(.badRequest, code: "bad_request", message: "the request body is not valid: \(Self.describe(error))")
+        } catch {
+            self.control.logger.error("API request failed", metadata: ["path": "\(request.path)", "error": "\(error)"])
+            refusal = ProxyRefusal(.internalServerError, code: "internal", message: "the relay failed to answer; try again")
+        }
+        return APIResponse(status: refusal.status, body: Self.errorBody(refusal), errorCode: refusal.code)
+    }
+
+    private func route(_ request: APIRequest) async throws -> Data {
+        let route = Route(request)
+        let control = self.control
+        if route.match(.POST, "register") != nil {
+            return try Self.encode(try await control.register(try Self.decode(RegisterRequest.self, request.body)))
+        }
+        if route.match(.POST, "heartbeat") != nil {
+            let body = try Self.decode(HeartbeatRequest.self, request.body)
+            let credential = try await control.authenticateNode(
+                bearer: request.bearer, cluster: body.clusterID, node: body.nodeID, action: "heartbeat")
+            return try Self.encode(try await control.heartbeat(body, credential: credential))
+        }
+        guard route.isKnown else { throw Self.notFound }
+        let caller = try await control.authenticateUser(bearer: request.bearer, action: "api \(request.method) \(request.path)")
+        if route.match(.GET, "whoami") != nil {
+            return try Self.encode(WhoAmI(name: caller.name, role: caller.role))
+        } else if route.match(.GET, "clusters") != nil {
+            var details: [ClusterDetail] = []
+            for cluster in try await control.store.clusters() { details.append(try await self.detail(cluster)) }
+            return try Self.encode(details)
+        } else if route.match(.POST, "clusters") != nil {
+            return try Self.encode(try await control.addCluster(try Self.decode(CreateClusterRequest.self, request.body), by: caller))
+        } else if let captured = route.match(.GET, "clusters/*") {
+            let id = captured[0]
+            guard let cluster = try await control.store.cluster(id: id) else { throw MissionControl.unknownCluster(id) }
+            return try Self.encode(try await self.detail(cluster))
+        } else if let captured = route.match(.POST, "clusters/*/enroll") {
+            let id = captured[0]
+            return try Self.encode(try await control.enroll(cluster: id, by: caller))
+        } else if route.match(.GET, "requests") != nil {
+            var states: Set<RequestState>?
+            if let text = request.query["state"], !text.isEmpty {
+                states = Set(try text.split(separator: ",").map { name in
+                    guard let state = RequestState(rawValue: String(name)) else {
+                        throw ProxyRefusal(.badRequest, code: "bad_request", message: "state must be pending, approved, expired, revoked or rejected")
+                    }
+                    return state
+                })
+            }
+            return try Self.encode(try await control.requests(for: caller, cluster: request.query["cluster"], states: states))
+        } else if route.match(.POST, "requests") != nil {
+            return try Self.encode(try await control.createRequest(try Self.decode(CreateAccessRequest.self, request.body), by: caller))
+        } else if let captured = route.match(.POST, "requests/*/revoke") {
+            let id = captured[0]
+            guard let id = Int64(id) else { throw Self.notFound }
+            let body = request.body.isEmpty ? RevokeRequest(reason: nil) : try Self.decode(RevokeRequest.self, request.body)
+            return try Self.encode(try await control.revokeRequest(id: id, reason: body.reason, by: caller))
+        } else if route.match(.GET, "sessions") != nil {
+            let all = try await control.store.sessions(live: request.query["all"] != "true")
+            return try Self.encode(caller.role == .ops ? all : all.filter { $0.expert == caller.name })
+        } else if let captured = route.match(.POST, "sessions/*/kill") {
+            let id = captured[0]
+            return try Self.encode(try await control.killSession(id: id, by: caller))
+        } else if route.match(.GET, "tokens") != nil {
+            try MissionControl.requireOps(caller)
+            return try Self.encode(try await control.store.tokens().map(TokenView.init))
+        } else if route.match(.POST, "tokens") != nil {
+            return try Self.encode(try await control.createToken(try Self.decode(CreateTokenRequest.self, request.body), by: caller))
+        } else if let captured = route.match(.POST, "tokens/*/revoke") {
+            let name = captured[0]
+            return try Self.encode(try await control.revokeToken(name: name, by: caller))
+        } else if route.match(.GET, "audit") != nil {
+            try MissionControl.requireOps(caller)
+            var since: Date?
+            if let text = request.query["since"], !text.isEmpty {
+                guard let date = ISO8601DateFormatter().date(from: text) else {
+                    throw ProxyRefusal(.badRequest, code: "bad_request", message: "since must be an ISO 8601 time such as 2026-11-21T09:00:00Z")
+                }
+                since = date
+            }
+            let after = Int64(request.query["after"] ?? "") ?? 0
+            let limit = min(max(Int(request.query["limit"] ?? "") ?? 500, 1), 5000)
+            let records = try await control.store.audit(since: since, afterID: after, limit: limit)
+            return try Self.encode(AuditPage(records: records, nextAfter: records.count == limit ? records.last?.id : nil))
+        }
+        throw Self.notFound
+    }
+
+    private func detail(_ cluster: ClusterRecord) async throws -> ClusterDetail {
+        let now = self.control.now
+        let active = try await self.control.store.requests(clusterID: cluster.id, states: [.approved]).filter { $0.isActive(at: now) }
+        let tunnels = self.registry.tunnels(cluster: cluster.id)
+        let nodes = try await self.control.store.nodes(clusterID: cluster.id).map { node in
+            ClusterDetail.Node(
+                record: node, health: try? APIJSON.decoder().decode(NodeHealth.self, from: Data(node.healthJSON.utf8)),
+                tunnelsHere: tunnels.filter { $0.node == node.nodeID }.count)
+        }
+        return ClusterDetail(cluster: cluster, remoteUIRequested: !active.isEmpty, nodes: nodes, activeRequests: active)
+    }
+
+    static let notFound = ProxyRefusal(.notFound, code: "not_found", message: "no such API endpoint; see docs/API.md")
+
+    static func decode<T: Decodable>(_ type: T.Type, _ body: Data) throws -> T {
+        try APIJSON.decoder().decode(type, from: body)
+    }
+
+    static func encode<T: Encodable>(_ value: T) throws -> Data {
+        try APIJSON.encoder().encode(value)
+    }
+
+    static func errorBody(_ refusal: ProxyRefusal) -> Data {
+        (try? APIJSON.encoder().encode(APIErrorBody(error: refusal.code, message: refusal.message))) ?? Data()
+    }
+
+    private static func describe(_ error: DecodingError) -> String {
+        switch error {
+        case .keyNotFound(let key, _): return "missing \"\(key.stringValue)\""
+        case .typeMismatch(_, let context), .valueNotFound(_, let context), .dataCorrupted(let context):
+            let path = context.codingPath.map(\.stringValue).joined(separator: ".")
+            return path.isEmpty ? "not JSON of the expected shape" : "bad value at \"\(path)\""
+        @unknown default: return "not JSON of the expected shape"
+        }
+    }
+}

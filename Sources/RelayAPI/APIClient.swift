@@ -1,0 +1,171 @@
+import Foundation
+import NIOCore
+import NIOHTTP1
+import NIOPosix
+import NIOSSL
+import TunnelCore
+
+/// A failed API call: the relay's status and message, or why the relay could not be reached.
+public struct APIError: Error, CustomStringConvertible, Sendable {
+    public enum Kind: Sendable, Equatable {
+        /// The relay answered with this status; `code` is its machine-readable reason.
+        case status(UInt, code: String)
+        case unreachable
+        case badResponse
+    }
+    public var kind: Kind
+    public var message: String
+    public var description: String { self.message }
+
+    public var status: UInt? {
+        if case .status(let status, _) = self.kind { return status }
+        return nil
+    }
+
+    public var code: String? {
+        if case .status(_, let code) = self.kind { return code }
+        return nil
+    }
+}
+
+/// Calls the relay's JSON API over HTTPS, trusting only the configured CA. One connection per call:
+/// callers are a heartbeat a minute and an ops CLI, where simplicity beats connection reuse.
+public struct APIClient: Sendable {
+    public let base: WebSocketURL
+    private let tls: NIOSSLContext
+    private let group: EventLoopGroup
+    private let bearer: String?
+    private let timeout: TimeAmount
+
+    /// - Parameter base: `https://host:port` (a `wss://` URL of the same relay works too).
+    public init(base: WebSocketURL, caFile: String, caSetting: String = "relay.ca_file", bearer: String?, group: EventLoopGroup, timeout: TimeAmount = .seconds(15)) throws {
+        self.base = base
+        self.tls = try TLSFiles.clientContext(caFile: caFile, setting: caSetting)
+        self.group = group
+        self.bearer = bearer
+        self.timeout = timeout
+    }
+
+    public func get<Response: Decodable>(_ path: String, as type: Response.Type = Response.self) async throws -> Response {
+        try await self.call(.GET, path, body: Optional<Empty>.none)
+    }
+
+    public func post<Body: Encodable, Response: Decodable>(_ path: String, _ body: Body, as type: Response.Type = Response.self) async throws -> Response {
+        try await self.call(.POST, path, body: body)
+    }
+
+    public func call<Body: Encodable, Response: Decodable>(_ method: HTTPMethod, _ path: String, body: Body?) async throws -> Response {
+        let payload = try body.map { try APIJSON.encoder().encode($0) }
+        let (status, data) = try await self.send(method, path, body: payload)
+        guard (200..<300).contains(status) else {
+            let error = try? APIJSON.decoder().decode(APIErrorBody.self, from: data)
+            throw APIError(
+                kind: .status(status, code: error?.error ?? "http_\(status)"),
+                message: error?.message ?? "the relay answered \(status)")
+        }
+        do {
+            return try APIJSON.decoder().decode(Response.self, from: data)
+        } catch {
+            throw APIError(kind: .badResponse, message: "the relay's answer to \(path) could not be read: \(error)")
+        }
+    }
+
+    /// Raw exchange: status and body bytes.
+    public func send(_ method: HTTPMethod, _ path: String, body: Data?) async throws -> (UInt, Data) {
+        let collector = ResponseCollector(promise: self.group.next().makePromise())
+        let url = self.base
+        let tls = self.tls
+        let channel: Channel
+        do {
+            channel = try await ClientBootstrap(group: self.group)
+                .connectTimeout(self.timeout)
+                .channelInitializer { channel in
+                    channel.eventLoop.makeCompletedFuture {
+                        try channel.pipeline.syncOperations.addHandler(NIOSSLClientHandler(context: tls, serverHostname: url.serverHostname))
+                        try channel.pipeline.syncOperations.addHTTPClientHandlers()
+                        try channel.pipeline.syncOperations.addHandler(collector)
+                    }
+                }
+                .connect(host: url.host, port: url.port).get()
+        } catch {
+            let failure = APIError(kind: .unreachable, message: "cannot reach the relay at \(url.httpsBase): \(error)")
+            collector.fail(failure)  // its promise must complete even though no channel ever used it
+            throw failure
+        }
+        let deadline = channel.eventLoop.scheduleTask(in: self.timeout) {
+            collector.fail(APIError(kind: .unreachable, message: "the relay at \(url.httpsBase) did not answer within \(self.timeout.nanoseconds / 1_000_000_000) s"))
+            channel.close(promise: nil)
+        }
+        var headers = HTTPHeaders()
+        headers.add(name: "host", value: url.httpsBase.dropFirst("https://".count).description)
+        headers.add(name: "accept", value: "application/json")
+        headers.add(name: "connection", value: "close")
+        if let bearer = self.bearer { headers.add(name: "authorization", value: "Bearer \(bearer)") }
+        if let body {
+            headers.add(name: "content-type", value: "application/json")
+            headers.add(name: "content-length", value: String(body.count))
+        }
+        let head = HTTPRequestHead(version: .http1_1, method: method, uri: path, headers: headers)
+        channel.write(HTTPClientRequestPart.head(head), promise: nil)
+        if let body { channel.write(HTTPClientRequestPart.body(.byteBuffer(ByteBuffer(bytes: body))), promise: nil) }
+        channel.writeAndFlush(HTTPClientRequestPart.end(nil), promise: nil)
+        defer {
+            deadline.cancel()
+            channel.close(promise: nil)
+        }
+        do {
+            return try await collector.result.get()
+        } catch let error as APIError {
+            throw error
+        } catch {
+            throw APIError(kind: .unreachable, message: "the connection to \(url.httpsBase) failed: \(error)")
+        }
+    }
+
+    private struct Empty: Encodable {}
+}
+
+/// Collects one response (bounded at 16 MiB: the API pages anything larger).
+private final class ResponseCollector: ChannelInboundHandler, @unchecked Sendable {
+    typealias InboundIn = HTTPClientResponsePart
+    private let promise: EventLoopPromise<(UInt, Data)>
+    private var status: UInt = 0
+    private var body = Data()
+    private var done = false
+
+    init(promise: EventLoopPromise<(UInt, Data)>) { self.promise = promise }
+
+    var result: EventLoopFuture<(UInt, Data)> { self.promise.futureResult }
+
+    func fail(_ error: Error) {
+        guard !self.done else { return }
+        self.done = true
+        self.promise.fail(error)
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        switch self.unwrapInboundIn(data) {
+        case .head(let head):
+            self.status = head.status.code
+        case .body(let buffer):
+            self.body.append(contentsOf: buffer.readableBytesView)
+            if self.body.count > 16 << 20 {
+                self.fail(APIError(kind: .badResponse, message: "the relay's answer is larger than 16 MiB"))
+                context.close(promise: nil)
+            }
+        case .end:
+            guard !self.done else { return }
+            self.done = true
+            self.promise.succeed((self.status, self.body))
+        }
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: Error) {
+        self.fail(error)
+        context.close(promise: nil)
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        self.fail(APIError(kind: .unreachable, message: "the relay closed the connection before answering"))
+    }
+}

@@ -1,0 +1,317 @@
+import Foundation
+import RelayModel
+
+/// JSON bodies of the relay's HTTPS API (docs/API.md). Keys are camelCase, like the store's records,
+/// which the ops endpoints return as they are.
+public enum APIPath {
+    public static let register = "/v1/register"
+    public static let heartbeat = "/v1/heartbeat"
+    public static let clusters = "/v1/clusters"
+    public static let requests = "/v1/requests"
+    public static let sessions = "/v1/sessions"
+    public static let tokens = "/v1/tokens"
+    public static let audit = "/v1/audit"
+    public static let whoami = "/v1/whoami"
+}
+
+// MARK: connector <-> relay
+
+public struct RegisterRequest: Codable, Sendable, Equatable {
+    public var enrollmentToken: String
+    public var nodeID: String
+    public init(enrollmentToken: String, nodeID: String) {
+        self.enrollmentToken = enrollmentToken
+        self.nodeID = nodeID
+    }
+}
+
+public struct RegisterResponse: Codable, Sendable, Equatable {
+    public var clusterID: String
+    public var nodeID: String
+    /// The node's credential: shown once, kept by the connector in a 0600 file.
+    public var credential: String
+    public init(clusterID: String, nodeID: String, credential: String) {
+        self.clusterID = clusterID
+        self.nodeID = nodeID
+        self.credential = credential
+    }
+}
+
+/// The customer's settings in force, as far as the relay needs to know them. Never addresses.
+public struct PrivacySettings: Codable, Sendable, Equatable {
+    public var mode: PrivacyMode
+    /// Component names the connector allows (names only; their addresses never leave the cluster).
+    public var components: [String]
+    public init(mode: PrivacyMode, components: [String]) {
+        self.mode = mode
+        self.components = components
+    }
+}
+
+/// A node's health, as in the vendor's health-check data exchange. Nothing that identifies or
+/// locates a machine: no host names, addresses, users or paths.
+public struct NodeHealth: Codable, Sendable, Equatable {
+    public var osName: String
+    public var osVersion: String
+    public var cpuCores: Int
+    /// 1-minute load average.
+    public var cpuLoad: Double
+    public var ramTotalBytes: Int64
+    public var ramFreeBytes: Int64
+    public var diskTotalBytes: Int64
+    public var diskUsedBytes: Int64
+    /// "running", "starting", "degraded" or "stopping".
+    public var serverState: String
+    public var masterNode: Bool
+    public var startedAt: Date
+
+    public init(
+        osName: String, osVersion: String, cpuCores: Int, cpuLoad: Double, ramTotalBytes: Int64, ramFreeBytes: Int64,
+        diskTotalBytes: Int64, diskUsedBytes: Int64, serverState: String, masterNode: Bool, startedAt: Date
+    ) {
+        self.osName = osName
+        self.osVersion = osVersion
+        self.cpuCores = cpuCores
+        self.cpuLoad = cpuLoad
+        self.ramTotalBytes = ramTotalBytes
+        self.ramFreeBytes = ramFreeBytes
+        self.diskTotalBytes = diskTotalBytes
+        self.diskUsedBytes = diskUsedBytes
+        self.serverState = serverState
+        self.masterNode = masterNode
+        self.startedAt = startedAt
+    }
+}
+
+/// The customer's answer to a pending request, carried by the next heartbeat.
+public struct ApprovalDecision: Codable, Sendable, Equatable {
+    public enum Verdict: String, Codable, Sendable { case approve, reject }
+    public var requestID: Int64
+    public var verdict: Verdict
+    /// The customer's user who decided (recorded in the relay's audit trail).
+    public var by: String
+    public init(requestID: Int64, verdict: Verdict, by: String) {
+        self.requestID = requestID
+        self.verdict = verdict
+        self.by = by
+    }
+}
+
+public struct HeartbeatRequest: Codable, Sendable, Equatable {
+    public var clusterID: String
+    public var nodeID: String
+    /// What kind of installation sends it, for example "server".
+    public var sourceType: String
+    public var connectorVersion: String
+    public var privacy: PrivacySettings
+    public var health: NodeHealth?
+    public var decisions: [ApprovalDecision]
+
+    public init(
+        clusterID: String, nodeID: String, sourceType: String, connectorVersion: String, privacy: PrivacySettings,
+        health: NodeHealth?, decisions: [ApprovalDecision] = []
+    ) {
+        self.clusterID = clusterID
+        self.nodeID = nodeID
+        self.sourceType = sourceType
+        self.connectorVersion = connectorVersion
+        self.privacy = privacy
+        self.health = health
+        self.decisions = decisions
+    }
+}
+
+/// A request waiting for the customer's approval, as shown to the customer.
+public struct PendingApproval: Codable, Sendable, Equatable {
+    public var requestID: Int64
+    public var expert: String
+    public var reason: String
+    public var role: AccessRole
+    public var durationSeconds: Int64
+    public var createdAt: Date
+
+    public init(_ request: AccessRequestRecord) {
+        self.requestID = request.id
+        self.expert = request.expert
+        self.reason = request.reason
+        self.role = request.role
+        self.durationSeconds = request.durationSeconds
+        self.createdAt = request.createdAt
+    }
+}
+
+public struct HeartbeatResponse: Codable, Sendable, Equatable {
+    /// Set exactly while an approved, unexpired access request exists for the cluster.
+    public var remoteUIRequested: Bool
+    /// One wss:// URL per relay node; dial each while the flag is set.
+    public var websocketURLs: [String]
+    /// The relay's wish for the next interval (nil: use the connector's configured interval).
+    public var nextHeartbeatSeconds: Int?
+    public var pendingApprovals: [PendingApproval]
+    /// The role of the approved request in force (the strongest, when there are several); nil without one.
+    public var activeRole: AccessRole?
+
+    public init(
+        remoteUIRequested: Bool, websocketURLs: [String], nextHeartbeatSeconds: Int?, pendingApprovals: [PendingApproval],
+        activeRole: AccessRole?
+    ) {
+        self.remoteUIRequested = remoteUIRequested
+        self.websocketURLs = websocketURLs
+        self.nextHeartbeatSeconds = nextHeartbeatSeconds
+        self.pendingApprovals = pendingApprovals
+        self.activeRole = activeRole
+    }
+}
+
+// MARK: ops and experts
+
+public struct CreateClusterRequest: Codable, Sendable {
+    public var id: String
+    public var description: String
+    public init(id: String, description: String) {
+        self.id = id
+        self.description = description
+    }
+}
+
+public struct EnrollmentResponse: Codable, Sendable {
+    public var clusterID: String
+    /// Shown once; the relay keeps only its hash.
+    public var enrollmentToken: String
+    public var expiresAt: Date
+    public init(clusterID: String, enrollmentToken: String, expiresAt: Date) {
+        self.clusterID = clusterID
+        self.enrollmentToken = enrollmentToken
+        self.expiresAt = expiresAt
+    }
+}
+
+public struct ClusterDetail: Codable, Sendable {
+    public struct Node: Codable, Sendable {
+        public var record: NodeRecord
+        public var health: NodeHealth?
+        /// Tunnels this node keeps to the relay node that answered.
+        public var tunnelsHere: Int
+        public init(record: NodeRecord, health: NodeHealth?, tunnelsHere: Int) {
+            self.record = record
+            self.health = health
+            self.tunnelsHere = tunnelsHere
+        }
+    }
+    public var cluster: ClusterRecord
+    public var remoteUIRequested: Bool
+    public var nodes: [Node]
+    public var activeRequests: [AccessRequestRecord]
+    public init(cluster: ClusterRecord, remoteUIRequested: Bool, nodes: [Node], activeRequests: [AccessRequestRecord]) {
+        self.cluster = cluster
+        self.remoteUIRequested = remoteUIRequested
+        self.nodes = nodes
+        self.activeRequests = activeRequests
+    }
+}
+
+public struct CreateAccessRequest: Codable, Sendable {
+    public var clusterID: String
+    /// Defaults to the caller for experts; operators name the expert they act for.
+    public var expert: String?
+    public var reason: String
+    public var role: AccessRole
+    public var durationSeconds: Int64
+    public init(clusterID: String, expert: String?, reason: String, role: AccessRole, durationSeconds: Int64) {
+        self.clusterID = clusterID
+        self.expert = expert
+        self.reason = reason
+        self.role = role
+        self.durationSeconds = durationSeconds
+    }
+}
+
+public struct RevokeRequest: Codable, Sendable {
+    public var reason: String?
+    public init(reason: String?) { self.reason = reason }
+}
+
+public struct CreateTokenRequest: Codable, Sendable {
+    public var name: String
+    public var role: TokenRole
+    public var ttlSeconds: Int64?
+    public init(name: String, role: TokenRole, ttlSeconds: Int64?) {
+        self.name = name
+        self.role = role
+        self.ttlSeconds = ttlSeconds
+    }
+}
+
+/// A token as listed: never the hash, never the secret.
+public struct TokenView: Codable, Sendable, Equatable {
+    public var name: String
+    public var role: TokenRole
+    public var createdAt: Date
+    public var createdBy: String
+    public var expiresAt: Date?
+    public var revokedAt: Date?
+    public var revokedBy: String?
+    public init(_ record: TokenRecord) {
+        self.name = record.name
+        self.role = record.role
+        self.createdAt = record.createdAt
+        self.createdBy = record.createdBy
+        self.expiresAt = record.expiresAt
+        self.revokedAt = record.revokedAt
+        self.revokedBy = record.revokedBy
+    }
+}
+
+public struct TokenCreated: Codable, Sendable {
+    public var token: TokenView
+    /// Shown once.
+    public var secret: String
+    public init(token: TokenView, secret: String) {
+        self.token = token
+        self.secret = secret
+    }
+}
+
+public struct AuditPage: Codable, Sendable {
+    public var records: [AuditRecord]
+    /// Pass as `after` to read on; nil at the end.
+    public var nextAfter: Int64?
+    public init(records: [AuditRecord], nextAfter: Int64?) {
+        self.records = records
+        self.nextAfter = nextAfter
+    }
+}
+
+public struct WhoAmI: Codable, Sendable {
+    public var name: String
+    public var role: TokenRole
+    public init(name: String, role: TokenRole) {
+        self.name = name
+        self.role = role
+    }
+}
+
+/// Every error the API returns: `{"error": code, "message": text}` with the status.
+public struct APIErrorBody: Codable, Sendable, Equatable {
+    public var error: String
+    public var message: String
+    public init(error: String, message: String) {
+        self.error = error
+        self.message = message
+    }
+}
+
+public enum APIJSON {
+    public static func encoder() -> JSONEncoder {
+        let encoder = JSONEncoder()
+        encoder.dateEncodingStrategy = .iso8601
+        encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
+        return encoder
+    }
+
+    public static func decoder() -> JSONDecoder {
+        let decoder = JSONDecoder()
+        decoder.dateDecodingStrategy = .iso8601
+        return decoder
+    }
+}

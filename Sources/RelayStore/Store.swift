@@ -1,0 +1,71 @@
+import Foundation
+import RelayModel
+
+/// The relay's persistent state, behind a small protocol so that several relay nodes can share a
+/// PostgreSQL backend later; `SQLiteStore` is the embedded default. Every method is one transaction.
+public protocol Store: Sendable {
+    // Clusters and registration
+    /// Fails with `StoreError.conflict` when the cluster exists.
+    func createCluster(_ cluster: ClusterRecord, enrollment: EnrollmentRecord) async throws
+    func addEnrollment(_ enrollment: EnrollmentRecord) async throws
+    func cluster(id: String) async throws -> ClusterRecord?
+    func clusters() async throws -> [ClusterRecord]
+    /// Uses the enrollment token (once) and stores the node's credential, atomically.
+    func register(enrollmentHash: String, credential: CredentialRecord, now: Date) async throws -> RegistrationOutcome
+    func credential(hash: String) async throws -> CredentialRecord?
+
+    // Heartbeats
+    /// Stores the node's latest heartbeat and the cluster's reported mode; returns the node's previous record.
+    @discardableResult func recordHeartbeat(_ node: NodeRecord) async throws -> NodeRecord?
+    func nodes(clusterID: String) async throws -> [NodeRecord]
+
+    // Tokens
+    /// Fails with `StoreError.conflict` when a token with that name exists.
+    func createToken(_ token: TokenRecord) async throws
+    func token(hash: String) async throws -> TokenRecord?
+    func tokens() async throws -> [TokenRecord]
+    /// Marks the token revoked; nil when there is no such token.
+    func revokeToken(name: String, by: String, at: Date) async throws -> TokenRecord?
+
+    // Access requests
+    /// Stores a new request; the store assigns its ID.
+    func createRequest(_ request: AccessRequestRecord) async throws -> AccessRequestRecord
+    func request(id: Int64) async throws -> AccessRequestRecord?
+    func requests(clusterID: String?, states: Set<RequestState>?) async throws -> [AccessRequestRecord]
+    /// Replaces the request if its state is still `expected` (compare and set); false otherwise.
+    func updateRequest(_ request: AccessRequestRecord, expecting expected: RequestState) async throws -> Bool
+
+    // Sessions
+    func createSession(_ session: SessionRecord) async throws
+    func session(id: String) async throws -> SessionRecord?
+    /// Live sessions only (no end time) when `live` is true.
+    func sessions(live: Bool) async throws -> [SessionRecord]
+    /// Replaces the session's counters, end time and end reason.
+    func updateSession(_ session: SessionRecord) async throws
+    /// Records a kill request for a live session; nil when there is no live session with that ID.
+    func requestKill(sessionID: String, by: String) async throws -> SessionRecord?
+
+    // Audit trail (append only)
+    func appendAudit(_ records: [AuditRecord]) async throws
+    /// Records with `time >= since` and `id > afterID`, oldest first, at most `limit`.
+    func audit(since: Date?, afterID: Int64, limit: Int) async throws -> [AuditRecord]
+}
+
+public enum RegistrationOutcome: Sendable, Equatable {
+    case registered(clusterID: String)
+    case unknownToken
+    case alreadyUsed(at: Date)
+    case expired(at: Date)
+}
+
+public enum StoreError: Error, CustomStringConvertible, Equatable {
+    case conflict(String)
+    case notFound(String)
+
+    public var description: String {
+        switch self {
+        case .conflict(let what): "\(what) already exists"
+        case .notFound(let what): "\(what) not found"
+        }
+    }
+}

@@ -1,0 +1,130 @@
+import ArgumentParser
+import ConfigKit
+import Foundation
+import Logging
+import NIOPosix
+import RelayCtlKit
+import RelayModel
+import TunnelCore
+
+struct Session: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Your sessions to cluster components.", subcommands: [Open.self])
+}
+
+struct Open: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Open a local port that carries every request to a cluster component through the relay.",
+        discussion: "Needs an approved access request naming you. If the cluster's connector has not dialed in yet, waits (showing progress) up to --wait.")
+
+    @OptionGroup var relayOptions: RelayOptions
+
+    @Option(help: "Cluster ID.")
+    var cluster: String
+
+    @Option(help: "Component name, as the cluster's connector lists it.")
+    var component: String
+
+    @Option(help: "Only this node of the cluster.")
+    var node: String?
+
+    @Option(help: "Run under this role (at most your request's): admin, user or viewer.")
+    var role: String?
+
+    @Option(help: "Local address to listen on; port 0 picks a free port.")
+    var listen: String = "127.0.0.1:0"
+
+    @Option(help: "How long to wait for the connector to dial in: 90s, 5m.")
+    var wait: String = "5m"
+
+    func run() async throws {
+        LoggingSystem.bootstrap { StreamLogHandler.standardError(label: $0) }
+        var logger = Logger(label: "relayctl")
+        logger.logLevel = .notice
+        guard let listen = parseHostPort(self.listen) else {
+            throw ValidationError("--listen must be host:port, for example 127.0.0.1:8000")
+        }
+        var role: AccessRole?
+        if let text = self.role {
+            guard let parsed = AccessRole(rawValue: text) else { throw ValidationError("--role must be admin, user or viewer") }
+            role = parsed
+        }
+        let waitSeconds = try parseDurationSeconds(self.wait, option: "--wait")
+        var url = try self.relayOptions.relayURL()
+        url.path = WirePath.session
+        let target = SessionTarget(
+            relay: url, token: try self.relayOptions.token(), cluster: self.cluster, component: self.component, node: self.node,
+            role: role, caFile: self.relayOptions.ca)
+        // One event loop for the local listener and the relay connection: every hop between them is
+        // then a direct call, not a cross-thread wakeup (one engineer's traffic needs no more than a core).
+        let group = MultiThreadedEventLoopGroup.singleton.next()
+        let ended = AsyncStream<WebSocketPeerClosed>.makeStream()
+        let session: SessionClient
+        do {
+            session = try SessionClient(target: target, group: group, logger: logger) { ended.continuation.yield($0) }
+        } catch {
+            throw ValidationError("\(error)")
+        }
+        try await Self.connect(session, waitSeconds: waitSeconds, cluster: self.cluster)
+        let listener = try await LocalListener.start(host: listen.host, port: listen.port, session: session, group: group)
+        print("session open: cluster \(self.cluster), component \(self.component)")
+        print("open \(listener.url) in your browser (Ctrl-C to end the session)")
+        fflush(stdout)
+        // Ends on Ctrl-C, or when the relay closes the session with a reason (revoked, expired, killed).
+        let outcome = await withTaskGroup(of: WebSocketPeerClosed?.self) { group in
+            group.addTask {
+                for await closed in ended.stream where closed.code != .normalClosure { return closed }
+                return nil
+            }
+            group.addTask {
+                _ = await TerminationSignal.wait()
+                return nil
+            }
+            let first = await group.next() ?? nil
+            group.cancelAll()
+            return first
+        }
+        try? await listener.close()
+        if let outcome {
+            FileHandle.standardError.write(Data("relayctl: session ended by the relay: \(outcome.reason.isEmpty ? "\(outcome.code)" : outcome.reason)\n".utf8))
+            throw ExitCode(RelayCtlExit.sessionEnded)
+        }
+    }
+
+    /// Dials until the relay accepts; while it answers "no tunnel yet" (the connector dials at its
+    /// next heartbeat) shows progress and retries, up to `waitSeconds`.
+    static func connect(_ session: SessionClient, waitSeconds: Int64, cluster: String) async throws {
+        let start = ContinuousClock.now
+        var announced = false
+        while true {
+            do {
+                try await session.connect()
+                if announced { FileHandle.standardError.write(Data("\n".utf8)) }
+                return
+            } catch let error as DialError {
+                if case .rejected(let status) = error.kind {
+                    if status == 503 {
+                        let waited = ContinuousClock.now - start
+                        if waited >= .seconds(waitSeconds) {
+                            FileHandle.standardError.write(Data("\nrelayctl: gave up after \(waitSeconds) s: \(error.message)\nrelayctl: check the cluster's connector (relayctl clusters show \(cluster)), then retry\n".utf8))
+                            throw ExitCode(RelayCtlExit.timedOut)
+                        }
+                        let line = announced ? "\r" : "relayctl: \(error.message)\n"
+                        FileHandle.standardError.write(Data("\(line)waiting for the connector to dial in... \(waited.components.seconds) s".utf8))
+                        announced = true
+                        try await Task.sleep(for: .seconds(1))
+                        continue
+                    }
+                    FileHandle.standardError.write(Data("relayctl: \(error.message)\n".utf8))
+                    throw ExitCode(RelayCtlExit.forStatus(status))
+                }
+                FileHandle.standardError.write(Data("relayctl: \(error.message)\nrelayctl: check --relay, --ca, and that the relay is running\n".utf8))
+                throw ExitCode(RelayCtlExit.unreachable)
+            } catch let error as ExitCode {
+                throw error
+            } catch {
+                FileHandle.standardError.write(Data("relayctl: \(error)\n".utf8))
+                throw ExitCode(RelayCtlExit.unreachable)
+            }
+        }
+    }
+}
