@@ -53,13 +53,14 @@ public final class HeartbeatDriver: Sendable {
     /// The relay's last answer (for status output and tests).
     public var lastAnswer: HeartbeatResponse? { self.last.withLockedValue { $0 } }
 
-    /// Exactly what leaves the connector in a heartbeat.
-    public func makeRequest() -> HeartbeatRequest {
+    /// Exactly what leaves the connector in a heartbeat: identifiers, version, the privacy settings
+    /// (component names, never addresses) and the node's health.
+    public static func makeRequest(config: ConnectorConfig, credential: ConnectorCredential, health: NodeHealth) -> HeartbeatRequest {
         HeartbeatRequest(
-            clusterID: self.credential.clusterID, nodeID: self.credential.nodeID, sourceType: self.config.sourceType,
+            clusterID: credential.clusterID, nodeID: credential.nodeID, sourceType: config.sourceType,
             connectorVersion: ConnectorVersion.current,
-            privacy: PrivacySettings(mode: self.config.privacyMode, components: self.config.components.map(\.name).sorted()),
-            health: self.health.sample(), decisions: [])
+            privacy: PrivacySettings(mode: config.privacyMode, components: config.components.map(\.name).sorted()),
+            health: health, decisions: [])
     }
 
     private func perform(_ actions: [HeartbeatStateMachine.Action]) {
@@ -88,7 +89,8 @@ public final class HeartbeatDriver: Sendable {
     private func send() async {
         let jitter = Double.random(in: -1...1)
         do {
-            let answer: HeartbeatResponse = try await self.client.post(APIPath.heartbeat, self.makeRequest())
+            let answer: HeartbeatResponse = try await self.client.post(
+                APIPath.heartbeat, Self.makeRequest(config: self.config, credential: self.credential, health: self.health.sample()))
             self.last.withLockedValue { $0 = answer }
             if !answer.pendingApprovals.isEmpty {
                 self.logger.notice("access requests wait for the customer's approval", metadata: ["count": "\(answer.pendingApprovals.count)"])

@@ -100,3 +100,16 @@ import Testing
         #expect(machine.received(self.answer(false, next: 86_400_000), jitter: 0) == [.scheduleHeartbeat(afterMilliseconds: 300_000)])
     }
 }
+
+@Suite struct HeartbeatNowTests {
+    @Test func aLostTunnelAsksAtOnceButNeverTwiceInFlight() {
+        var machine = HeartbeatStateMachine(remoteAccessEnabled: true)
+        #expect(machine.heartbeatNow() == [], "not started")
+        #expect(machine.start() == [.sendHeartbeat])
+        #expect(machine.heartbeatNow() == [], "one heartbeat in flight at a time")
+        _ = machine.received(.init(remoteUIRequested: true, websocketURLs: ["wss://a/v1/tunnel"]), jitter: 0)
+        #expect(machine.heartbeatNow() == [.sendHeartbeat])
+        let actions = machine.received(.init(remoteUIRequested: false, websocketURLs: ["wss://a/v1/tunnel"]), jitter: 0)
+        #expect(actions == [.closeTunnels(reason: "the access request ended"), .scheduleHeartbeat(afterMilliseconds: 60_000)])
+    }
+}
