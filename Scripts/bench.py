@@ -10,46 +10,10 @@ Measures (release build, real processes, loopback only, every loop bounded):
   * a 1 GiB download read slowly (curl --limit-rate): RSS growth of relay, connector and relayctl
 Needs wrk and curl (apt-get install wrk curl).
 """
-import argparse, os, re, secrets, shutil, signal, socket, subprocess, sys, tempfile, time
+import argparse, os, shutil, subprocess, sys, tempfile, time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_port(port, timeout=20):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return
-        except OSError:
-            time.sleep(0.1)
-    raise SystemExit(f"port {port} did not open")
-
-
-def rss_kib(pid):
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    return 0
-
-
-def wrk(url, connections, duration):
-    out = subprocess.run(["wrk", "-t2", f"-c{connections}", f"-d{duration}s", "--latency", url],
-                         capture_output=True, text=True, timeout=duration + 30).stdout
-    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
-    def latency(p):
-        m = re.search(rf"^\s+{p}%\s+([\d.]+)(us|ms|s)\s*$", out, re.M)
-        value, unit = float(m.group(1)), m.group(2)
-        return value / 1000 if unit == "us" else value * 1000 if unit == "s" else value
-    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-    return rps, latency(50), latency(99), int(errors.group(1)) if errors else 0
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from benchlib import Stack, free_port, release_bin, rss_kib, wait_port, wrk
 
 
 def download_mibs(url, size, tries=5):
@@ -77,44 +41,22 @@ def main():
         if not shutil.which(tool):
             raise SystemExit(f"{tool} is missing: apt-get install {tool}")
 
-    if not args.no_build:
-        subprocess.run(["swift", "build", "-c", "release"], cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
-    bin_dir = subprocess.run(["swift", "build", "-c", "release", "--show-bin-path"], cwd=ROOT, check=True,
-                             capture_output=True, text=True).stdout.strip()
-
+    bin_dir = release_bin(args.no_build)
     work = tempfile.mkdtemp(prefix="relay-bench-")
-    subprocess.run([os.path.join(ROOT, "Certs/make-dev-certs.sh"), work], check=True, stdout=subprocess.DEVNULL)
-    secret, token = secrets.token_hex(24), secrets.token_hex(24)
-    component_port, relay_port, session_port = free_port(), free_port(), free_port()
-    with open(f"{work}/relay.yaml", "w") as f:
-        f.write(f"listen: 127.0.0.1:{relay_port}\ntls:\n  certificate_file: relay.pem\n  private_key_file: relay.key\n"
-                f"clusters:\n  - id: bench\n    secret: {secret}\nexperts:\n  - name: bench\n    token: {token}\n")
-    with open(f"{work}/connector.yaml", "w") as f:
-        f.write(f"cluster_id: bench\nnode_id: n1\nsecret: {secret}\nrelay:\n  urls: [wss://127.0.0.1:{relay_port}/v1/tunnel]\n"
-                f"  ca_file: ca.pem\ncomponents:\n  ui: http://127.0.0.1:{component_port}\n")
-    if args.limit:
-        block = "limits:\n" + "".join(f"  {item.replace('=', ': ', 1)}\n" for item in args.limit)
-        for name in ("relay", "connector"):
-            with open(f"{work}/{name}.yaml", "a") as f:
-                f.write(block)
-    os.chmod(f"{work}/relay.yaml", 0o600)
-    os.chmod(f"{work}/connector.yaml", 0o600)
-
-    procs = {}
-    def start(name, argv, env=None):
-        log = open(f"{work}/{name}.log", "w")
-        procs[name] = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env)
+    component_port, session_port = free_port(), free_port()
+    stack = None
     try:
-        start("component", [f"{bin_dir}/demo-component", "--listen", f"127.0.0.1:{component_port}"])
-        start("relay", [f"{bin_dir}/relay", "--config", f"{work}/relay.yaml", "--log-level", "warning"])
+        stack = Stack(work, bin_dir, component_port, limits=args.limit)
+        procs = stack.procs
+        stack.start("component", [f"{bin_dir}/demo-component", "--listen", f"127.0.0.1:{component_port}"])
         wait_port(component_port)
-        wait_port(relay_port)
-        start("connector", [f"{bin_dir}/connector", "--config", f"{work}/connector.yaml", "--log-level", "warning"])
-        time.sleep(1)
-        env = dict(os.environ, RELAYCTL_TOKEN=token)
-        start("relayctl", [f"{bin_dir}/relayctl", "session", "open", "--relay", f"wss://127.0.0.1:{relay_port}",
-                           "--ca", f"{work}/ca.pem", "--cluster", "bench", "--component", "ui",
-                           "--listen", f"127.0.0.1:{session_port}"], env)
+        stack.start("connector", [f"{bin_dir}/connector", "--config", f"{work}/connector.yaml", "--log-level", "warning"])
+        stack.ctl(["requests", "create", "--cluster", "bench", "--role", "admin", "--duration", "2h", "--reason", "benchmark"],
+                  stack.expert_token)
+        env = dict(os.environ, RELAYCTL_TOKEN=stack.expert_token)
+        stack.start("relayctl", [f"{bin_dir}/relayctl", "session", "open", "--relay", f"https://127.0.0.1:{stack.relay_port}",
+                                 "--ca", f"{work}/ca.pem", "--cluster", "bench", "--component", "ui",
+                                 "--listen", f"127.0.0.1:{session_port}"], env)
         wait_port(session_port)
         direct = f"http://127.0.0.1:{component_port}"
         path = f"http://127.0.0.1:{session_port}"
@@ -166,13 +108,8 @@ def main():
             raise SystemExit(f"slow download got {received} bytes, expected {slow}")
         print(f"\nworst RSS growth {worst:.1f} MiB: {'within' if worst <= 16 else 'OVER'} the 16 MiB bound")
     finally:
-        for p in procs.values():
-            p.send_signal(signal.SIGTERM)
-        for p in procs.values():
-            try:
-                p.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        if stack:
+            stack.stop()
         shutil.rmtree(work, ignore_errors=True)
 
 

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# The whole product on one machine, on embedded defaults: a demo component (the "cluster UI"),
-# a relay, a connector that dials out to it, and an expert session with `relayctl session open`.
-# Prints the URL to open; Ctrl-C stops everything.
+# The whole product on one machine, on embedded defaults (SQLite store in .demo/relay-data):
+# a demo component (the "cluster UI"), a relay, a connector that registers once and heartbeats,
+# an access request that sets the cluster's flag, and an expert session with `relayctl session open`.
+# Prints the URL to open; Ctrl-C stops everything. Each run starts from a fresh store.
 #
 #   Scripts/demo.sh            ports: relay 8443, component 8080, session 8000
 #   RELAY_PORT=9443 COMPONENT_PORT=9080 SESSION_PORT=9000 Scripts/demo.sh
@@ -11,6 +12,7 @@ RELAY_PORT="${RELAY_PORT:-8443}"
 COMPONENT_PORT="${COMPONENT_PORT:-8080}"
 SESSION_PORT="${SESSION_PORT:-8000}"
 demo=.demo
+rm -rf "$demo"
 mkdir -p "$demo"
 chmod 700 "$demo"
 
@@ -23,28 +25,26 @@ bin="$(swift build --show-bin-path)"
 
 [ -f Certs/dev/ca.pem ] || Certs/make-dev-certs.sh Certs/dev >/dev/null
 umask 077
-[ -f "$demo/cluster-demo.secret" ] || head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n' > "$demo/cluster-demo.secret"
-[ -f "$demo/alice.token" ] || head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n' > "$demo/alice.token"
 
 cat > "$demo/relay.yaml" <<YAML
 listen: 127.0.0.1:$RELAY_PORT
 tls:
   certificate_file: ../Certs/dev/relay.pem
   private_key_file: ../Certs/dev/relay.key
-clusters:
-  - id: demo
-    secret_file: cluster-demo.secret
-experts:
-  - name: alice
-    token_file: alice.token
+data_dir: relay-data
 YAML
 cat > "$demo/connector.yaml" <<YAML
-cluster_id: demo
 node_id: node-1
-secret_file: cluster-demo.secret
+credential_file: connector-credential.json
 relay:
-  urls: [wss://127.0.0.1:$RELAY_PORT/v1/tunnel]
+  url: https://127.0.0.1:$RELAY_PORT
   ca_file: ../Certs/dev/ca.pem
+heartbeat:
+  interval: 5s          # shortened for the demo (default 60s)
+privacy:
+  mode: all
+health:
+  master_node: true
 components:
   ui: http://127.0.0.1:$COMPONENT_PORT
 YAML
@@ -55,15 +55,25 @@ trap cleanup EXIT INT TERM
 
 "$bin/demo-component" --listen "127.0.0.1:$COMPONENT_PORT" --name ui > "$demo/component.log" 2>&1 & pids+=($!)
 "$bin/relay" --config "$demo/relay.yaml" > "$demo/relay.log" 2>&1 & pids+=($!)
-sleep 0.5
-"$bin/connector" --config "$demo/connector.yaml" > "$demo/connector.log" 2>&1 & pids+=($!)
+for _ in $(seq 1 50); do [ -s "$demo/relay-data/bootstrap-ops-token" ] && grep -q "listening" "$demo/relay.log" && break; sleep 0.2; done
+echo "== relay on https://127.0.0.1:$RELAY_PORT, component on 127.0.0.1:$COMPONENT_PORT (logs in $demo/)"
 
-echo "== relay on wss://127.0.0.1:$RELAY_PORT, component on 127.0.0.1:$COMPONENT_PORT (logs in $demo/)"
-for _ in $(seq 1 50); do grep -q "tunnel up" "$demo/relay.log" 2>/dev/null && break; sleep 0.2; done
-grep -q "tunnel up" "$demo/relay.log" || { echo "connector did not connect; see $demo/connector.log"; exit 1; }
-echo "== connector dialed out; tunnel is up"
-echo "== opening an expert session (relayctl session open)"
+ctl() { "$bin/relayctl" "$1" "$2" --relay "https://127.0.0.1:$RELAY_PORT" --ca Certs/dev/ca.pem "${@:3}"; }
+export RELAYCTL_TOKEN="$(cat "$demo/relay-data/bootstrap-ops-token")"
+echo "== operator: relayctl clusters add demo; relayctl tokens create --name alice --role expert"
+ctl clusters add demo --description "demo cluster" --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["enrollmentToken"])' > "$demo/enrollment-token"
+ctl tokens create --name alice --role expert --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["secret"])' > "$demo/alice.token"
+
+echo "== customer: connector register (once), then the connector heartbeats"
+"$bin/connector" register --config "$demo/connector.yaml" --enrollment-token-file "$demo/enrollment-token"
+"$bin/connector" --config "$demo/connector.yaml" > "$demo/connector.log" 2>&1 & pids+=($!)
+for _ in $(seq 1 50); do ctl clusters list | grep -q "^demo *all" && break; sleep 0.2; done
+ctl clusters list
+
+echo "== engineer: relayctl requests create (auto-approved: the customer's mode is all)"
+RELAYCTL_TOKEN="$(cat "$demo/alice.token")" ctl requests create --cluster demo --role admin --duration 2h --reason "demo session"
+echo "== opening an expert session; it waits until the connector dials at its next heartbeat"
 RELAYCTL_TOKEN="$(cat "$demo/alice.token")" "$bin/relayctl" session open \
-  --relay "wss://127.0.0.1:$RELAY_PORT" --ca Certs/dev/ca.pem \
+  --relay "https://127.0.0.1:$RELAY_PORT" --ca Certs/dev/ca.pem \
   --cluster demo --component ui --listen "127.0.0.1:$SESSION_PORT" & pids+=($!)
 wait "${pids[-1]}"

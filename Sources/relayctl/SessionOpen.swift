@@ -70,19 +70,16 @@ struct Open: AsyncParsableCommand {
         print("open \(listener.url) in your browser (Ctrl-C to end the session)")
         fflush(stdout)
         // Ends on Ctrl-C, or when the relay closes the session with a reason (revoked, expired, killed).
-        let outcome = await withTaskGroup(of: WebSocketPeerClosed?.self) { group in
-            group.addTask {
-                for await closed in ended.stream where closed.code != .normalClosure { return closed }
-                return nil
-            }
-            group.addTask {
-                _ = await TerminationSignal.wait()
-                return nil
-            }
-            let first = await group.next() ?? nil
-            group.cancelAll()
-            return first
+        let signalTask = Task {
+            _ = await TerminationSignal.wait()
+            ended.continuation.finish()
         }
+        var outcome: WebSocketPeerClosed?
+        for await closed in ended.stream where closed.code != .normalClosure {
+            outcome = closed
+            break
+        }
+        signalTask.cancel()
         try? await listener.close()
         if let outcome {
             FileHandle.standardError.write(Data("relayctl: session ended by the relay: \(outcome.reason.isEmpty ? "\(outcome.code)" : outcome.reason)\n".utf8))

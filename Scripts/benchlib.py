@@ -1,0 +1,104 @@
+"""Shared set-up for the benchmark scripts: release binaries, certificates, and a relay with one
+enrolled cluster, an expert token and a registered connector (real processes, loopback only)."""
+import json, os, re, socket, subprocess, time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_port(port, timeout=20):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.1)
+    raise SystemExit(f"port {port} did not open")
+
+
+def rss_kib(pid):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
+def wrk(url, connections, duration, script=None, threads=2):
+    """requests/s, p50 ms, p99 ms, non-2xx count."""
+    argv = ["wrk", f"-t{threads}", f"-c{connections}", f"-d{duration}s", "--latency"]
+    if script:
+        argv += ["-s", script]
+    out = subprocess.run(argv + [url], capture_output=True, text=True, timeout=duration + 30).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    def latency(p):
+        m = re.search(rf"^\s+{p}%\s+([\d.]+)(us|ms|s)\s*$", out, re.M)
+        value, unit = float(m.group(1)), m.group(2)
+        return value / 1000 if unit == "us" else value * 1000 if unit == "s" else value
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    return rps, latency(50), latency(99), int(errors.group(1)) if errors else 0
+
+
+def release_bin(no_build):
+    if not no_build:
+        subprocess.run(["swift", "build", "-c", "release"], cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
+    return subprocess.run(["swift", "build", "-c", "release", "--show-bin-path"], cwd=ROOT, check=True,
+                          capture_output=True, text=True).stdout.strip()
+
+
+class Stack:
+    """relay + enrolled cluster `bench` + expert token + registered connector config (not started)."""
+
+    def __init__(self, work, bin_dir, component_port, limits=(), heartbeat="1s"):
+        self.work, self.bin, self.procs = work, bin_dir, {}
+        subprocess.run([os.path.join(ROOT, "Certs/make-dev-certs.sh"), work], check=True, stdout=subprocess.DEVNULL)
+        self.relay_port = free_port()
+        limits_block = ("limits:\n" + "".join(f"  {item.replace('=', ': ', 1)}\n" for item in limits)) if limits else ""
+        self.write("relay.yaml", f"listen: 127.0.0.1:{self.relay_port}\ntls:\n  certificate_file: relay.pem\n"
+                                 f"  private_key_file: relay.key\ndata_dir: relay-data\n{limits_block}")
+        self.write("connector.yaml", f"node_id: n1\ncredential_file: credential.json\nrelay:\n"
+                                     f"  url: https://127.0.0.1:{self.relay_port}\n  ca_file: ca.pem\n"
+                                     f"heartbeat:\n  interval: {heartbeat}\ncomponents:\n  ui: http://127.0.0.1:{component_port}\n"
+                                     f"{limits_block}")
+        self.start("relay", [f"{bin_dir}/relay", "--config", f"{work}/relay.yaml", "--log-level", "warning"])
+        wait_port(self.relay_port)
+        self.ops_token = open(f"{work}/relay-data/bootstrap-ops-token").read().strip()
+        enrollment = self.ctl(["clusters", "add", "bench"], self.ops_token)["enrollmentToken"]
+        self.expert_token = self.ctl(["tokens", "create", "--name", "bench", "--role", "expert"], self.ops_token)["secret"]
+        self.write("enrollment", enrollment)
+        subprocess.run([f"{bin_dir}/connector", "register", "--config", f"{work}/connector.yaml",
+                        "--enrollment-token-file", f"{work}/enrollment", "--log-level", "warning"],
+                       check=True, stdout=subprocess.DEVNULL)
+        self.credential = json.load(open(f"{work}/credential.json"))
+
+    def write(self, name, text):
+        path = f"{self.work}/{name}"
+        with open(path, "w") as f:
+            f.write(text)
+        os.chmod(path, 0o600)
+
+    def start(self, name, argv, env=None):
+        log = open(f"{self.work}/{name}.log", "w")
+        self.procs[name] = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env)
+
+    def ctl(self, args, token):
+        env = dict(os.environ, RELAYCTL_TOKEN=token)
+        out = subprocess.run([f"{self.bin}/relayctl", *args, "--relay", f"https://127.0.0.1:{self.relay_port}",
+                              "--ca", f"{self.work}/ca.pem", "--json"], env=env, check=True, capture_output=True, text=True)
+        return json.loads(out.stdout)
+
+    def stop(self):
+        import signal
+        for p in self.procs.values():
+            p.send_signal(signal.SIGTERM)
+        for p in self.procs.values():
+            try:
+                p.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                p.kill()
