@@ -1,0 +1,108 @@
+import Connector
+import Foundation
+import NIOConcurrencyHelpers
+import Relay
+import RelayAPI
+import RelayCtlKit
+import RelayModel
+import Testing
+import TunnelCore
+
+/// Several relay URLs, session kill, and relayctl's output and exit codes.
+@Suite(.serialized) struct OperationsTests {
+    @Test func theConnectorKeepsOneTunnelPerRelayURLAndRedialsALostOne() async throws {
+        let stack = try await TestStack.start()
+        // Two "relay nodes" (the same relay under two names its certificate covers).
+        stack.control.tunnelURLs = ["wss://127.0.0.1:\(stack.relayPort)/v1/tunnel", "wss://localhost:\(stack.relayPort)/v1/tunnel"]
+        try await stack.waitForTunnels(2)
+        #expect(stack.connector.connectedURLs.count == 2)
+        // One node drops its tunnel: the connector redials it with backoff while the flag is set.
+        try await stack.relay.registry.tunnels(cluster: "demo")[0].channel.close()
+        try await stack.waitForTunnels(1)
+        try await stack.waitForTunnels(2)
+        await stack.stop()
+    }
+
+    @Test func anOperatorKillsASessionAndTheEngineerIsToldWho() async throws {
+        let stack = try await TestStack.start()
+        let ended = NIOLockedValueBox<WebSocketPeerClosed?>(nil)
+        let client = try SessionClient(target: try stack.sessionTarget(), group: TestStack.group, logger: TestStack.quietLogger) { closed in
+            ended.withLockedValue { $0 = closed }
+        }
+        try await client.connect()
+        try await stack.waitUntil("the session record") { try await stack.control.store.sessions(live: true).count == 1 }
+        let live = try await stack.control.store.sessions(live: true)[0]
+        let killed: SessionRecord = try await stack.api().post("\(APIPath.sessions)/\(live.id)/kill", [String: String]())
+        #expect(killed.killRequestedBy == "ops:root")
+        let started = ContinuousClock.now
+        try await stack.waitUntil("the kill") { ended.withLockedValue { $0 } != nil }
+        #expect(ContinuousClock.now - started < .seconds(5))
+        #expect(ended.withLockedValue { $0 }?.reason == "session killed by ops:root")
+        #expect(stack.relay.registry.count == 1, "killing a session leaves the tunnel")
+        await stack.stop()
+    }
+
+    /// The relayctl binary built beside the test bundle.
+    static var relayctl: String {
+        URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent().appendingPathComponent("relayctl").path
+    }
+
+    func run(_ arguments: [String], token: String?, port: Int) throws -> (Int32, String, String) {
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: Self.relayctl)
+        process.arguments = arguments + ["--relay", "https://127.0.0.1:\(port)", "--ca", TestCerts.trusted + "/ca.pem"]
+        var environment = ProcessInfo.processInfo.environment
+        environment["RELAYCTL_TOKEN"] = token
+        process.environment = environment
+        let out = Pipe()
+        let err = Pipe()
+        process.standardOutput = out
+        process.standardError = err
+        try process.run()
+        let stdout = out.fileHandleForReading.readDataToEndOfFile()
+        let stderr = err.fileHandleForReading.readDataToEndOfFile()
+        process.waitUntilExit()
+        return (process.terminationStatus, String(decoding: stdout, as: UTF8.self), String(decoding: stderr, as: UTF8.self))
+    }
+
+    @Test func relayctlPrintsTablesOrJSONAndExitsWithDocumentedCodes() async throws {
+        guard FileManager.default.isExecutableFile(atPath: Self.relayctl) else {
+            Issue.record("relayctl is not built at \(Self.relayctl)")
+            return
+        }
+        let stack = try await TestStack.start()
+        let port = stack.relayPort
+        let (listCode, table, _) = try self.run(["requests", "list"], token: stack.opsToken, port: port)
+        #expect(listCode == RelayCtlExit.ok)
+        #expect(table.hasPrefix("ID  CLUSTER  EXPERT"))
+        #expect(table.contains("alice") && table.contains("approved"))
+        let (jsonCode, json, _) = try self.run(["requests", "list", "--json"], token: stack.opsToken, port: port)
+        #expect(jsonCode == RelayCtlExit.ok)
+        let requests = try APIJSON.decoder().decode([AccessRequestRecord].self, from: Data(json.utf8))
+        #expect(requests.map(\.state) == [.approved])
+
+        let (created, createdOut, _) = try self.run(["tokens", "create", "--name", "dave", "--role", "expert", "--json"], token: stack.opsToken, port: port)
+        #expect(created == RelayCtlExit.ok)
+        let secret = try APIJSON.decoder().decode(TokenCreated.self, from: Data(createdOut.utf8)).secret
+        let (tokens, tokenList, _) = try self.run(["tokens", "list"], token: stack.opsToken, port: port)
+        #expect(tokens == RelayCtlExit.ok && tokenList.contains("dave") && !tokenList.contains(secret))
+
+        let cases: [([String], String?, Int32, String)] = [
+            (["requests", "revoke", "999"], stack.opsToken, RelayCtlExit.notFound, "no access request 999"),
+            (["tokens", "list"], "rat_forged", RelayCtlExit.denied, "invalid credentials"),
+            (["tokens", "list"], stack.expertToken, RelayCtlExit.denied, "needs an ops token"),
+            (["clusters", "add", "demo"], stack.opsToken, RelayCtlExit.conflict, "already exists"),
+            (["requests", "create", "--cluster", "demo", "--reason", "x", "--duration", "1000d"], stack.expertToken, RelayCtlExit.badRequest, "duration must be"),
+            (["session", "open", "--cluster", "demo", "--component", "ui", "--role", "admin"], secret, RelayCtlExit.denied, "no access request for cluster \"demo\" names you"),
+        ]
+        for (arguments, token, code, message) in cases {
+            let (status, _, stderr) = try self.run(arguments, token: token, port: port)
+            #expect(status == code, "\(arguments): \(stderr)")
+            #expect(stderr.contains(message), "\(arguments): \(stderr)")
+        }
+        let (unreachable, _, stderr) = try self.run(["tokens", "list"], token: stack.opsToken, port: 1)
+        #expect(unreachable == RelayCtlExit.unreachable)
+        #expect(stderr.contains("check --relay"))
+        await stack.stop()
+    }
+}
