@@ -111,6 +111,8 @@ public final class RelayServer: Sendable {
             maxFrameSize: self.config.limits.maxWebSocketFrameSize,
             automaticErrorHandling: true,
             shouldUpgrade: { channel, head in
+                // The client has done its part; the time the relay takes to decide is not its fault.
+                handshake.deadline?.cancel()
                 let promise = channel.eventLoop.makePromise(of: HandshakeDecision.self)
                 promise.completeWithTask { await gate.decide(head) }
                 return promise.futureResult.map { decision -> HTTPHeaders? in

@@ -323,10 +323,11 @@ import TunnelCore
 
     @Test func upgradedTunnelsOutliveTheHandshakeTimeout() async throws {
         var limits = TunnelLimits()
-        limits.handshakeTimeout = .milliseconds(300)
+        // Long enough for a TLS handshake on a loaded CI machine, short against the wait below.
+        limits.handshakeTimeout = .milliseconds(1000)
         let stack = try await TestStack.start(limits: limits)
         let session = try await stack.openSession()
-        try await Task.sleep(for: .milliseconds(800))
+        try await Task.sleep(for: .milliseconds(2500))
         #expect(stack.relay.registry.tunnels(cluster: "demo").count == 1)
         #expect(try await TestHTTPConnection.request(port: session.localAddress!.port!, .GET, "/api/status").status == .ok)
         try await session.close()

@@ -1,4 +1,6 @@
+import ConfigKit
 import Connector
+import DemoComponentKit
 import Foundation
 import NIOConcurrencyHelpers
 import Relay
@@ -20,6 +22,50 @@ import TunnelCore
         try await stack.relay.registry.tunnels(cluster: "demo")[0].channel.close()
         try await stack.waitForTunnels(1)
         try await stack.waitForTunnels(2)
+        await stack.stop()
+    }
+
+    @Test func aClusterWithTwoNodesServesAnyNodeOrTheChosenOne() async throws {
+        let stack = try await TestStack.start()
+        // A second node of cluster demo: its own enrollment token, credential and component.
+        let ops = try await stack.control.authenticateUser(bearer: stack.opsToken, action: "test")
+        let enrollment = try await stack.control.enroll(cluster: "demo", by: ops)
+        let component = try await DemoComponent.start(name: "ui-on-node-2", group: TestStack.group)
+        var config = stack.connectorConfig
+        config.nodeID = "node-2"
+        config.credentialFile = TestStack.temporaryDirectory("node2") + "/credential.json"
+        config.components = [try Component(name: "ui", url: component.url)]
+        let credential = try await ConnectorRegistration.register(
+            config: config, enrollmentToken: enrollment.enrollmentToken, group: TestStack.group, logger: TestStack.quietLogger)
+        #expect(credential.nodeID == "node-2" && credential.clusterID == "demo")
+        let driver = try HeartbeatDriver(config: config, credential: credential, group: TestStack.group, logger: TestStack.quietLogger)
+        let connector = try TunnelConnector(config: config, credential: credential, group: TestStack.group, logger: TestStack.quietLogger)
+        driver.attach(connector)
+        driver.start()
+        try await stack.waitForTunnels(2)
+
+        func components(node: String?) async throws -> Set<String> {
+            let client = try SessionClient(
+                target: SessionTarget(
+                    relay: try WebSocketURL(parsing: "wss://127.0.0.1:\(stack.relayPort)/v1/session"), token: Secret(stack.expertToken),
+                    cluster: "demo", component: "ui", node: node, caFile: TestCerts.trusted + "/ca.pem"),
+                group: TestStack.group, logger: TestStack.quietLogger)
+            try await client.connect()
+            let listener = try await LocalListener.start(host: "127.0.0.1", port: 0, session: client, group: TestStack.group)
+            var seen: Set<String> = []
+            for _ in 0..<6 {
+                let text = try await TestHTTPConnection.request(port: listener.localAddress!.port!, .GET, "/api/status").text
+                seen.insert(text.contains("ui-on-node-2") ? "node-2" : "node-1")
+            }
+            try await listener.close()
+            return seen
+        }
+        #expect(try await components(node: nil) == ["node-1", "node-2"], "round robin over the cluster's nodes")
+        #expect(try await components(node: "node-2") == ["node-2"])
+        #expect(try await components(node: "node-1") == ["node-1"])
+        driver.stop()
+        await connector.stop()
+        try await component.close()
         await stack.stop()
     }
 
@@ -100,6 +146,15 @@ import TunnelCore
             #expect(status == code, "\(arguments): \(stderr)")
             #expect(stderr.contains(message), "\(arguments): \(stderr)")
         }
+        // Approved, but the cluster's connector never dials: session open waits, showing progress, then gives up.
+        let other = try await stack.createRequest(cluster: "other", role: .viewer)
+        _ = try await stack.control.approve(other, by: "test", now: stack.clock.now())
+        let (waited, _, waitErr) = try self.run(
+            ["session", "open", "--cluster", "other", "--component", "ui", "--wait", "2s"], token: stack.expertToken, port: port)
+        #expect(waited == RelayCtlExit.timedOut, "\(waitErr)")
+        #expect(waitErr.contains("waiting for the connector to dial in"))
+        #expect(waitErr.contains("gave up after 2 s"))
+
         let (unreachable, _, stderr) = try self.run(["tokens", "list"], token: stack.opsToken, port: 1)
         #expect(unreachable == RelayCtlExit.unreachable)
         #expect(stderr.contains("check --relay"))
