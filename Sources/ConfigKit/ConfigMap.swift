@@ -259,6 +259,7 @@ public func parseDurationMilliseconds(_ text: String) -> Int64? {
 }
 
 public func formatMilliseconds(_ millis: Int64) -> String {
+    if millis >= 86_400_000 && millis % 86_400_000 == 0 { return "\(millis / 86_400_000)d" }
     if millis % 3_600_000 == 0 { return "\(millis / 3_600_000)h" }
     if millis % 60_000 == 0 { return "\(millis / 60_000)m" }
     if millis % 1000 == 0 { return "\(millis / 1000)s" }

@@ -106,12 +106,3 @@ public enum AccessPolicy {
         }
     }
 }
-
-public enum Timestamp {
-    /// ISO 8601 in UTC, to the second: how times appear in messages.
-    public static func text(_ date: Date) -> String {
-        let formatter = ISO8601DateFormatter()
-        formatter.formatOptions = [.withInternetDateTime]
-        return formatter.string(from: date)
-    }
-}

@@ -179,12 +179,12 @@ public final class MissionControl: Sendable {
         for decision in body.decisions { try await self.apply(decision, cluster: cluster, now: now) }
 
         let mode = body.privacy.mode
+        var requests = try await self.store.requests(clusterID: cluster, states: [.pending, .approved])
         if mode.approvesAutomatically {
-            for request in try await self.store.requests(clusterID: cluster, states: [.pending]) {
-                _ = try await self.approve(request, by: "auto:privacy mode \(mode.rawValue)", now: now)
+            for (index, request) in requests.enumerated() where request.state == .pending {
+                requests[index] = try await self.approve(request, by: "auto:privacy mode \(mode.rawValue)", now: now)
             }
         }
-        let requests = try await self.store.requests(clusterID: cluster, states: [.pending, .approved])
         let flag = mode != .disabled && AccessPolicy.flag(requests: requests, now: now)
         let encoder = APIJSON.encoder()
         let node = NodeRecord(

@@ -18,17 +18,15 @@ public struct RelayConfig: Sendable {
     public var enrollmentTTLSeconds: Int64
     public var maxRequestSeconds: Int64
     /// How often this node expires requests and closes tunnels and sessions whose access ended.
-    public var reconcileInterval: TimeAmountMilliseconds
+    public var reconcileIntervalMilliseconds: Int64
     /// Plain HTTPS (API) connections idle for this long are closed.
     public var apiIdleTimeoutMilliseconds: Int64
     public var limits: TunnelLimits
 
-    public typealias TimeAmountMilliseconds = Int64
-
     public init(
         listenHost: String = "127.0.0.1", listenPort: Int = 8443, certificateFile: String, privateKeyFile: String,
         dataDirectory: String, nodeName: String = "relay-1", tunnelURLs: [String] = [], heartbeatIntervalSeconds: Int? = nil,
-        enrollmentTTLSeconds: Int64 = 86_400, maxRequestSeconds: Int64 = 7 * 86_400, reconcileInterval: Int64 = 1000,
+        enrollmentTTLSeconds: Int64 = 86_400, maxRequestSeconds: Int64 = 7 * 86_400, reconcileIntervalMilliseconds: Int64 = 1000,
         apiIdleTimeoutMilliseconds: Int64 = 60_000, limits: TunnelLimits = TunnelLimits()
     ) {
         self.listenHost = listenHost
@@ -41,7 +39,7 @@ public struct RelayConfig: Sendable {
         self.heartbeatIntervalSeconds = heartbeatIntervalSeconds
         self.enrollmentTTLSeconds = enrollmentTTLSeconds
         self.maxRequestSeconds = maxRequestSeconds
-        self.reconcileInterval = reconcileInterval
+        self.reconcileIntervalMilliseconds = reconcileIntervalMilliseconds
         self.apiIdleTimeoutMilliseconds = apiIdleTimeoutMilliseconds
         self.limits = limits
     }
@@ -84,7 +82,7 @@ public struct RelayConfig: Sendable {
         return RelayConfig(
             listenHost: listen.host, listenPort: listen.port, certificateFile: certificate, privateKeyFile: key,
             dataDirectory: dataDirectory, nodeName: nodeName, tunnelURLs: tunnelURLs, heartbeatIntervalSeconds: heartbeat,
-            enrollmentTTLSeconds: enrollmentTTL, maxRequestSeconds: maxRequest, reconcileInterval: reconcile,
+            enrollmentTTLSeconds: enrollmentTTL, maxRequestSeconds: maxRequest, reconcileIntervalMilliseconds: reconcile,
             apiIdleTimeoutMilliseconds: apiIdle, limits: limits)
     }
 

@@ -67,7 +67,7 @@ public final class RelayServer: Sendable {
         let address = channel.localAddress!
         self.control.tunnelURLs = self.config.effectiveTunnelURLs(boundPort: address.port ?? self.config.listenPort)
         let reconciler = AccessReconciler(control: self.control, registry: self.registry, sessions: self.sessions)
-        let interval = Duration.milliseconds(self.config.reconcileInterval)
+        let interval = Duration.milliseconds(self.config.reconcileIntervalMilliseconds)
         self.reconcileTask.withLockedValue { $0 = Task { await reconciler.run(every: interval) } }
         self.logger.info("relay listening", metadata: ["address": "\(address)", "tunnel_urls": "\(self.control.tunnelURLs)"])
         return address

@@ -1,5 +1,6 @@
 import Foundation
 import RelayAPI
+import RelayModel
 
 /// Exit codes relayctl promises to scripts (docs/relayctl.md).
 public enum RelayCtlExit {
@@ -59,10 +60,7 @@ public enum TextTable {
 
 public enum HumanFormat {
     public static func time(_ date: Date?) -> String {
-        guard let date else { return "-" }
-        let formatter = ISO8601DateFormatter()
-        formatter.formatOptions = [.withInternetDateTime]
-        return formatter.string(from: date)
+        date.map(Timestamp.text) ?? "-"
     }
 
     public static func bytes(_ value: Int64) -> String {
@@ -74,12 +72,5 @@ public enum HumanFormat {
             unit += 1
         }
         return unit == 0 ? "\(value) B" : String(format: "%.1f %@", amount, units[unit])
-    }
-
-    public static func duration(seconds: Int64) -> String {
-        if seconds % 86_400 == 0 { return "\(seconds / 86_400)d" }
-        if seconds % 3600 == 0 { return "\(seconds / 3600)h" }
-        if seconds % 60 == 0 { return "\(seconds / 60)m" }
-        return "\(seconds)s"
     }
 }

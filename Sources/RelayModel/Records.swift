@@ -277,3 +277,12 @@ public struct AuditRecord: Codable, Sendable, Equatable {
         self.reason = reason
     }
 }
+
+public enum Timestamp {
+    /// ISO 8601 in UTC, to the second: how times appear in messages and tables.
+    public static func text(_ date: Date) -> String {
+        let formatter = ISO8601DateFormatter()
+        formatter.formatOptions = [.withInternetDateTime]
+        return formatter.string(from: date)
+    }
+}

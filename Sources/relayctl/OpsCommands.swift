@@ -1,4 +1,5 @@
 import ArgumentParser
+import ConfigKit
 import Foundation
 import RelayAPI
 import RelayCtlKit
@@ -135,7 +136,7 @@ struct Requests: AsyncParsableCommand {
                 TextTable.render(
                     ["ID", "CLUSTER", "EXPERT", "ROLE", "DURATION", "STATE", "CHANGED BY", "CHANGED AT", "EXPIRES", "REASON"],
                     requests.map {
-                        [String($0.id), $0.clusterID, $0.expert, $0.role.rawValue, HumanFormat.duration(seconds: $0.durationSeconds), $0.state.rawValue,
+                        [String($0.id), $0.clusterID, $0.expert, $0.role.rawValue, formatMilliseconds($0.durationSeconds * 1000), $0.state.rawValue,
                          $0.changedBy, HumanFormat.time($0.changedAt), HumanFormat.time($0.expiresAt), $0.reason]
                     })
             }

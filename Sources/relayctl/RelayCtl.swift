@@ -91,8 +91,6 @@ struct RelayOptions: ParsableArguments {
 
 /// `1h`, `30m`, `90s`, `2d` -> seconds.
 func parseDurationSeconds(_ text: String, option: String) throws -> Int64 {
-    if text.hasSuffix("d"), let days = Int64(text.dropLast()), days > 0 { return days * 86_400 }
     if let millis = parseDurationMilliseconds(text), millis >= 1000 { return millis / 1000 }
-    if let seconds = Int64(text), seconds > 0 { return seconds }
     throw ValidationError("\(option) must be a duration such as 90s, 30m, 8h or 2d")
 }

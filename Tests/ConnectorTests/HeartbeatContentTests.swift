@@ -35,7 +35,7 @@ import TunnelCore
         let (request, _) = try self.sampleRequest()
         let text = String(decoding: try APIJSON.encoder().encode(request), as: UTF8.self)
         let hostName = ProcessInfo.processInfo.hostName
-        for forbidden in ["10.1.2.3", "db-host.internal", "8080", "9000", "rac_", "credential", hostName] where !forbidden.isEmpty {
+        for forbidden in ["10.1.2.3", "db-host.internal", ":8080", ":9000", "/api", "rac_", "credential", hostName] where !forbidden.isEmpty {
             #expect(!text.contains(forbidden), "heartbeat contains \(forbidden)")
         }
         #expect(request.privacy.components == ["api", "ui"])

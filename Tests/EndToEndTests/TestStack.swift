@@ -80,7 +80,7 @@ struct TestStack {
     static func relayConfig(dataDirectory: String, limits: TunnelLimits = TunnelLimits()) -> RelayConfig {
         RelayConfig(
             listenHost: "127.0.0.1", listenPort: 0, certificateFile: TestCerts.trusted + "/relay.pem",
-            privateKeyFile: TestCerts.trusted + "/relay.key", dataDirectory: dataDirectory, reconcileInterval: 100, limits: limits)
+            privateKeyFile: TestCerts.trusted + "/relay.key", dataDirectory: dataDirectory, reconcileIntervalMilliseconds: 100, limits: limits)
     }
 
     /// - Parameters:
