@@ -36,15 +36,19 @@ let package = Package(
             .product(name: "Crypto", package: "swift-crypto"),
         ]),
         // Strict YAML config reading: unknown keys and bad values are errors that name the key.
-        .target(name: "ConfigKit", dependencies: ["TunnelCore", .product(name: "Yams", package: "Yams")]),
+        .target(name: "ConfigKit", dependencies: ["TunnelCore", "RelayModel", .product(name: "Yams", package: "Yams")]),
         // The relay's records (clusters, tokens, access requests, sessions, audit): plain values, no I/O.
         .target(name: "RelayModel"),
+        // The customer's privacy settings decided per stream: pure, default deny, no I/O.
+        .target(name: "PrivacyPolicy", dependencies: ["RelayModel"]),
+        // The customer's hash-chained audit log (JSON lines on the connector's disk) and its verifier.
+        .target(name: "CustomerAudit", dependencies: [.product(name: "Crypto", package: "swift-crypto")]),
         // Persistence behind the `Store` protocol; SQLite (GRDB) is the embedded default.
         .target(name: "RelayStore", dependencies: ["RelayModel", .product(name: "GRDB", package: "GRDB.swift"), .product(name: "Crypto", package: "swift-crypto")]),
         // The relay's HTTPS JSON API: message types and a small client (connector and relayctl).
         .target(name: "RelayAPI", dependencies: ["RelayModel", "TunnelCore", .product(name: "NIOSSL", package: "swift-nio-ssl")] + nio),
         .target(name: "Relay", dependencies: ["TunnelCore", "ConfigKit", "RelayModel", "RelayStore", "RelayAPI", .product(name: "Logging", package: "swift-log"), .product(name: "NIOHTTP2", package: "swift-nio-http2"), .product(name: "NIOSSL", package: "swift-nio-ssl"), .product(name: "NIOWebSocket", package: "swift-nio")] + nio),
-        .target(name: "Connector", dependencies: ["TunnelCore", "ConfigKit", "RelayAPI", "RelayModel", .product(name: "Logging", package: "swift-log"), .product(name: "NIOHTTP2", package: "swift-nio-http2"), .product(name: "NIOSSL", package: "swift-nio-ssl")] + nio),
+        .target(name: "Connector", dependencies: ["TunnelCore", "PrivacyPolicy", "CustomerAudit", "ConfigKit", "RelayAPI", "RelayModel", .product(name: "Logging", package: "swift-log"), .product(name: "NIOHTTP2", package: "swift-nio-http2"), .product(name: "NIOSSL", package: "swift-nio-ssl")] + nio),
         .target(name: "RelayCtlKit", dependencies: ["TunnelCore", "ConfigKit", "RelayAPI", "RelayModel", .product(name: "Logging", package: "swift-log"), .product(name: "NIOHTTP2", package: "swift-nio-http2"), .product(name: "NIOSSL", package: "swift-nio-ssl")] + nio),
         .target(name: "DemoComponentKit", dependencies: nio + [.product(name: "Crypto", package: "swift-crypto")]),
         .executableTarget(name: "relay", dependencies: ["Relay", "TunnelCore", .product(name: "Logging", package: "swift-log"), .product(name: "NIOPosix", package: "swift-nio"), .product(name: "ArgumentParser", package: "swift-argument-parser")]),
@@ -54,6 +58,8 @@ let package = Package(
         .testTarget(name: "TunnelCoreTests", dependencies: ["TunnelCore", .product(name: "NIOEmbedded", package: "swift-nio")]),
         .testTarget(name: "ConfigKitTests", dependencies: ["ConfigKit", "Relay", "Connector"]),
         .testTarget(name: "ConnectorTests", dependencies: ["Connector", "RelayAPI", "RelayModel"]),
+        .testTarget(name: "PrivacyPolicyTests", dependencies: ["PrivacyPolicy", "RelayModel"]),
+        .testTarget(name: "CustomerAuditTests", dependencies: ["CustomerAudit"]),
         .testTarget(name: "RelayTests", dependencies: ["Relay", "RelayStore", "RelayModel", "RelayAPI", "RelayCtlKit"]),
         .testTarget(name: "EndToEndTests", dependencies: ["Relay", "RelayStore", "RelayModel", "RelayAPI", "Connector", "RelayCtlKit", "DemoComponentKit", "TunnelCore", .product(name: "NIOWebSocket", package: "swift-nio"), .product(name: "NIOConcurrencyHelpers", package: "swift-nio")]),
     ],

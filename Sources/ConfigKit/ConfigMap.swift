@@ -1,4 +1,5 @@
 import Foundation
+import RelayModel
 import Yams
 
 /// A config file error that names the key, as written in the file, and says what is expected.
@@ -256,12 +257,4 @@ public func parseDurationMilliseconds(_ text: String) -> Int64? {
     }
     guard let seconds = Int64(trimmed), seconds >= 0, seconds <= Int64.max / 1000 else { return nil }
     return seconds * 1000
-}
-
-public func formatMilliseconds(_ millis: Int64) -> String {
-    if millis >= 86_400_000 && millis % 86_400_000 == 0 { return "\(millis / 86_400_000)d" }
-    if millis % 3_600_000 == 0 { return "\(millis / 3_600_000)h" }
-    if millis % 60_000 == 0 { return "\(millis / 60_000)m" }
-    if millis % 1000 == 0 { return "\(millis / 1000)s" }
-    return "\(millis)ms"
 }

@@ -286,3 +286,12 @@ public enum Timestamp {
         return formatter.string(from: date)
     }
 }
+
+/// A duration in the largest unit that divides it: "30d", "8h", "5m", "10s", "250ms".
+public func formatMilliseconds(_ millis: Int64) -> String {
+    if millis >= 86_400_000 && millis % 86_400_000 == 0 { return "\(millis / 86_400_000)d" }
+    if millis % 3_600_000 == 0 { return "\(millis / 3_600_000)h" }
+    if millis % 60_000 == 0 { return "\(millis / 60_000)m" }
+    if millis % 1000 == 0 { return "\(millis / 1000)s" }
+    return "\(millis)ms"
+}

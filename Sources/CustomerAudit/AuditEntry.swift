@@ -1,0 +1,147 @@
+import Crypto
+import Foundation
+
+/// One line of the customer's audit log. `event` says which fields are filled:
+/// - `request`: every request an expert sent, allowed or refused (requestID ... decision, reason);
+/// - `session.start` / `session.end`: first request of a session / why it ended;
+/// - `approval`: the customer approved or rejected an access request;
+/// - `setting`: the privacy settings changed (reload, CLI);
+/// - `stream.reset`: a running request was cut because the settings no longer allow it;
+/// - `audit.recovered`: on start, a torn final line (power loss mid-write) was dropped.
+public struct AuditEntry: Codable, Sendable, Equatable {
+    /// Position in the chain, from 1, never reused.
+    public var seq: Int64 = 0
+    public var time: Date
+    public var event: String
+    public var requestID: String?
+    public var session: String?
+    public var expert: String?
+    public var role: String?
+    public var accessRequest: Int64?
+    public var component: String?
+    public var method: String?
+    public var path: String?
+    public var status: Int?
+    /// Request body bytes, expert to component.
+    public var bytesIn: Int64?
+    /// Response body bytes, component to expert.
+    public var bytesOut: Int64?
+    public var durationMs: Int64?
+    /// `allow` or `deny` for requests.
+    public var decision: String?
+    public var reason: String?
+    /// Who acted, for approvals and setting changes (`customer:NAME`, `sighup`).
+    public var actor: String?
+    /// What changed, for settings ("mode all -> readOnly").
+    public var detail: String?
+    /// Hash of the previous line (64 zeros for the first record ever).
+    public var prev: String = AuditChain.genesis
+
+    public init(
+        time: Date, event: String, requestID: String? = nil, session: String? = nil, expert: String? = nil, role: String? = nil,
+        accessRequest: Int64? = nil, component: String? = nil, method: String? = nil, path: String? = nil, status: Int? = nil,
+        bytesIn: Int64? = nil, bytesOut: Int64? = nil, durationMs: Int64? = nil, decision: String? = nil, reason: String? = nil,
+        actor: String? = nil, detail: String? = nil
+    ) {
+        self.time = time
+        self.event = event
+        self.requestID = requestID
+        self.session = session
+        self.expert = expert
+        self.role = role
+        self.accessRequest = accessRequest
+        self.component = component
+        self.method = method
+        self.path = path
+        self.status = status
+        self.bytesIn = bytesIn
+        self.bytesOut = bytesOut
+        self.durationMs = durationMs
+        self.decision = decision
+        self.reason = reason
+        self.actor = actor
+        self.detail = detail
+    }
+}
+
+/// The line format and its hash chain. A line is the record as JSON (sorted keys, `prev` inside)
+/// with `"hash"` appended last: SHA-256 of the line without it. So an edited line fails its own
+/// hash, and a deleted, inserted or moved line breaks the next line's `prev`.
+public enum AuditChain {
+    public static let genesis = String(repeating: "0", count: 64)
+    static let hashSuffixLength = #","hash":""#.utf8.count + 64 + 2
+
+    static let encoder: JSONEncoder = {
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
+        encoder.dateEncodingStrategy = .custom { date, encoder in
+            var container = encoder.singleValueContainer()
+            try container.encode(formatTime(date))
+        }
+        return encoder
+    }()
+
+    static let decoder: JSONDecoder = {
+        let decoder = JSONDecoder()
+        decoder.dateDecodingStrategy = .custom { decoder in
+            let text = try decoder.singleValueContainer().decode(String.self)
+            guard let date = parseTime(text) else {
+                throw DecodingError.dataCorrupted(.init(codingPath: decoder.codingPath, debugDescription: "bad time \(text)"))
+            }
+            return date
+        }
+        return decoder
+    }()
+
+    /// The line for `entry` (whose `seq` and `prev` are set), without the newline, and its hash.
+    public static func line(for entry: AuditEntry) throws -> (line: [UInt8], hash: String) {
+        let body = Array(try encoder.encode(entry))
+        let hash = hex(SHA256.hash(data: body))
+        var line = Array(body.dropLast())  // the closing brace
+        line.append(contentsOf: #","hash":""#.utf8)
+        line.append(contentsOf: hash.utf8)
+        line.append(contentsOf: #""}"#.utf8)
+        return (line, hash)
+    }
+
+    public enum LineProblem: Error, Equatable {
+        case malformed
+        case hashMismatch
+    }
+
+    /// Reads one line back: its record and its hash, checking the hash against the content.
+    public static func read(_ line: some Collection<UInt8>) -> Result<(entry: AuditEntry, hash: String), LineProblem> {
+        let bytes = Array(line)
+        guard bytes.count > hashSuffixLength, bytes.last == UInt8(ascii: "}") else { return .failure(.malformed) }
+        let split = bytes.count - hashSuffixLength
+        let suffix = bytes[split...]
+        guard suffix.starts(with: #","hash":""#.utf8) else { return .failure(.malformed) }
+        let stored = String(decoding: suffix.dropFirst(9).prefix(64), as: UTF8.self)
+        let body = Array(bytes[..<split]) + [UInt8(ascii: "}")]
+        guard let entry = try? decoder.decode(AuditEntry.self, from: Data(body)) else { return .failure(.malformed) }
+        guard hex(SHA256.hash(data: body)) == stored else { return .failure(.hashMismatch) }
+        return .success((entry, stored))
+    }
+
+    static func formatTime(_ date: Date) -> String {
+        let formatter = ISO8601DateFormatter()
+        formatter.formatOptions = [.withInternetDateTime, .withFractionalSeconds]
+        return formatter.string(from: date)
+    }
+
+    static func parseTime(_ text: String) -> Date? {
+        let formatter = ISO8601DateFormatter()
+        formatter.formatOptions = [.withInternetDateTime, .withFractionalSeconds]
+        return formatter.date(from: text)
+    }
+}
+
+func hex<D: Sequence>(_ digest: D) -> String where D.Element == UInt8 {
+    let digits = Array("0123456789abcdef".utf8)
+    var out: [UInt8] = []
+    for byte in digest {
+        out.append(digits[Int(byte >> 4)])
+        out.append(digits[Int(byte & 0xF)])
+    }
+    return String(decoding: out, as: UTF8.self)
+}

@@ -1,0 +1,87 @@
+import RelayModel
+
+/// What the customer allows for one component (the name is all the relay ever sees).
+public struct ComponentRules: Sendable, Equatable {
+    public var name: String
+    /// `host:port` of the component: besides its name, the only Host header accepted.
+    public var authority: String
+    /// Compare paths without regard to case (the component treats `/Admin` as `/admin`).
+    public var caseInsensitivePaths: Bool
+    /// Denied path prefixes of this component, normalised (see `PrivacyRules.normalizePrefix`).
+    public var deniedPathPrefixes: [String]
+
+    public init(name: String, authority: String, caseInsensitivePaths: Bool = false, deniedPathPrefixes: [String] = []) {
+        self.name = name
+        self.authority = authority
+        self.caseInsensitivePaths = caseInsensitivePaths
+        self.deniedPathPrefixes = deniedPathPrefixes
+    }
+}
+
+/// The customer's privacy settings in force: everything the connector decides a stream on.
+/// Loaded from connector.yaml and replaced whole on reload (SIGHUP) or a customer CLI change.
+public struct PrivacyRules: Sendable, Equatable {
+    public var mode: PrivacyMode
+    public var components: [String: ComponentRules]
+    /// Denied for every component, in addition to each component's own prefixes.
+    public var deniedPathPrefixes: [String]
+    /// Methods each role may use. `viewer` is read-only.
+    public var methods: [AccessRole: Set<String>]
+    /// A session ends this long after its first request (0: no limit).
+    public var maxSessionMilliseconds: Int64
+    /// A session ends after this long without a request (0: no limit).
+    public var idleTimeoutMilliseconds: Int64
+
+    public static let defaultMethods: [AccessRole: Set<String>] = [
+        .viewer: ["GET", "HEAD"],
+        .user: ["GET", "HEAD", "OPTIONS", "POST", "PUT", "PATCH", "DELETE"],
+        .admin: ["GET", "HEAD", "OPTIONS", "POST", "PUT", "PATCH", "DELETE"],
+    ]
+    /// Never forwarded whatever the role: tunnelling out of the component, and reflecting headers back.
+    public static let forbiddenMethods: Set<String> = ["CONNECT", "TRACE"]
+    /// Headers and query parameters that make some frameworks run another method than the one sent.
+    public static let methodOverrideNames: Set<String> = ["x-http-method-override", "x-http-method", "x-method-override", "_method"]
+
+    public init(
+        mode: PrivacyMode, components: [ComponentRules], deniedPathPrefixes: [String] = [], methods: [AccessRole: Set<String>] = Self.defaultMethods,
+        maxSessionMilliseconds: Int64 = 0, idleTimeoutMilliseconds: Int64 = 0
+    ) {
+        self.mode = mode
+        self.components = Dictionary(components.map { ($0.name, $0) }) { first, _ in first }
+        self.deniedPathPrefixes = deniedPathPrefixes
+        self.methods = methods
+        self.maxSessionMilliseconds = maxSessionMilliseconds
+        self.idleTimeoutMilliseconds = idleTimeoutMilliseconds
+    }
+
+    /// A configured prefix in the form paths are compared in: normalised like a request path, and
+    /// fully decoded. Returns nil for something that is not a path.
+    public static func normalizePrefix(_ text: String) -> String? {
+        guard case .success(let target) = RequestTargetNormalizer.normalize(text), target.query == nil else { return nil }
+        return target.decodedPath
+    }
+
+    /// The denied prefix `path` falls under, if any. A prefix is a plain string prefix (`/api/key`
+    /// also covers `/api/keys`); one that ends in `/` also covers the path without it.
+    func deniedPrefix(for path: String, component: ComponentRules) -> String? {
+        let fold: (String) -> String = component.caseInsensitivePaths ? { $0.lowercased() } : { $0 }
+        // Some servers drop ";parameters" from each segment (Tomcat, Spring): check that reading too.
+        let candidates = Set([path, withoutSegmentParameters(path)].map(fold))
+        for prefix in self.deniedPathPrefixes + component.deniedPathPrefixes {
+            let folded = fold(prefix)
+            for candidate in candidates {
+                if candidate.hasPrefix(folded) || (folded.hasSuffix("/") && candidate == String(folded.dropLast())) {
+                    return prefix
+                }
+            }
+        }
+        return nil
+    }
+}
+
+func withoutSegmentParameters(_ path: String) -> String {
+    guard path.contains(";") else { return path }
+    return path.split(separator: "/", omittingEmptySubsequences: false)
+        .map { $0.split(separator: ";", maxSplits: 1, omittingEmptySubsequences: false).first.map(String.init) ?? "" }
+        .joined(separator: "/")
+}
