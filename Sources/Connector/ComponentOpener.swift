@@ -3,28 +3,22 @@ import NIOHTTP1
 import NIOPosix
 import TunnelCore
 
-/// Opens the connection to the component a tunnel stream names. The relay can only name a
-/// component; the address comes from the connector's own config, never from the request.
+/// Opens the connection to a component `PrivacyGuard` let a stream through to. The relay can only
+/// name a component; the address comes from the connector's own config, never from the request.
 struct ComponentOpener: Sendable {
-    let components: [String: Component]
     let connectTimeout: TimeAmount
     let pool: ComponentConnectionPool
 
-    init(components: [Component], connectTimeout: TimeAmount = .seconds(5), pool: ComponentConnectionPool = ComponentConnectionPool()) {
-        self.components = Dictionary(uniqueKeysWithValues: components.map { ($0.name, $0) })
+    init(connectTimeout: TimeAmount = .seconds(5), pool: ComponentConnectionPool = ComponentConnectionPool()) {
         self.connectTimeout = connectTimeout
         self.pool = pool
     }
 
-    func open(_ head: HTTPRequestHead, _ upstream: ProxyUpstreamHandler) -> EventLoopFuture<HTTPRequestHead> {
+    func open(_ head: HTTPRequestHead, _ upstream: ProxyUpstreamHandler, component: Component) -> EventLoopFuture<HTTPRequestHead> {
         let loop = upstream.downstreamEventLoop
-        let name = head.headers.first(name: WireHeader.component) ?? ""
-        guard let component = self.components[name] else {
-            return loop.makeFailedFuture(
-                ProxyRefusal(
-                    .notFound, code: "unknown_component",
-                    message: "component \"\(name)\" is not offered by this cluster's connector"))
-        }
+        let name = component.name
+        // Pooled connections are per address: a reload that moves a component never reuses the old one.
+        let poolKey = "\(name) \(component.authority)"
         guard head.uri.hasPrefix("/") else {
             return loop.makeFailedFuture(
                 ProxyRefusal(.badRequest, code: "bad_target", message: "only origin-form request targets (/path) are accepted"))
@@ -35,9 +29,9 @@ struct ComponentOpener: Sendable {
         forwarded.headers.removeRelayOwned()
         forwarded.headers.replaceOrAdd(name: "host", value: component.authority)
         let pool = self.pool
-        upstream.whenDone = .release { channel in pool.release(channel, component: name) }
+        upstream.whenDone = .release { channel in pool.release(channel, component: poolKey) }
 
-        if let idle = pool.take(component: name, loop: loop) {
+        if let idle = pool.take(component: poolKey, loop: loop) {
             do {
                 try idle.pipeline.syncOperations.addHandler(upstream)
                 return loop.makeSucceededFuture(forwarded)

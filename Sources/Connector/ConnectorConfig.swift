@@ -1,5 +1,6 @@
 import ConfigKit
 import Foundation
+import PrivacyPolicy
 import RelayModel
 import TunnelCore
 
@@ -11,9 +12,15 @@ public struct Component: Sendable, Equatable {
     public var port: Int
     /// Path prefix of the component's URL ("" for the root); requests are mapped under it.
     public var basePath: String
+    /// The component treats paths without regard to case: denied prefixes are compared that way.
+    public var caseInsensitivePaths: Bool
+    /// Paths of this component experts may never reach (normalised, see `PrivacyRules.normalizePrefix`).
+    public var deniedPathPrefixes: [String]
 
-    public init(name: String, url: String) throws(ComponentURLError) {
+    public init(name: String, url: String, caseInsensitivePaths: Bool = false, deniedPathPrefixes: [String] = []) throws(ComponentURLError) {
         self.name = name
+        self.caseInsensitivePaths = caseInsensitivePaths
+        self.deniedPathPrefixes = deniedPathPrefixes
         guard url.hasPrefix("http://") else {
             throw ComponentURLError(description: "must be an http:// URL, got \"\(url)\"")
         }
@@ -45,6 +52,20 @@ public struct ComponentURLError: Error, CustomStringConvertible {
     public var description: String
 }
 
+/// Where and how the customer's audit log is written.
+public struct AuditSettings: Sendable, Equatable {
+    public var directory: String
+    public var maxFileBytes: Int = 64 << 20
+    /// Rotated files kept besides the active one (0 keeps all).
+    public var maxFiles: Int = 100
+
+    public init(directory: String, maxFileBytes: Int = 64 << 20, maxFiles: Int = 100) {
+        self.directory = directory
+        self.maxFileBytes = maxFileBytes
+        self.maxFiles = maxFiles
+    }
+}
+
 /// connector.yaml, validated. See Config/connector.yaml for every key with its default.
 public struct ConnectorConfig: Sendable {
     public var nodeID: String
@@ -60,13 +81,23 @@ public struct ConnectorConfig: Sendable {
     public var backoff: Backoff.Policy
     public var heartbeat: HeartbeatStateMachine.Configuration
     public var privacyMode: PrivacyMode
+    /// Denied for every component (normalised prefixes).
+    public var deniedPathPrefixes: [String]
+    /// Session limits (0: none).
+    public var maxSessionMilliseconds: Int64
+    public var idleTimeoutMilliseconds: Int64
     /// Reported in the node's health: whether this node is the cluster's master node.
     public var masterNode: Bool
+    /// Customer approvals, the CLI's settings and the control socket live here (mode 0700).
+    public var stateDirectory: String
+    public var audit: AuditSettings
 
     public init(
         nodeID: String, sourceType: String = "server", credentialFile: String, relayURL: WebSocketURL, caFile: String,
         components: [Component], limits: TunnelLimits = TunnelLimits(), backoff: Backoff.Policy = .init(),
-        heartbeat: HeartbeatStateMachine.Configuration = .init(), privacyMode: PrivacyMode = .all, masterNode: Bool = false
+        heartbeat: HeartbeatStateMachine.Configuration = .init(), privacyMode: PrivacyMode = .all, masterNode: Bool = false,
+        deniedPathPrefixes: [String] = [], maxSessionMilliseconds: Int64 = 0, idleTimeoutMilliseconds: Int64 = 0,
+        stateDirectory: String? = nil, audit: AuditSettings? = nil
     ) {
         self.nodeID = nodeID
         self.sourceType = sourceType
@@ -79,6 +110,25 @@ public struct ConnectorConfig: Sendable {
         self.heartbeat = heartbeat
         self.privacyMode = privacyMode
         self.masterNode = masterNode
+        self.deniedPathPrefixes = deniedPathPrefixes
+        self.maxSessionMilliseconds = maxSessionMilliseconds
+        self.idleTimeoutMilliseconds = idleTimeoutMilliseconds
+        let state = stateDirectory ?? ((credentialFile as NSString).deletingLastPathComponent as NSString).appendingPathComponent("connector-state")
+        self.stateDirectory = state
+        self.audit = audit ?? AuditSettings(directory: (state as NSString).appendingPathComponent("audit"))
+    }
+
+    /// The privacy settings as the stream policy reads them, in `mode`.
+    public func privacyRules(mode: PrivacyMode? = nil) -> PrivacyRules {
+        PrivacyRules(
+            mode: mode ?? self.privacyMode,
+            components: self.components.map {
+                ComponentRules(
+                    name: $0.name, authority: $0.authority, caseInsensitivePaths: $0.caseInsensitivePaths,
+                    deniedPathPrefixes: $0.deniedPathPrefixes)
+            },
+            deniedPathPrefixes: self.deniedPathPrefixes, maxSessionMilliseconds: self.maxSessionMilliseconds,
+            idleTimeoutMilliseconds: self.idleTimeoutMilliseconds)
     }
 
     public static func load(path: String) throws -> ConnectorConfig {
@@ -119,10 +169,24 @@ public struct ConnectorConfig: Sendable {
             try map.finish()
         }
         var mode = PrivacyMode.all
+        var denied: [String] = []
+        var maxSession: Int64 = 8 * 3_600_000
+        var idle: Int64 = 30 * 60_000
         if let privacy = try root.map("privacy") {
             let text = try privacy.oneOf("mode", PrivacyMode.allCases.map(\.rawValue), default: PrivacyMode.all.rawValue)
             mode = PrivacyMode(rawValue: text)!
+            denied = try Self.prefixes(privacy, "denied_paths")
+            maxSession = try privacy.durationMilliseconds("max_session", default: maxSession, range: 0...30 * 86_400_000)
+            idle = try privacy.durationMilliseconds("idle_timeout", default: idle, range: 0...30 * 86_400_000)
             try privacy.finish()
+        }
+        let state = try root.filePath("state_dir") ?? root.resolve("connector-state")
+        var audit = AuditSettings(directory: (state as NSString).appendingPathComponent("audit"))
+        if let map = try root.map("audit") {
+            audit.directory = try map.filePath("directory") ?? audit.directory
+            audit.maxFileBytes = try map.size("max_file_size", default: audit.maxFileBytes, range: 4096...(1 << 40))
+            audit.maxFiles = try map.int("max_files", default: audit.maxFiles, range: 0...1_000_000)
+            try map.finish()
         }
         var master = false
         if let health = try root.map("health") {
@@ -136,11 +200,27 @@ public struct ConnectorConfig: Sendable {
         var components: [Component] = []
         for name in componentMap.keys() {
             guard Identifier.isValid(name) else { throw componentMap.error(name, "component names must be \(Identifier.rule)") }
-            guard let url = try componentMap.string(name) else { throw componentMap.error(name, "needs a URL") }
+            // Either `name: URL`, or `name: {url, case_insensitive_paths, denied_paths}`.
+            var url: String?
+            var caseInsensitive = false
+            var componentDenied: [String] = []
+            var scope = componentMap
+            var key = name
+            if let map = try? componentMap.map(name) {
+                url = try map.string("url")
+                caseInsensitive = try map.bool("case_insensitive_paths", default: false)
+                componentDenied = try Self.prefixes(map, "denied_paths")
+                try map.finish()
+                scope = map
+                key = "url"
+            } else {
+                url = try componentMap.string(name)
+            }
+            guard let url, !url.isEmpty else { throw scope.error(key, "needs a URL") }
             do {
-                components.append(try Component(name: name, url: url))
+                components.append(try Component(name: name, url: url, caseInsensitivePaths: caseInsensitive, deniedPathPrefixes: componentDenied))
             } catch {
-                throw componentMap.error(name, "\(error)")
+                throw scope.error(key, "\(error)")
             }
         }
         if components.isEmpty { throw root.error("components", "needs at least one component") }
@@ -148,6 +228,18 @@ public struct ConnectorConfig: Sendable {
         try root.finish()
         return ConnectorConfig(
             nodeID: node, sourceType: sourceType, credentialFile: credentialFile, relayURL: relayURL, caFile: caFile,
-            components: components, limits: limits, backoff: backoff, heartbeat: heartbeat, privacyMode: mode, masterNode: master)
+            components: components, limits: limits, backoff: backoff, heartbeat: heartbeat, privacyMode: mode, masterNode: master,
+            deniedPathPrefixes: denied, maxSessionMilliseconds: maxSession, idleTimeoutMilliseconds: idle, stateDirectory: state, audit: audit)
+    }
+
+    private static func prefixes(_ map: ConfigMap, _ key: String) throws -> [String] {
+        try map.strings(key).map { text in
+            guard let prefix = PrivacyRules.normalizePrefix(text) else {
+                throw map.error(key, "\(quotedText(text)) is not a path: denied paths start with / and have no query")
+            }
+            return prefix
+        }
     }
 }
+
+private func quotedText(_ text: String) -> String { "\"\(text)\"" }

@@ -19,9 +19,12 @@ public final class HeartbeatDriver: Sendable {
     private let timer = NIOLockedValueBox<Scheduled<Void>?>(nil)
     private let last = NIOLockedValueBox<HeartbeatResponse?>(nil)
     private let tunnels = NIOLockedValueBox<TunnelConnector?>(nil)
+    private let privacy: PrivacyGuard
+    private let lastAt = NIOLockedValueBox<Date?>(nil)
 
-    public init(config: ConnectorConfig, credential: ConnectorCredential, group: EventLoopGroup, logger: Logger) throws {
+    public init(config: ConnectorConfig, credential: ConnectorCredential, privacy: PrivacyGuard, group: EventLoopGroup, logger: Logger) throws {
         self.config = config
+        self.privacy = privacy
         self.credential = credential
         self.client = try APIClient(base: config.relayURL, caFile: config.caFile, bearer: credential.credential, group: group)
         self.loop = group.next()
@@ -29,8 +32,17 @@ public final class HeartbeatDriver: Sendable {
         let folder = (config.credentialFile as NSString).deletingLastPathComponent
         self.health = NodeHealthProbe(masterNode: config.masterNode, startedAt: Date(), diskPath: folder.isEmpty ? "." : folder)
         self.machine = NIOLockedValueBox(
-            HeartbeatStateMachine(configuration: config.heartbeat, remoteAccessEnabled: config.privacyMode != .disabled))
+            HeartbeatStateMachine(configuration: config.heartbeat, remoteAccessEnabled: privacy.mode != .disabled))
+        privacy.onModeChange { [weak self] mode in self?.remoteAccessChanged(enabled: mode != .disabled) }
     }
+
+    /// The customer switched remote access on or off: close tunnels now, tell the relay now.
+    public func remoteAccessChanged(enabled: Bool) {
+        self.perform(self.machine.withLockedValue { $0.remoteAccessChanged(enabled: enabled, jitter: Double.random(in: -1...1)) })
+    }
+
+    /// When the relay last answered a heartbeat.
+    public var lastAnswerAt: Date? { self.lastAt.withLockedValue { $0 } }
 
     /// The tunnels this driver opens and closes.
     public func attach(_ connector: TunnelConnector) {
@@ -55,12 +67,15 @@ public final class HeartbeatDriver: Sendable {
 
     /// Exactly what leaves the connector in a heartbeat: identifiers, version, the privacy settings
     /// (component names, never addresses) and the node's health.
-    public static func makeRequest(config: ConnectorConfig, credential: ConnectorCredential, health: NodeHealth) -> HeartbeatRequest {
+    /// and the customer's decisions the relay has not taken yet.
+    public static func makeRequest(
+        config: ConnectorConfig, credential: ConnectorCredential, health: NodeHealth, mode: PrivacyMode? = nil, decisions: [ApprovalDecision] = []
+    ) -> HeartbeatRequest {
         HeartbeatRequest(
             clusterID: credential.clusterID, nodeID: credential.nodeID, sourceType: config.sourceType,
             connectorVersion: ConnectorVersion.current,
-            privacy: PrivacySettings(mode: config.privacyMode, components: config.components.map(\.name).sorted()),
-            health: health, decisions: [])
+            privacy: PrivacySettings(mode: mode ?? config.privacyMode, components: config.components.map(\.name).sorted()),
+            health: health, decisions: decisions)
     }
 
     private func perform(_ actions: [HeartbeatStateMachine.Action]) {
@@ -82,6 +97,7 @@ public final class HeartbeatDriver: Sendable {
             case .closeTunnels(let reason):
                 self.logger.info("closing tunnels", metadata: ["reason": "\(reason)"])
                 self.tunnels.withLockedValue { $0 }?.keep([], reason: reason)
+                self.privacy.endAllSessions(reason: reason)
             }
         }
     }
@@ -89,9 +105,15 @@ public final class HeartbeatDriver: Sendable {
     private func send() async {
         let jitter = Double.random(in: -1...1)
         do {
+            let config = self.privacy.config  // the settings in force (reloads change them)
             let answer: HeartbeatResponse = try await self.client.post(
-                APIPath.heartbeat, Self.makeRequest(config: self.config, credential: self.credential, health: self.health.sample()))
+                APIPath.heartbeat,
+                Self.makeRequest(
+                    config: config, credential: self.credential, health: self.health.sample(), mode: self.privacy.mode,
+                    decisions: self.privacy.undeliveredDecisions))
             self.last.withLockedValue { $0 = answer }
+            self.lastAt.withLockedValue { $0 = Date() }
+            self.privacy.heartbeatAnswered(pending: answer.pendingApprovals)
             if !answer.pendingApprovals.isEmpty {
                 self.logger.notice("access requests wait for the customer's approval", metadata: ["count": "\(answer.pendingApprovals.count)"])
             }

@@ -121,13 +121,10 @@ public struct HeartbeatStateMachine: Sendable {
         case .awaitingAnswer:
             break  // the answer reschedules with the new interval
         case .waiting:
-            if enabled {
-                // Tell the relay at once, so a pending request can be served without waiting 300 s.
-                self.phase = .awaitingAnswer
-                actions.append(.sendHeartbeat)
-            } else {
-                actions.append(.scheduleHeartbeat(afterMilliseconds: self.interval(jitter: jitter)))
-            }
+            // Tell the relay at once: re-enabled, a waiting request is served without a 300 s wait;
+            // disabled, the relay stops approving automatically and shows the customer's choice.
+            self.phase = .awaitingAnswer
+            actions.append(.sendHeartbeat)
         }
         return actions
     }

@@ -15,7 +15,8 @@ public final class TunnelConnector: Sendable {
     private let group: EventLoopGroup
     private let logger: Logger
     private let tls: NIOSSLContext
-    private let opener: ComponentOpener
+    private let opener = ComponentOpener()
+    private let privacy: PrivacyGuard
     private let state = NIOLockedValueBox(State())
     /// Called when a tunnel goes down or a dial is refused: the access may have ended, so the
     /// heartbeat driver asks the relay at once.
@@ -29,15 +30,15 @@ public final class TunnelConnector: Sendable {
     }
 
     public init(
-        config: ConnectorConfig, credential: ConnectorCredential, group: EventLoopGroup, logger: Logger = Logger(label: "connector"),
-        onTunnelLost: @escaping @Sendable () -> Void = {}
+        config: ConnectorConfig, credential: ConnectorCredential, privacy: PrivacyGuard, group: EventLoopGroup,
+        logger: Logger = Logger(label: "connector"), onTunnelLost: @escaping @Sendable () -> Void = {}
     ) throws {
         self.config = config
         self.credential = credential
+        self.privacy = privacy
         self.group = group
         self.logger = logger
         self.tls = try TLSFiles.clientContext(caFile: config.caFile)
-        self.opener = ComponentOpener(components: config.components)
         self.onTunnelLost = onTunnelLost
     }
 
@@ -93,23 +94,30 @@ public final class TunnelConnector: Sendable {
         headers.add(name: WireHeader.node, value: self.credential.nodeID)
         let limits = self.config.limits
         let opener = self.opener
+        let privacy = self.privacy
         let logger = self.logger
         WebSocketDialer.dial(url: url, headers: headers, tls: self.tls, limits: limits, group: self.group) { channel in
             try TunnelPipeline.configure(
                 channel: channel, websocketRole: .client, http2Mode: .server, limits: limits, logger: logger
             ) { stream in
                 stream.eventLoop.makeCompletedFuture {
+                    // Every request is decided and audited by the customer's PrivacyGuard.
+                    let ticket = privacy.ticket(for: stream)
                     try stream.pipeline.syncOperations.addHandlers([
                         HTTP2FramePayloadToHTTP1ServerCodec(),
-                        ProxyServerHandler(opener: { opener.open($0, $1) }, onComplete: { record in
-                            logger.debug(
-                                "request",
-                                metadata: [
-                                    "expert": "\(record.head.headers.first(name: WireHeader.expert) ?? "-")",
-                                    "component": "\(record.head.headers.first(name: WireHeader.component) ?? "-")",
-                                    "method": "\(record.head.method)", "status": "\(record.status.map(String.init) ?? "-")",
-                                ])
-                        }),
+                        ProxyServerHandler(
+                            opener: { privacy.open($0, $1, ticket: ticket, opener: opener) },
+                            onComplete: { record in
+                                privacy.completed(record, ticket: ticket)
+                                logger.debug(
+                                    "request",
+                                    metadata: [
+                                        "expert": "\(record.head.headers.first(name: WireHeader.expert) ?? "-")",
+                                        "component": "\(record.head.headers.first(name: WireHeader.component) ?? "-")",
+                                        "method": "\(record.head.method)", "status": "\(record.status.map(String.init) ?? "-")",
+                                    ])
+                            },
+                            responseEndGate: { privacy.commit($0, ticket: ticket) }),
                     ])
                 }
             }

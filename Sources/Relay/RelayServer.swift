@@ -167,7 +167,8 @@ public final class RelayServer: Sendable {
             id: randomIdentifier(), expert: plan.expert.name, clusterID: plan.cluster, node: plan.node, component: plan.component,
             requestID: plan.grant.request.id, role: plan.grant.role, relayNode: self.config.nodeName, startedAt: self.control.now)
         let live = LiveSession(channel: channel, record: record)
-        let opener = TunnelStreamOpener(session: record, registry: self.registry)
+        let opener = TunnelStreamOpener(
+            session: record, accessExpiresAt: plan.grant.request.expiresAt ?? self.control.now, registry: self.registry)
         let logger = self.logger
         let control = self.control
         _ = try TunnelPipeline.configure(
@@ -178,6 +179,10 @@ public final class RelayServer: Sendable {
                     HTTP2FramePayloadToHTTP1ServerCodec(),
                     ProxyServerHandler(opener: { opener.open($0, $1) }, onComplete: { exchange in
                         live.count(exchange)
+                        if let reason = exchange.responseHeaders.first(name: WireHeader.sessionEnded) {
+                            // The customer's connector ended this session: say so and close it.
+                            live.end(code: WireCloseCode.endedByCustomer, reason: "ended by the customer's connector: \(reason)")
+                        }
                         logger.debug("session request", metadata: record.metadata)
                     }),
                 ])

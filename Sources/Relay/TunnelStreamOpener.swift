@@ -1,3 +1,4 @@
+import Foundation
 import Logging
 import NIOCore
 import NIOHTTP1
@@ -16,6 +17,8 @@ extension SessionRecord {
 /// names is dropped first.
 struct TunnelStreamOpener: Sendable {
     let session: SessionRecord
+    /// When the session's access request expires: stamped so the connector can check it too.
+    let accessExpiresAt: Date
     let registry: TunnelRegistry
 
     func open(_ head: HTTPRequestHead, _ upstream: ProxyUpstreamHandler) -> EventLoopFuture<HTTPRequestHead> {
@@ -34,6 +37,7 @@ struct TunnelStreamOpener: Sendable {
         head.headers.add(name: WireHeader.session, value: self.session.id)
         head.headers.add(name: WireHeader.role, value: self.session.role.rawValue)
         head.headers.add(name: WireHeader.accessRequest, value: String(self.session.requestID))
+        head.headers.add(name: WireHeader.accessExpires, value: String(Int64(self.accessExpiresAt.timeIntervalSince1970)))
         head.headers.add(name: WireHeader.requestID, value: randomIdentifier())
         let cluster = self.session.clusterID
         let loop = tunnel.channel.eventLoop

@@ -30,20 +30,38 @@ public struct APIError: Error, CustomStringConvertible, Sendable {
 
 /// Calls the relay's JSON API over HTTPS, trusting only the configured CA. One connection per call:
 /// callers are a heartbeat a minute and an ops CLI, where simplicity beats connection reuse.
+///
+/// The same client speaks to the connector's control socket (a Unix socket, no TLS, no token).
 public struct APIClient: Sendable {
     public let base: WebSocketURL
-    private let tls: NIOSSLContext
+    private let tls: NIOSSLContext?
+    private let socketPath: String?
     private let group: EventLoopGroup
     private let bearer: String?
     private let timeout: TimeAmount
+    /// How errors name the other side.
+    private let peer: String
 
     /// - Parameter base: `https://host:port` (a `wss://` URL of the same relay works too).
     public init(base: WebSocketURL, caFile: String, caSetting: String = "relay.ca_file", bearer: String?, group: EventLoopGroup, timeout: TimeAmount = .seconds(15)) throws {
         self.base = base
         self.tls = try TLSFiles.clientContext(caFile: caFile, setting: caSetting)
+        self.socketPath = nil
         self.group = group
         self.bearer = bearer
         self.timeout = timeout
+        self.peer = "the relay at \(base.httpsBase)"
+    }
+
+    /// A client of the HTTP/1.1 JSON endpoint on the Unix socket at `socketPath`.
+    public init(socketPath: String, peer: String, group: EventLoopGroup, timeout: TimeAmount = .seconds(15)) throws {
+        self.base = try WebSocketURL(parsing: "https://localhost:1", acceptHTTPS: true)
+        self.tls = nil
+        self.socketPath = socketPath
+        self.group = group
+        self.bearer = nil
+        self.timeout = timeout
+        self.peer = peer
     }
 
     public func get<Response: Decodable>(_ path: String, as type: Response.Type = Response.self) async throws -> Response {
@@ -61,12 +79,12 @@ public struct APIClient: Sendable {
             let error = try? APIJSON.decoder().decode(APIErrorBody.self, from: data)
             throw APIError(
                 kind: .status(status, code: error?.error ?? "http_\(status)"),
-                message: error?.message ?? "the relay answered \(status)")
+                message: error?.message ?? "\(self.peer) answered \(status)")
         }
         do {
             return try APIJSON.decoder().decode(Response.self, from: data)
         } catch {
-            throw APIError(kind: .badResponse, message: "the relay's answer to \(path) could not be read: \(error)")
+            throw APIError(kind: .badResponse, message: "the answer of \(self.peer) to \(path) could not be read: \(error)")
         }
     }
 
@@ -75,29 +93,36 @@ public struct APIClient: Sendable {
         let collector = ResponseCollector(promise: self.group.next().makePromise())
         let url = self.base
         let tls = self.tls
+        let peer = self.peer
         let channel: Channel
         do {
-            channel = try await ClientBootstrap(group: self.group)
+            let bootstrap = ClientBootstrap(group: self.group)
                 .connectTimeout(self.timeout)
                 .channelInitializer { channel in
                     channel.eventLoop.makeCompletedFuture {
-                        try channel.pipeline.syncOperations.addHandler(NIOSSLClientHandler(context: tls, serverHostname: url.serverHostname))
+                        if let tls {
+                            try channel.pipeline.syncOperations.addHandler(NIOSSLClientHandler(context: tls, serverHostname: url.serverHostname))
+                        }
                         try channel.pipeline.syncOperations.addHTTPClientHandlers()
                         try channel.pipeline.syncOperations.addHandler(collector)
                     }
                 }
-                .connect(host: url.host, port: url.port).get()
+            if let socketPath = self.socketPath {
+                channel = try await bootstrap.connect(unixDomainSocketPath: socketPath).get()
+            } else {
+                channel = try await bootstrap.connect(host: url.host, port: url.port).get()
+            }
         } catch {
-            let failure = APIError(kind: .unreachable, message: "cannot reach the relay at \(url.httpsBase): \(error)")
+            let failure = APIError(kind: .unreachable, message: "cannot reach \(peer): \(error)")
             collector.fail(failure)  // its promise must complete even though no channel ever used it
             throw failure
         }
         let deadline = channel.eventLoop.scheduleTask(in: self.timeout) {
-            collector.fail(APIError(kind: .unreachable, message: "the relay at \(url.httpsBase) did not answer within \(self.timeout.nanoseconds / 1_000_000_000) s"))
+            collector.fail(APIError(kind: .unreachable, message: "\(peer) did not answer within \(self.timeout.nanoseconds / 1_000_000_000) s"))
             channel.close(promise: nil)
         }
         var headers = HTTPHeaders()
-        headers.add(name: "host", value: url.httpsBase.dropFirst("https://".count).description)
+        headers.add(name: "host", value: self.socketPath == nil ? url.httpsBase.dropFirst("https://".count).description : "localhost")
         headers.add(name: "accept", value: "application/json")
         headers.add(name: "connection", value: "close")
         if let bearer = self.bearer { headers.add(name: "authorization", value: "Bearer \(bearer)") }
@@ -118,7 +143,7 @@ public struct APIClient: Sendable {
         } catch let error as APIError {
             throw error
         } catch {
-            throw APIError(kind: .unreachable, message: "the connection to \(url.httpsBase) failed: \(error)")
+            throw APIError(kind: .unreachable, message: "the connection to \(peer) failed: \(error)")
         }
     }
 

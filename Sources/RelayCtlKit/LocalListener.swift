@@ -21,6 +21,7 @@ public final class LocalListener: Sendable {
             .childChannelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
                     try channel.pipeline.syncOperations.configureHTTPServerPipeline(withErrorHandling: true)
+                    try channel.pipeline.syncOperations.addHandler(LocalHostRewriter(component: session.target.component))
                     try channel.pipeline.syncOperations.addHandler(
                         ProxyServerHandler(opener: session.open, onComplete: onComplete))
                 }
@@ -41,5 +42,28 @@ public final class LocalListener: Sendable {
 
     public func close() async throws {
         try await self.channel.close()
+    }
+}
+
+/// A browser names this listener in `Host` (`127.0.0.1:PORT`, `localhost:PORT`, `[::1]`, with or without the port); the connector only
+/// accepts a Host naming the component, so that one is rewritten to the component's name. Any
+/// other Host goes on unchanged, for the connector to refuse.
+final class LocalHostRewriter: ChannelInboundHandler {
+    typealias InboundIn = HTTPServerRequestPart
+    typealias InboundOut = HTTPServerRequestPart
+    let component: String
+
+    init(component: String) { self.component = component }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        guard case .head(var head) = self.unwrapInboundIn(data), let port = context.channel.localAddress?.port else {
+            context.fireChannelRead(data)
+            return
+        }
+        let own = ["127.0.0.1", "localhost", "[::1]"].flatMap { [$0, "\($0):\(port)"] }
+        if let host = head.headers.first(name: "host"), own.contains(host.lowercased()) {
+            head.headers.replaceOrAdd(name: "host", value: self.component)
+        }
+        context.fireChannelRead(self.wrapInboundOut(.head(head)))
     }
 }

@@ -9,11 +9,14 @@ public struct ProxyRefusal: Error, CustomStringConvertible, Sendable, Equatable 
     public var code: String
     /// One sentence for a person, saying what to do next where there is something to do.
     public var message: String
+    /// More response headers (for example `x-relay-session-ended`).
+    public var headers: [String: String]
 
-    public init(_ status: HTTPResponseStatus, code: String, message: String) {
+    public init(_ status: HTTPResponseStatus, code: String, message: String, headers: [String: String] = [:]) {
         self.status = status
         self.code = code
         self.message = message
+        self.headers = headers
     }
 
     public var description: String { "\(self.status.code) \(self.code): \(self.message)" }
@@ -35,6 +38,7 @@ public struct ProxyRefusal: Error, CustomStringConvertible, Sendable, Equatable 
         headers.add(name: "content-length", value: String(bodyLength))
         headers.add(name: "cache-control", value: "no-store")
         headers.add(name: WireHeader.error, value: self.code)
+        for (name, value) in self.headers.sorted(by: { $0.key < $1.key }) { headers.add(name: name, value: value) }
         return HTTPResponseHead(version: version, status: self.status, headers: headers)
     }
 }

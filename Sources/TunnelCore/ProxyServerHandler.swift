@@ -6,6 +6,11 @@ import NIOHTTP1
 /// to send there: rewritten as this hop requires. A `ProxyRefusal` failure is answered to the client.
 public typealias UpstreamOpener = @Sendable (_ head: HTTPRequestHead, _ upstream: ProxyUpstreamHandler) -> EventLoopFuture<HTTPRequestHead>
 
+/// Runs when the next hop has sent the whole response, before its end goes on to the client; the
+/// end waits for the future (the connector makes its audit record durable here). A failure cuts
+/// the stream instead of ending it cleanly.
+public typealias ResponseEndGate = @Sendable (_ record: ProxyExchangeRecord) -> EventLoopFuture<Void>
+
 /// What one proxied request did, reported when it ends (for sessions, audit and metrics).
 public struct ProxyExchangeRecord: Sendable {
     public enum Outcome: Sendable, Equatable {
@@ -15,6 +20,8 @@ public struct ProxyExchangeRecord: Sendable {
     }
     public var head: HTTPRequestHead
     public var status: UInt?
+    /// Headers of the response sent to the client (a refusal's too).
+    public var responseHeaders: HTTPHeaders
     public var requestBodyBytes: Int
     public var responseBodyBytes: Int
     public var duration: TimeAmount
@@ -47,6 +54,7 @@ public final class ProxyServerHandler: ChannelDuplexHandler {
         var responseStarted = false
         var responseEnded = false
         var status: UInt?
+        var responseHeaders = HTTPHeaders()
         var requestBytes = 0
         var responseBytes = 0
         var outcome = ProxyExchangeRecord.Outcome.completed
@@ -58,14 +66,18 @@ public final class ProxyServerHandler: ChannelDuplexHandler {
 
     private let opener: UpstreamOpener
     private let onComplete: (@Sendable (ProxyExchangeRecord) -> Void)?
+    private let responseEndGate: ResponseEndGate?
     private var context: ChannelHandlerContext?
     private var exchange: Exchange?
     private var upstreamWritable = true
     private var pendingRead = false
 
-    public init(opener: @escaping UpstreamOpener, onComplete: (@Sendable (ProxyExchangeRecord) -> Void)? = nil) {
+    public init(
+        opener: @escaping UpstreamOpener, onComplete: (@Sendable (ProxyExchangeRecord) -> Void)? = nil, responseEndGate: ResponseEndGate? = nil
+    ) {
         self.opener = opener
         self.onComplete = onComplete
+        self.responseEndGate = responseEndGate
     }
 
     public func handlerAdded(context: ChannelHandlerContext) { self.context = context }
@@ -196,11 +208,16 @@ public final class ProxyServerHandler: ChannelDuplexHandler {
             exchange.status = head.status.code
             head.version = exchange.head.version
             head.headers.removeHopByHop()
+            exchange.responseHeaders = head.headers
             context.write(self.wrapOutboundOut(.head(head)), promise: nil)
         case .body(let bytes):
             exchange.responseBytes += bytes.readableBytes
             context.write(self.wrapOutboundOut(.body(.byteBuffer(bytes))), promise: nil)
         case .end(let trailers):
+            if let gate = self.responseEndGate {
+                self.endAfterGate(gate, exchange, trailers, context: context)
+                return
+            }
             exchange.responseEnded = true
             exchange.phase = .responded
             // Settle the exchange before writing: on an HTTP/2 stream, writing END_STREAM can close
@@ -208,6 +225,25 @@ public final class ProxyServerHandler: ChannelDuplexHandler {
             if exchange.requestEnded { self.finish(exchange) }
             self.writeEnd(context: context, trailers, closing: !exchange.head.isKeepAlive)
             self.readIfPending()
+        }
+    }
+
+    private func endAfterGate(_ gate: ResponseEndGate, _ exchange: Exchange, _ trailers: HTTPHeaders?, context: ChannelHandlerContext) {
+        exchange.phase = .responded  // nothing more comes from upstream; reads may go on
+        gate(self.record(exchange)).hop(to: context.eventLoop).whenComplete { [self] result in
+            guard self.exchange === exchange, let context = self.context else { return }
+            switch result {
+            case .success:
+                exchange.responseEnded = true
+                if exchange.requestEnded { self.finish(exchange) }
+                self.writeEnd(context: context, trailers, closing: !exchange.head.isKeepAlive)
+                self.readIfPending()
+            case .failure(let error):
+                exchange.outcome = .aborted("response end held back: \(error)")
+                self.report(exchange)
+                self.exchange = nil
+                context.close(promise: nil)
+            }
         }
     }
 
@@ -248,6 +284,7 @@ public final class ProxyServerHandler: ChannelDuplexHandler {
         exchange.outcome = .refused(refusal)
         let body = refusal.body(allocator: context.channel.allocator)
         let head = refusal.responseHead(version: exchange.head.version, bodyLength: body.readableBytes)
+        exchange.responseHeaders = head.headers
         if exchange.requestEnded { self.finish(exchange) }  // before the writes, as in upstreamResponse
         context.write(self.wrapOutboundOut(.head(head)), promise: nil)
         context.write(self.wrapOutboundOut(.body(.byteBuffer(body))), promise: nil)
@@ -272,11 +309,13 @@ public final class ProxyServerHandler: ChannelDuplexHandler {
     }
 
     private func report(_ exchange: Exchange) {
-        self.onComplete?(
-            ProxyExchangeRecord(
-                head: exchange.head, status: exchange.status, requestBodyBytes: exchange.requestBytes,
-                responseBodyBytes: exchange.responseBytes, duration: .now() - exchange.started,
-                outcome: exchange.outcome))
+        self.onComplete?(self.record(exchange))
+    }
+
+    private func record(_ exchange: Exchange) -> ProxyExchangeRecord {
+        ProxyExchangeRecord(
+            head: exchange.head, status: exchange.status, responseHeaders: exchange.responseHeaders, requestBodyBytes: exchange.requestBytes,
+            responseBodyBytes: exchange.responseBytes, duration: .now() - exchange.started, outcome: exchange.outcome)
     }
 }
 

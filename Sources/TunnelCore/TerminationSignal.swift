@@ -34,3 +34,18 @@ private final class SignalSources: @unchecked Sendable {
     var sources: [DispatchSourceSignal] = []
     var fired = false
 }
+
+/// Calls `handler` on every SIGHUP (the conventional "reload your config" signal) until cancelled.
+public final class HangupSignal: @unchecked Sendable {
+    private let source: DispatchSourceSignal
+
+    public init(_ handler: @escaping @Sendable () -> Void) {
+        signal(SIGHUP, SIG_IGN)
+        let source = DispatchSource.makeSignalSource(signal: SIGHUP, queue: DispatchQueue(label: "hangup-signal"))
+        source.setEventHandler(handler: handler)
+        source.resume()
+        self.source = source
+    }
+
+    public func cancel() { self.source.cancel() }
+}

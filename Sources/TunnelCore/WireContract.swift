@@ -28,11 +28,16 @@ public enum WireHeader {
     public static let role = "x-relay-role"
     /// Set by the relay on every tunnel stream: the access request the session runs under.
     public static let accessRequest = "x-relay-access-request"
+    /// Set by the relay on every tunnel stream: when the access request expires (Unix seconds).
+    public static let accessExpires = "x-relay-access-expires"
+    /// On the connector's refusals once it has ended a session (limits, customer kill): why. The
+    /// relay then closes the expert's session with `WireCloseCode.endedByCustomer` and this reason.
+    public static let sessionEnded = "x-relay-session-ended"
     /// On error responses produced by relay, connector or relayctl (not by a component): who refused and why.
     public static let error = "x-relay-error"
 
     /// Every header the relay owns; any copy that arrives from an expert is removed before the relay sets its own.
-    public static let relayOwned = [cluster, node, component, expert, session, requestID, role, accessRequest, error]
+    public static let relayOwned = [cluster, node, component, expert, session, requestID, role, accessRequest, accessExpires, sessionEnded, error]
 
     /// Hop-by-hop headers (RFC 9110 7.6.1) never forwarded across a hop.
     public static let hopByHop = [
@@ -64,6 +69,8 @@ public enum WireCloseCode {
     public static let accessEnded: UInt16 = 4001
     /// An operator killed the session, or the expert's token was revoked.
     public static let sessionKilled: UInt16 = 4002
+    /// The customer's connector ended the session (session limits, customer CLI, settings change).
+    public static let endedByCustomer: UInt16 = 4003
     /// The relay node is shutting down; redial (another node may answer).
     public static let relayShutdown: UInt16 = 1001
 }

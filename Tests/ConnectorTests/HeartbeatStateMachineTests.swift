@@ -63,7 +63,9 @@ import Testing
         _ = machine.received(self.answer(true), jitter: 0)
         #expect(
             machine.remoteAccessChanged(enabled: false, jitter: 0)
-                == [.closeTunnels(reason: "remote access is disabled"), .scheduleHeartbeat(afterMilliseconds: 300_000)])
+                == [.closeTunnels(reason: "remote access is disabled"), .sendHeartbeat])
+        // The answer schedules the next heartbeat at the disabled interval.
+        #expect(machine.received(self.answer(true), jitter: 0) == [.scheduleHeartbeat(afterMilliseconds: 300_000)])
         // Re-enabling heartbeats at once, so a waiting request is served without a 300 s wait.
         #expect(machine.remoteAccessChanged(enabled: true, jitter: 0) == [.sendHeartbeat])
         #expect(machine.received(self.answer(true), jitter: 0) == [.openTunnels(self.urls), .scheduleHeartbeat(afterMilliseconds: 60_000)])

@@ -35,13 +35,12 @@ import TunnelCore
         config.nodeID = "node-2"
         config.credentialFile = TestStack.temporaryDirectory("node2") + "/credential.json"
         config.components = [try Component(name: "ui", url: component.url)]
+        config.stateDirectory = TestStack.temporaryDirectory("node2-state")
+        config.audit = AuditSettings(directory: config.stateDirectory + "/audit")
         let credential = try await ConnectorRegistration.register(
             config: config, enrollmentToken: enrollment.enrollmentToken, group: TestStack.group, logger: TestStack.quietLogger)
         #expect(credential.nodeID == "node-2" && credential.clusterID == "demo")
-        let driver = try HeartbeatDriver(config: config, credential: credential, group: TestStack.group, logger: TestStack.quietLogger)
-        let connector = try TunnelConnector(config: config, credential: credential, group: TestStack.group, logger: TestStack.quietLogger)
-        driver.attach(connector)
-        driver.start()
+        let node2 = try await TestStack.startConnector(config: config, credential: credential, clock: stack.clock)
         try await stack.waitForTunnels(2)
 
         func components(node: String?) async throws -> Set<String> {
@@ -63,8 +62,7 @@ import TunnelCore
         #expect(try await components(node: nil) == ["node-1", "node-2"], "round robin over the cluster's nodes")
         #expect(try await components(node: "node-2") == ["node-2"])
         #expect(try await components(node: "node-1") == ["node-1"])
-        driver.stop()
-        await connector.stop()
+        await node2.stop()
         try await component.close()
         await stack.stop()
     }

@@ -59,9 +59,12 @@ struct TestStack {
     let opsToken: String
     let expertToken: String
     let credential: ConnectorCredential
-    let connector: TunnelConnector
-    let driver: HeartbeatDriver
+    let runtime: ConnectorRuntime
     let connectorConfig: ConnectorConfig
+
+    var connector: TunnelConnector { self.runtime.tunnels }
+    var driver: HeartbeatDriver { self.runtime.driver }
+    var privacy: PrivacyGuard { self.runtime.privacy }
 
     static var quietLogger: Logger {
         var logger = Logger(label: "test")
@@ -87,7 +90,8 @@ struct TestStack {
     ///   - extraComponents: name -> URL added to the connector's allowlist beside `ui`.
     ///   - approve: create and (with mode `all`) auto-approve alice's admin request, then wait for the tunnel.
     static func start(
-        extraComponents: [String: String] = [:], limits: TunnelLimits = TunnelLimits(), mode: PrivacyMode = .all, approve: Bool = true
+        extraComponents: [String: String] = [:], limits: TunnelLimits = TunnelLimits(), mode: PrivacyMode = .all, approve: Bool = true,
+        configure: (inout ConnectorConfig) -> Void = { _ in }, configPath: String? = nil
     ) async throws -> TestStack {
         let component = try await DemoComponent.start(name: "ui", group: group)
         let clock = TestClock()
@@ -111,26 +115,32 @@ struct TestStack {
         var backoff = Backoff.Policy()
         backoff.initialMilliseconds = 100
         backoff.maximumMilliseconds = 1000
-        let connectorConfig = ConnectorConfig(
+        var connectorConfig = ConnectorConfig(
             nodeID: "node-1", credentialFile: temporaryDirectory("connector") + "/credential.json",
             relayURL: try WebSocketURL(parsing: "https://127.0.0.1:\(port)", acceptHTTPS: true), caFile: TestCerts.trusted + "/ca.pem",
             components: components, limits: limits, backoff: backoff, heartbeat: heartbeat, privacyMode: mode, masterNode: true)
+        configure(&connectorConfig)
         let credential = try await ConnectorRegistration.register(
             config: connectorConfig, enrollmentToken: enrollment.enrollmentToken, group: group, logger: quietLogger)
-        let driver = try HeartbeatDriver(config: connectorConfig, credential: credential, group: group, logger: quietLogger)
-        let connector = try TunnelConnector(
-            config: connectorConfig, credential: credential, group: group, logger: quietLogger, onTunnelLost: { driver.heartbeatNow() })
-        driver.attach(connector)
-        driver.start()
+        let runtime = try await startConnector(config: connectorConfig, credential: credential, configPath: configPath, clock: clock)
         let stack = TestStack(
             component: component, relay: relay, relayPort: port, clock: clock, dataDirectory: dataDirectory, opsToken: ops.secret,
-            expertToken: expert.secret, credential: credential, connector: connector, driver: driver, connectorConfig: connectorConfig)
+            expertToken: expert.secret, credential: credential, runtime: runtime, connectorConfig: connectorConfig)
         if approve {
             try await stack.waitUntil("the first heartbeat") { try await control.store.cluster(id: "demo")?.lastHeartbeatAt != nil }
             _ = try await stack.createRequest(cluster: "demo", role: .admin)
             try await stack.waitForTunnels(1)
         }
         return stack
+    }
+
+    /// A connector as `connector run` starts it (sweep every 100 ms, the test clock).
+    static func startConnector(
+        config: ConnectorConfig, credential: ConnectorCredential, configPath: String? = nil, clock: TestClock
+    ) async throws -> ConnectorRuntime {
+        try await ConnectorRuntime.start(
+            config: config, credential: credential, configPath: configPath, group: group, logger: quietLogger, clock: { clock.now() },
+            sweepInterval: .milliseconds(100))
     }
 
     /// An access request for alice, created by the ops token (auto-approved when the cluster's mode allows).
@@ -177,8 +187,7 @@ struct TestStack {
     }
 
     func stop() async {
-        self.driver.stop()
-        await self.connector.stop()
+        await self.runtime.stop()
         try? await self.relay.stop()
         try? await self.component.close()
     }

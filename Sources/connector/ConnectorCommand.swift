@@ -10,7 +10,9 @@ struct ConnectorCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "connector",
         abstract: "Cluster-side connector: heartbeats to the relay, dials out when access is requested, serves the allowed components. Never listens.",
-        subcommands: [Run.self, Register.self], defaultSubcommand: Run.self)
+        subcommands: [
+            Run.self, Register.self, Status.self, Requests.self, Sessions.self, Audit.self, Mode.self, Reload.self,
+        ], defaultSubcommand: Run.self)
 }
 
 struct CommonOptions: ParsableArguments {
@@ -44,20 +46,20 @@ struct Run: AsyncParsableCommand {
             print("\(self.options.config): OK (\(credential), \(config.components.count) components, mode \(config.privacyMode.rawValue))")
             return
         }
-        let group = MultiThreadedEventLoopGroup.singleton
-        let driver = try HeartbeatDriver(config: config, credential: credential, group: group, logger: logger)
-        let connector = try TunnelConnector(
-            config: config, credential: credential, group: group, logger: logger, onTunnelLost: { driver.heartbeatNow() })
-        driver.attach(connector)
-        driver.start()
+        let runtime = try await ConnectorRuntime.start(
+            config: config, credential: credential, configPath: self.options.config, group: MultiThreadedEventLoopGroup.singleton,
+            logger: logger)
+        let hangup = HangupSignal { _ = try? runtime.reload(actor: "sighup") }
         logger.info(
             "connector started",
-            metadata: ["cluster": "\(credential.clusterID)", "node": "\(credential.nodeID)", "relay": "\(config.relayURL.httpsBase)",
-                       "mode": "\(config.privacyMode.rawValue)"])
+            metadata: [
+                "cluster": "\(credential.clusterID)", "node": "\(credential.nodeID)", "relay": "\(config.relayURL.httpsBase)",
+                "mode": "\(runtime.privacy.mode.rawValue)", "control": "\(runtime.control.path)", "audit": "\(config.audit.directory)",
+            ])
         let signal = await TerminationSignal.wait()
         logger.info("shutting down", metadata: ["signal": "\(signal)"])
-        driver.stop()
-        await connector.stop()
+        hangup.cancel()
+        await runtime.stop()
     }
 }
 

@@ -1,0 +1,64 @@
+import Foundation
+import PrivacyPolicy
+import RelayModel
+
+/// A privacy mode the customer set with `connector mode`, over the config file's, until cleared.
+public struct ModeOverride: Codable, Sendable, Equatable {
+    public var mode: PrivacyMode
+    public var by: String
+    public var at: Date
+}
+
+/// What the connector keeps across restarts in `state_dir/state.json` (mode 0600): the customer's
+/// approvals and a mode set from the CLI. Written whole, atomically, on every change.
+public struct ConnectorState: Codable, Sendable, Equatable {
+    public var approvals: [CustomerApproval] = []
+    public var modeOverride: ModeOverride?
+
+    public init(approvals: [CustomerApproval] = [], modeOverride: ModeOverride? = nil) {
+        self.approvals = approvals
+        self.modeOverride = modeOverride
+    }
+
+    static func path(in directory: String) -> String { (directory as NSString).appendingPathComponent("state.json") }
+
+    /// Reads the state, or an empty one when there is none yet.
+    public static func load(directory: String) throws -> ConnectorState {
+        let path = self.path(in: directory)
+        guard FileManager.default.fileExists(atPath: path) else { return ConnectorState() }
+        do {
+            return try ControlJSON.decoder().decode(ConnectorState.self, from: Data(contentsOf: URL(fileURLWithPath: path)))
+        } catch {
+            throw ConnectorStateError(description: "cannot read \(path): \(error); move it away to start with no approvals")
+        }
+    }
+
+    public func save(directory: String) throws {
+        try ensurePrivateDirectory(directory)
+        let path = Self.path(in: directory)
+        let temporary = path + ".tmp"
+        let data = try ControlJSON.encoder().encode(self)
+        guard FileManager.default.createFile(atPath: temporary, contents: data, attributes: [.posixPermissions: 0o600]) else {
+            throw ConnectorStateError(description: "cannot write \(temporary)")
+        }
+        let handle = try FileHandle(forWritingTo: URL(fileURLWithPath: temporary))
+        try handle.synchronize()
+        try handle.close()
+        guard rename(temporary, path) == 0 else { throw ConnectorStateError(description: "cannot replace \(path)") }
+    }
+
+    /// Approvals by request ID, for the stream policy.
+    var approvalMap: [Int64: CustomerApproval] {
+        Dictionary(self.approvals.map { ($0.requestID, $0) }) { _, last in last }
+    }
+}
+
+public struct ConnectorStateError: Error, CustomStringConvertible {
+    public var description: String
+}
+
+/// Creates `path` (and parents) with mode 0700, or tightens an existing one to it.
+func ensurePrivateDirectory(_ path: String) throws {
+    try FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
+    try FileManager.default.setAttributes([.posixPermissions: 0o700], ofItemAtPath: path)
+}

@@ -1,0 +1,88 @@
+import Foundation
+import PrivacyPolicy
+import RelayAPI
+import RelayModel
+
+/// The customer CLI's messages over the control socket (`state_dir/control.sock`, HTTP/1.1 + JSON).
+public enum ControlPath {
+    public static let status = "/v1/status"
+    public static let requests = "/v1/requests"
+    public static let sessions = "/v1/sessions"
+    public static let mode = "/v1/mode"
+    public static let reload = "/v1/reload"
+    public static func decide(_ id: Int64, _ verdict: ApprovalDecision.Verdict) -> String { "/v1/requests/\(id)/\(verdict.rawValue)" }
+    public static func kill(_ session: String) -> String { "/v1/sessions/\(session)/kill" }
+}
+
+public enum ControlJSON {
+    public static func encoder() -> JSONEncoder { APIJSON.encoder() }
+    public static func decoder() -> JSONDecoder { APIJSON.decoder() }
+}
+
+public struct ConnectorStatus: Codable, Sendable, Equatable {
+    public var cluster: String
+    public var node: String
+    public var mode: PrivacyMode
+    /// "config" or "customer CLI (NAME at TIME)".
+    public var modeSource: String
+    public var components: [String]
+    public var tunnels: [String]
+    public var remoteUIRequested: Bool?
+    public var lastHeartbeatAt: Date?
+    public var liveSessions: Int
+    public var pendingRequests: Int
+    public var auditDirectory: String
+}
+
+/// A session as the connector has seen it.
+public struct ConnectorSession: Codable, Sendable, Equatable {
+    public var id: String
+    public var expert: String
+    public var role: AccessRole
+    public var component: String
+    public var accessRequest: Int64
+    public var startedAt: Date
+    public var lastActivityAt: Date
+    public var requests: Int64
+    public var refused: Int64
+    public var bytesIn: Int64
+    public var bytesOut: Int64
+    public var liveStreams: Int
+    public var endedAt: Date?
+    public var endReason: String?
+}
+
+public struct ConnectorRequests: Codable, Sendable, Equatable {
+    /// Waiting for the customer (from the relay's last heartbeat answer).
+    public var pending: [PendingApproval]
+    /// The customer's decisions, newest first.
+    public var decided: [CustomerApproval]
+}
+
+public struct CustomerActor: Codable, Sendable, Equatable {
+    /// The customer's user name (the CLI sends $USER).
+    public var by: String
+    public var reason: String?
+    public init(by: String, reason: String? = nil) {
+        self.by = by
+        self.reason = reason
+    }
+}
+
+public struct ModeChange: Codable, Sendable, Equatable {
+    /// The new mode, or nil to go back to the config file's.
+    public var mode: PrivacyMode?
+    public var by: String
+    public init(mode: PrivacyMode?, by: String) {
+        self.mode = mode
+        self.by = by
+    }
+}
+
+/// The answer to a settings change: what is in force now.
+public struct SettingsApplied: Codable, Sendable, Equatable {
+    public var mode: PrivacyMode
+    public var changes: [String]
+    public var streamsReset: Int
+    public var sessionsEnded: Int
+}

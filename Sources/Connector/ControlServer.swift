@@ -1,0 +1,183 @@
+import Foundation
+import Logging
+import NIOCore
+import NIOHTTP1
+import NIOPosix
+import PrivacyPolicy
+import RelayAPI
+import RelayModel
+import TunnelCore
+
+/// The customer CLI's endpoint: HTTP/1.1 + JSON on a Unix socket in `state_dir` (socket 0600 in a
+/// 0700 folder, so only the connector's user and root can use it). The connector has no network
+/// listener; this socket is not reachable from the network.
+public final class ControlServer: Sendable {
+    public let channel: Channel
+    public let path: String
+
+    public static func socketPath(config: ConnectorConfig) -> String {
+        (config.stateDirectory as NSString).appendingPathComponent("control.sock")
+    }
+
+    private init(channel: Channel, path: String) {
+        self.channel = channel
+        self.path = path
+    }
+
+    public static func start(api: ControlAPI, config: ConnectorConfig, group: EventLoopGroup) async throws -> ControlServer {
+        try ensurePrivateDirectory(config.stateDirectory)
+        let path = self.socketPath(config: config)
+        let channel = try await ServerBootstrap(group: group)
+            .childChannelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    try channel.pipeline.syncOperations.configureHTTPServerPipeline(withErrorHandling: true)
+                    try channel.pipeline.syncOperations.addHandler(ControlHTTPHandler(api: api))
+                }
+            }
+            .bind(unixDomainSocketPath: path, cleanupExistingSocketFile: true)
+            .get()
+        guard chmod(path, 0o600) == 0 else {
+            try? await channel.close()
+            throw ConnectorStateError(description: "cannot set mode 0600 on \(path)")
+        }
+        return ControlServer(channel: channel, path: path)
+    }
+
+    public func close() async {
+        try? await self.channel.close()
+        unlink(self.path)
+    }
+}
+
+/// What the control socket can do, over the connector's live parts.
+public struct ControlAPI: Sendable {
+    let privacy: PrivacyGuard
+    let credential: ConnectorCredential
+    let tunnels: @Sendable () -> [String]
+    let lastAnswer: @Sendable () -> (at: Date?, flag: Bool?)
+    let reload: @Sendable (_ actor: String) throws -> SettingsApplied
+    let decided: @Sendable () -> Void
+
+    /// - Parameters:
+    ///   - reload: re-reads the config file and applies it (SIGHUP does the same).
+    ///   - decided: called after an approval or rejection (the driver heartbeats at once).
+    public init(
+        privacy: PrivacyGuard, credential: ConnectorCredential, tunnels: @escaping @Sendable () -> [String],
+        lastAnswer: @escaping @Sendable () -> (at: Date?, flag: Bool?), reload: @escaping @Sendable (_ actor: String) throws -> SettingsApplied,
+        decided: @escaping @Sendable () -> Void
+    ) {
+        self.privacy = privacy
+        self.credential = credential
+        self.tunnels = tunnels
+        self.lastAnswer = lastAnswer
+        self.reload = reload
+        self.decided = decided
+    }
+
+    func handle(method: HTTPMethod, path: String, body: Data) throws -> Data {
+        let segments = path.split(separator: "/").map(String.init)
+        let route = segments.enumerated().map { $0.offset == 2 && segments.count == 4 ? "*" : $0.element }.joined(separator: "/")
+        let id = segments.count == 4 ? segments[2] : ""
+        let encoder = ControlJSON.encoder()
+        switch (method, route) {
+        case (.GET, "v1/status"):
+            let last = self.lastAnswer()
+            let config = self.privacy.config
+            let source = self.privacy.modeOverride.map { "customer CLI (\($0.by) at \(Timestamp.text($0.at)))" } ?? "config"
+            return try encoder.encode(
+                ConnectorStatus(
+                    cluster: self.credential.clusterID, node: self.credential.nodeID, mode: self.privacy.mode, modeSource: source,
+                    components: config.components.map(\.name).sorted(), tunnels: self.tunnels(), remoteUIRequested: last.flag,
+                    lastHeartbeatAt: last.at, liveSessions: self.privacy.sessions.filter { $0.endReason == nil }.count,
+                    pendingRequests: self.privacy.requests.pending.count, auditDirectory: config.audit.directory))
+        case (.GET, "v1/requests"):
+            return try encoder.encode(self.privacy.requests)
+        case (.POST, "v1/requests/*/approve"), (.POST, "v1/requests/*/reject"):
+            guard let number = Int64(id) else { throw ControlError(status: 400, code: "bad_request", message: "request IDs are numbers") }
+            let actor = try decode(CustomerActor.self, body)
+            let verdict: CustomerApproval.Verdict = route.hasSuffix("approve") ? .approved : .rejected
+            let approval = try self.privacy.decide(number, verdict, by: actor.by, reason: actor.reason)
+            self.decided()
+            return try encoder.encode(approval)
+        case (.GET, "v1/sessions"):
+            return try encoder.encode(self.privacy.sessions)
+        case (.POST, "v1/sessions/*/kill"):
+            let actor = try decode(CustomerActor.self, body)
+            return try encoder.encode(try self.privacy.killSession(id, by: actor.by))
+        case (.POST, "v1/mode"):
+            let change = try decode(ModeChange.self, body)
+            return try encoder.encode(self.privacy.apply(mode: change, actor: "customer:\(change.by)"))
+        case (.POST, "v1/reload"):
+            let actor = try decode(CustomerActor.self, body)
+            return try encoder.encode(try self.reload("customer:\(actor.by)"))
+        default:
+            throw ControlError(status: 404, code: "not_found", message: "no \(method) \(path) on the control socket")
+        }
+    }
+
+    private func decode<T: Decodable>(_ type: T.Type, _ body: Data) throws -> T {
+        do {
+            return try ControlJSON.decoder().decode(type, from: body)
+        } catch {
+            throw ControlError(status: 400, code: "bad_request", message: "the request body is not a valid \(type): \(error)")
+        }
+    }
+}
+
+/// Reads one request (body at most 64 KiB), answers it, and keeps the connection for the next.
+private final class ControlHTTPHandler: ChannelInboundHandler {
+    typealias InboundIn = HTTPServerRequestPart
+    typealias OutboundOut = HTTPServerResponsePart
+
+    private let api: ControlAPI
+    private var head: HTTPRequestHead?
+    private var body = Data()
+    private var tooLarge = false
+
+    init(api: ControlAPI) { self.api = api }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        switch self.unwrapInboundIn(data) {
+        case .head(let head):
+            self.head = head
+            self.body = Data()
+            self.tooLarge = false
+        case .body(let buffer):
+            self.body.append(contentsOf: buffer.readableBytesView)
+            if self.body.count > 64 * 1024 { self.tooLarge = true }
+        case .end:
+            guard let head = self.head else { return }
+            self.head = nil
+            var status = 200
+            var payload: Data
+            if self.tooLarge {
+                status = 413
+                payload = errorBody("too_large", "request bodies are at most 64 KiB")
+            } else {
+                do {
+                    payload = try self.api.handle(method: head.method, path: head.uri, body: self.body)
+                } catch let error as ControlError {
+                    status = error.status
+                    payload = errorBody(error.code, error.message)
+                } catch {
+                    status = 500
+                    payload = errorBody("internal", "\(error)")
+                }
+            }
+            var headers = HTTPHeaders()
+            headers.add(name: "content-type", value: "application/json")
+            headers.add(name: "content-length", value: String(payload.count))
+            let responseHead = HTTPResponseHead(version: head.version, status: HTTPResponseStatus(statusCode: status), headers: headers)
+            context.write(self.wrapOutboundOut(.head(responseHead)), promise: nil)
+            context.write(self.wrapOutboundOut(.body(.byteBuffer(ByteBuffer(bytes: payload)))), promise: nil)
+            let keepAlive = head.isKeepAlive
+            context.writeAndFlush(self.wrapOutboundOut(.end(nil))).whenComplete { _ in
+                if !keepAlive { context.close(promise: nil) }
+            }
+        }
+    }
+}
+
+private func errorBody(_ code: String, _ message: String) -> Data {
+    (try? APIJSON.encoder().encode(APIErrorBody(error: code, message: message))) ?? Data()
+}

@@ -1,0 +1,429 @@
+import CustomerAudit
+import Foundation
+import Logging
+import NIOConcurrencyHelpers
+import NIOCore
+import NIOHTTP1
+import PrivacyPolicy
+import RelayAPI
+import RelayModel
+import TunnelCore
+
+/// The customer's side of every tunnel stream: decides each request with `StreamPolicy` before any
+/// byte reaches a component, keeps the sessions and running streams it let through, ends sessions
+/// at the customer's limits, resets streams a settings change no longer allows, and writes the
+/// customer's audit log. One per connector process; every tunnel's streams pass through it.
+public final class PrivacyGuard: Sendable {
+    public let audit: AuditLog
+    private let clock: @Sendable () -> Date
+    private let logger: Logger
+    private let inner: NIOLockedValueBox<Inner>
+    private let modeObservers = NIOLockedValueBox<[@Sendable (PrivacyMode) -> Void]>([])
+
+    struct Inner {
+        var config: ConnectorConfig
+        var persisted: ConnectorState
+        var rules: PrivacyRules
+        var pending: [PendingApproval] = []
+        var sessions: [String: ConnectorSession] = [:]
+        var streams: [ObjectIdentifier: LiveStream] = [:]
+        var resetReasons: [ObjectIdentifier: String] = [:]
+    }
+
+    struct LiveStream {
+        var channel: Channel
+        var facts: StreamFacts
+        var session: String
+    }
+
+    /// One stream's view, confined to the stream's event loop.
+    final class Ticket: @unchecked Sendable {
+        let channel: Channel
+        let openedAt: Date
+        var permit: StreamPermit?
+        var audited = false
+        init(channel: Channel, openedAt: Date) {
+            self.channel = channel
+            self.openedAt = openedAt
+        }
+    }
+
+    public init(config: ConnectorConfig, clock: @escaping @Sendable () -> Date = { Date() }, logger: Logger = Logger(label: "connector")) throws {
+        try ensurePrivateDirectory(config.stateDirectory)
+        let persisted = try ConnectorState.load(directory: config.stateDirectory)
+        self.audit = try AuditLog(directory: config.audit.directory, maxFileBytes: config.audit.maxFileBytes, maxRotatedFiles: config.audit.maxFiles)
+        self.clock = clock
+        self.logger = logger
+        let rules = config.privacyRules(mode: persisted.modeOverride?.mode)
+        self.inner = NIOLockedValueBox(Inner(config: config, persisted: persisted, rules: rules))
+    }
+
+    /// The mode in force (the CLI's override, else the config file's).
+    public var mode: PrivacyMode { self.inner.withLockedValue { $0.rules.mode } }
+    public var rules: PrivacyRules { self.inner.withLockedValue { $0.rules } }
+    public var config: ConnectorConfig { self.inner.withLockedValue { $0.config } }
+    public var modeOverride: ModeOverride? { self.inner.withLockedValue { $0.persisted.modeOverride } }
+
+    /// Called with the new mode after every settings change (heartbeat driver, tunnels).
+    public func onModeChange(_ observer: @escaping @Sendable (PrivacyMode) -> Void) {
+        self.modeObservers.withLockedValue { $0.append(observer) }
+    }
+
+    // MARK: streams
+
+    func ticket(for channel: Channel) -> Ticket { Ticket(channel: channel, openedAt: self.clock()) }
+
+    /// Decides one request; on success opens the component with the normalised target.
+    func open(_ head: HTTPRequestHead, _ upstream: ProxyUpstreamHandler, ticket: Ticket, opener: ComponentOpener) -> EventLoopFuture<HTTPRequestHead> {
+        let now = self.clock()
+        let facts = StreamFacts(method: head.method.rawValue, target: head.uri, headers: head.headers.map { .init($0.name, $0.value) })
+        var entries: [AuditEntry] = []
+        let outcome = self.inner.withLockedValue { inner -> Result<(StreamPermit, Component), ProxyRefusal> in
+            if let id = facts.session, let session = inner.sessions[id], let reason = session.endReason {
+                inner.sessions[id]?.refused += 1
+                return .failure(Self.sessionEndedRefusal(reason))
+            }
+            switch StreamPolicy.decide(facts, rules: inner.rules, approvals: inner.persisted.approvalMap, now: now) {
+            case .failure(let denial):
+                if let id = facts.session { inner.sessions[id]?.refused += 1 }
+                return .failure(ProxyRefusal(HTTPResponseStatus(statusCode: denial.status), code: denial.code, message: denial.reason))
+            case .success(let permit):
+                if inner.sessions[permit.session] == nil {
+                    inner.sessions[permit.session] = ConnectorSession(
+                        id: permit.session, expert: permit.expert, role: permit.role, component: permit.component,
+                        accessRequest: permit.accessRequest, startedAt: now, lastActivityAt: now, requests: 0, refused: 0, bytesIn: 0,
+                        bytesOut: 0, liveStreams: 0)
+                    entries.append(
+                        AuditEntry(
+                            time: now, event: "session.start", session: permit.session, expert: permit.expert, role: permit.role.rawValue,
+                            accessRequest: permit.accessRequest, component: permit.component))
+                }
+                let session = inner.sessions[permit.session]!
+                if let reason = SessionLimits.endReason(startedAt: session.startedAt, lastActivity: session.lastActivityAt, rules: inner.rules, now: now) {
+                    entries += Self.endSession(permit.session, reason: reason, now: now, inner: &inner).entries
+                    return .failure(Self.sessionEndedRefusal(reason))
+                }
+                guard let component = inner.config.components.first(where: { $0.name == permit.component }) else {
+                    return .failure(ProxyRefusal(.notFound, code: "unknown_component", message: "component \"\(permit.component)\" is not offered"))
+                }
+                inner.sessions[permit.session]?.lastActivityAt = now
+                inner.sessions[permit.session]?.requests += 1
+                inner.sessions[permit.session]?.liveStreams += 1
+                inner.streams[ObjectIdentifier(ticket.channel)] = LiveStream(channel: ticket.channel, facts: facts, session: permit.session)
+                return .success((permit, component))
+            }
+        }
+        entries.forEach { self.audit.append($0) }
+        switch outcome {
+        case .success(let (permit, component)):
+            ticket.permit = permit
+            var forwarded = head
+            forwarded.uri = permit.target.forwarded
+            return opener.open(forwarded, upstream, component: component)
+        case .failure(let refusal):
+            return upstream.downstreamEventLoop.makeFailedFuture(refusal)
+        }
+    }
+
+    private static func sessionEndedRefusal(_ reason: String) -> ProxyRefusal {
+        ProxyRefusal(
+            .forbidden, code: "session_ended", message: "the customer's connector ended this session: \(reason)",
+            headers: [WireHeader.sessionEnded: reason])
+    }
+
+    /// The response is complete: its audit record goes to disk before the end reaches the expert.
+    func commit(_ record: ProxyExchangeRecord, ticket: Ticket) -> EventLoopFuture<Void> {
+        let promise = ticket.channel.eventLoop.makePromise(of: Void.self)
+        ticket.audited = true
+        let entry = self.requestEntry(record, ticket: ticket, reason: nil)
+        self.audit.append(entry) { result in
+            switch result {
+            case .success: promise.succeed(())
+            case .failure(let error): promise.fail(error)
+            }
+        }
+        return promise.futureResult
+    }
+
+    /// The exchange is over (completed, refused or cut): forget the stream, audit what was not yet.
+    func completed(_ record: ProxyExchangeRecord, ticket: Ticket) {
+        let key = ObjectIdentifier(ticket.channel)
+        let resetReason = self.inner.withLockedValue { inner -> String? in
+            inner.streams[key] = nil
+            return inner.resetReasons.removeValue(forKey: key)
+        }
+        self.count(record, ticket: ticket)
+        guard !ticket.audited else { return }
+        ticket.audited = true
+        self.audit.append(self.requestEntry(record, ticket: ticket, reason: resetReason))
+    }
+
+    private func count(_ record: ProxyExchangeRecord, ticket: Ticket) {
+        guard let permit = ticket.permit else { return }
+        self.inner.withLockedValue { inner in
+            guard var session = inner.sessions[permit.session] else { return }
+            session.liveStreams = max(0, session.liveStreams - 1)
+            session.bytesIn += Int64(record.requestBodyBytes)
+            session.bytesOut += Int64(record.responseBodyBytes)
+            inner.sessions[permit.session] = session
+        }
+    }
+
+    private func requestEntry(_ record: ProxyExchangeRecord, ticket: Ticket, reason: String?) -> AuditEntry {
+        let head = record.head
+        let permit = ticket.permit
+        var decisionReason = reason
+        var decision = "allow"
+        switch record.outcome {
+        case .refused(let refusal):
+            if permit == nil { decision = "deny" }
+            decisionReason = decisionReason ?? "\(refusal.code): \(refusal.message)"
+        case .aborted(let why):
+            decisionReason = decisionReason ?? "aborted: \(why)"
+        case .completed:
+            break
+        }
+        return AuditEntry(
+            time: ticket.openedAt, event: "request", requestID: head.headers.first(name: WireHeader.requestID),
+            session: head.headers.first(name: WireHeader.session), expert: head.headers.first(name: WireHeader.expert),
+            role: permit?.role.rawValue ?? head.headers.first(name: WireHeader.role),
+            accessRequest: head.headers.first(name: WireHeader.accessRequest).flatMap { Int64($0) },
+            component: head.headers.first(name: WireHeader.component), method: head.method.rawValue, path: head.uri,
+            status: record.status.map { Int($0) }, bytesIn: Int64(record.requestBodyBytes), bytesOut: Int64(record.responseBodyBytes),
+            durationMs: record.duration.nanoseconds / 1_000_000, decision: decision, reason: decisionReason,
+            detail: permit.flatMap { $0.target.forwarded != head.uri ? "forwarded as \($0.target.forwarded)" : nil })
+    }
+
+    // MARK: sessions
+
+    /// Ends a session: its running streams are reset and later requests refused with the reason.
+    private static func endSession(_ id: String, reason: String, now: Date, inner: inout Inner) -> (entries: [AuditEntry], channels: [Channel]) {
+        guard let session = inner.sessions[id], session.endReason == nil else { return ([], []) }
+        inner.sessions[id]!.endReason = reason
+        inner.sessions[id]!.endedAt = now
+        var channels: [Channel] = []
+        for (key, stream) in inner.streams where stream.session == id {
+            inner.resetReasons[key] = "stream reset: \(reason)"
+            channels.append(stream.channel)
+        }
+        let entry = AuditEntry(
+            time: now, event: "session.end", session: id, expert: session.expert, role: session.role.rawValue,
+            accessRequest: session.accessRequest, component: session.component, bytesIn: session.bytesIn, bytesOut: session.bytesOut,
+            durationMs: Int64(now.timeIntervalSince(session.startedAt) * 1000), reason: reason)
+        return ([entry], channels)
+    }
+
+    /// Ends sessions at their limits and resets streams the settings no longer allow. Runs every
+    /// second and right after a settings change.
+    @discardableResult
+    public func sweep() -> (streamsReset: Int, sessionsEnded: Int) {
+        let now = self.clock()
+        var entries: [AuditEntry] = []
+        var channels: [Channel] = []
+        var ended = 0
+        self.inner.withLockedValue { inner in
+            for (id, session) in inner.sessions where session.endReason == nil {
+                // A session with a request running is not idle.
+                let active = session.liveStreams > 0 ? now : session.lastActivityAt
+                if let reason = SessionLimits.endReason(startedAt: session.startedAt, lastActivity: active, rules: inner.rules, now: now) {
+                    let result = Self.endSession(id, reason: reason, now: now, inner: &inner)
+                    entries += result.entries
+                    channels += result.channels
+                    ended += 1
+                }
+            }
+            let approvals = inner.persisted.approvalMap
+            for (key, stream) in inner.streams where inner.resetReasons[key] == nil {
+                if case .failure(let denial) = StreamPolicy.decide(stream.facts, rules: inner.rules, approvals: approvals, now: now) {
+                    inner.resetReasons[key] = "stream reset: no longer allowed: \(denial.reason)"
+                    channels.append(stream.channel)
+                }
+            }
+            // Ended sessions are remembered for a day, so their late requests are told why.
+            inner.sessions = inner.sessions.filter { $0.value.endedAt.map { now.timeIntervalSince($0) < 86_400 } ?? true }
+        }
+        entries.forEach { self.audit.append($0) }
+        for channel in channels { channel.close(promise: nil) }
+        return (channels.count, ended)
+    }
+
+    /// Ends every live session (tunnels closed because the access ended, or the customer disabled access).
+    @discardableResult
+    public func endAllSessions(reason: String) -> Int {
+        let now = self.clock()
+        var entries: [AuditEntry] = []
+        var channels: [Channel] = []
+        self.inner.withLockedValue { inner in
+            for (id, session) in inner.sessions where session.endReason == nil {
+                let result = Self.endSession(id, reason: reason, now: now, inner: &inner)
+                entries += result.entries
+                channels += result.channels
+            }
+        }
+        entries.forEach { self.audit.append($0) }
+        for channel in channels { channel.close(promise: nil) }
+        return entries.count
+    }
+
+    /// `connector sessions kill`.
+    public func killSession(_ id: String, by: String) throws -> ConnectorSession {
+        let now = self.clock()
+        let (result, session) = self.inner.withLockedValue { inner in
+            (Self.endSession(id, reason: "killed by the customer (\(by))", now: now, inner: &inner), inner.sessions[id])
+        }
+        guard let session else { throw ControlError(status: 404, code: "unknown_session", message: "no session \(id) on this connector") }
+        guard !result.entries.isEmpty else {
+            throw ControlError(status: 409, code: "session_ended", message: "session \(id) already ended: \(session.endReason ?? "-")")
+        }
+        result.entries.forEach { self.audit.append($0) }
+        for channel in result.channels { channel.close(promise: nil) }
+        return session
+    }
+
+    public var sessions: [ConnectorSession] {
+        self.inner.withLockedValue { Array($0.sessions.values) }.sorted { $0.startedAt > $1.startedAt }
+    }
+
+    // MARK: approvals
+
+    /// The relay's heartbeat answer: requests waiting for the customer, and which decisions it took.
+    public func heartbeatAnswered(pending: [PendingApproval]) {
+        let now = self.clock()
+        let changed = self.inner.withLockedValue { inner -> ConnectorState? in
+            inner.pending = pending
+            let waiting = Set(pending.map(\.requestID))
+            var changed = false
+            for index in inner.persisted.approvals.indices where inner.persisted.approvals[index].deliveredAt == nil {
+                if !waiting.contains(inner.persisted.approvals[index].requestID) {
+                    inner.persisted.approvals[index].deliveredAt = now
+                    changed = true
+                }
+            }
+            // Decisions whose access ended a month ago are of no use to the policy any more.
+            let before = inner.persisted.approvals.count
+            inner.persisted.approvals.removeAll { $0.deliveredAt != nil && now.timeIntervalSince($0.expiresAt) > 30 * 86_400 }
+            return changed || before != inner.persisted.approvals.count ? inner.persisted : nil
+        }
+        if let changed { self.persist(changed) }
+    }
+
+    /// Decisions the relay has not taken yet: sent with every heartbeat until it has.
+    public var undeliveredDecisions: [ApprovalDecision] {
+        self.inner.withLockedValue { inner in
+            inner.persisted.approvals.filter { $0.deliveredAt == nil }.map {
+                ApprovalDecision(requestID: $0.requestID, verdict: $0.verdict == .approved ? .approve : .reject, by: $0.by)
+            }
+        }
+    }
+
+    public var requests: ConnectorRequests {
+        self.inner.withLockedValue { inner in
+            let decided = Set(inner.persisted.approvals.map(\.requestID))
+            return ConnectorRequests(
+                pending: inner.pending.filter { !decided.contains($0.requestID) },
+                decided: inner.persisted.approvals.sorted { $0.decidedAt > $1.decidedAt })
+        }
+    }
+
+    /// `connector requests approve|reject`: kept on disk, then sent with the next heartbeat.
+    public func decide(_ id: Int64, _ verdict: CustomerApproval.Verdict, by: String, reason: String?) throws -> CustomerApproval {
+        let now = self.clock()
+        let (approval, state) = try self.inner.withLockedValue { inner -> (CustomerApproval, ConnectorState) in
+            if let existing = inner.persisted.approvals.first(where: { $0.requestID == id }) {
+                throw ControlError(
+                    status: 409, code: "already_decided",
+                    message: "request \(id) was already \(existing.verdict.rawValue) by \(existing.by) at \(Timestamp.text(existing.decidedAt))")
+            }
+            guard let request = inner.pending.first(where: { $0.requestID == id }) else {
+                let known = inner.pending.map { String($0.requestID) }.joined(separator: ", ")
+                throw ControlError(
+                    status: 404, code: "not_pending",
+                    message: "request \(id) is not waiting for this cluster's approval (waiting: \(known.isEmpty ? "none" : known)); `connector requests list` shows them")
+            }
+            let approval = CustomerApproval(
+                requestID: id, verdict: verdict, expert: request.expert, role: request.role, reason: reason ?? request.reason, by: by,
+                decidedAt: now, expiresAt: now.addingTimeInterval(TimeInterval(request.durationSeconds)))
+            inner.persisted.approvals.append(approval)
+            return (approval, inner.persisted)
+        }
+        self.persist(state)
+        self.audit.append(
+            AuditEntry(
+                time: now, event: "approval", expert: approval.expert, role: approval.role.rawValue, accessRequest: id,
+                decision: verdict == .approved ? "approve" : "reject", reason: reason, actor: "customer:\(by)",
+                detail: verdict == .approved ? "until \(Timestamp.text(approval.expiresAt))" : nil))
+        return approval
+    }
+
+    private func persist(_ state: ConnectorState) {
+        let directory = self.config.stateDirectory
+        do {
+            try state.save(directory: directory)
+        } catch {
+            self.logger.error("cannot save the connector's state", metadata: ["error": "\(error)"])
+        }
+    }
+
+    // MARK: settings
+
+    /// Puts new settings in force: a reloaded config file and/or a mode set from the CLI. Takes
+    /// effect from the next request; running streams no longer allowed are reset now.
+    public func apply(config newConfig: ConnectorConfig? = nil, mode change: ModeChange? = nil, actor: String) -> SettingsApplied {
+        let now = self.clock()
+        let (before, after, state) = self.inner.withLockedValue { inner -> (PrivacyRules, PrivacyRules, ConnectorState?) in
+            let before = inner.rules
+            if let newConfig { inner.config = newConfig }
+            var changedState: ConnectorState?
+            if let change {
+                inner.persisted.modeOverride = change.mode.map { ModeOverride(mode: $0, by: change.by, at: now) }
+                changedState = inner.persisted
+            }
+            inner.rules = inner.config.privacyRules(mode: inner.persisted.modeOverride?.mode)
+            return (before, inner.rules, changedState)
+        }
+        if let state { self.persist(state) }
+        let changes = describeChanges(before, after)
+        self.audit.append(
+            AuditEntry(time: now, event: "setting", reason: changes.isEmpty ? "no change" : nil, actor: actor, detail: changes.joined(separator: "; ")))
+        var ended = 0
+        if after.mode == .disabled && before.mode != .disabled {
+            ended = self.endAllSessions(reason: "the customer turned remote access off")
+        }
+        let swept = self.sweep()
+        if before.mode != after.mode {
+            let observers = self.modeObservers.withLockedValue { $0 }
+            observers.forEach { $0(after.mode) }
+        }
+        return SettingsApplied(mode: after.mode, changes: changes, streamsReset: swept.streamsReset, sessionsEnded: ended + swept.sessionsEnded)
+    }
+}
+
+/// A control-socket request that cannot be done: status, stable code, one sentence.
+public struct ControlError: Error, CustomStringConvertible, Sendable {
+    public var status: Int
+    public var code: String
+    public var message: String
+    public var description: String { self.message }
+}
+
+func describeChanges(_ before: PrivacyRules, _ after: PrivacyRules) -> [String] {
+    var changes: [String] = []
+    if before.mode != after.mode { changes.append("mode \(before.mode.rawValue) -> \(after.mode.rawValue)") }
+    let oldNames = Set(before.components.keys)
+    let newNames = Set(after.components.keys)
+    for name in newNames.subtracting(oldNames).sorted() { changes.append("component \(name) added") }
+    for name in oldNames.subtracting(newNames).sorted() { changes.append("component \(name) removed") }
+    for name in oldNames.intersection(newNames).sorted() where before.components[name] != after.components[name] {
+        changes.append("component \(name) changed")
+    }
+    if before.deniedPathPrefixes != after.deniedPathPrefixes {
+        changes.append("denied paths \(before.deniedPathPrefixes) -> \(after.deniedPathPrefixes)")
+    }
+    if before.maxSessionMilliseconds != after.maxSessionMilliseconds {
+        changes.append("max session \(formatMilliseconds(before.maxSessionMilliseconds)) -> \(formatMilliseconds(after.maxSessionMilliseconds))")
+    }
+    if before.idleTimeoutMilliseconds != after.idleTimeoutMilliseconds {
+        changes.append("idle timeout \(formatMilliseconds(before.idleTimeoutMilliseconds)) -> \(formatMilliseconds(after.idleTimeoutMilliseconds))")
+    }
+    return changes
+}

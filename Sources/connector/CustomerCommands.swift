@@ -1,0 +1,274 @@
+import ArgumentParser
+import Connector
+import CustomerAudit
+import Foundation
+import NIOPosix
+import PrivacyPolicy
+import RelayAPI
+import RelayCtlKit
+import RelayModel
+
+/// The customer's commands: they talk to the running connector over its control socket
+/// (`state_dir/control.sock`), except `audit`, which reads the log files directly so it works
+/// while the connector is stopped.
+struct CustomerOptions: ParsableArguments {
+    @Option(name: .shortAndLong, help: "Path to connector.yaml (see Config/connector.yaml).")
+    var config: String = "connector.yaml"
+
+    @Flag(help: "Print JSON instead of a table.")
+    var json = false
+
+    @Option(name: .customLong("as"), help: "Your name in the audit log (default: $USER).")
+    var user: String?
+
+    var actor: String {
+        if let user = self.user, !user.isEmpty { return user }
+        if let name = ProcessInfo.processInfo.environment["USER"], !name.isEmpty { return name }
+        return "uid-\(getuid())"
+    }
+
+    func load() throws -> ConnectorConfig { try ConnectorConfig.load(path: self.config) }
+
+    func client() throws -> APIClient {
+        let config = try self.load()
+        let path = ControlServer.socketPath(config: config)
+        return try APIClient(socketPath: path, peer: "the connector's control socket \(path) (is the connector running?)", group: MultiThreadedEventLoopGroup.singleton)
+    }
+
+    func print<T: Encodable>(json value: T) throws {
+        Swift.print(String(decoding: try ControlJSON.encoder().encode(value), as: UTF8.self))
+    }
+}
+
+/// Runs a control call; errors print the connector's message and exit with relayctl's codes.
+func controlCall<T>(_ body: () async throws -> T) async throws -> T {
+    do {
+        return try await body()
+    } catch let error as APIError {
+        FileHandle.standardError.write(Data("connector: \(error.message)\n".utf8))
+        throw ExitCode(RelayCtlExit.forError(error))
+    }
+}
+
+struct Status: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Mode, tunnels and live sessions of the running connector.")
+    @OptionGroup var options: CustomerOptions
+
+    func run() async throws {
+        let status: ConnectorStatus = try await controlCall { try await self.options.client().get(ControlPath.status) }
+        if self.options.json { return try self.options.print(json: status) }
+        print("cluster \(status.cluster), node \(status.node)")
+        print("mode: \(status.mode.rawValue) (from \(status.modeSource))")
+        print("components: \(status.components.joined(separator: ", "))")
+        print("last heartbeat: \(HumanFormat.time(status.lastHeartbeatAt)), access requested: \(status.remoteUIRequested.map { $0 ? "yes" : "no" } ?? "-")")
+        print("tunnels: \(status.tunnels.isEmpty ? "none" : status.tunnels.joined(separator: ", "))")
+        print("live sessions: \(status.liveSessions), requests waiting for approval: \(status.pendingRequests)")
+        print("audit log: \(status.auditDirectory)")
+    }
+}
+
+struct Requests: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Access requests waiting for the customer's approval (privacy mode approvedOnly), and decisions.",
+        subcommands: [List.self, Approve.self, Reject.self], defaultSubcommand: List.self)
+
+    struct List: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Requests waiting, then decisions taken.")
+        @OptionGroup var options: CustomerOptions
+
+        func run() async throws {
+            let requests: ConnectorRequests = try await controlCall { try await self.options.client().get(ControlPath.requests) }
+            if self.options.json { return try self.options.print(json: requests) }
+            print(
+                TextTable.render(
+                    ["REQUEST", "EXPERT", "ROLE", "DURATION", "REASON", "STATE", "DECIDED BY", "UNTIL"],
+                    requests.pending.map {
+                        [String($0.requestID), $0.expert, $0.role.rawValue, formatMilliseconds($0.durationSeconds * 1000), $0.reason, "waiting", "-", "-"]
+                    }
+                        + requests.decided.map {
+                            [String($0.requestID), $0.expert, $0.role.rawValue, "-", $0.reason, $0.verdict.rawValue + ($0.deliveredAt == nil ? " (not yet sent)" : ""),
+                             $0.by, $0.verdict == .approved ? HumanFormat.time($0.expiresAt) : "-"]
+                        }))
+        }
+    }
+
+    struct Approve: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Approve a waiting request; kept on disk and sent with the next heartbeat.")
+        @OptionGroup var options: CustomerOptions
+        @Argument var request: Int64
+        @Option(help: "Why (recorded in the audit log).") var reason: String?
+
+        func run() async throws { try await decide(self.options, self.request, .approve, self.reason) }
+    }
+
+    struct Reject: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Reject a waiting request.")
+        @OptionGroup var options: CustomerOptions
+        @Argument var request: Int64
+        @Option(help: "Why (recorded in the audit log).") var reason: String?
+
+        func run() async throws { try await decide(self.options, self.request, .reject, self.reason) }
+    }
+}
+
+private func decide(_ options: CustomerOptions, _ request: Int64, _ verdict: ApprovalDecision.Verdict, _ reason: String?) async throws {
+    let approval: CustomerApproval = try await controlCall {
+        try await options.client().post(ControlPath.decide(request, verdict), CustomerActor(by: options.actor, reason: reason))
+    }
+    if options.json { return try options.print(json: approval) }
+    if approval.verdict == .approved {
+        print("request \(request) approved for \(approval.expert) (\(approval.role.rawValue)) until \(HumanFormat.time(approval.expiresAt))")
+    } else {
+        print("request \(request) rejected")
+    }
+}
+
+struct Sessions: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Expert sessions this connector served.", subcommands: [List.self, Kill.self], defaultSubcommand: List.self)
+
+    struct List: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Live sessions first, then those ended in the last day.")
+        @OptionGroup var options: CustomerOptions
+
+        func run() async throws {
+            let sessions: [ConnectorSession] = try await controlCall { try await self.options.client().get(ControlPath.sessions) }
+            if self.options.json { return try self.options.print(json: sessions) }
+            print(
+                TextTable.render(
+                    ["SESSION", "EXPERT", "ROLE", "COMPONENT", "REQUEST", "STARTED", "LAST ACTIVE", "REQUESTS", "REFUSED", "IN", "OUT", "ENDED"],
+                    sessions.map {
+                        [$0.id, $0.expert, $0.role.rawValue, $0.component, String($0.accessRequest), HumanFormat.time($0.startedAt),
+                         HumanFormat.time($0.lastActivityAt), String($0.requests), String($0.refused), HumanFormat.bytes($0.bytesIn),
+                         HumanFormat.bytes($0.bytesOut), $0.endReason ?? "live"]
+                    }))
+        }
+    }
+
+    struct Kill: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "End a session now: its requests are cut and the expert is told why.")
+        @OptionGroup var options: CustomerOptions
+        @Argument var session: String
+
+        func run() async throws {
+            let session: ConnectorSession = try await controlCall {
+                try await self.options.client().post(ControlPath.kill(self.session), CustomerActor(by: self.options.actor))
+            }
+            if self.options.json { return try self.options.print(json: session) }
+            print("session \(session.id) of \(session.expert) ended")
+        }
+    }
+}
+
+struct Mode: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Set the privacy mode now, over the config file's (kept across restarts); `config` goes back to the file's.",
+        discussion: "`connector mode disabled` is the kill switch: every tunnel closes within seconds.")
+    @OptionGroup var options: CustomerOptions
+    @Argument(help: "disabled, all, readOnly, approvedOnly or config") var mode: String
+
+    func run() async throws {
+        let change: ModeChange
+        if self.mode == "config" {
+            change = ModeChange(mode: nil, by: self.options.actor)
+        } else if let mode = PrivacyMode(rawValue: self.mode) {
+            change = ModeChange(mode: mode, by: self.options.actor)
+        } else {
+            throw ValidationError("mode must be disabled, all, readOnly, approvedOnly or config")
+        }
+        let applied: SettingsApplied = try await controlCall { try await self.options.client().post(ControlPath.mode, change) }
+        if self.options.json { return try self.options.print(json: applied) }
+        printApplied(applied)
+    }
+}
+
+struct Reload: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Read the config file again (as SIGHUP does) and apply its privacy settings.")
+    @OptionGroup var options: CustomerOptions
+
+    func run() async throws {
+        let applied: SettingsApplied = try await controlCall {
+            try await self.options.client().post(ControlPath.reload, CustomerActor(by: self.options.actor))
+        }
+        if self.options.json { return try self.options.print(json: applied) }
+        printApplied(applied)
+    }
+}
+
+private func printApplied(_ applied: SettingsApplied) {
+    print("mode \(applied.mode.rawValue); \(applied.changes.isEmpty ? "no change" : applied.changes.joined(separator: "; "))")
+    if applied.streamsReset > 0 || applied.sessionsEnded > 0 {
+        print("\(applied.streamsReset) running requests reset, \(applied.sessionsEnded) sessions ended")
+    }
+}
+
+struct Audit: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "The customer's audit log (read from disk; works while the connector is stopped).",
+        subcommands: [Tail.self, Verify.self])
+
+    struct Tail: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "The last records, oldest first.")
+        @OptionGroup var options: CustomerOptions
+        @Option(name: .shortAndLong, help: "How many records.") var lines: Int = 20
+
+        func run() async throws {
+            let config = try self.options.load()
+            let entries = try AuditVerifier.tail(directory: config.audit.directory, count: max(0, self.lines))
+            for entry in entries {
+                if self.options.json {
+                    print(AuditVerifier.json(entry))
+                } else {
+                    print(describe(entry))
+                }
+            }
+        }
+    }
+
+    struct Verify: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Check the hash chain of every file; names the first edited, inserted, deleted or moved line.")
+        @OptionGroup var options: CustomerOptions
+
+        func run() async throws {
+            let config = try self.options.load()
+            let result = try AuditVerifier.verify(directory: config.audit.directory)
+            if self.options.json {
+                struct Report: Encodable {
+                    var ok: Bool
+                    var files: Int
+                    var records: Int
+                    var firstSeq: Int64?
+                    var lastSeq: Int64?
+                    var problem: String?
+                }
+                try self.options.print(
+                    json: Report(
+                        ok: result.ok, files: result.files, records: result.records, firstSeq: result.firstSeq, lastSeq: result.lastSeq,
+                        problem: result.problem?.description))
+            } else if let problem = result.problem {
+                print("audit log NOT intact: \(problem) (checked \(result.records) records before it)")
+            } else {
+                let range = result.firstSeq.map { "records \($0)...\(result.lastSeq ?? $0)" } ?? "no records"
+                print("audit log intact: \(result.files) files, \(range)\(result.firstSeq.map { $0 > 1 ? " (older files removed by retention)" : "" } ?? "")")
+            }
+            if !result.ok { throw ExitCode(1) }
+        }
+    }
+}
+
+private func describe(_ entry: AuditEntry) -> String {
+    var parts = [HumanFormat.time(entry.time), "#\(entry.seq)", entry.event]
+    if let expert = entry.expert { parts.append("expert=\(expert)") }
+    if let role = entry.role { parts.append("role=\(role)") }
+    if let session = entry.session { parts.append("session=\(session)") }
+    if let component = entry.component { parts.append("component=\(component)") }
+    if let method = entry.method, let path = entry.path { parts.append("\(method) \(path)") }
+    if let status = entry.status { parts.append("status=\(status)") }
+    if let decision = entry.decision { parts.append(decision) }
+    if let bytesIn = entry.bytesIn, let bytesOut = entry.bytesOut { parts.append("in=\(bytesIn) out=\(bytesOut)") }
+    if let actor = entry.actor { parts.append("by=\(actor)") }
+    if let detail = entry.detail, !detail.isEmpty { parts.append(detail) }
+    if let reason = entry.reason { parts.append("(\(reason))") }
+    return parts.joined(separator: " ")
+}
