@@ -61,7 +61,8 @@ final class LocalHostRewriter: ChannelInboundHandler {
             return
         }
         let own = ["127.0.0.1", "localhost", "[::1]"].flatMap { [$0, "\($0):\(port)"] }
-        if let host = head.headers.first(name: "host"), own.contains(host.lowercased()) {
+        let hosts = head.headers["host"]
+        if hosts.count == 1, own.contains(hosts[0].lowercased()) {
             head.headers.replaceOrAdd(name: "host", value: self.component)
         }
         context.fireChannelRead(self.wrapInboundOut(.head(head)))

@@ -52,10 +52,12 @@ public enum TunnelPipeline {
     }
 }
 
-/// Last in a tunnel's connection pipeline. Errors that reach it are connection errors (a stream's
-/// errors stay in its stream channel): NIOHTTP2 has already sent GOAWAY, so close the tunnel rather
-/// than leave a connection that will never carry a request again. Also reports the peer's close
-/// code and reason (for example: why the relay ended a session).
+/// Last in a tunnel's connection pipeline. NIOHTTP2 reports a bad stream here too, after resetting
+/// that stream (RST_STREAM): such errors are logged and the tunnel goes on, so one malformed request
+/// fails alone (NIOHTTP2 escalates a flood of them to a connection error itself). Anything else is
+/// a connection error (NIOHTTP2 has sent GOAWAY, or the websocket or TLS failed): close the tunnel
+/// rather than leave a connection that will never carry a request again. Also reports the peer's
+/// close code and reason (for example: why the relay ended a session).
 final class TunnelErrorHandler: ChannelInboundHandler {
     typealias InboundIn = Any
     private let logger: Logger?
@@ -72,9 +74,32 @@ final class TunnelErrorHandler: ChannelInboundHandler {
     }
 
     func errorCaught(context: ChannelHandlerContext, error: Error) {
+        if Self.isStreamScoped(error) {
+            self.logger?.info("stream reset after a protocol error", metadata: ["error": "\(error)"])
+            return
+        }
         self.logger?.notice(
             "closing tunnel after a protocol error",
             metadata: ["peer": "\(context.channel.remoteAddress.map { "\($0)" } ?? "?")", "error": "\(error)"])
         context.close(promise: nil)
+    }
+}
+
+extension TunnelErrorHandler {
+    /// NIOHTTP2's errors that concern one stream only (header validation, content length, a frame
+    /// for a closed stream). Unknown errors count as connection errors: closing is the safe default.
+    static func isStreamScoped(_ error: Error) -> Bool {
+        switch error {
+        case is NIOHTTP2Errors.StreamError, is NIOHTTP2Errors.InvalidPseudoHeaders, is NIOHTTP2Errors.MissingPseudoHeader,
+            is NIOHTTP2Errors.DuplicatePseudoHeader, is NIOHTTP2Errors.PseudoHeaderAfterRegularHeader, is NIOHTTP2Errors.ForbiddenHeaderField,
+            is NIOHTTP2Errors.InvalidHTTP2HeaderFieldName, is NIOHTTP2Errors.UnsupportedPseudoHeader, is NIOHTTP2Errors.InvalidStatusValue,
+            is NIOHTTP2Errors.ContentLengthHeadersMismatch, is NIOHTTP2Errors.ContentLengthViolated,
+            is NIOHTTP2Errors.ContentLengthHeaderNegative, is NIOHTTP2Errors.ContentLengthHeaderMalformedValue,
+            is NIOHTTP2Errors.TrailersWithoutEndStream, is NIOHTTP2Errors.StreamClosed, is NIOHTTP2Errors.NoSuchStream,
+            is NIOHTTP2Errors.MissingHostHeader:
+            return true
+        default:
+            return false
+        }
     }
 }

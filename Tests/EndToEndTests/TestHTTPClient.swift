@@ -41,8 +41,8 @@ final class TestHTTPConnection: @unchecked Sendable {
         async throws -> TestResponse
     {
         var head = HTTPRequestHead(version: .http1_1, method: method, uri: path)
-        head.headers.add(name: "host", value: "localhost")
         for (name, value) in headers { head.headers.add(name: name, value: value) }
+        if !head.headers.contains(name: "host") { head.headers.add(name: "host", value: "localhost") }
         if let body {
             if chunked { head.headers.add(name: "transfer-encoding", value: "chunked") } else {
                 head.headers.add(name: "content-length", value: String(body.count))
