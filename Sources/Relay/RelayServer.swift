@@ -181,7 +181,10 @@ public final class RelayServer: Sendable {
                         live.count(exchange)
                         if let reason = exchange.responseHeaders.first(name: WireHeader.sessionEnded) {
                             // The customer's connector ended this session: say so and close it.
-                            live.end(code: WireCloseCode.endedByCustomer, reason: "ended by the customer's connector: \(reason)")
+                            // After the refusal itself is written (this runs just before), so the engineer sees both.
+                            channel.eventLoop.execute {
+                                live.end(code: WireCloseCode.endedByCustomer, reason: "ended by the customer's connector: \(reason)")
+                            }
                         }
                         logger.debug("session request", metadata: record.metadata)
                     }),

@@ -1,0 +1,212 @@
+import Connector
+import CustomerAudit
+import DemoComponentKit
+import Foundation
+import NIOConcurrencyHelpers
+import NIOHTTP1
+import PrivacyPolicy
+import Relay
+import RelayAPI
+import RelayCtlKit
+import RelayModel
+import Testing
+import TunnelCore
+
+/// The customer's controls: settings changes without a restart, approvals, session limits.
+@Suite(.serialized) struct CustomerControlTests {
+    /// What `connector mode|requests|sessions` use: the control socket.
+    static func control(_ stack: TestStack) throws -> APIClient {
+        try APIClient(socketPath: ControlServer.socketPath(config: stack.connectorConfig), peer: "control socket", group: TestStack.group)
+    }
+
+    @Test func theControlSocketIsPrivate() async throws {
+        let stack = try await TestStack.start(approve: false)
+        let path = ControlServer.socketPath(config: stack.connectorConfig)
+        let socket = try FileManager.default.attributesOfItem(atPath: path)
+        #expect((socket[.posixPermissions] as? Int) == 0o600)
+        let folder = try FileManager.default.attributesOfItem(atPath: stack.connectorConfig.stateDirectory)
+        #expect((folder[.posixPermissions] as? Int) == 0o700)
+        let status: ConnectorStatus = try await Self.control(stack).get(ControlPath.status)
+        #expect(status.mode == .all && status.modeSource == "config" && status.cluster == "demo" && status.node == "node-1")
+        await stack.stop()
+        #expect(!FileManager.default.fileExists(atPath: path), "the socket is removed at stop")
+    }
+
+    @Test func aModeChangeTakesEffectOnTheNextRequestAndDisabledClosesTheTunnel() async throws {
+        let stack = try await TestStack.start()
+        let listener = try await stack.openSession()
+        let port = listener.localAddress!.port!
+        #expect(try await TestHTTPConnection.request(port: port, .POST, "/upload", body: [1, 2, 3]).status == .ok)
+
+        // An upload in progress when the customer switches to readOnly is cut within 5 s.
+        let upload = Task {
+            try await RawHTTP.firstLine(
+                port: port, "POST /upload HTTP/1.1\r\nHost: ui\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n")
+        }
+        try await stack.waitUntil("the upload to be running") { stack.privacy.sessions.contains { $0.liveStreams > 0 } }
+        let started = ContinuousClock.now
+        let applied: SettingsApplied = try await Self.control(stack).post(ControlPath.mode, ModeChange(mode: .readOnly, by: "carol"))
+        #expect(applied.mode == .readOnly && applied.changes == ["mode all -> readOnly"] && applied.streamsReset == 1)
+        let cut = try await upload.value
+        #expect(cut.hasPrefix("HTTP/1.1 5") || cut.isEmpty, "the running upload was cut: \(cut)")
+        #expect(ContinuousClock.now - started < .seconds(5))
+
+        let refused = try await TestHTTPConnection.request(port: port, .POST, "/upload", body: [1, 2, 3])
+        #expect(refused.status == .forbidden && refused.headers.first(name: WireHeader.error) == "role_forbids_method")
+        #expect(try await TestHTTPConnection.request(port: port, .GET, "/api/status").status == .ok, "reading still works")
+
+        // The kill switch: every tunnel closes within 5 s and the relay learns the mode.
+        let killed = ContinuousClock.now
+        let _: SettingsApplied = try await Self.control(stack).post(ControlPath.mode, ModeChange(mode: .disabled, by: "carol"))
+        try await stack.waitForTunnels(0)
+        #expect(ContinuousClock.now - killed < .seconds(5))
+        try await stack.waitUntil("the relay to see mode disabled") {
+            try await stack.control.store.nodes(clusterID: "demo").first?.privacyMode == .disabled
+        }
+        try await Task.sleep(for: .milliseconds(3 * Int(TestStack.heartbeatMilliseconds)))
+        #expect(stack.relay.registry.count == 0, "no redial while disabled")
+        // The override survives a restart of the guard (state.json), and the audit names who.
+        #expect(try ConnectorState.load(directory: stack.connectorConfig.stateDirectory).modeOverride?.mode == .disabled)
+        stack.privacy.audit.sync()
+        let settings = try AuditVerifier.tail(directory: stack.connectorConfig.audit.directory, count: 1000).filter { $0.event == "setting" }
+        #expect(settings.map(\.detail) == ["mode all -> readOnly", "mode readOnly -> disabled"])
+        #expect(settings.allSatisfy { $0.actor == "customer:carol" })
+        try await listener.close()
+        await stack.stop()
+    }
+
+    @Test func aReloadFromTheConfigFileDeniesAPathFromTheNextRequest() async throws {
+        let folder = TestStack.temporaryDirectory("reload")
+        let path = folder + "/connector.yaml"
+        let stack = try await TestStack.start(configPath: path) { config in
+            config.stateDirectory = folder + "/state"
+            config.audit = AuditSettings(directory: folder + "/state/audit")
+        }
+        func write(denied: [String]) throws {
+            let yaml = """
+                node_id: node-1
+                credential_file: \(stack.connectorConfig.credentialFile)
+                state_dir: state
+                relay:
+                  url: https://127.0.0.1:\(stack.relayPort)
+                  ca_file: \(TestCerts.trusted)/ca.pem
+                privacy:
+                  mode: all
+                  denied_paths: [\(denied.joined(separator: ", "))]
+                components:
+                  ui: \(stack.component.url)
+                """
+            try yaml.write(toFile: path, atomically: true, encoding: .utf8)
+        }
+        try write(denied: [])
+        let listener = try await stack.openSession()
+        let port = listener.localAddress!.port!
+        #expect(try await TestHTTPConnection.request(port: port, .GET, "/api/status").status == .ok)
+        try write(denied: ["/api/"])
+        let applied = try stack.runtime.reload(actor: "sighup")
+        #expect(applied.changes.contains("denied paths [] -> [\"/api/\"]"))
+        let refused = try await TestHTTPConnection.request(port: port, .GET, "/api/status")
+        #expect(refused.status == .forbidden && refused.headers.first(name: WireHeader.error) == "denied_path")
+        // A broken file is refused and the settings in force stay.
+        try "privacy: [".write(toFile: path, atomically: true, encoding: .utf8)
+        #expect(throws: ControlError.self) { try stack.runtime.reload(actor: "sighup") }
+        #expect(try await TestHTTPConnection.request(port: port, .GET, "/api/status").status == .forbidden)
+        try await listener.close()
+        await stack.stop()
+    }
+
+    @Test func approvedOnlyNeedsTheCustomersApprovalWhateverTheRelaySays() async throws {
+        let stack = try await TestStack.start(mode: .approvedOnly, approve: false)
+        try await stack.waitUntil("the first heartbeat") { try await stack.control.store.cluster(id: "demo")?.lastHeartbeatAt != nil }
+        let first = try await stack.createRequest(cluster: "demo", role: .admin)
+        try await stack.waitUntil("the request to reach the customer") { stack.privacy.requests.pending.map(\.requestID) == [first.id] }
+
+        // A relay that approves on its own (wrong or compromised) gets a tunnel, but no stream through.
+        _ = try await stack.control.approve(first, by: "ops:mallory", now: stack.control.now)
+        try await stack.waitForTunnels(1)
+        let listener = try await stack.openSession()
+        let port = listener.localAddress!.port!
+        let refused = try await TestHTTPConnection.request(port: port, .GET, "/api/status")
+        #expect(refused.status == .forbidden && refused.headers.first(name: WireHeader.error) == "not_approved")
+        #expect(refused.text.contains("connector requests approve \(first.id)"))
+        #expect(stack.component.counters.requests == 0)
+        try await listener.close()
+
+        // The customer's own decision: kept on disk, sent with the next heartbeat, then streams pass.
+        let second = try await stack.createRequest(cluster: "demo", role: .viewer, seconds: 600)
+        try await stack.waitUntil("the second request to reach the customer") { stack.privacy.requests.pending.contains { $0.requestID == second.id } }
+        let approval: CustomerApproval = try await Self.control(stack).post(
+            ControlPath.decide(second.id, .approve), CustomerActor(by: "carol", reason: "ticket 42"))
+        #expect(approval.verdict == .approved && approval.expert == "alice" && approval.role == .viewer)
+        try await stack.waitUntil("the relay to take the customer's approval") {
+            try await stack.control.store.request(id: second.id)?.changedBy == "customer:carol@demo"
+        }
+        try await stack.waitUntil("the decision to be marked delivered") { stack.privacy.undeliveredDecisions.isEmpty }
+        let saved = try ConnectorState.load(directory: stack.connectorConfig.stateDirectory)
+        #expect(saved.approvals.map(\.requestID) == [second.id] && saved.approvals[0].deliveredAt != nil)
+
+        // The relay now grants the admin request (first) for sessions; a viewer session runs under the second.
+        let viewer = try SessionClient(target: try stack.sessionTarget(role: .viewer), group: TestStack.group, logger: TestStack.quietLogger)
+        try await viewer.connect()
+        let viewerListener = try await LocalListener.start(host: "127.0.0.1", port: 0, session: viewer, group: TestStack.group)
+        let answer = try await TestHTTPConnection.request(port: viewerListener.localAddress!.port!, .GET, "/api/status")
+        if answer.status == .ok {
+            #expect(stack.component.counters.requests == 1)
+        } else {
+            // The relay picked the first (admin) request, which the customer never approved.
+            #expect(answer.headers.first(name: WireHeader.error) == "not_approved")
+        }
+        let rejected = try? await Self.control(stack).post(
+            ControlPath.decide(second.id, .reject), CustomerActor(by: "carol"), as: CustomerApproval.self)
+        #expect(rejected == nil, "a request is decided once")
+        try await viewerListener.close()
+        await stack.stop()
+    }
+
+    @Test func sessionsEndAtTheCustomersIdleTimeoutAndTheEngineerIsToldWhy() async throws {
+        let stack = try await TestStack.start { config in config.idleTimeoutMilliseconds = 60_000 }
+        let ended = NIOLockedValueBox<WebSocketPeerClosed?>(nil)
+        let client = try SessionClient(target: try stack.sessionTarget(), group: TestStack.group, logger: TestStack.quietLogger) { closed in
+            ended.withLockedValue { $0 = closed }
+        }
+        try await client.connect()
+        let listener = try await LocalListener.start(host: "127.0.0.1", port: 0, session: client, group: TestStack.group)
+        let port = listener.localAddress!.port!
+        #expect(try await TestHTTPConnection.request(port: port, .GET, "/api/status").status == .ok)
+        stack.clock.advance(seconds: 61)
+        try await stack.waitUntil("the connector to end the idle session") { stack.privacy.sessions.first?.endReason != nil }
+        #expect(stack.privacy.sessions.first?.endReason == "the session was idle for the customer's idle timeout (1m)")
+        let refused = try await TestHTTPConnection.request(port: port, .GET, "/api/status")
+        #expect(refused.status == .forbidden && refused.headers.first(name: WireHeader.error) == "session_ended")
+        try await stack.waitUntil("the relay to close the session") { ended.withLockedValue { $0 } != nil }
+        let closed = ended.withLockedValue { $0 }
+        #expect(closed?.code == .unknown(WireCloseCode.endedByCustomer))
+        #expect(closed?.reason.contains("idle timeout") == true)
+        stack.privacy.audit.sync()
+        let ends = try AuditVerifier.tail(directory: stack.connectorConfig.audit.directory, count: 100).filter { $0.event == "session.end" }
+        #expect(ends.count == 1 && ends[0].reason?.contains("idle") == true)
+        try await listener.close()
+        await stack.stop()
+    }
+
+    @Test func theCustomerKillsASession() async throws {
+        let stack = try await TestStack.start()
+        let listener = try await stack.openSession()
+        let port = listener.localAddress!.port!
+        #expect(try await TestHTTPConnection.request(port: port, .GET, "/").status == .ok)
+        let live: [ConnectorSession] = try await Self.control(stack).get(ControlPath.sessions)
+        #expect(live.count == 1 && live[0].expert == "alice" && live[0].requests == 1 && live[0].endReason == nil)
+        let killed: ConnectorSession = try await Self.control(stack).post(ControlPath.kill(live[0].id), CustomerActor(by: "carol"))
+        #expect(killed.endReason == "killed by the customer (carol)")
+        let refused = try await TestHTTPConnection.request(port: port, .GET, "/")
+        #expect(refused.headers.first(name: WireHeader.error) == "session_ended")
+        do {
+            let _: ConnectorSession = try await Self.control(stack).post(ControlPath.kill("nope"), CustomerActor(by: "carol"))
+            Issue.record("killing an unknown session must fail")
+        } catch let error as APIError {
+            #expect(error.status == 404 && error.code == "unknown_session")
+        }
+        try await listener.close()
+        await stack.stop()
+    }
+}
