@@ -108,7 +108,6 @@ public final class PrivacyGuard: Sendable {
                 }
                 inner.sessions[permit.session]?.lastActivityAt = now
                 inner.sessions[permit.session]?.requests += 1
-                inner.sessions[permit.session]?.liveStreams += 1
                 inner.streams[ObjectIdentifier(ticket.channel)] = LiveStream(channel: ticket.channel, facts: facts, session: permit.session)
                 return .success((permit, component))
             }
@@ -162,7 +161,6 @@ public final class PrivacyGuard: Sendable {
         guard let permit = ticket.permit else { return }
         self.inner.withLockedValue { inner in
             guard var session = inner.sessions[permit.session] else { return }
-            session.liveStreams = max(0, session.liveStreams - 1)
             session.bytesIn += Int64(record.requestBodyBytes)
             session.bytesOut += Int64(record.responseBodyBytes)
             inner.sessions[permit.session] = session
@@ -222,9 +220,10 @@ public final class PrivacyGuard: Sendable {
         var channels: [Channel] = []
         var ended = 0
         self.inner.withLockedValue { inner in
+            let running = Set(inner.streams.values.map(\.session))
             for (id, session) in inner.sessions where session.endReason == nil {
                 // A session with a request running is not idle.
-                let active = session.liveStreams > 0 ? now : session.lastActivityAt
+                let active = running.contains(id) ? now : session.lastActivityAt
                 if let reason = SessionLimits.endReason(startedAt: session.startedAt, lastActivity: active, rules: inner.rules, now: now) {
                     let result = Self.endSession(id, reason: reason, now: now, inner: &inner)
                     entries += result.entries
@@ -281,8 +280,17 @@ public final class PrivacyGuard: Sendable {
     }
 
     public var sessions: [ConnectorSession] {
-        self.inner.withLockedValue { Array($0.sessions.values) }.sorted { $0.startedAt > $1.startedAt }
+        self.inner.withLockedValue { inner in
+            inner.sessions.values.map { session in
+                var session = session
+                session.liveStreams = inner.streams.values.filter { $0.session == session.id }.count
+                return session
+            }
+        }.sorted { $0.startedAt > $1.startedAt }
     }
+
+    /// Requests running through the connector right now.
+    public var runningRequests: Int { self.inner.withLockedValue { $0.streams.count } }
 
     // MARK: approvals
 

@@ -210,7 +210,7 @@ struct Audit: AsyncParsableCommand {
     struct Tail: AsyncParsableCommand {
         static let configuration = CommandConfiguration(abstract: "The last records, oldest first.")
         @OptionGroup var options: CustomerOptions
-        @Option(name: .shortAndLong, help: "How many records.") var lines: Int = 20
+        @Option(name: [.customShort("n"), .long], help: "How many records.") var lines: Int = 20
 
         func run() async throws {
             let config = try self.options.load()

@@ -43,7 +43,7 @@ import TunnelCore
             try await RawHTTP.firstLine(
                 port: port, "POST /upload HTTP/1.1\r\nHost: ui\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n")
         }
-        try await stack.waitUntil("the upload to be running") { stack.privacy.sessions.contains { $0.liveStreams > 0 } }
+        try await stack.waitUntil("the upload to be running") { stack.privacy.runningRequests == 1 }
         let started = ContinuousClock.now
         let applied: SettingsApplied = try await Self.control(stack).post(ControlPath.mode, ModeChange(mode: .readOnly, by: "carol"))
         #expect(applied.mode == .readOnly && applied.changes == ["mode all -> readOnly"] && applied.streamsReset == 1)
@@ -75,29 +75,36 @@ import TunnelCore
         await stack.stop()
     }
 
-    @Test func aReloadFromTheConfigFileDeniesAPathFromTheNextRequest() async throws {
-        let folder = TestStack.temporaryDirectory("reload")
-        let path = folder + "/connector.yaml"
-        let stack = try await TestStack.start(configPath: path) { config in
+    /// A stack whose connector reads `folder/connector.yaml` (state in `folder/state`).
+    static func startFromFile(_ folder: String) async throws -> TestStack {
+        try await TestStack.start(configPath: folder + "/connector.yaml") { config in
             config.stateDirectory = folder + "/state"
             config.audit = AuditSettings(directory: folder + "/state/audit")
         }
-        func write(denied: [String]) throws {
-            let yaml = """
-                node_id: node-1
-                credential_file: \(stack.connectorConfig.credentialFile)
-                state_dir: state
-                relay:
-                  url: https://127.0.0.1:\(stack.relayPort)
-                  ca_file: \(TestCerts.trusted)/ca.pem
-                privacy:
-                  mode: all
-                  denied_paths: [\(denied.joined(separator: ", "))]
-                components:
-                  ui: \(stack.component.url)
-                """
-            try yaml.write(toFile: path, atomically: true, encoding: .utf8)
-        }
+    }
+
+    static func writeConfig(_ stack: TestStack, folder: String, denied: [String] = []) throws {
+        let yaml = """
+            node_id: node-1
+            credential_file: \(stack.connectorConfig.credentialFile)
+            state_dir: state
+            relay:
+              url: https://127.0.0.1:\(stack.relayPort)
+              ca_file: \(TestCerts.trusted)/ca.pem
+            privacy:
+              mode: all
+              denied_paths: [\(denied.joined(separator: ", "))]
+            components:
+              ui: \(stack.component.url)
+            """
+        try yaml.write(toFile: folder + "/connector.yaml", atomically: true, encoding: .utf8)
+    }
+
+    @Test func aReloadFromTheConfigFileDeniesAPathFromTheNextRequest() async throws {
+        let folder = TestStack.temporaryDirectory("reload")
+        let path = folder + "/connector.yaml"
+        let stack = try await Self.startFromFile(folder)
+        func write(denied: [String]) throws { try Self.writeConfig(stack, folder: folder, denied: denied) }
         try write(denied: [])
         let listener = try await stack.openSession()
         let port = listener.localAddress!.port!
@@ -208,5 +215,55 @@ import TunnelCore
         }
         try await listener.close()
         await stack.stop()
+    }
+
+    @Test func theCustomerCLIAnswersFromTheControlSocketAndTheAuditLog() async throws {
+        let connector = TestProcess.binary("connector")
+        guard FileManager.default.isExecutableFile(atPath: connector) else {
+            Issue.record("connector is not built at \(connector)")
+            return
+        }
+        let folder = TestStack.temporaryDirectory("cli")
+        let stack = try await Self.startFromFile(folder)
+        try Self.writeConfig(stack, folder: folder)
+        let config = ["--config", folder + "/connector.yaml"]
+        let listener = try await stack.openSession()
+        for _ in 0..<3 { _ = try await TestHTTPConnection.request(port: listener.localAddress!.port!, .GET, "/api/status") }
+
+        let (statusCode, statusJSON, _) = try TestProcess.run(connector, ["status", "--json"] + config)
+        #expect(statusCode == 0)
+        let status = try ControlJSON.decoder().decode(ConnectorStatus.self, from: Data(statusJSON.utf8))
+        #expect(status.mode == .all && status.liveSessions == 1 && status.tunnels.count == 1)
+        let (_, statusText, _) = try TestProcess.run(connector, ["status"] + config)
+        #expect(statusText.contains("mode: all (from config)"))
+
+        let (listCode, table, _) = try TestProcess.run(connector, ["sessions", "list"] + config)
+        #expect(listCode == 0 && table.hasPrefix("SESSION") && table.contains("alice") && table.contains("live"))
+
+        let (tailCode, tail, _) = try TestProcess.run(connector, ["audit", "tail", "-n", "2", "--json"] + config)
+        #expect(tailCode == 0)
+        let lines = tail.split(separator: "\n")
+        #expect(lines.count == 2 && lines.allSatisfy { $0.contains("\"event\":\"request\"") && $0.contains("\"decision\":\"allow\"") })
+
+        let (approveCode, _, approveError) = try TestProcess.run(connector, ["requests", "approve", "999", "--as", "carol"] + config)
+        #expect(approveCode == RelayCtlExit.notFound && approveError.contains("request 999 is not waiting"))
+
+        let (modeCode, modeOut, _) = try TestProcess.run(connector, ["mode", "readOnly", "--as", "carol"] + config)
+        #expect(modeCode == 0 && modeOut.contains("mode readOnly; mode all -> readOnly"))
+        #expect(stack.privacy.mode == .readOnly)
+
+        await stack.stop()
+        try await listener.close()
+        // verify works with the connector stopped, and names the line a customer edited.
+        let (verifyCode, verified, _) = try TestProcess.run(connector, ["audit", "verify"] + config)
+        #expect(verifyCode == 0 && verified.hasPrefix("audit log intact"), "\(verified)")
+        let log = folder + "/state/audit/audit.jsonl"
+        var text = try String(contentsOfFile: log, encoding: .utf8).split(separator: "\n").map(String.init)
+        text[2] = text[2].replacingOccurrences(of: "alice", with: "bob")
+        try (text.joined(separator: "\n") + "\n").write(toFile: log, atomically: false, encoding: .utf8)
+        let (brokenCode, broken, _) = try TestProcess.run(connector, ["audit", "verify"] + config)
+        #expect(brokenCode == 1 && broken.contains("audit.jsonl line 3: the record does not match its hash"), "\(broken)")
+        let (stoppedCode, _, stoppedError) = try TestProcess.run(connector, ["status"] + config)
+        #expect(stoppedCode == RelayCtlExit.unreachable && stoppedError.contains("is the connector running?"))
     }
 }

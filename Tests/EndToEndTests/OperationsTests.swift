@@ -87,26 +87,12 @@ import TunnelCore
     }
 
     /// The relayctl binary built beside the test bundle.
-    static var relayctl: String {
-        URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent().appendingPathComponent("relayctl").path
-    }
+    static var relayctl: String { TestProcess.binary("relayctl") }
 
     func run(_ arguments: [String], token: String?, port: Int) throws -> (Int32, String, String) {
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: Self.relayctl)
-        process.arguments = arguments + ["--relay", "https://127.0.0.1:\(port)", "--ca", TestCerts.trusted + "/ca.pem"]
-        var environment = ProcessInfo.processInfo.environment
-        environment["RELAYCTL_TOKEN"] = token
-        process.environment = environment
-        let out = Pipe()
-        let err = Pipe()
-        process.standardOutput = out
-        process.standardError = err
-        try process.run()
-        let stdout = out.fileHandleForReading.readDataToEndOfFile()
-        let stderr = err.fileHandleForReading.readDataToEndOfFile()
-        process.waitUntilExit()
-        return (process.terminationStatus, String(decoding: stdout, as: UTF8.self), String(decoding: stderr, as: UTF8.self))
+        try TestProcess.run(
+            Self.relayctl, arguments + ["--relay", "https://127.0.0.1:\(port)", "--ca", TestCerts.trusted + "/ca.pem"],
+            environment: ["RELAYCTL_TOKEN": token])
     }
 
     @Test func relayctlPrintsTablesOrJSONAndExitsWithDocumentedCodes() async throws {

@@ -135,6 +135,45 @@ import TunnelCore
     }
 }
 
+extension PrivacyEnforcementTests {
+    /// A sample of the truth table through the real path (relayctl, relay, tunnel, connector):
+    /// mode x session role x method x path, each cell's status and refusal code asserted.
+    @Test func aSampleOfTheTruthTableEndToEnd() async throws {
+        let stack = try await Self.start()
+        var cells = 0
+        for mode in [PrivacyMode.all, .readOnly] {
+            _ = stack.privacy.apply(mode: ModeChange(mode: mode, by: "test"), actor: "test")
+            for role in [AccessRole.viewer, .admin] {
+                let client = try SessionClient(target: try stack.sessionTarget(role: role), group: TestStack.group, logger: TestStack.quietLogger)
+                try await client.connect()
+                let listener = try await LocalListener.start(host: "127.0.0.1", port: 0, session: client, group: TestStack.group)
+                for method in [HTTPMethod.GET, .POST] {
+                    for path in ["/api/status", "/secrets/x"] {
+                        cells += 1
+                        let before = stack.component.counters.requests
+                        let response = try await TestHTTPConnection.request(
+                            port: listener.localAddress!.port!, method, path, body: method == .POST ? [1] : nil)
+                        let effective = mode == .readOnly ? AccessRole.viewer : role
+                        let expected: String? =
+                            effective == .viewer && method == .POST ? "role_forbids_method" : path.hasPrefix("/secrets") ? "denied_path" : nil
+                        let cell = "\(mode) \(role) \(method) \(path)"
+                        #expect(response.headers.first(name: WireHeader.error) == expected, "\(cell)")
+                        #expect(stack.component.counters.requests == before + (expected == nil ? 1 : 0), "\(cell)")
+                        if expected == nil {
+                            #expect(response.status == .ok, "\(cell)")
+                        } else {
+                            #expect(response.status == .forbidden, "\(cell)")
+                        }
+                    }
+                }
+                try await listener.close()
+            }
+        }
+        #expect(cells == 16)
+        await stack.stop()
+    }
+}
+
 /// Deterministic numbers for randomised tests (SplitMix64).
 struct SeededGenerator: RandomNumberGenerator {
     var state: UInt64
