@@ -43,6 +43,7 @@ heartbeat:
   interval: 5s          # shortened for the demo (default 60s)
 privacy:
   mode: all
+  denied_paths: [/api/v1/credentials]
 health:
   master_node: true
 components:
@@ -72,6 +73,13 @@ ctl clusters list
 
 echo "== engineer: relayctl requests create (auto-approved: the customer's mode is all)"
 RELAYCTL_TOKEN="$(cat "$demo/alice.token")" ctl requests create --cluster demo --role admin --duration 2h --reason "demo session"
+echo "== customer: connector status (over the connector's local control socket)"
+"$bin/connector" status --config "$demo/connector.yaml"
+echo "== customer, in another terminal while the session runs:"
+echo "     $bin/connector sessions list --config $demo/connector.yaml"
+echo "     $bin/connector audit tail --config $demo/connector.yaml      # every request, hash-chained"
+echo "     $bin/connector audit verify --config $demo/connector.yaml"
+echo "     $bin/connector mode readOnly --config $demo/connector.yaml   # or: disabled (kill switch)"
 echo "== opening an expert session; it waits until the connector dials at its next heartbeat"
 RELAYCTL_TOKEN="$(cat "$demo/alice.token")" "$bin/relayctl" session open \
   --relay "https://127.0.0.1:$RELAY_PORT" --ca Certs/dev/ca.pem \

@@ -31,9 +31,16 @@ private let goodConnector = """
       disabled_interval: 300s
     privacy:
       mode: approvedOnly
+      denied_paths: [/secrets, "//api/./certs/"]
+      max_session: 2h
+      idle_timeout: 10m
     components:
       ui: http://127.0.0.1:8080
       api: http://localhost:9000/api/
+      db:
+        url: http://127.0.0.1:7000
+        case_insensitive_paths: true
+        denied_paths: /admin
     """
 
 /// One bad config and the error it must produce. Described by key and message only, so the
@@ -132,7 +139,12 @@ private func edit(_ yaml: String, replace old: String? = nil, with new: String) 
         #expect(config.heartbeat.enabledIntervalMilliseconds == 60_000)
         #expect(config.heartbeat.disabledIntervalMilliseconds == 300_000)
         #expect(config.caFile == "/opt/c/ca.pem")
-        #expect(config.components.map(\.name) == ["ui", "api"])
+        #expect(config.components.map(\.name) == ["ui", "api", "db"])
+        #expect(config.deniedPathPrefixes == ["/secrets", "/api/certs/"], "normalised like request paths")
+        #expect(config.maxSessionMilliseconds == 7_200_000 && config.idleTimeoutMilliseconds == 600_000)
+        #expect(config.components[2].caseInsensitivePaths && config.components[2].deniedPathPrefixes == ["/admin"])
+        #expect(!config.components[0].caseInsensitivePaths)
+        #expect(config.stateDirectory == "/opt/c/connector-state" && config.audit.directory == "/opt/c/connector-state/audit")
         #expect(config.components[1].host == "localhost")
         #expect(config.components[1].port == 9000)
         #expect(config.components[1].basePath == "/api")
@@ -164,7 +176,12 @@ private func edit(_ yaml: String, replace old: String? = nil, with new: String) 
         BadConfig(edit(goodConnector, replace: "  ui: http://127.0.0.1:8080", with: "  ui: http://127.0.0.1:notaport"), "components.ui", "bad host or port"),
         BadConfig(edit(goodConnector, replace: "  ui: http://127.0.0.1:8080", with: "  \"../etc\": http://127.0.0.1:8080"), "components.../etc", "component names"),
         BadConfig(edit(goodConnector, replace: "  api: http://localhost:9000/api/", with: "  api:"), "components.api", "needs a URL"),
-        BadConfig(edit(goodConnector, replace: "  ui: http://127.0.0.1:8080\n  api: http://localhost:9000/api/", with: "  {}"), "components", "needs at least one component"),
+        BadConfig(edit(goodConnector, replace: "[/secrets, ", with: "[secrets, "), "privacy.denied_paths", "not a path"),
+        BadConfig(edit(goodConnector, replace: "  idle_timeout: 10m", with: "  idle_timeout: soon"), "privacy.idle_timeout", "duration"),
+        BadConfig(edit(goodConnector, replace: "    case_insensitive_paths: true", with: "    case_insensitive: true"), "components.db.case_insensitive", "unknown key"),
+        BadConfig(edit(goodConnector, replace: "    url: http://127.0.0.1:7000", with: "    url: ftp://x"), "components.db.url", "http://"),
+        BadConfig(edit(goodConnector, replace: "    denied_paths: /admin", with: "    denied_paths: /admin?x=1"), "components.db.denied_paths", "no query"),
+        BadConfig(String(goodConnector[..<goodConnector.range(of: "components:")!.lowerBound]) + "components: {}\n", "components", "needs at least one component"),
     ])
     func everyBadValueIsRejectedNamingItsKey(_ bad: BadConfig) {
         bad.expectRejected(file: "connector.yaml") { try ConnectorConfig.parse(yaml: $0, file: $1) }
