@@ -171,10 +171,9 @@ public final class PrivacyGuard: Sendable {
         let head = record.head
         let permit = ticket.permit
         var decisionReason = reason
-        var decision = "allow"
+        let decision = permit == nil ? "deny" : "allow"
         switch record.outcome {
         case .refused(let refusal):
-            if permit == nil { decision = "deny" }
             decisionReason = decisionReason ?? "\(refusal.code): \(refusal.message)"
         case .aborted(let why):
             decisionReason = decisionReason ?? "aborted: \(why)"

@@ -184,7 +184,8 @@ public final class ProxyServerHandler: ChannelDuplexHandler {
 
     public func channelInactive(context: ChannelHandlerContext) {
         if let exchange = self.exchange {
-            exchange.outcome = .aborted("client closed the connection")
+            // A refusal closes a connection whose request body was still coming: it stays a refusal.
+            if exchange.phase != .refused { exchange.outcome = .aborted("client closed the connection") }
             exchange.upstream.abort()
             self.report(exchange)
             self.exchange = nil

@@ -71,6 +71,10 @@ import TunnelCore
         let settings = try AuditVerifier.tail(directory: stack.connectorConfig.audit.directory, count: 1000).filter { $0.event == "setting" }
         #expect(settings.map(\.detail) == ["mode all -> readOnly", "mode readOnly -> disabled"])
         #expect(settings.allSatisfy { $0.actor == "customer:carol" })
+        let requests = try AuditVerifier.tail(directory: stack.connectorConfig.audit.directory, count: 1000).filter { $0.event == "request" }
+        #expect(requests.contains { $0.method == "POST" && $0.decision == "deny" && $0.reason?.hasPrefix("role_forbids_method") == true })
+        #expect(requests.contains { $0.method == "POST" && $0.decision == "allow" && $0.reason?.hasPrefix("stream reset: no longer allowed") == true },
+                "the upload cut by the change is audited with why")
         try await listener.close()
         await stack.stop()
     }

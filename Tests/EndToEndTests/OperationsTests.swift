@@ -17,7 +17,8 @@ import TunnelCore
         // Two "relay nodes" (the same relay under two names its certificate covers).
         stack.control.tunnelURLs = ["wss://127.0.0.1:\(stack.relayPort)/v1/tunnel", "wss://localhost:\(stack.relayPort)/v1/tunnel"]
         try await stack.waitForTunnels(2)
-        #expect(stack.connector.connectedURLs.count == 2)
+        // The relay registers a tunnel a moment before the connector's dial completes.
+        try await stack.waitUntil("the connector to count both tunnels") { stack.connector.connectedURLs.count == 2 }
         // One node drops its tunnel: the connector redials it with backoff while the flag is set.
         try await stack.relay.registry.tunnels(cluster: "demo")[0].channel.close()
         try await stack.waitForTunnels(1)
