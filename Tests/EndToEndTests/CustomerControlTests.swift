@@ -172,6 +172,10 @@ import TunnelCore
         #expect(rejected == nil, "a request is decided once")
         try await viewerListener.close()
         await stack.stop()
+        // A restarted connector still knows the customer's decision (and would resend an undelivered one).
+        let restarted = try PrivacyGuard(config: stack.connectorConfig, logger: TestStack.quietLogger)
+        #expect(restarted.requests.decided.map(\.requestID) == [second.id])
+        #expect(restarted.undeliveredDecisions.isEmpty)
     }
 
     @Test func sessionsEndAtTheCustomersIdleTimeoutAndTheEngineerIsToldWhy() async throws {
