@@ -113,3 +113,18 @@ import Testing
         #expect(tail.first?.seq == 4)
     }
 }
+
+@Suite struct AuditTimeTests {
+    @Test func timesAreISO8601WithMillisecondsAndReadBack() throws {
+        let date = Date(timeIntervalSince1970: 1_795_000_000.123)
+        let entry = AuditEntry(time: date, event: "setting")
+        let json = AuditVerifier.json(entry)
+        #expect(json.contains("\"time\":\"2026-11-18T11:06:40.123Z\""), "\(json)")
+        let directory = AuditLogTests.directory()
+        let log = try AuditLog(directory: directory)
+        log.append(entry)
+        log.sync()
+        let back = try AuditVerifier.tail(directory: directory, count: 1)
+        #expect(abs((back.first?.time.timeIntervalSince1970 ?? 0) - date.timeIntervalSince1970) < 0.001)
+    }
+}
