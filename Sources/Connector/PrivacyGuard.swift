@@ -112,7 +112,7 @@ public final class PrivacyGuard: Sendable {
                 return .success((permit, component))
             }
         }
-        entries.forEach { self.audit.append($0) }
+        entries.forEach(self.record)
         switch outcome {
         case .success(let (permit, component)):
             ticket.permit = permit
@@ -121,6 +121,16 @@ public final class PrivacyGuard: Sendable {
             return opener.open(forwarded, upstream, component: component)
         case .failure(let refusal):
             return upstream.downstreamEventLoop.makeFailedFuture(refusal)
+        }
+    }
+
+    /// Appends a record nobody waits for; a failed write is logged (allowed responses wait in `commit`).
+    private func record(_ entry: AuditEntry) {
+        let logger = self.logger
+        self.audit.append(entry) { result in
+            if case .failure(let error) = result {
+                logger.error("cannot write the customer's audit log", metadata: ["event": "\(entry.event)", "error": "\(error)"])
+            }
         }
     }
 
@@ -154,7 +164,7 @@ public final class PrivacyGuard: Sendable {
         self.count(record, ticket: ticket)
         guard !ticket.audited else { return }
         ticket.audited = true
-        self.audit.append(self.requestEntry(record, ticket: ticket, reason: resetReason))
+        self.record(self.requestEntry(record, ticket: ticket, reason: resetReason))
     }
 
     private func count(_ record: ProxyExchangeRecord, ticket: Ticket) {
@@ -240,7 +250,7 @@ public final class PrivacyGuard: Sendable {
             // Ended sessions are remembered for a day, so their late requests are told why.
             inner.sessions = inner.sessions.filter { $0.value.endedAt.map { now.timeIntervalSince($0) < 86_400 } ?? true }
         }
-        entries.forEach { self.audit.append($0) }
+        entries.forEach(self.record)
         for channel in channels { channel.close(promise: nil) }
         return (channels.count, ended)
     }
@@ -258,7 +268,7 @@ public final class PrivacyGuard: Sendable {
                 channels += result.channels
             }
         }
-        entries.forEach { self.audit.append($0) }
+        entries.forEach(self.record)
         for channel in channels { channel.close(promise: nil) }
         return entries.count
     }
@@ -273,7 +283,7 @@ public final class PrivacyGuard: Sendable {
         guard !result.entries.isEmpty else {
             throw ControlError(status: 409, code: "session_ended", message: "session \(id) already ended: \(session.endReason ?? "-")")
         }
-        result.entries.forEach { self.audit.append($0) }
+        result.entries.forEach(self.record)
         for channel in result.channels { channel.close(promise: nil) }
         return session
     }
@@ -354,7 +364,7 @@ public final class PrivacyGuard: Sendable {
             return (approval, inner.persisted)
         }
         self.persist(state)
-        self.audit.append(
+        self.record(
             AuditEntry(
                 time: now, event: "approval", expert: approval.expert, role: approval.role.rawValue, accessRequest: id,
                 decision: verdict == .approved ? "approve" : "reject", reason: reason, actor: "customer:\(by)",
@@ -390,7 +400,7 @@ public final class PrivacyGuard: Sendable {
         }
         if let state { self.persist(state) }
         let changes = describeChanges(before, after)
-        self.audit.append(
+        self.record(
             AuditEntry(time: now, event: "setting", reason: changes.isEmpty ? "no change" : nil, actor: actor, detail: changes.joined(separator: "; ")))
         var ended = 0
         if after.mode == .disabled && before.mode != .disabled {
