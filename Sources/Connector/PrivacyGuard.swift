@@ -15,10 +15,10 @@ import TunnelCore
 /// customer's audit log. One per connector process; every tunnel's streams pass through it.
 public final class PrivacyGuard: Sendable {
     public let audit: AuditLog
-    private let clock: @Sendable () -> Date
-    private let logger: Logger
-    private let inner: NIOLockedValueBox<Inner>
-    private let modeObservers = NIOLockedValueBox<[@Sendable (PrivacyMode) -> Void]>([])
+    let clock: @Sendable () -> Date
+    let logger: Logger
+    let inner: NIOLockedValueBox<Inner>
+    let modeObservers = NIOLockedValueBox<[@Sendable (PrivacyMode) -> Void]>([])
 
     struct Inner {
         var config: ConnectorConfig
@@ -125,7 +125,7 @@ public final class PrivacyGuard: Sendable {
     }
 
     /// Appends a record nobody waits for; a failed write is logged (allowed responses wait in `commit`).
-    private func record(_ entry: AuditEntry) {
+    func record(_ entry: AuditEntry) {
         let logger = self.logger
         self.audit.append(entry) { result in
             if case .failure(let error) = result {
@@ -300,147 +300,4 @@ public final class PrivacyGuard: Sendable {
 
     /// Requests running through the connector right now.
     public var runningRequests: Int { self.inner.withLockedValue { $0.streams.count } }
-
-    // MARK: approvals
-
-    /// The relay's heartbeat answer: requests waiting for the customer, and which decisions it took.
-    public func heartbeatAnswered(pending: [PendingApproval]) {
-        let now = self.clock()
-        let changed = self.inner.withLockedValue { inner -> ConnectorState? in
-            inner.pending = pending
-            let waiting = Set(pending.map(\.requestID))
-            var changed = false
-            for index in inner.persisted.approvals.indices where inner.persisted.approvals[index].deliveredAt == nil {
-                if !waiting.contains(inner.persisted.approvals[index].requestID) {
-                    inner.persisted.approvals[index].deliveredAt = now
-                    changed = true
-                }
-            }
-            // Decisions whose access ended a month ago are of no use to the policy any more.
-            let before = inner.persisted.approvals.count
-            inner.persisted.approvals.removeAll { $0.deliveredAt != nil && now.timeIntervalSince($0.expiresAt) > 30 * 86_400 }
-            return changed || before != inner.persisted.approvals.count ? inner.persisted : nil
-        }
-        if let changed { self.persist(changed) }
-    }
-
-    /// Decisions the relay has not taken yet: sent with every heartbeat until it has.
-    public var undeliveredDecisions: [ApprovalDecision] {
-        self.inner.withLockedValue { inner in
-            inner.persisted.approvals.filter { $0.deliveredAt == nil }.map {
-                ApprovalDecision(requestID: $0.requestID, verdict: $0.verdict == .approved ? .approve : .reject, by: $0.by)
-            }
-        }
-    }
-
-    public var requests: ConnectorRequests {
-        self.inner.withLockedValue { inner in
-            let decided = Set(inner.persisted.approvals.map(\.requestID))
-            return ConnectorRequests(
-                pending: inner.pending.filter { !decided.contains($0.requestID) },
-                decided: inner.persisted.approvals.sorted { $0.decidedAt > $1.decidedAt })
-        }
-    }
-
-    /// `connector requests approve|reject`: kept on disk, then sent with the next heartbeat.
-    public func decide(_ id: Int64, _ verdict: CustomerApproval.Verdict, by: String, reason: String?) throws -> CustomerApproval {
-        let now = self.clock()
-        let (approval, state) = try self.inner.withLockedValue { inner -> (CustomerApproval, ConnectorState) in
-            if let existing = inner.persisted.approvals.first(where: { $0.requestID == id }) {
-                throw ControlError(
-                    status: 409, code: "already_decided",
-                    message: "request \(id) was already \(existing.verdict.rawValue) by \(existing.by) at \(Timestamp.text(existing.decidedAt))")
-            }
-            guard let request = inner.pending.first(where: { $0.requestID == id }) else {
-                let known = inner.pending.map { String($0.requestID) }.joined(separator: ", ")
-                throw ControlError(
-                    status: 404, code: "not_pending",
-                    message: "request \(id) is not waiting for this cluster's approval (waiting: \(known.isEmpty ? "none" : known)); `connector requests list` shows them")
-            }
-            let approval = CustomerApproval(
-                requestID: id, verdict: verdict, expert: request.expert, role: request.role, reason: reason ?? request.reason, by: by,
-                decidedAt: now, expiresAt: now.addingTimeInterval(TimeInterval(request.durationSeconds)))
-            inner.persisted.approvals.append(approval)
-            return (approval, inner.persisted)
-        }
-        self.persist(state)
-        self.record(
-            AuditEntry(
-                time: now, event: "approval", expert: approval.expert, role: approval.role.rawValue, accessRequest: id,
-                decision: verdict == .approved ? "approve" : "reject", reason: reason, actor: "customer:\(by)",
-                detail: verdict == .approved ? "until \(Timestamp.text(approval.expiresAt))" : nil))
-        return approval
-    }
-
-    private func persist(_ state: ConnectorState) {
-        let directory = self.config.stateDirectory
-        do {
-            try state.save(directory: directory)
-        } catch {
-            self.logger.error("cannot save the connector's state", metadata: ["error": "\(error)"])
-        }
-    }
-
-    // MARK: settings
-
-    /// Puts new settings in force: a reloaded config file and/or a mode set from the CLI. Takes
-    /// effect from the next request; running streams no longer allowed are reset now.
-    public func apply(config newConfig: ConnectorConfig? = nil, mode change: ModeChange? = nil, actor: String) -> SettingsApplied {
-        let now = self.clock()
-        let (before, after, state) = self.inner.withLockedValue { inner -> (PrivacyRules, PrivacyRules, ConnectorState?) in
-            let before = inner.rules
-            if let newConfig { inner.config = newConfig }
-            var changedState: ConnectorState?
-            if let change {
-                inner.persisted.modeOverride = change.mode.map { ModeOverride(mode: $0, by: change.by, at: now) }
-                changedState = inner.persisted
-            }
-            inner.rules = inner.config.privacyRules(mode: inner.persisted.modeOverride?.mode)
-            return (before, inner.rules, changedState)
-        }
-        if let state { self.persist(state) }
-        let changes = describeChanges(before, after)
-        self.record(
-            AuditEntry(time: now, event: "setting", reason: changes.isEmpty ? "no change" : nil, actor: actor, detail: changes.joined(separator: "; ")))
-        var ended = 0
-        if after.mode == .disabled && before.mode != .disabled {
-            ended = self.endAllSessions(reason: "the customer turned remote access off")
-        }
-        let swept = self.sweep()
-        if before.mode != after.mode {
-            let observers = self.modeObservers.withLockedValue { $0 }
-            observers.forEach { $0(after.mode) }
-        }
-        return SettingsApplied(mode: after.mode, changes: changes, streamsReset: swept.streamsReset, sessionsEnded: ended + swept.sessionsEnded)
-    }
-}
-
-/// A control-socket request that cannot be done: status, stable code, one sentence.
-public struct ControlError: Error, CustomStringConvertible, Sendable {
-    public var status: Int
-    public var code: String
-    public var message: String
-    public var description: String { self.message }
-}
-
-func describeChanges(_ before: PrivacyRules, _ after: PrivacyRules) -> [String] {
-    var changes: [String] = []
-    if before.mode != after.mode { changes.append("mode \(before.mode.rawValue) -> \(after.mode.rawValue)") }
-    let oldNames = Set(before.components.keys)
-    let newNames = Set(after.components.keys)
-    for name in newNames.subtracting(oldNames).sorted() { changes.append("component \(name) added") }
-    for name in oldNames.subtracting(newNames).sorted() { changes.append("component \(name) removed") }
-    for name in oldNames.intersection(newNames).sorted() where before.components[name] != after.components[name] {
-        changes.append("component \(name) changed")
-    }
-    if before.deniedPathPrefixes != after.deniedPathPrefixes {
-        changes.append("denied paths \(before.deniedPathPrefixes) -> \(after.deniedPathPrefixes)")
-    }
-    if before.maxSessionMilliseconds != after.maxSessionMilliseconds {
-        changes.append("max session \(formatMilliseconds(before.maxSessionMilliseconds)) -> \(formatMilliseconds(after.maxSessionMilliseconds))")
-    }
-    if before.idleTimeoutMilliseconds != after.idleTimeoutMilliseconds {
-        changes.append("idle timeout \(formatMilliseconds(before.idleTimeoutMilliseconds)) -> \(formatMilliseconds(after.idleTimeoutMilliseconds))")
-    }
-    return changes
 }
