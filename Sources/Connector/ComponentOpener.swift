@@ -14,15 +14,12 @@ struct ComponentOpener: Sendable {
         self.pool = pool
     }
 
+    /// `head.uri` is the policy's normalised origin-form target.
     func open(_ head: HTTPRequestHead, _ upstream: ProxyUpstreamHandler, component: Component) -> EventLoopFuture<HTTPRequestHead> {
         let loop = upstream.downstreamEventLoop
         let name = component.name
         // Pooled connections are per address: a reload that moves a component never reuses the old one.
         let poolKey = "\(name) \(component.authority)"
-        guard head.uri.hasPrefix("/") else {
-            return loop.makeFailedFuture(
-                ProxyRefusal(.badRequest, code: "bad_target", message: "only origin-form request targets (/path) are accepted"))
-        }
         var forwarded = head
         forwarded.version = .http1_1
         forwarded.uri = component.basePath + head.uri

@@ -1,4 +1,5 @@
 import Foundation
+import RelayAPI
 import PrivacyPolicy
 import RelayModel
 
@@ -27,7 +28,7 @@ public struct ConnectorState: Codable, Sendable, Equatable {
         let path = self.path(in: directory)
         guard FileManager.default.fileExists(atPath: path) else { return ConnectorState() }
         do {
-            return try ControlJSON.decoder().decode(ConnectorState.self, from: Data(contentsOf: URL(fileURLWithPath: path)))
+            return try APIJSON.decoder().decode(ConnectorState.self, from: Data(contentsOf: URL(fileURLWithPath: path)))
         } catch {
             throw ConnectorStateError(description: "cannot read \(path): \(error); move it away to start with no approvals")
         }
@@ -37,7 +38,7 @@ public struct ConnectorState: Codable, Sendable, Equatable {
         try ensurePrivateDirectory(directory)
         let path = Self.path(in: directory)
         let temporary = path + ".tmp"
-        let data = try ControlJSON.encoder().encode(self)
+        let data = try APIJSON.encoder().encode(self)
         guard FileManager.default.createFile(atPath: temporary, contents: data, attributes: [.posixPermissions: 0o600]) else {
             throw ConnectorStateError(description: "cannot write \(temporary)")
         }

@@ -3,7 +3,8 @@ import PrivacyPolicy
 import RelayAPI
 import RelayModel
 
-/// The customer CLI's messages over the control socket (`state_dir/control.sock`, HTTP/1.1 + JSON).
+/// The customer CLI's messages over the control socket (`state_dir/control.sock`, HTTP/1.1 + JSON,
+/// encoded like the relay's API: `APIJSON`).
 public enum ControlPath {
     public static let status = "/v1/status"
     public static let requests = "/v1/requests"
@@ -12,11 +13,6 @@ public enum ControlPath {
     public static let reload = "/v1/reload"
     public static func decide(_ id: Int64, _ verdict: ApprovalDecision.Verdict) -> String { "/v1/requests/\(id)/\(verdict.rawValue)" }
     public static func kill(_ session: String) -> String { "/v1/sessions/\(session)/kill" }
-}
-
-public enum ControlJSON {
-    public static func encoder() -> JSONEncoder { APIJSON.encoder() }
-    public static func decoder() -> JSONDecoder { APIJSON.decoder() }
 }
 
 public struct ConnectorStatus: Codable, Sendable, Equatable {

@@ -78,7 +78,7 @@ public struct ControlAPI: Sendable {
         let segments = path.split(separator: "/").map(String.init)
         let route = segments.enumerated().map { $0.offset == 2 && segments.count == 4 ? "*" : $0.element }.joined(separator: "/")
         let id = segments.count == 4 ? segments[2] : ""
-        let encoder = ControlJSON.encoder()
+        let encoder = APIJSON.encoder()
         switch (method, route) {
         case (.GET, "v1/status"):
             let last = self.lastAnswer()
@@ -117,7 +117,7 @@ public struct ControlAPI: Sendable {
 
     private func decode<T: Decodable>(_ type: T.Type, _ body: Data) throws -> T {
         do {
-            return try ControlJSON.decoder().decode(type, from: body)
+            return try APIJSON.decoder().decode(type, from: body)
         } catch {
             throw ControlError(status: 400, code: "bad_request", message: "the request body is not a valid \(type): \(error)")
         }

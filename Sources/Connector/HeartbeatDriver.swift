@@ -17,10 +17,9 @@ public final class HeartbeatDriver: Sendable {
     private let health: NodeHealthProbe
     private let machine: NIOLockedValueBox<HeartbeatStateMachine>
     private let timer = NIOLockedValueBox<Scheduled<Void>?>(nil)
-    private let last = NIOLockedValueBox<HeartbeatResponse?>(nil)
+    private let last = NIOLockedValueBox<(answer: HeartbeatResponse, at: Date)?>(nil)
     private let tunnels = NIOLockedValueBox<TunnelConnector?>(nil)
     private let privacy: PrivacyGuard
-    private let lastAt = NIOLockedValueBox<Date?>(nil)
 
     public init(config: ConnectorConfig, credential: ConnectorCredential, privacy: PrivacyGuard, group: EventLoopGroup, logger: Logger) throws {
         self.config = config
@@ -42,7 +41,7 @@ public final class HeartbeatDriver: Sendable {
     }
 
     /// When the relay last answered a heartbeat.
-    public var lastAnswerAt: Date? { self.lastAt.withLockedValue { $0 } }
+    public var lastAnswerAt: Date? { self.last.withLockedValue { $0?.at } }
 
     /// The tunnels this driver opens and closes.
     public func attach(_ connector: TunnelConnector) {
@@ -63,7 +62,7 @@ public final class HeartbeatDriver: Sendable {
     }
 
     /// The relay's last answer (for status output and tests).
-    public var lastAnswer: HeartbeatResponse? { self.last.withLockedValue { $0 } }
+    public var lastAnswer: HeartbeatResponse? { self.last.withLockedValue { $0?.answer } }
 
     /// Exactly what leaves the connector in a heartbeat: identifiers, version, the privacy settings
     /// (component names, never addresses) and the node's health.
@@ -111,8 +110,7 @@ public final class HeartbeatDriver: Sendable {
                 Self.makeRequest(
                     config: config, credential: self.credential, health: self.health.sample(), mode: self.privacy.mode,
                     decisions: self.privacy.undeliveredDecisions))
-            self.last.withLockedValue { $0 = answer }
-            self.lastAt.withLockedValue { $0 = Date() }
+            self.last.withLockedValue { $0 = (answer, Date()) }
             self.privacy.heartbeatAnswered(pending: answer.pendingApprovals)
             if !answer.pendingApprovals.isEmpty {
                 self.logger.notice("access requests wait for the customer's approval", metadata: ["count": "\(answer.pendingApprovals.count)"])

@@ -36,7 +36,7 @@ struct CustomerOptions: ParsableArguments {
     }
 
     func print<T: Encodable>(json value: T) throws {
-        Swift.print(String(decoding: try ControlJSON.encoder().encode(value), as: UTF8.self))
+        Swift.print(String(decoding: try APIJSON.encoder().encode(value), as: UTF8.self))
     }
 }
 

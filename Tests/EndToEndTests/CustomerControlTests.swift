@@ -240,7 +240,7 @@ import TunnelCore
 
         let (statusCode, statusJSON, _) = try TestProcess.run(connector, ["status", "--json"] + config)
         #expect(statusCode == 0)
-        let status = try ControlJSON.decoder().decode(ConnectorStatus.self, from: Data(statusJSON.utf8))
+        let status = try APIJSON.decoder().decode(ConnectorStatus.self, from: Data(statusJSON.utf8))
         #expect(status.mode == .all && status.liveSessions == 1 && status.tunnels.count == 1)
         let (_, statusText, _) = try TestProcess.run(connector, ["status"] + config)
         #expect(statusText.contains("mode: all (from config)"))
