@@ -23,10 +23,10 @@ struct ComponentOpener: Sendable {
         var forwarded = head
         forwarded.version = .http1_1
         forwarded.uri = component.basePath + head.uri
-        forwarded.headers.removeRelayOwned()
         forwarded.headers.replaceOrAdd(name: "host", value: component.authority)
         let pool = self.pool
         upstream.whenDone = .release { channel in pool.release(channel, component: poolKey) }
+        upstream.stripsRelayOwnedResponseHeaders = true
 
         if let idle = pool.take(component: poolKey, loop: loop) {
             do {
@@ -51,5 +51,18 @@ struct ComponentOpener: Sendable {
                 // The component's address stays on the customer's side: the expert sees the name only.
                 throw ProxyRefusal.badGateway("component \"\(name)\" is not reachable from the connector")
             }
+    }
+}
+
+extension HTTPHeaders {
+    /// The connector's own X-Forwarded-* (any the expert sent were stripped by the policy): the
+    /// expert's address as the relay saw it, the HTTPS the request arrived by, the component name
+    /// the expert addressed.
+    mutating func addForwardedFor(expertAddress: String?, component: String) {
+        if let address = expertAddress, (try? SocketAddress(ipAddress: address, port: 0)) != nil {
+            self.add(name: "x-forwarded-for", value: address)
+        }
+        self.add(name: "x-forwarded-proto", value: "https")
+        self.add(name: "x-forwarded-host", value: component)
     }
 }

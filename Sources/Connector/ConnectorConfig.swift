@@ -16,11 +16,16 @@ public struct Component: Sendable, Equatable {
     public var caseInsensitivePaths: Bool
     /// Paths of this component experts may never reach (normalised, see `PrivacyRules.normalizePrefix`).
     public var deniedPathPrefixes: [String]
+    /// Routing or identity headers (`PrivacyRules.strippedHeaders`) this component still receives.
+    public var passedHeaders: Set<String>
 
-    public init(name: String, url: String, caseInsensitivePaths: Bool = false, deniedPathPrefixes: [String] = []) throws(ComponentURLError) {
+    public init(
+        name: String, url: String, caseInsensitivePaths: Bool = true, deniedPathPrefixes: [String] = [], passedHeaders: Set<String> = []
+    ) throws(ComponentURLError) {
         self.name = name
         self.caseInsensitivePaths = caseInsensitivePaths
         self.deniedPathPrefixes = deniedPathPrefixes
+        self.passedHeaders = passedHeaders
         guard url.hasPrefix("http://") else {
             throw ComponentURLError(description: "must be an http:// URL, got \"\(url)\"")
         }
@@ -125,7 +130,7 @@ public struct ConnectorConfig: Sendable {
             components: self.components.map {
                 ComponentRules(
                     name: $0.name, authority: $0.authority, caseInsensitivePaths: $0.caseInsensitivePaths,
-                    deniedPathPrefixes: $0.deniedPathPrefixes)
+                    deniedPathPrefixes: $0.deniedPathPrefixes, passedHeaders: $0.passedHeaders)
             },
             deniedPathPrefixes: self.deniedPathPrefixes, maxSessionMilliseconds: self.maxSessionMilliseconds,
             idleTimeoutMilliseconds: self.idleTimeoutMilliseconds)
@@ -168,12 +173,13 @@ public struct ConnectorConfig: Sendable {
                 "retry_interval", default: min(heartbeat.retryMilliseconds, heartbeat.enabledIntervalMilliseconds), range: 100...3_600_000)
             try map.finish()
         }
-        var mode = PrivacyMode.all
+        // Fail closed: without a word from the customer, every request waits for their approval.
+        var mode = PrivacyMode.approvedOnly
         var denied: [String] = []
         var maxSession: Int64 = 8 * 3_600_000
         var idle: Int64 = 30 * 60_000
         if let privacy = try root.map("privacy") {
-            let text = try privacy.oneOf("mode", PrivacyMode.allCases.map(\.rawValue), default: PrivacyMode.all.rawValue)
+            let text = try privacy.oneOf("mode", PrivacyMode.allCases.map(\.rawValue), default: PrivacyMode.approvedOnly.rawValue)
             mode = PrivacyMode(rawValue: text)!
             denied = try Self.prefixes(privacy, "denied_paths")
             maxSession = try privacy.durationMilliseconds("max_session", default: maxSession, range: 0...30 * 86_400_000)
@@ -200,16 +206,18 @@ public struct ConnectorConfig: Sendable {
         var components: [Component] = []
         for name in componentMap.keys() {
             guard Identifier.isValid(name) else { throw componentMap.error(name, "component names must be \(Identifier.rule)") }
-            // Either `name: URL`, or `name: {url, case_insensitive_paths, denied_paths}`.
+            // Either `name: URL`, or `name: {url, case_insensitive_paths, denied_paths, pass_headers}`.
             var url: String?
-            var caseInsensitive = false
+            var caseInsensitive = true
+            var passed: Set<String> = []
             var componentDenied: [String] = []
             var scope = componentMap
             var key = name
             if let map = try? componentMap.map(name) {
                 url = try map.string("url")
-                caseInsensitive = try map.bool("case_insensitive_paths", default: false)
+                caseInsensitive = try map.bool("case_insensitive_paths", default: true)
                 componentDenied = try Self.prefixes(map, "denied_paths")
+                passed = try Self.passedHeaders(map)
                 try map.finish()
                 scope = map
                 key = "url"
@@ -218,7 +226,9 @@ public struct ConnectorConfig: Sendable {
             }
             guard let url, !url.isEmpty else { throw scope.error(key, "needs a URL") }
             do {
-                components.append(try Component(name: name, url: url, caseInsensitivePaths: caseInsensitive, deniedPathPrefixes: componentDenied))
+                components.append(
+                    try Component(
+                        name: name, url: url, caseInsensitivePaths: caseInsensitive, deniedPathPrefixes: componentDenied, passedHeaders: passed))
             } catch {
                 throw scope.error(key, "\(error)")
             }
@@ -230,6 +240,18 @@ public struct ConnectorConfig: Sendable {
             nodeID: node, sourceType: sourceType, credentialFile: credentialFile, relayURL: relayURL, caFile: caFile,
             components: components, limits: limits, backoff: backoff, heartbeat: heartbeat, privacyMode: mode, masterNode: master,
             deniedPathPrefixes: denied, maxSessionMilliseconds: maxSession, idleTimeoutMilliseconds: idle, stateDirectory: state, audit: audit)
+    }
+
+    /// `pass_headers`: names from the stripped list only, so a typo cannot pass silently.
+    private static func passedHeaders(_ map: ConfigMap) throws -> Set<String> {
+        Set(
+            try map.strings("pass_headers").map { text in
+                let name = text.lowercased()
+                guard PrivacyRules.isStripped(name) else {
+                    throw map.error("pass_headers", "\(quotedText(text)) is not a header the connector strips; only those need passing")
+                }
+                return name
+            })
     }
 
     private static func prefixes(_ map: ConfigMap, _ key: String) throws -> [String] {

@@ -29,7 +29,7 @@ public final class ConnectorRuntime: Sendable {
             privacy: privacy, credential: credential, tunnels: { tunnels.connectedURLs },
             lastAnswer: { (driver.lastAnswerAt, driver.lastAnswer?.remoteUIRequested) },
             reload: { actor in try Self.reload(privacy: privacy, path: configPath, actor: actor, logger: logger) },
-            decided: { driver.heartbeatNow() })
+            decided: { driver.relayMustLearn() })
         let control = try await ControlServer.start(api: api, config: config, group: group)
         let sweep = group.next().scheduleRepeatedTask(initialDelay: sweepInterval, delay: sweepInterval) { _ in privacy.sweep() }
         driver.start()

@@ -61,6 +61,12 @@ public final class HeartbeatDriver: Sendable {
         self.perform(self.machine.withLockedValue { $0.heartbeatNow() })
     }
 
+    /// The customer decided a request: the relay learns it with the next heartbeat, sent now (or
+    /// right after the one in flight).
+    public func relayMustLearn() {
+        self.perform(self.machine.withLockedValue { $0.relayMustLearn() })
+    }
+
     /// The relay's last answer (for status output and tests).
     public var lastAnswer: HeartbeatResponse? { self.last.withLockedValue { $0?.answer } }
 
@@ -117,7 +123,7 @@ public final class HeartbeatDriver: Sendable {
             }
             let state = HeartbeatStateMachine.Answer(
                 remoteUIRequested: answer.remoteUIRequested, websocketURLs: answer.websocketURLs,
-                nextIntervalMilliseconds: answer.nextHeartbeatSeconds.map { Int64($0) * 1000 })
+                nextIntervalMilliseconds: HeartbeatStateMachine.Answer.milliseconds(fromSeconds: answer.nextHeartbeatSeconds))
             self.perform(self.machine.withLockedValue { $0.received(state, jitter: jitter) })
         } catch {
             self.logger.warning("heartbeat failed", metadata: ["error": "\(error)"])

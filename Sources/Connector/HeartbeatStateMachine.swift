@@ -30,6 +30,14 @@ public struct HeartbeatStateMachine: Sendable {
             self.websocketURLs = websocketURLs
             self.nextIntervalMilliseconds = nextIntervalMilliseconds
         }
+
+        /// The relay's `next_heartbeat_seconds` in milliseconds, saturating: any number the relay
+        /// sends is clamped later, and none can overflow on the way.
+        public static func milliseconds(fromSeconds seconds: Int?) -> Int64? {
+            guard let seconds else { return nil }
+            let (product, overflow) = Int64(clamping: seconds).multipliedReportingOverflow(by: 1000)
+            return overflow ? (seconds < 0 ? Int64.min : Int64.max) : product
+        }
     }
 
     public enum Action: Sendable, Equatable {
@@ -50,6 +58,9 @@ public struct HeartbeatStateMachine: Sendable {
     public private(set) var tunnelURLs: [String] = []
     private var phase = Phase.stopped
     private var relayInterval: Int64?
+    /// Something the relay must learn changed while a heartbeat was in flight (that heartbeat
+    /// carries the old state): send another as soon as its answer is in.
+    private var heartbeatOwed = false
 
     public init(configuration: Configuration = Configuration(), remoteAccessEnabled: Bool) {
         self.configuration = configuration
@@ -78,6 +89,21 @@ public struct HeartbeatStateMachine: Sendable {
         return [.sendHeartbeat]
     }
 
+    /// Something the relay must learn changed (the customer decided a request): send now, or, when a
+    /// heartbeat is in flight, right after its answer.
+    public mutating func relayMustLearn() -> [Action] {
+        switch self.phase {
+        case .stopped:
+            return []
+        case .awaitingAnswer:
+            self.heartbeatOwed = true
+            return []
+        case .waiting:
+            self.phase = .awaitingAnswer
+            return [.sendHeartbeat]
+        }
+    }
+
     public mutating func received(_ answer: Answer, jitter: Double) -> [Action] {
         guard self.phase == .awaitingAnswer else { return [] }
         self.phase = .waiting
@@ -93,7 +119,13 @@ public struct HeartbeatStateMachine: Sendable {
             }
             self.tunnelURLs = wanted
         }
-        actions.append(.scheduleHeartbeat(afterMilliseconds: self.interval(jitter: jitter)))
+        if self.heartbeatOwed {
+            self.heartbeatOwed = false
+            self.phase = .awaitingAnswer
+            actions.append(.sendHeartbeat)
+        } else {
+            actions.append(.scheduleHeartbeat(afterMilliseconds: self.interval(jitter: jitter)))
+        }
         return actions
     }
 
@@ -102,6 +134,7 @@ public struct HeartbeatStateMachine: Sendable {
     public mutating func failed(jitter: Double) -> [Action] {
         guard self.phase == .awaitingAnswer else { return [] }
         self.phase = .waiting
+        self.heartbeatOwed = false  // the retry carries the state as it is then
         let full = self.interval(jitter: jitter)
         return [.scheduleHeartbeat(afterMilliseconds: min(full, self.configuration.retryMilliseconds))]
     }
@@ -119,7 +152,8 @@ public struct HeartbeatStateMachine: Sendable {
         case .stopped:
             break
         case .awaitingAnswer:
-            break  // the answer reschedules with the new interval
+            // The heartbeat in flight may carry the old mode: tell the relay again once it is answered.
+            self.heartbeatOwed = true
         case .waiting:
             // Tell the relay at once: re-enabled, a waiting request is served without a 300 s wait;
             // disabled, the relay stops approving automatically and shows the customer's choice.

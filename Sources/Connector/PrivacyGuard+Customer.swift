@@ -92,7 +92,9 @@ extension PrivacyGuard {
     /// effect from the next request; running streams no longer allowed are reset now.
     public func apply(config newConfig: ConnectorConfig? = nil, mode change: ModeChange? = nil, actor: String) -> SettingsApplied {
         let now = self.clock()
-        let (before, after, state) = self.inner.withLockedValue { inner -> (PrivacyRules, PrivacyRules, ConnectorState?) in
+        // The change, the sessions it ends and the streams it no longer allows are one step: the
+        // periodic sweep never sees the new rules before this call has counted what they cut.
+        let (before, after, state, cuts) = self.inner.withLockedValue { inner -> (PrivacyRules, PrivacyRules, ConnectorState?, Cuts) in
             let before = inner.rules
             if let newConfig { inner.config = newConfig }
             var changedState: ConnectorState?
@@ -101,22 +103,26 @@ extension PrivacyGuard {
                 changedState = inner.persisted
             }
             inner.rules = inner.config.privacyRules(mode: inner.persisted.modeOverride?.mode)
-            return (before, inner.rules, changedState)
+            var cuts = Cuts()
+            if inner.rules.mode == .disabled && before.mode != .disabled {
+                cuts = Self.endAllSessions(&inner, reason: "the customer turned remote access off", now: now)
+            }
+            let swept = Self.sweep(&inner, now: now)
+            cuts.entries += swept.entries
+            cuts.channels += swept.channels
+            cuts.sessionsEnded += swept.sessionsEnded
+            return (before, inner.rules, changedState, cuts)
         }
         if let state { self.persist(state) }
         let changes = describeChanges(before, after)
         self.record(
             AuditEntry(time: now, event: "setting", reason: changes.isEmpty ? "no change" : nil, actor: actor, detail: changes.joined(separator: "; ")))
-        var ended = 0
-        if after.mode == .disabled && before.mode != .disabled {
-            ended = self.endAllSessions(reason: "the customer turned remote access off")
-        }
-        let swept = self.sweep()
+        self.carryOut(cuts)
         if before.mode != after.mode {
             let observers = self.modeObservers.withLockedValue { $0 }
             observers.forEach { $0(after.mode) }
         }
-        return SettingsApplied(mode: after.mode, changes: changes, streamsReset: swept.streamsReset, sessionsEnded: ended + swept.sessionsEnded)
+        return SettingsApplied(mode: after.mode, changes: changes, streamsReset: cuts.channels.count, sessionsEnded: cuts.sessionsEnded)
     }
 }
 

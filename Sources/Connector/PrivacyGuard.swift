@@ -116,8 +116,11 @@ public final class PrivacyGuard: Sendable {
         switch outcome {
         case .success(let (permit, component)):
             ticket.permit = permit
-            var forwarded = head
-            forwarded.uri = permit.target.forwarded
+            // Exactly what was decided goes on: method, normalised target, the headers kept.
+            var headers = HTTPHeaders(permit.headers.map { ($0.name, $0.value) })
+            headers.addForwardedFor(expertAddress: facts.first(WireHeader.clientAddress), component: component.name)
+            let forwarded = HTTPRequestHead(
+                version: head.version, method: HTTPMethod(rawValue: permit.method), uri: permit.target.forwarded, headers: headers)
             return opener.open(forwarded, upstream, component: component)
         case .failure(let refusal):
             return upstream.downstreamEventLoop.makeFailedFuture(refusal)
@@ -198,7 +201,15 @@ public final class PrivacyGuard: Sendable {
             component: head.headers.first(name: WireHeader.component), method: head.method.rawValue, path: head.uri,
             status: record.status.map { Int($0) }, bytesIn: Int64(record.requestBodyBytes), bytesOut: Int64(record.responseBodyBytes),
             durationMs: record.duration.nanoseconds / 1_000_000, decision: decision, reason: decisionReason,
-            detail: permit.flatMap { $0.target.forwarded != head.uri ? "forwarded as \($0.target.forwarded)" : nil })
+            detail: permit.flatMap { Self.forwardingDetail($0, received: head.uri) })
+    }
+
+    /// How the forwarded request differs from the one received, for the audit record.
+    private static func forwardingDetail(_ permit: StreamPermit, received: String) -> String? {
+        var parts: [String] = []
+        if permit.target.forwarded != received { parts.append("forwarded as \(permit.target.forwarded)") }
+        if !permit.strippedHeaders.isEmpty { parts.append("headers removed: \(permit.strippedHeaders.joined(separator: ", "))") }
+        return parts.isEmpty ? nil : parts.joined(separator: "; ")
     }
 
     // MARK: sessions
@@ -220,57 +231,72 @@ public final class PrivacyGuard: Sendable {
         return ([entry], channels)
     }
 
+    /// What a sweep or a settings change ended: records to write, stream channels to close.
+    struct Cuts {
+        var entries: [AuditEntry] = []
+        var channels: [Channel] = []
+        var sessionsEnded = 0
+
+        mutating func add(_ result: (entries: [AuditEntry], channels: [Channel])) {
+            self.entries += result.entries
+            self.channels += result.channels
+            self.sessionsEnded += result.entries.count
+        }
+    }
+
+    /// Writes the records, then closes the streams.
+    func carryOut(_ cuts: Cuts) {
+        cuts.entries.forEach(self.record)
+        for channel in cuts.channels { channel.close(promise: nil) }
+    }
+
     /// Ends sessions at their limits and resets streams the settings no longer allow. Runs every
-    /// second and right after a settings change.
+    /// second and, in the same critical section as the change, on every settings change.
     @discardableResult
     public func sweep() -> (streamsReset: Int, sessionsEnded: Int) {
         let now = self.clock()
-        var entries: [AuditEntry] = []
-        var channels: [Channel] = []
-        var ended = 0
-        self.inner.withLockedValue { inner in
-            let running = Set(inner.streams.values.map(\.session))
-            for (id, session) in inner.sessions where session.endReason == nil {
-                // A session with a request running is not idle.
-                let active = running.contains(id) ? now : session.lastActivityAt
-                if let reason = SessionLimits.endReason(startedAt: session.startedAt, lastActivity: active, rules: inner.rules, now: now) {
-                    let result = Self.endSession(id, reason: reason, now: now, inner: &inner)
-                    entries += result.entries
-                    channels += result.channels
-                    ended += 1
-                }
+        let cuts = self.inner.withLockedValue { Self.sweep(&$0, now: now) }
+        self.carryOut(cuts)
+        return (cuts.channels.count, cuts.sessionsEnded)
+    }
+
+    static func sweep(_ inner: inout Inner, now: Date) -> Cuts {
+        var cuts = Cuts()
+        let running = Set(inner.streams.values.map(\.session))
+        for (id, session) in inner.sessions where session.endReason == nil {
+            // A session with a request running is not idle.
+            let active = running.contains(id) ? now : session.lastActivityAt
+            if let reason = SessionLimits.endReason(startedAt: session.startedAt, lastActivity: active, rules: inner.rules, now: now) {
+                cuts.add(Self.endSession(id, reason: reason, now: now, inner: &inner))
             }
-            let approvals = inner.persisted.approvalMap
-            for (key, stream) in inner.streams where inner.resetReasons[key] == nil {
-                if case .failure(let denial) = StreamPolicy.decide(stream.facts, rules: inner.rules, approvals: approvals, now: now) {
-                    inner.resetReasons[key] = "stream reset: no longer allowed: \(denial.reason)"
-                    channels.append(stream.channel)
-                }
-            }
-            // Ended sessions are remembered for a day, so their late requests are told why.
-            inner.sessions = inner.sessions.filter { $0.value.endedAt.map { now.timeIntervalSince($0) < 86_400 } ?? true }
         }
-        entries.forEach(self.record)
-        for channel in channels { channel.close(promise: nil) }
-        return (channels.count, ended)
+        let approvals = inner.persisted.approvalMap
+        for (key, stream) in inner.streams where inner.resetReasons[key] == nil {
+            if case .failure(let denial) = StreamPolicy.decide(stream.facts, rules: inner.rules, approvals: approvals, now: now) {
+                inner.resetReasons[key] = "stream reset: no longer allowed: \(denial.reason)"
+                cuts.channels.append(stream.channel)
+            }
+        }
+        // Ended sessions are remembered for a day, so their late requests are told why.
+        inner.sessions = inner.sessions.filter { $0.value.endedAt.map { now.timeIntervalSince($0) < 86_400 } ?? true }
+        return cuts
     }
 
     /// Ends every live session (tunnels closed because the access ended, or the customer disabled access).
     @discardableResult
     public func endAllSessions(reason: String) -> Int {
         let now = self.clock()
-        var entries: [AuditEntry] = []
-        var channels: [Channel] = []
-        self.inner.withLockedValue { inner in
-            for (id, session) in inner.sessions where session.endReason == nil {
-                let result = Self.endSession(id, reason: reason, now: now, inner: &inner)
-                entries += result.entries
-                channels += result.channels
-            }
+        let cuts = self.inner.withLockedValue { Self.endAllSessions(&$0, reason: reason, now: now) }
+        self.carryOut(cuts)
+        return cuts.sessionsEnded
+    }
+
+    static func endAllSessions(_ inner: inout Inner, reason: String, now: Date) -> Cuts {
+        var cuts = Cuts()
+        for (id, session) in inner.sessions where session.endReason == nil {
+            cuts.add(Self.endSession(id, reason: reason, now: now, inner: &inner))
         }
-        entries.forEach(self.record)
-        for channel in channels { channel.close(promise: nil) }
-        return entries.count
+        return cuts
     }
 
     /// `connector sessions kill`.

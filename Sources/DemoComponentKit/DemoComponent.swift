@@ -123,6 +123,15 @@ private final class DemoHandler: ChannelInboundHandler {
         case "/upload", "/echo":
             let digest = hex(self.uploadHash!.finalize())
             self.respond(context, head, .ok, "application/json", "{\"bytes\":\(self.uploadBytes),\"sha256\":\"\(digest)\"}\n")
+        case "/response-headers":
+            // Sets each query parameter as a response header (as httpbin does): lets tests check
+            // what the connector lets a component say.
+            var extra = HTTPHeaders()
+            for pair in (head.uri.split(separator: "?", maxSplits: 1).dropFirst().first ?? "").split(separator: "&") {
+                let parts = pair.split(separator: "=", maxSplits: 1).map(String.init)
+                if parts.count == 2 { extra.add(name: parts[0], value: parts[1].removingPercentEncoding ?? parts[1]) }
+            }
+            self.respond(context, head, .ok, "text/plain", "ok\n", extra: extra)
         case "/headers":
             let fields = head.headers.map { "\"\($0.name.lowercased())\":\"\($0.value.replacingOccurrences(of: "\"", with: "'"))\"" }
             self.respond(context, head, .ok, "application/json", "{\"method\":\"\(head.method)\",\"uri\":\"\(head.uri)\",\"headers\":{\(fields.joined(separator: ","))}}\n")
@@ -162,11 +171,12 @@ private final class DemoHandler: ChannelInboundHandler {
     }
 
     private func respond(
-        _ context: ChannelHandlerContext, _ head: HTTPRequestHead, _ status: HTTPResponseStatus, _ type: String, _ body: String
+        _ context: ChannelHandlerContext, _ head: HTTPRequestHead, _ status: HTTPResponseStatus, _ type: String, _ body: String,
+        extra: HTTPHeaders = HTTPHeaders()
     ) {
         var buffer = context.channel.allocator.buffer(capacity: body.utf8.count)
         buffer.writeString(body)
-        var headers = HTTPHeaders()
+        var headers = extra
         headers.add(name: "content-type", value: type)
         headers.add(name: "content-length", value: String(buffer.readableBytes))
         if !head.isKeepAlive { headers.add(name: "connection", value: "close") }

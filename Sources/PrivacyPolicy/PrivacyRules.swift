@@ -9,12 +9,17 @@ public struct ComponentRules: Sendable, Equatable {
     public var caseInsensitivePaths: Bool
     /// Denied path prefixes of this component, normalised (see `PrivacyRules.normalizePrefix`).
     public var deniedPathPrefixes: [String]
+    /// Headers from `PrivacyRules.strippedHeaders` this component may still receive (lower-case names).
+    public var passedHeaders: Set<String>
 
-    public init(name: String, authority: String, caseInsensitivePaths: Bool = false, deniedPathPrefixes: [String] = []) {
+    public init(
+        name: String, authority: String, caseInsensitivePaths: Bool = true, deniedPathPrefixes: [String] = [], passedHeaders: Set<String> = []
+    ) {
         self.name = name
         self.authority = authority
         self.caseInsensitivePaths = caseInsensitivePaths
         self.deniedPathPrefixes = deniedPathPrefixes
+        self.passedHeaders = Set(passedHeaders.map { $0.lowercased() })
     }
 }
 
@@ -54,6 +59,25 @@ public struct PrivacyRules: Sendable, Equatable {
         self.idleTimeoutMilliseconds = idleTimeoutMilliseconds
     }
 
+    /// Headers that make a component route elsewhere or believe who the caller is. Behind a proxy
+    /// many components trust them blindly, so an expert must never set them; they are removed
+    /// unless the component's `pass_headers` names them. The connector sets its own X-Forwarded-*.
+    public static let strippedHeaders: Set<String> = [
+        "forwarded", "x-original-url", "x-rewrite-url", "x-original-uri", "x-override-url", "x-host", "x-http-host-override",
+        "x-real-ip", "x-client-ip", "x-cluster-client-ip", "true-client-ip", "cf-connecting-ip", "fastly-client-ip", "x-remote-ip",
+        "x-remote-addr", "x-originating-ip", "client-ip", "remote-user", "x-remote-user", "x-webauth-user", "x-webauth-email",
+        "x-webauth-groups", "x-auth-user", "x-authenticated-user", "x-auth-request-user", "x-auth-request-email",
+        "x-auth-request-groups", "x-auth-request-preferred-username", "x-proxy-user", "x-user", "x-username", "x-email",
+        "x-ssl-client-cert", "x-client-cert", "x-client-dn", "x-ssl-client-dn", "ssl-client-cert",
+    ]
+    /// Header name prefixes stripped in the same way (`x-forwarded-for`, `x-forwarded-user`, ...).
+    public static let strippedHeaderPrefixes = ["x-forwarded-", "x-ms-client-principal", "x-amzn-oidc-", "x-goog-authenticated-user-"]
+
+    /// Whether `name` (lower-case) is a routing or identity header the connector removes.
+    public static func isStripped(_ name: String) -> Bool {
+        self.strippedHeaders.contains(name) || self.strippedHeaderPrefixes.contains { name.hasPrefix($0) }
+    }
+
     /// A configured prefix in the form paths are compared in: normalised like a request path, and
     /// fully decoded. Returns nil for something that is not a path.
     public static func normalizePrefix(_ text: String) -> String? {
@@ -61,12 +85,12 @@ public struct PrivacyRules: Sendable, Equatable {
         return target.decodedPath
     }
 
-    /// The denied prefix `path` falls under, if any. A prefix is a plain string prefix (`/api/key`
-    /// also covers `/api/keys`); one that ends in `/` also covers the path without it.
-    func deniedPrefix(for path: String, component: ComponentRules) -> String? {
+    /// The denied prefix `target` falls under, if any: as decoded, and as Java servers read it
+    /// (`;parameters` cut from every segment). A prefix is a plain string prefix (`/api/key` also
+    /// covers `/api/keys`); one that ends in `/` also covers the path without it.
+    func deniedPrefix(for target: NormalizedTarget, component: ComponentRules) -> String? {
         let fold: (String) -> String = component.caseInsensitivePaths ? { $0.lowercased() } : { $0 }
-        // Some servers drop ";parameters" from each segment (Tomcat, Spring): check that reading too.
-        let candidates = Set([path, withoutSegmentParameters(path)].map(fold))
+        let candidates = Set([target.decodedPath, target.parameterFreePath].map(fold))
         for prefix in self.deniedPathPrefixes + component.deniedPathPrefixes {
             let folded = fold(prefix)
             for candidate in candidates {
@@ -77,11 +101,4 @@ public struct PrivacyRules: Sendable, Equatable {
         }
         return nil
     }
-}
-
-func withoutSegmentParameters(_ path: String) -> String {
-    guard path.contains(";") else { return path }
-    return path.split(separator: "/", omittingEmptySubsequences: false)
-        .map { $0.split(separator: ";", maxSplits: 1, omittingEmptySubsequences: false).first.map(String.init) ?? "" }
-        .joined(separator: "/")
 }

@@ -9,6 +9,9 @@ public struct NormalizedTarget: Equatable, Sendable {
     public var query: String?
     /// `path` with every escape decoded: what denied prefixes are compared with.
     public var decodedPath: String
+    /// `decodedPath` with `;parameters` cut from every segment, as Tomcat, Jetty and Spring read a
+    /// path before they route it; denied prefixes are compared with this too.
+    public var parameterFreePath: String
 
     public var forwarded: String { self.path + (self.query.map { "?" + $0 } ?? "") }
 }
@@ -26,6 +29,7 @@ public enum TargetRejection: Error, Equatable, Sendable, CustomStringConvertible
     case encodedPercent
     case backslash
     case controlCharacter
+    case dotSegmentParameter
 
     public var description: String {
         switch self {
@@ -39,6 +43,8 @@ public enum TargetRejection: Error, Equatable, Sendable, CustomStringConvertible
         case .encodedPercent: "the path has an encoded percent sign (%25): double encoding is refused"
         case .backslash: "the path has a backslash"
         case .controlCharacter: "the path has an encoded control character"
+        case .dotSegmentParameter:
+            "a path segment is empty, \".\" or \"..\" once its ;parameters are cut (\"/x/..;/y\", \"/;x/y\"): Java servers would resolve it past the checked path"
         }
     }
 }
@@ -98,10 +104,27 @@ public enum RequestTargetNormalizer {
             default: output.append(segment)
             }
         }
+        // 3. Path parameters: Java servers cut ";..." from each segment and then resolve dot
+        //    segments again, so "/x/..;/admin" means "/admin" to them. A segment that is empty, "."
+        //    or ".." without its parameters is refused (decoded, so "%2e%2e%3b" counts too).
+        var parameterFree: [String] = []
+        for segment in output {
+            let decoded = percentDecoded(segment)
+            guard let semicolon = decoded.firstIndex(of: ";") else {
+                parameterFree.append(decoded)
+                continue
+            }
+            let bare = decoded[..<semicolon]
+            if bare.isEmpty || bare == "." || bare == ".." { return .failure(.dotSegmentParameter) }
+            parameterFree.append(String(bare))
+        }
         let endsInDirectory = normalized.last == UInt8(ascii: "/") || segments.last == "." || segments.last == ".."
-        var path = "/" + output.joined(separator: "/")
-        if endsInDirectory && !output.isEmpty { path += "/" }
-        return .success(NormalizedTarget(path: path, query: query, decodedPath: percentDecoded(path)))
+        let trailing = endsInDirectory && !output.isEmpty ? "/" : ""
+        let path = "/" + output.joined(separator: "/") + trailing
+        return .success(
+            NormalizedTarget(
+                path: path, query: query, decodedPath: percentDecoded(path),
+                parameterFreePath: "/" + parameterFree.joined(separator: "/") + trailing))
     }
 
     /// Decodes every escape (the normal form has no encoded slash or percent left, so segments stay put).

@@ -79,7 +79,15 @@ public struct StreamPermit: Sendable, Equatable {
     public var accessRequest: Int64
     /// The role the stream runs under: the relay's, lowered by `readOnly` or the customer's approval.
     public var role: AccessRole
+    /// The method decided on, forwarded as is.
+    public var method: String
     public var target: NormalizedTarget
+    /// The request's headers as the component gets them (before the connector adds Host and its
+    /// own X-Forwarded-*): the relay's `x-relay-*` and the routing and identity headers of
+    /// `PrivacyRules.isStripped` removed, unless the component passes them.
+    public var headers: [StreamFacts.Header]
+    /// Names of the headers removed by the rule above (for the audit log).
+    public var strippedHeaders: [String]
 }
 
 /// A refused stream: HTTP status, stable code and one sentence for the expert (and the audit log).
@@ -145,7 +153,11 @@ public enum StreamPolicy {
             role = min(stamped, approval.role)
         }
 
-        let method = facts.method.uppercased()
+        let method = facts.method
+        guard Self.isUpperCaseToken(method) else {
+            // A component may read "get" as GET while a rule reads it as something else: one spelling only.
+            return .failure(StreamDenial(400, "bad_method", "the method must be an upper-case token such as GET (at most 32 characters)"))
+        }
         if PrivacyRules.forbiddenMethods.contains(method) {
             return .failure(StreamDenial(405, "method_not_allowed", "\(method) is never forwarded to a component"))
         }
@@ -174,11 +186,38 @@ public enum StreamPolicy {
         if let framing = framingProblem(facts) {
             return .failure(StreamDenial(400, "bad_framing", framing))
         }
-        if let prefix = rules.deniedPrefix(for: target.decodedPath, component: component) {
+        if let prefix = rules.deniedPrefix(for: target, component: component) {
             return .failure(StreamDenial(403, "denied_path", "the customer denies paths under \(prefix) on component \"\(component.name)\""))
         }
+        var headers: [StreamFacts.Header] = []
+        var stripped: [String] = []
+        for header in facts.headers where !header.name.hasPrefix("x-relay-") {
+            if PrivacyRules.isStripped(header.name) && !component.passedHeaders.contains(header.name) {
+                stripped.append(header.name)
+            } else {
+                headers.append(header)
+            }
+        }
         return .success(
-            StreamPermit(component: component.name, expert: expert, session: session, accessRequest: request, role: role, target: target))
+            StreamPermit(
+                component: component.name, expert: expert, session: session, accessRequest: request, role: role, method: method,
+                target: target, headers: headers, strippedHeaders: stripped))
+    }
+
+    /// RFC 9110 token characters without lower-case letters; GET, PROPFIND, M-SEARCH pass.
+    static func isUpperCaseToken(_ method: String) -> Bool {
+        let bytes = method.utf8
+        guard !bytes.isEmpty, bytes.count <= 32 else { return false }
+        return bytes.allSatisfy { byte in
+            switch byte {
+            case UInt8(ascii: "A")...UInt8(ascii: "Z"), UInt8(ascii: "0")...UInt8(ascii: "9"): true
+            case UInt8(ascii: "-"), UInt8(ascii: "_"), UInt8(ascii: "."), UInt8(ascii: "!"), UInt8(ascii: "#"), UInt8(ascii: "$"),
+                UInt8(ascii: "%"), UInt8(ascii: "&"), UInt8(ascii: "'"), UInt8(ascii: "*"), UInt8(ascii: "+"), UInt8(ascii: "^"),
+                UInt8(ascii: "`"), UInt8(ascii: "|"), UInt8(ascii: "~"):
+                true
+            default: false
+            }
+        }
     }
 
     private static func methodOverride(_ facts: StreamFacts, query: String?) -> String? {

@@ -168,7 +168,8 @@ public final class RelayServer: Sendable {
             requestID: plan.grant.request.id, role: plan.grant.role, relayNode: self.config.nodeName, startedAt: self.control.now)
         let live = LiveSession(channel: channel, record: record)
         let opener = TunnelStreamOpener(
-            session: record, accessExpiresAt: plan.grant.request.expiresAt ?? self.control.now, registry: self.registry)
+            session: record, accessExpiresAt: plan.grant.request.expiresAt ?? self.control.now, registry: self.registry,
+            clientAddress: channel.remoteAddress?.ipAddress)
         let logger = self.logger
         let control = self.control
         _ = try TunnelPipeline.configure(

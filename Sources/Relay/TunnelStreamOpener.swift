@@ -20,6 +20,8 @@ struct TunnelStreamOpener: Sendable {
     /// When the session's access request expires: stamped so the connector can check it too.
     let accessExpiresAt: Date
     let registry: TunnelRegistry
+    /// The IP address the expert's session came from, if known.
+    let clientAddress: String?
 
     func open(_ head: HTTPRequestHead, _ upstream: ProxyUpstreamHandler) -> EventLoopFuture<HTTPRequestHead> {
         guard let tunnel = self.registry.pick(cluster: self.session.clusterID, node: self.session.node) else {
@@ -39,6 +41,7 @@ struct TunnelStreamOpener: Sendable {
         head.headers.add(name: WireHeader.accessRequest, value: String(self.session.requestID))
         head.headers.add(name: WireHeader.accessExpires, value: String(Int64(self.accessExpiresAt.timeIntervalSince1970)))
         head.headers.add(name: WireHeader.requestID, value: randomIdentifier())
+        if let address = self.clientAddress { head.headers.add(name: WireHeader.clientAddress, value: address) }
         let cluster = self.session.clusterID
         let loop = tunnel.channel.eventLoop
         return loop.flatSubmit {

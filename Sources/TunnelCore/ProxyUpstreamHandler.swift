@@ -37,6 +37,9 @@ public final class ProxyUpstreamHandler: ChannelDuplexHandler, RemovableChannelH
 
     /// Set by the opener before the handler is added.
     public var whenDone = Completion.close
+    /// Drop `x-relay-*` from the response head: set where the next hop is a component, which must
+    /// not speak for the connector (a forged `x-relay-session-ended` would end the expert's session).
+    public var stripsRelayOwnedResponseHeaders = false
     private var reusable = false
 
     init(server: ProxyServerHandler, serverLoop: EventLoop) {
@@ -105,10 +108,14 @@ public final class ProxyUpstreamHandler: ChannelDuplexHandler, RemovableChannelH
     // MARK: channel events
 
     public func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        let part = self.unwrapInboundIn(data)
+        var part = self.unwrapInboundIn(data)
         switch part {
-        case .head(let head):
+        case .head(var head):
             self.reusable = head.isKeepAlive
+            if self.stripsRelayOwnedResponseHeaders {
+                head.headers.removeRelayOwned()
+                part = .head(head)
+            }
         case .body:
             break
         case .end:

@@ -33,11 +33,14 @@ public enum WireHeader {
     /// On the connector's refusals once it has ended a session (limits, customer kill): why. The
     /// relay then closes the expert's session with `WireCloseCode.endedByCustomer` and this reason.
     public static let sessionEnded = "x-relay-session-ended"
+    /// Set by the relay on every tunnel stream: the IP address the expert's session connected from.
+    /// The connector passes it to components as X-Forwarded-For.
+    public static let clientAddress = "x-relay-client-address"
     /// On error responses produced by relay, connector or relayctl (not by a component): who refused and why.
     public static let error = "x-relay-error"
 
     /// Every header the relay owns; any copy that arrives from an expert is removed before the relay sets its own.
-    public static let relayOwned = [cluster, node, component, expert, session, requestID, role, accessRequest, accessExpires, sessionEnded, error]
+    public static let relayOwned = [cluster, node, component, expert, session, requestID, role, accessRequest, accessExpires, clientAddress, sessionEnded, error]
 
     /// Hop-by-hop headers (RFC 9110 7.6.1) never forwarded across a hop.
     public static let hopByHop = [

@@ -39,8 +39,9 @@ private let goodConnector = """
       api: http://localhost:9000/api/
       db:
         url: http://127.0.0.1:7000
-        case_insensitive_paths: true
+        case_insensitive_paths: false
         denied_paths: /admin
+        pass_headers: [X-WEBAUTH-USER]
     """
 
 /// One bad config and the error it must produce. Described by key and message only, so the
@@ -89,6 +90,15 @@ private func edit(_ yaml: String, replace old: String? = nil, with new: String) 
         #expect(config.limits.maxFrameSize == 65536)
         #expect(config.limits.handshakeTimeout == .seconds(5))
         #expect(config.limits.maxConcurrentStreams == TunnelLimits().maxConcurrentStreams)
+    }
+
+    /// Fail closed: no word from the customer means every request waits for their approval.
+    @Test func withoutAPrivacyBlockOrModeTheConnectorRunsApprovedOnly() throws {
+        let noBlock = edit(goodConnector, replace: "privacy:\n  mode: approvedOnly\n  denied_paths: [/secrets, \"//api/./certs/\"]\n  max_session: 2h\n  idle_timeout: 10m\n", with: "")
+        #expect(!noBlock.contains("privacy:"))
+        #expect(try ConnectorConfig.parse(yaml: noBlock, file: "/c.yaml").privacyMode == .approvedOnly)
+        let noMode = edit(goodConnector, replace: "  mode: approvedOnly\n", with: "")
+        #expect(try ConnectorConfig.parse(yaml: noMode, file: "/c.yaml").privacyMode == .approvedOnly)
     }
 
     @Test func shippedExampleIsValid() throws {
@@ -142,13 +152,23 @@ private func edit(_ yaml: String, replace old: String? = nil, with new: String) 
         #expect(config.components.map(\.name) == ["ui", "api", "db"])
         #expect(config.deniedPathPrefixes == ["/secrets", "/api/certs/"], "normalised like request paths")
         #expect(config.maxSessionMilliseconds == 7_200_000 && config.idleTimeoutMilliseconds == 600_000)
-        #expect(config.components[2].caseInsensitivePaths && config.components[2].deniedPathPrefixes == ["/admin"])
-        #expect(!config.components[0].caseInsensitivePaths)
+        #expect(!config.components[2].caseInsensitivePaths && config.components[2].deniedPathPrefixes == ["/admin"])
+        #expect(config.components[0].caseInsensitivePaths, "case-insensitive unless the customer says otherwise")
+        #expect(config.components[2].passedHeaders == ["x-webauth-user"] && config.components[0].passedHeaders.isEmpty)
         #expect(config.stateDirectory == "/opt/c/connector-state" && config.audit.directory == "/opt/c/connector-state/audit")
         #expect(config.components[1].host == "localhost")
         #expect(config.components[1].port == 9000)
         #expect(config.components[1].basePath == "/api")
         #expect(config.components[0].authority == "127.0.0.1:8080")
+    }
+
+    /// Fail closed: no word from the customer means every request waits for their approval.
+    @Test func withoutAPrivacyBlockOrModeTheConnectorRunsApprovedOnly() throws {
+        let noBlock = edit(goodConnector, replace: "privacy:\n  mode: approvedOnly\n  denied_paths: [/secrets, \"//api/./certs/\"]\n  max_session: 2h\n  idle_timeout: 10m\n", with: "")
+        #expect(!noBlock.contains("privacy:"))
+        #expect(try ConnectorConfig.parse(yaml: noBlock, file: "/c.yaml").privacyMode == .approvedOnly)
+        let noMode = edit(goodConnector, replace: "  mode: approvedOnly\n", with: "")
+        #expect(try ConnectorConfig.parse(yaml: noMode, file: "/c.yaml").privacyMode == .approvedOnly)
     }
 
     @Test func shippedExampleIsValid() throws {
@@ -167,6 +187,7 @@ private func edit(_ yaml: String, replace old: String? = nil, with new: String) 
         BadConfig(edit(goodConnector, replace: "  url: https://127.0.0.1:8443", with: "  url: https://127.0.0.1:99999"), "relay.url", "bad port"),
         BadConfig(edit(goodConnector, replace: "  url: https://127.0.0.1:8443", with: ""), "relay.url", "required"),
         BadConfig(edit(goodConnector, replace: "  mode: approvedOnly", with: "  mode: sometimes"), "privacy.mode", "must be one of"),
+        BadConfig(edit(goodConnector, replace: "pass_headers: [X-WEBAUTH-USER]", with: "pass_headers: [cookie]"), "components.db.pass_headers", "not a header the connector strips"),
         BadConfig(edit(goodConnector, replace: "  disabled_interval: 300s", with: "  disabled_interval: 10s"), "heartbeat.disabled_interval", "between"),
         BadConfig(edit(goodConnector, replace: "  ca_file: ca.pem", with: ""), "relay.ca_file", "required"),
         BadConfig(edit(goodConnector, replace: "  ca_file: ca.pem", with: "  ca_file: ca.pem\n  reconnect_initial: 5s\n  reconnect_max: 1s"),
@@ -178,7 +199,7 @@ private func edit(_ yaml: String, replace old: String? = nil, with new: String) 
         BadConfig(edit(goodConnector, replace: "  api: http://localhost:9000/api/", with: "  api:"), "components.api", "needs a URL"),
         BadConfig(edit(goodConnector, replace: "[/secrets, ", with: "[secrets, "), "privacy.denied_paths", "not a path"),
         BadConfig(edit(goodConnector, replace: "  idle_timeout: 10m", with: "  idle_timeout: soon"), "privacy.idle_timeout", "duration"),
-        BadConfig(edit(goodConnector, replace: "    case_insensitive_paths: true", with: "    case_insensitive: true"), "components.db.case_insensitive", "unknown key"),
+        BadConfig(edit(goodConnector, replace: "    case_insensitive_paths: false", with: "    case_insensitive: true"), "components.db.case_insensitive", "unknown key"),
         BadConfig(edit(goodConnector, replace: "    url: http://127.0.0.1:7000", with: "    url: ftp://x"), "components.db.url", "http://"),
         BadConfig(edit(goodConnector, replace: "    denied_paths: /admin", with: "    denied_paths: /admin?x=1"), "components.db.denied_paths", "no query"),
         BadConfig(String(goodConnector[..<goodConnector.range(of: "components:")!.lowerBound]) + "components: {}\n", "components", "needs at least one component"),

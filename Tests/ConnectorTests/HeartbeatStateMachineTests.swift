@@ -71,6 +71,32 @@ import Testing
         #expect(machine.received(self.answer(true), jitter: 0) == [.openTunnels(self.urls), .scheduleHeartbeat(afterMilliseconds: 60_000)])
     }
 
+    /// The heartbeat in flight was built before the change: the relay must still learn the new mode
+    /// now, not 300 s later.
+    @Test func aModeChangeDuringAHeartbeatInFlightIsSentRightAfterItsAnswer() {
+        var machine = HeartbeatStateMachine(remoteAccessEnabled: true)
+        _ = machine.start()
+        _ = machine.received(self.answer(true), jitter: 0)
+        #expect(machine.timerFired() == [.sendHeartbeat])
+        #expect(machine.remoteAccessChanged(enabled: false, jitter: 0) == [.closeTunnels(reason: "remote access is disabled")])
+        #expect(machine.received(self.answer(true), jitter: 0) == [.sendHeartbeat], "the old mode went out: tell again")
+        #expect(machine.received(self.answer(true), jitter: 0) == [.scheduleHeartbeat(afterMilliseconds: 300_000)])
+        // A failure clears the debt: the retry carries the state as it is then.
+        _ = machine.timerFired()
+        #expect(machine.remoteAccessChanged(enabled: true, jitter: 0) == [])
+        #expect(machine.failed(jitter: 0) == [.scheduleHeartbeat(afterMilliseconds: 10_000)])
+    }
+
+    @Test func aCustomerDecisionIsSentAtOnceOrRightAfterTheHeartbeatInFlight() {
+        var machine = HeartbeatStateMachine(remoteAccessEnabled: true)
+        #expect(machine.relayMustLearn() == [], "not started")
+        _ = machine.start()
+        #expect(machine.relayMustLearn() == [], "one heartbeat in flight at a time")
+        #expect(machine.received(self.answer(false), jitter: 0) == [.sendHeartbeat])
+        #expect(machine.received(self.answer(false), jitter: 0) == [.scheduleHeartbeat(afterMilliseconds: 60_000)])
+        #expect(machine.relayMustLearn() == [.sendHeartbeat])
+    }
+
     @Test func failuresRetrySoonerAndKeepTunnels() {
         var machine = HeartbeatStateMachine(remoteAccessEnabled: true)
         _ = machine.start()
@@ -100,6 +126,16 @@ import Testing
         #expect(machine.received(self.answer(false, next: 10), jitter: 0) == [.scheduleHeartbeat(afterMilliseconds: 1_000)])
         _ = machine.timerFired()
         #expect(machine.received(self.answer(false, next: 86_400_000), jitter: 0) == [.scheduleHeartbeat(afterMilliseconds: 300_000)])
+        // Whatever number the relay sends, the conversion saturates instead of trapping.
+        typealias Answer = HeartbeatStateMachine.Answer
+        #expect(Answer.milliseconds(fromSeconds: Int.max) == Int64.max && Answer.milliseconds(fromSeconds: Int.min) == Int64.min)
+        #expect(Answer.milliseconds(fromSeconds: 30) == 30_000 && Answer.milliseconds(fromSeconds: nil) == nil)
+        for seconds in [Int.max, Int.min, -1] {
+            _ = machine.timerFired()
+            let next = Answer.milliseconds(fromSeconds: seconds)
+            let actions = machine.received(self.answer(false, next: next), jitter: 1)
+            #expect(actions == [.scheduleHeartbeat(afterMilliseconds: seconds < 0 ? 1_100 : 330_000)])
+        }
     }
 }
 

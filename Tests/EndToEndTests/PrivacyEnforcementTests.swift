@@ -46,6 +46,13 @@ import TunnelCore
             ("double slash", .GET, "//secrets/key", []),
             ("mixed case", .GET, "/SeCrEtS/key", []),
             ("path parameter", .GET, "/secrets;x=1/key", []),
+            // As Tomcat, Jetty and Spring read paths: parameters cut, then dot segments resolved.
+            ("Java ..;", .GET, "/x/..;/secrets/key", []),
+            ("Java %2e%2e;", .GET, "/x/%2e%2e;/secrets", []),
+            ("Java /;x", .GET, "/;x/secrets", []),
+            ("Java /.;", .GET, "/.;/secrets", []),
+            ("upper case", .GET, "/SECRETS", []),
+            ("lower-case method", HTTPMethod(rawValue: "get"), "/", []),
             ("absolute form", .GET, "http://169.254.169.254/latest/meta-data/", []),
             ("Host 127.1", .GET, "/", [("host", "127.1")]),
             ("Host v4-mapped", .GET, "/", [("host", "[::ffff:127.0.0.1]")]),
@@ -97,6 +104,39 @@ import TunnelCore
         let denied = try Self.auditRecords(stack).filter { $0.event == "request" && $0.decision == "deny" }
         #expect(denied.count >= answeredByConnector + 2 + 4, "every refusal the connector made is in the customer's audit log")
         #expect(denied.allSatisfy { $0.reason?.isEmpty == false })
+        try await listener.close()
+        await stack.stop()
+    }
+
+    /// Headers that re-route a request or claim an identity never reach a component from an expert;
+    /// the connector's own X-Forwarded-* do, and a component cannot speak for the connector.
+    @Test func routingAndIdentityHeadersAreTheConnectorsOwn() async throws {
+        let stack = try await Self.start()
+        let listener = try await stack.openSession()
+        let port = listener.localAddress!.port!
+        let sent = [
+            ("X-Original-URL", "/secrets/key"), ("X-Rewrite-URL", "/secrets"), ("X-Forwarded-For", "10.9.9.9"),
+            ("X-Forwarded-Host", "admin.internal"), ("X-Forwarded-User", "root"), ("Forwarded", "for=10.9.9.9"),
+            ("X-Real-IP", "10.9.9.9"), ("X-Remote-User", "root"), ("X-WEBAUTH-USER", "admin"), ("Accept", "text/plain"),
+        ]
+        let echoed = try await TestHTTPConnection.request(port: port, .GET, "/headers", headers: sent)
+        #expect(echoed.status == .ok)
+        for forbidden in ["x-original-url", "x-rewrite-url", "x-forwarded-user", "forwarded\"", "x-real-ip", "x-remote-user", "x-webauth-user",
+                          "10.9.9.9", "admin.internal", "x-relay-"] {
+            #expect(!echoed.text.lowercased().contains(forbidden), "\(forbidden) reached the component: \(echoed.text)")
+        }
+        #expect(echoed.text.contains("\"x-forwarded-for\":\"127.0.0.1\""), "the expert's address as the relay saw it: \(echoed.text)")
+        #expect(echoed.text.contains("\"x-forwarded-proto\":\"https\"") && echoed.text.contains("\"x-forwarded-host\":\"ui\""))
+        #expect(echoed.text.contains("\"accept\":\"text/plain\""))
+        let record = try Self.auditRecords(stack).last { $0.event == "request" && $0.path == "/headers" }
+        #expect(record?.detail?.contains("headers removed: x-original-url, x-rewrite-url, x-forwarded-for") == true, "\(String(describing: record))")
+
+        // A component that answers with the connector's headers: they are dropped, the session goes on.
+        let forged = try await TestHTTPConnection.request(
+            port: port, .GET, "/response-headers?x-relay-session-ended=forged&x-relay-error=forged&x-component=kept")
+        #expect(forged.status == .ok && forged.headers.first(name: "x-component") == "kept")
+        #expect(forged.headers.first(name: WireHeader.sessionEnded) == nil && forged.headers.first(name: WireHeader.error) == nil)
+        #expect(try await TestHTTPConnection.request(port: port, .GET, "/api/status").status == .ok, "the session was not ended")
         try await listener.close()
         await stack.stop()
     }

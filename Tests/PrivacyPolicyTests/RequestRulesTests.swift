@@ -36,11 +36,24 @@ import Testing
         ("/a%zz", .badEscape),
         ("/a%2", .badEscape),
         ("/a#frag", .fragment),
+        ("/x/..;/admin/keys", .dotSegmentParameter),
+        ("/x/%2e%2e;/admin", .dotSegmentParameter),
+        ("/x/..%3B/admin", .dotSegmentParameter),
+        ("/;x/admin", .dotSegmentParameter),
+        ("/.;/admin", .dotSegmentParameter),
+        ("/a/;/b", .dotSegmentParameter),
+        ("/a/%3B/b", .dotSegmentParameter),
         ("/a b", .invalidCharacter),
         ("/caf\u{e9}", .invalidCharacter),
     ])
     func refused(input: String, rejection: TargetRejection) {
         #expect(throws: rejection) { try RequestTargetNormalizer.normalize(input).get() }
+    }
+
+    @Test func theParameterFreePathIsWhatJavaServersRoute() throws {
+        let target = try RequestTargetNormalizer.normalize("/Admin;jsessionid=1/%6Beys;v=2/").get()
+        #expect(target.forwarded == "/Admin;jsessionid=1/keys;v=2/")
+        #expect(target.parameterFreePath == "/Admin/keys/")
     }
 
     @Test func overlongTargetsAreRefused() {
@@ -98,6 +111,40 @@ import Testing
         #expect(decide(method: "GET", target: "/x?a=1&X-HTTP-Method-Override=PUT", []) == "method_override")
         #expect(decide(method: "GET", target: "/x?%5Fmethod=PUT", []) == "method_override")
         #expect(decide(method: "GET", target: "/x?method=1", []) == "allow")
+    }
+
+    @Test func methodsAreUpperCaseTokens() {
+        #expect(decide(method: "GET", []) == "allow")
+        #expect(decide(method: "M-SEARCH", []) == "role_forbids_method", "a token, but not one the role allows")
+        for method in ["get", "Get", "GE T", "", "GET\r\n", String(repeating: "A", count: 33)] {
+            #expect(decide(method: method, []) == "bad_method", "\(method)")
+        }
+    }
+
+    @Test func routingAndIdentityHeadersAreStrippedUnlessTheComponentPassesThem() throws {
+        let identity: [StreamFacts.Header] = [
+            .init("x-relay-component", "ui"), .init("x-relay-expert", "alice"), .init("x-relay-session", "s1"),
+            .init("x-relay-role", "admin"), .init("x-relay-access-request", "7"),
+            .init("x-relay-access-expires", String(Int64(Self.now.timeIntervalSince1970) + 60)),
+        ]
+        let sent: [StreamFacts.Header] = [
+            .init("Accept", "*/*"), .init("X-Original-URL", "/admin/keys"), .init("X-Rewrite-URL", "/admin"),
+            .init("X-Forwarded-For", "10.0.0.1"), .init("X-Forwarded-Host", "admin.internal"), .init("X-Forwarded-User", "root"),
+            .init("Forwarded", "for=10.0.0.1"), .init("X-Real-IP", "10.0.0.1"), .init("X-Remote-User", "root"),
+            .init("X-WEBAUTH-USER", "admin"), .init("Cookie", "a=b"),
+        ]
+        let facts = StreamFacts(method: "GET", target: "/", headers: identity + sent)
+        let permit = try StreamPolicy.decide(facts, rules: Self.rules, approvals: [:], now: Self.now).get()
+        #expect(permit.headers.map(\.name) == ["accept", "cookie"])
+        #expect(permit.strippedHeaders == [
+            "x-original-url", "x-rewrite-url", "x-forwarded-for", "x-forwarded-host", "x-forwarded-user", "forwarded", "x-real-ip",
+            "x-remote-user", "x-webauth-user",
+        ])
+        // A component that relies on one of them (its own SSO header, say) lists it.
+        let passing = PrivacyRules(
+            mode: .all, components: [ComponentRules(name: "ui", authority: "127.0.0.1:8080", passedHeaders: ["X-WEBAUTH-USER"])])
+        let passed = try StreamPolicy.decide(facts, rules: passing, approvals: [:], now: Self.now).get()
+        #expect(passed.headers.map(\.name) == ["accept", "x-webauth-user", "cookie"])
     }
 
     @Test func everyIdentityHeaderIsRequired() {

@@ -12,7 +12,7 @@ import Testing
         PrivacyRules(
             mode: mode,
             components: [
-                ComponentRules(name: "ui", authority: "127.0.0.1:8080"),
+                ComponentRules(name: "ui", authority: "127.0.0.1:8080", caseInsensitivePaths: false),
                 ComponentRules(name: "api", authority: "127.0.0.1:9000", caseInsensitivePaths: true, deniedPathPrefixes: ["/admin/keys/"]),
             ],
             deniedPathPrefixes: ["/secrets"])
@@ -20,7 +20,8 @@ import Testing
 
     enum Approval: CaseIterable { case none, approvedAdmin, approvedViewer, rejected, expired, otherExpert }
 
-    /// path -> (what is forwarded, components where it is denied, refused as a bad target)
+    /// path -> (what is forwarded, components where it is denied); forwarded nil and denied nowhere:
+    /// refused as a bad target everywhere.
     static let paths: [(target: String, forwarded: String?, deniedOn: Set<String>)] = [
         ("/", "/", []),
         ("/dashboard?tab=1", "/dashboard?tab=1", []),
@@ -32,8 +33,17 @@ import Testing
         ("/ADMIN/KEYS/1", "/ADMIN/KEYS/1", ["api"]),
         ("/..%2fsecrets", nil, []),  // encoded slash: refused as a target everywhere
         ("/secrets;jsessionid=1/x", nil, ["ui", "api"]),
+        // How Tomcat, Jetty and Spring read paths: ";params" cut from each segment, then dot segments.
+        ("/x/..;/secrets/key", nil, []),
+        ("/x/%2e%2e;/secrets", nil, []),
+        ("/x/%2E%2E%3Bjsessionid/secrets", nil, []),
+        ("/;x/secrets", nil, []),
+        ("/.;/secrets", nil, []),
+        ("/x;a=1/y;b=2", "/x;a=1/y;b=2", []),
+        ("/SECRETS/db", "/SECRETS/db", ["api"]),
+        ("/Admin;v=1/Keys/", "/Admin;v=1/Keys/", ["api"]),
     ]
-    static let methods = ["GET", "HEAD", "POST", "DELETE", "CONNECT", "TRACE"]
+    static let methods = ["GET", "HEAD", "POST", "DELETE", "CONNECT", "TRACE", "get", "Post"]
 
     func facts(component: String, role: AccessRole, method: String, target: String, expiresIn: TimeInterval) -> StreamFacts {
         StreamFacts(
@@ -81,9 +91,10 @@ import Testing
             case .approvedAdmin: break
             }
         }
+        if method != method.uppercased() { return ("bad_method", nil) }
         if method == "CONNECT" || method == "TRACE" { return ("method_not_allowed", nil) }
         if effective == .viewer && method != "GET" && method != "HEAD" { return ("role_forbids_method", nil) }
-        if path.target == "/..%2fsecrets" { return ("bad_target", nil) }
+        if path.forwarded == nil && path.deniedOn.isEmpty { return ("bad_target", nil) }
         if path.deniedOn.contains(component) { return ("denied_path", nil) }
         return ("allow", effective)
     }
@@ -113,6 +124,7 @@ import Testing
                                         #expect(want.code == "allow", "\(cell): allowed, expected \(want.code)")
                                         #expect(permit.role == want.role, "\(cell)")
                                         #expect(permit.target.forwarded == path.forwarded, "\(cell)")
+                                        #expect(permit.method == method, "\(cell): the method decided is the one forwarded")
                                     case .failure(let denial):
                                         #expect(denial.code == want.code, "\(cell): \(denial)")
                                     }
@@ -123,7 +135,7 @@ import Testing
                 }
             }
         }
-        #expect(cells == 4 * 3 * 3 * 6 * 10 * 6 * 2)
+        #expect(cells == 4 * 3 * 3 * 8 * 18 * 6 * 2)
         #expect(allowed > 0)
     }
 }
