@@ -44,7 +44,7 @@ let package = Package(
         // The customer's hash-chained audit log (JSON lines on the connector's disk) and its verifier.
         .target(name: "CustomerAudit", dependencies: [.product(name: "Crypto", package: "swift-crypto")]),
         // Persistence behind the `Store` protocol; SQLite (GRDB) is the embedded default.
-        .target(name: "RelayStore", dependencies: ["RelayModel", .product(name: "GRDB", package: "GRDB.swift"), .product(name: "Crypto", package: "swift-crypto")]),
+        .target(name: "RelayStore", dependencies: ["RelayModel", "TunnelCore", .product(name: "GRDB", package: "GRDB.swift"), .product(name: "Crypto", package: "swift-crypto")]),
         // The relay's HTTPS JSON API: message types and a small client (connector and relayctl).
         .target(name: "RelayAPI", dependencies: ["RelayModel", "TunnelCore", .product(name: "NIOSSL", package: "swift-nio-ssl")] + nio),
         .target(name: "Relay", dependencies: ["TunnelCore", "ConfigKit", "RelayModel", "RelayStore", "RelayAPI", .product(name: "Logging", package: "swift-log"), .product(name: "NIOHTTP2", package: "swift-nio-http2"), .product(name: "NIOSSL", package: "swift-nio-ssl"), .product(name: "NIOWebSocket", package: "swift-nio")] + nio),

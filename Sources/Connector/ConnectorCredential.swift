@@ -35,17 +35,10 @@ public struct ConnectorCredential: Codable, Sendable, CustomStringConvertible {
 
     /// Writes the file with mode 0600 from the start (never briefly readable by others).
     public func save(path: String) throws {
-        let data = try JSONEncoder().encode(self)
-        let temporary = path + ".tmp"
-        unlink(temporary)
-        let fd = open(temporary, O_WRONLY | O_CREAT | O_EXCL, 0o600)
-        guard fd >= 0 else { throw CredentialFileError(path: path, problem: "cannot be written (\(String(cString: strerror(errno))))") }
-        let written = data.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
-        fsync(fd)
-        close(fd)
-        guard written == data.count, rename(temporary, path) == 0 else {
-            unlink(temporary)
-            throw CredentialFileError(path: path, problem: "cannot be written")
+        do {
+            try PrivateFile.replace(path, with: try JSONEncoder().encode(self))
+        } catch let error as PrivateFileError {
+            throw CredentialFileError(path: path, problem: error.problem)
         }
     }
 }

@@ -2,6 +2,7 @@ import Foundation
 import RelayAPI
 import PrivacyPolicy
 import RelayModel
+import TunnelCore
 
 /// A privacy mode the customer set with `connector mode`, over the config file's, until cleared.
 public struct ModeOverride: Codable, Sendable, Equatable {
@@ -36,16 +37,7 @@ public struct ConnectorState: Codable, Sendable, Equatable {
 
     public func save(directory: String) throws {
         try ensurePrivateDirectory(directory)
-        let path = Self.path(in: directory)
-        let temporary = path + ".tmp"
-        let data = try APIJSON.encoder().encode(self)
-        guard FileManager.default.createFile(atPath: temporary, contents: data, attributes: [.posixPermissions: 0o600]) else {
-            throw ConnectorStateError(description: "cannot write \(temporary)")
-        }
-        let handle = try FileHandle(forWritingTo: URL(fileURLWithPath: temporary))
-        try handle.synchronize()
-        try handle.close()
-        guard rename(temporary, path) == 0 else { throw ConnectorStateError(description: "cannot replace \(path)") }
+        try PrivateFile.replace(Self.path(in: directory), with: try APIJSON.encoder().encode(self))
     }
 
     /// Approvals by request ID, for the stream policy.

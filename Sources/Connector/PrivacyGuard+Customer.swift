@@ -11,7 +11,7 @@ extension PrivacyGuard {
     /// The relay's heartbeat answer: requests waiting for the customer, and which decisions it took.
     public func heartbeatAnswered(pending: [PendingApproval]) {
         let now = self.clock()
-        let changed = self.inner.withLockedValue { inner -> ConnectorState? in
+        let changed = self.inner.withLockedValue { inner -> Bool in
             inner.pending = pending
             let waiting = Set(pending.map(\.requestID))
             var changed = false
@@ -24,9 +24,9 @@ extension PrivacyGuard {
             // Decisions whose access ended a month ago are of no use to the policy any more.
             let before = inner.persisted.approvals.count
             inner.persisted.approvals.removeAll { $0.deliveredAt != nil && now.timeIntervalSince($0.expiresAt) > 30 * 86_400 }
-            return changed || before != inner.persisted.approvals.count ? inner.persisted : nil
+            return changed || before != inner.persisted.approvals.count
         }
-        if let changed { self.persist(changed) }
+        if changed { self.persist() }
     }
 
     /// Decisions the relay has not taken yet: sent with every heartbeat until it has.
@@ -50,7 +50,7 @@ extension PrivacyGuard {
     /// `connector requests approve|reject`: kept on disk, then sent with the next heartbeat.
     public func decide(_ id: Int64, _ verdict: CustomerApproval.Verdict, by: String, reason: String?) throws -> CustomerApproval {
         let now = self.clock()
-        let (approval, state) = try self.inner.withLockedValue { inner -> (CustomerApproval, ConnectorState) in
+        let approval = try self.inner.withLockedValue { inner -> CustomerApproval in
             if let existing = inner.persisted.approvals.first(where: { $0.requestID == id }) {
                 throw ControlError(
                     status: 409, code: "already_decided",
@@ -66,9 +66,9 @@ extension PrivacyGuard {
                 requestID: id, verdict: verdict, expert: request.expert, role: request.role, reason: reason ?? request.reason, by: by,
                 decidedAt: now, expiresAt: now.addingTimeInterval(TimeInterval(request.durationSeconds)))
             inner.persisted.approvals.append(approval)
-            return (approval, inner.persisted)
+            return approval
         }
-        self.persist(state)
+        self.persist()
         self.record(
             AuditEntry(
                 time: now, event: "approval", expert: approval.expert, role: approval.role.rawValue, accessRequest: id,
@@ -77,12 +77,16 @@ extension PrivacyGuard {
         return approval
     }
 
-    func persist(_ state: ConnectorState) {
+    /// Saves the state as it is now. Saves are serial and each writes the latest state, so an
+    /// older snapshot can never land after a newer one.
+    func persist() {
         let directory = self.config.stateDirectory
-        do {
-            try state.save(directory: directory)
-        } catch {
-            self.logger.error("cannot save the connector's state", metadata: ["error": "\(error)"])
+        self.saving.withLockedValue { _ in
+            do {
+                try self.inner.withLockedValue { $0.persisted }.save(directory: directory)
+            } catch {
+                self.logger.error("cannot save the connector's state", metadata: ["error": "\(error)"])
+            }
         }
     }
 
@@ -113,7 +117,7 @@ extension PrivacyGuard {
             cuts.sessionsEnded += swept.sessionsEnded
             return (before, inner.rules, changedState, cuts)
         }
-        if let state { self.persist(state) }
+        if state != nil { self.persist() }
         let changes = describeChanges(before, after)
         self.record(
             AuditEntry(time: now, event: "setting", reason: changes.isEmpty ? "no change" : nil, actor: actor, detail: changes.joined(separator: "; ")))

@@ -19,6 +19,8 @@ public final class PrivacyGuard: Sendable {
     let logger: Logger
     let inner: NIOLockedValueBox<Inner>
     let modeObservers = NIOLockedValueBox<[@Sendable (PrivacyMode) -> Void]>([])
+    /// Held while state.json is written (never while `inner` is held).
+    let saving = NIOLockedValueBox(())
 
     struct Inner {
         var config: ConnectorConfig

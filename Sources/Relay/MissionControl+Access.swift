@@ -179,8 +179,8 @@ extension MissionControl {
     public func createBootstrapToken(at path: String) async throws -> Bool {
         guard try await self.store.tokens().isEmpty else { return false }
         let created = try await self.createToken(CreateTokenRequest(name: "bootstrap", role: .ops, ttlSeconds: nil), by: nil)
-        guard FileManager.default.createFile(atPath: path, contents: Data((created.secret + "\n").utf8), attributes: [.posixPermissions: 0o600]) else {
-            throw TokenKeyError(path: path, problem: "cannot be written")
+        guard try PrivateFile.create(path, with: Data((created.secret + "\n").utf8)) else {
+            throw TokenKeyError(path: path, problem: "exists already; move it away (the relay writes a new one only on first start)")
         }
         return true
     }

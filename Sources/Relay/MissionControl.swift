@@ -242,7 +242,10 @@ public final class MissionControl: Sendable {
         approved.changedBy = by
         approved.approvedAt = now
         approved.expiresAt = now.addingTimeInterval(TimeInterval(request.durationSeconds))
-        guard try await self.store.updateRequest(approved, expecting: .pending) else { return request }
+        guard try await self.store.updateRequest(approved, expecting: .pending) else {
+            // Someone else decided first (a heartbeat's automatic approval, say): what is stored is the answer.
+            return try await self.store.request(id: request.id) ?? request
+        }
         await self.audit(actor: by, "request.approve", cluster: request.clusterID, subject: String(request.id))
         return approved
     }

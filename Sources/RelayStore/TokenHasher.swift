@@ -1,5 +1,6 @@
 import Crypto
 import Foundation
+import TunnelCore
 
 /// Long random tokens (enrollment tokens, node credentials, API tokens) are stored only as
 /// HMAC-SHA256 under a relay key: a keyed hash is enough for 256-bit random secrets, and a stolen
@@ -24,8 +25,11 @@ public struct TokenHasher: Sendable {
         }
         let key = SymmetricKey(size: .bits256)
         let data = key.withUnsafeBytes { Data($0) }
-        guard FileManager.default.createFile(atPath: path, contents: data, attributes: [.posixPermissions: 0o600]) else {
-            throw TokenKeyError(path: path, problem: "cannot be created")
+        do {
+            // Exclusive: of two nodes starting at once on one data folder, the second reads the first's key.
+            guard try PrivateFile.create(path, with: data) else { return try self.loadOrCreateKey(at: path) }
+        } catch let error as PrivateFileError {
+            throw TokenKeyError(path: path, problem: error.problem)
         }
         return key
     }

@@ -305,8 +305,11 @@ import TunnelCore
     @Test func connectionsThatNeverUpgradeAreClosedAtTheHandshakeTimeout() async throws {
         var limits = TunnelLimits()
         limits.handshakeTimeout = .milliseconds(300)
-        let stack = try await TestStack.start(limits: limits, approve: false)
-        let port = stack.relayPort
+        // The relay alone: a connector's own requests would have to beat the short deadline too.
+        let config = TestStack.relayConfig(dataDirectory: TestStack.temporaryDirectory("relay"), limits: limits)
+        let control = try RelayServer.openEmbeddedControl(config: config, logger: TestStack.quietLogger)
+        let relay = try RelayServer(config: config, control: control, group: TestStack.group, logger: TestStack.quietLogger)
+        let port = try await relay.start().port!
         // A peer that connects and says nothing: no TLS, no upgrade.
         let silent = try await ClientBootstrap(group: TestStack.group).connect(host: "127.0.0.1", port: port).get()
         let started = ContinuousClock.now
@@ -316,16 +319,16 @@ import TunnelCore
         #expect(!silent.isActive, "the relay kept a silent connection open")
         #expect(ContinuousClock.now - started < .seconds(3))
         try? await silent.close()
-        await stack.stop()
+        try await relay.stop()
     }
 
     @Test func upgradedTunnelsOutliveTheHandshakeTimeout() async throws {
         var limits = TunnelLimits()
-        // Long enough for a TLS handshake on a loaded CI machine, short against the wait below.
-        limits.handshakeTimeout = .milliseconds(1000)
+        // Long enough for every TLS handshake of the stack on a loaded CI machine, short against the wait below.
+        limits.handshakeTimeout = .milliseconds(3000)
         let stack = try await TestStack.start(limits: limits)
         let session = try await stack.openSession()
-        try await Task.sleep(for: .milliseconds(2500))
+        try await Task.sleep(for: .milliseconds(4000))
         #expect(stack.relay.registry.tunnels(cluster: "demo").count == 1)
         #expect(try await TestHTTPConnection.request(port: session.localAddress!.port!, .GET, "/api/status").status == .ok)
         try await session.close()
@@ -350,17 +353,9 @@ import TunnelCore
     }
 }
 
-/// Runs curl and returns what it printed.
+/// Runs curl and returns what it printed (stdout), on a thread of its own (see `TestProcess.run`).
 func runCurl(_ arguments: [String]) async throws -> String {
-    let process = Process()
-    process.executableURL = URL(fileURLWithPath: "/usr/bin/curl")
-    process.arguments = arguments
-    let pipe = Pipe()
-    process.standardOutput = pipe
-    try process.run()
-    let data = pipe.fileHandleForReading.readDataToEndOfFile()
-    process.waitUntilExit()
-    return String(decoding: data, as: UTF8.self)
+    try await TestProcess.run("/usr/bin/curl", arguments).1
 }
 
 /// A misbehaving peer costs its own tunnel, never the relay or anyone else's traffic.
@@ -423,19 +418,22 @@ final class SloppyComponent: ChannelInboundHandler, @unchecked Sendable {
 extension AbuseTests {
     @Test func aComponentSendingBytesPastItsResponseDoesNotPoisonTheNextRequest() async throws {
         let connections = NIOLockedValueBox(0)
+        let closed = NIOLockedValueBox(0)
         let sloppy = try await ServerBootstrap(group: TestStack.group)
             .childChannelInitializer { channel in
                 connections.withLockedValue { $0 += 1 }
+                channel.closeFuture.whenComplete { _ in closed.withLockedValue { $0 += 1 } }
                 return channel.pipeline.addHandler(SloppyComponent())
             }
             .bind(host: "127.0.0.1", port: 0).get()
         let stack = try await TestStack.start(extraComponents: ["sloppy": "http://127.0.0.1:\(sloppy.localAddress!.port!)"])
         let session = try await stack.openSession(component: "sloppy")
-        for _ in 0..<3 {
+        for round in 1...3 {
             let response = try await TestHTTPConnection.request(port: session.localAddress!.port!, .GET, "/")
             #expect(response.status == .ok)
             #expect(response.text == "ok")
-            try await Task.sleep(for: .milliseconds(100))
+            // The stray bytes arrive after the response: the connector closes the pooled connection.
+            try await stack.waitUntil("connection \(round) to be dropped") { closed.withLockedValue { $0 } == round }
         }
         #expect(connections.withLockedValue { $0 } == 3, "a connection left dirty is never reused")
         try await session.close()

@@ -153,6 +153,9 @@ import TunnelCore
             try await stack.control.store.request(id: second.id)?.changedBy == "customer:carol@demo"
         }
         try await stack.waitUntil("the decision to be marked delivered") { stack.privacy.undeliveredDecisions.isEmpty }
+        try await stack.waitUntil("the delivery to be saved") {
+            try ConnectorState.load(directory: stack.connectorConfig.stateDirectory).approvals.first?.deliveredAt != nil
+        }
         let saved = try ConnectorState.load(directory: stack.connectorConfig.stateDirectory)
         #expect(saved.approvals.map(\.requestID) == [second.id] && saved.approvals[0].deliveredAt != nil)
 
@@ -238,40 +241,40 @@ import TunnelCore
         let listener = try await stack.openSession()
         for _ in 0..<3 { _ = try await TestHTTPConnection.request(port: listener.localAddress!.port!, .GET, "/api/status") }
 
-        let (statusCode, statusJSON, _) = try TestProcess.run(connector, ["status", "--json"] + config)
+        let (statusCode, statusJSON, _) = try await TestProcess.run(connector, ["status", "--json"] + config)
         #expect(statusCode == 0)
         let status = try APIJSON.decoder().decode(ConnectorStatus.self, from: Data(statusJSON.utf8))
         #expect(status.mode == .all && status.liveSessions == 1 && status.tunnels.count == 1)
-        let (_, statusText, _) = try TestProcess.run(connector, ["status"] + config)
+        let (_, statusText, _) = try await TestProcess.run(connector, ["status"] + config)
         #expect(statusText.contains("mode: all (from config)"))
 
-        let (listCode, table, _) = try TestProcess.run(connector, ["sessions", "list"] + config)
+        let (listCode, table, _) = try await TestProcess.run(connector, ["sessions", "list"] + config)
         #expect(listCode == 0 && table.hasPrefix("SESSION") && table.contains("alice") && table.contains("live"))
 
-        let (tailCode, tail, _) = try TestProcess.run(connector, ["audit", "tail", "-n", "2", "--json"] + config)
+        let (tailCode, tail, _) = try await TestProcess.run(connector, ["audit", "tail", "-n", "2", "--json"] + config)
         #expect(tailCode == 0)
         let lines = tail.split(separator: "\n")
         #expect(lines.count == 2 && lines.allSatisfy { $0.contains("\"event\":\"request\"") && $0.contains("\"decision\":\"allow\"") })
 
-        let (approveCode, _, approveError) = try TestProcess.run(connector, ["requests", "approve", "999", "--as", "carol"] + config)
+        let (approveCode, _, approveError) = try await TestProcess.run(connector, ["requests", "approve", "999", "--as", "carol"] + config)
         #expect(approveCode == RelayCtlExit.notFound && approveError.contains("request 999 is not waiting"))
 
-        let (modeCode, modeOut, _) = try TestProcess.run(connector, ["mode", "readOnly", "--as", "carol"] + config)
+        let (modeCode, modeOut, _) = try await TestProcess.run(connector, ["mode", "readOnly", "--as", "carol"] + config)
         #expect(modeCode == 0 && modeOut.contains("mode readOnly; mode all -> readOnly"))
         #expect(stack.privacy.mode == .readOnly)
 
         await stack.stop()
         try await listener.close()
         // verify works with the connector stopped, and names the line a customer edited.
-        let (verifyCode, verified, _) = try TestProcess.run(connector, ["audit", "verify"] + config)
+        let (verifyCode, verified, _) = try await TestProcess.run(connector, ["audit", "verify"] + config)
         #expect(verifyCode == 0 && verified.hasPrefix("audit log intact"), "\(verified)")
         let log = folder + "/state/audit/audit.jsonl"
         var text = try String(contentsOfFile: log, encoding: .utf8).split(separator: "\n").map(String.init)
         text[2] = text[2].replacingOccurrences(of: "alice", with: "bob")
         try (text.joined(separator: "\n") + "\n").write(toFile: log, atomically: false, encoding: .utf8)
-        let (brokenCode, broken, _) = try TestProcess.run(connector, ["audit", "verify"] + config)
+        let (brokenCode, broken, _) = try await TestProcess.run(connector, ["audit", "verify"] + config)
         #expect(brokenCode == 1 && broken.contains("audit.jsonl line 3: the record does not match its hash"), "\(broken)")
-        let (stoppedCode, _, stoppedError) = try TestProcess.run(connector, ["status"] + config)
+        let (stoppedCode, _, stoppedError) = try await TestProcess.run(connector, ["status"] + config)
         #expect(stoppedCode == RelayCtlExit.unreachable && stoppedError.contains("is the connector running?"))
     }
 }

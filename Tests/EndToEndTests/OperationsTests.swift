@@ -20,9 +20,13 @@ import TunnelCore
         // The relay registers a tunnel a moment before the connector's dial completes.
         try await stack.waitUntil("the connector to count both tunnels") { stack.connector.connectedURLs.count == 2 }
         // One node drops its tunnel: the connector redials it with backoff while the flag is set.
-        try await stack.relay.registry.tunnels(cluster: "demo")[0].channel.close()
-        try await stack.waitForTunnels(1)
-        try await stack.waitForTunnels(2)
+        let dropped = stack.relay.registry.tunnels(cluster: "demo")[0]
+        try await dropped.channel.close()
+        // The redial may come before a poll could see one tunnel: wait for two again, the dropped one not among them.
+        try await stack.waitUntil("the lost tunnel to be redialed") {
+            let tunnels = stack.relay.registry.tunnels(cluster: "demo")
+            return tunnels.count == 2 && !tunnels.contains { $0.id == dropped.id }
+        }
         await stack.stop()
     }
 
@@ -90,8 +94,8 @@ import TunnelCore
     /// The relayctl binary built beside the test bundle.
     static var relayctl: String { TestProcess.binary("relayctl") }
 
-    func run(_ arguments: [String], token: String?, port: Int) throws -> (Int32, String, String) {
-        try TestProcess.run(
+    func run(_ arguments: [String], token: String?, port: Int) async throws -> (Int32, String, String) {
+        try await TestProcess.run(
             Self.relayctl, arguments + ["--relay", "https://127.0.0.1:\(port)", "--ca", TestCerts.trusted + "/ca.pem"],
             environment: ["RELAYCTL_TOKEN": token])
     }
@@ -103,19 +107,19 @@ import TunnelCore
         }
         let stack = try await TestStack.start()
         let port = stack.relayPort
-        let (listCode, table, _) = try self.run(["requests", "list"], token: stack.opsToken, port: port)
+        let (listCode, table, _) = try await self.run(["requests", "list"], token: stack.opsToken, port: port)
         #expect(listCode == RelayCtlExit.ok)
         #expect(table.hasPrefix("ID  CLUSTER  EXPERT"))
         #expect(table.contains("alice") && table.contains("approved"))
-        let (jsonCode, json, _) = try self.run(["requests", "list", "--json"], token: stack.opsToken, port: port)
+        let (jsonCode, json, _) = try await self.run(["requests", "list", "--json"], token: stack.opsToken, port: port)
         #expect(jsonCode == RelayCtlExit.ok)
         let requests = try APIJSON.decoder().decode([AccessRequestRecord].self, from: Data(json.utf8))
         #expect(requests.map(\.state) == [.approved])
 
-        let (created, createdOut, _) = try self.run(["tokens", "create", "--name", "dave", "--role", "expert", "--json"], token: stack.opsToken, port: port)
+        let (created, createdOut, _) = try await self.run(["tokens", "create", "--name", "dave", "--role", "expert", "--json"], token: stack.opsToken, port: port)
         #expect(created == RelayCtlExit.ok)
         let secret = try APIJSON.decoder().decode(TokenCreated.self, from: Data(createdOut.utf8)).secret
-        let (tokens, tokenList, _) = try self.run(["tokens", "list"], token: stack.opsToken, port: port)
+        let (tokens, tokenList, _) = try await self.run(["tokens", "list"], token: stack.opsToken, port: port)
         #expect(tokens == RelayCtlExit.ok && tokenList.contains("dave") && !tokenList.contains(secret))
 
         let cases: [([String], String?, Int32, String)] = [
@@ -127,20 +131,20 @@ import TunnelCore
             (["session", "open", "--cluster", "demo", "--component", "ui", "--role", "admin"], secret, RelayCtlExit.denied, "no access request for cluster \"demo\" names you"),
         ]
         for (arguments, token, code, message) in cases {
-            let (status, _, stderr) = try self.run(arguments, token: token, port: port)
+            let (status, _, stderr) = try await self.run(arguments, token: token, port: port)
             #expect(status == code, "\(arguments): \(stderr)")
             #expect(stderr.contains(message), "\(arguments): \(stderr)")
         }
         // Approved, but the cluster's connector never dials: session open waits, showing progress, then gives up.
         let other = try await stack.createRequest(cluster: "other", role: .viewer)
         _ = try await stack.control.approve(other, by: "test", now: stack.clock.now())
-        let (waited, _, waitErr) = try self.run(
+        let (waited, _, waitErr) = try await self.run(
             ["session", "open", "--cluster", "other", "--component", "ui", "--wait", "2s"], token: stack.expertToken, port: port)
         #expect(waited == RelayCtlExit.timedOut, "\(waitErr)")
         #expect(waitErr.contains("waiting for the connector to dial in"))
         #expect(waitErr.contains("gave up after 2 s"))
 
-        let (unreachable, _, stderr) = try self.run(["tokens", "list"], token: stack.opsToken, port: 1)
+        let (unreachable, _, stderr) = try await self.run(["tokens", "list"], token: stack.opsToken, port: 1)
         #expect(unreachable == RelayCtlExit.unreachable)
         #expect(stderr.contains("check --relay"))
         await stack.stop()

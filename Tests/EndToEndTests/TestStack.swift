@@ -204,8 +204,18 @@ enum TestProcess {
         URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent().appendingPathComponent(name).path
     }
 
-    /// Exit status, stdout and stderr. `environment` values of nil are removed.
-    static func run(_ executable: String, _ arguments: [String], environment extra: [String: String?] = [:]) throws -> (Int32, String, String) {
+    /// Exit status, stdout and stderr. `environment` values of nil are removed. The process is
+    /// waited for on a thread of its own: blocking one of Swift concurrency's few threads (two on
+    /// this machine) would stall the relay's API and the other suites running beside.
+    static func run(_ executable: String, _ arguments: [String], environment extra: [String: String?] = [:]) async throws -> (Int32, String, String) {
+        try await withCheckedThrowingContinuation { continuation in
+            Thread {
+                continuation.resume(with: Result { try self.runBlocking(executable, arguments, environment: extra) })
+            }.start()
+        }
+    }
+
+    private static func runBlocking(_ executable: String, _ arguments: [String], environment extra: [String: String?]) throws -> (Int32, String, String) {
         let process = Process()
         process.executableURL = URL(fileURLWithPath: executable)
         process.arguments = arguments
@@ -217,9 +227,19 @@ enum TestProcess {
         process.standardOutput = out
         process.standardError = err
         try process.run()
+        // stderr is read on another thread, so that neither pipe can fill up and stall the child.
+        let stderrData = NIOLockedValueBox(Data())
+        let stderrRead = DispatchGroup()
+        stderrRead.enter()
+        Thread {
+            let data = err.fileHandleForReading.readDataToEndOfFile()
+            stderrData.withLockedValue { $0 = data }
+            stderrRead.leave()
+        }.start()
         let stdout = out.fileHandleForReading.readDataToEndOfFile()
-        let stderr = err.fileHandleForReading.readDataToEndOfFile()
+        stderrRead.wait()
         process.waitUntilExit()
+        let stderr = stderrData.withLockedValue { $0 }
         return (process.terminationStatus, String(decoding: stdout, as: UTF8.self), String(decoding: stderr, as: UTF8.self))
     }
 }
