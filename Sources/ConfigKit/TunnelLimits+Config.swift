@@ -19,6 +19,9 @@ extension TunnelLimits {
             try map.durationMilliseconds("handshake_timeout", default: limits.handshakeTimeout.nanoseconds / 1_000_000, range: 100...600_000))
         limits.keepaliveInterval = .milliseconds(
             try map.durationMilliseconds("keepalive_interval", default: limits.keepaliveInterval.nanoseconds / 1_000_000, range: 100...3_600_000))
+        limits.tunnelResetBudget = try map.int("tunnel_reset_budget", default: limits.tunnelResetBudget, range: 200...1_000_000)
+        limits.sessionResetBudget = try map.int("session_reset_budget", default: limits.sessionResetBudget, range: 10...1_000_000)
+        limits.refusedBodyDrainLimit = try map.size("refused_body_drain_limit", default: limits.refusedBodyDrainLimit, range: 0...(1 << 30))
         try map.finish()
         return limits
     }

@@ -98,7 +98,7 @@ public final class TunnelConnector: Sendable {
         let logger = self.logger
         WebSocketDialer.dial(url: url, headers: headers, tls: self.tls, limits: limits, group: self.group) { channel in
             try TunnelPipeline.configure(
-                channel: channel, websocketRole: .client, http2Mode: .server, limits: limits, logger: logger
+                channel: channel, websocketRole: .client, http2Mode: .server, link: .tunnel, limits: limits, logger: logger
             ) { stream in
                 stream.eventLoop.makeCompletedFuture {
                     // Every request is decided and audited by the customer's PrivacyGuard.
@@ -107,6 +107,9 @@ public final class TunnelConnector: Sendable {
                         HTTP2FramePayloadToHTTP1ServerCodec(),
                         ProxyServerHandler(
                             opener: { privacy.open($0, $1, ticket: ticket, opener: opener) },
+                            // A response head larger than the tunnel and the session carry would
+                            // fail the whole tunnel: 502 for that request instead.
+                            limits: .init(responseHeaders: .session(limits), drainLimit: limits.refusedBodyDrainLimit),
                             onComplete: { record in
                                 privacy.completed(record, ticket: ticket)
                                 logger.debug(

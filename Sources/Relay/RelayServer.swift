@@ -146,7 +146,7 @@ public final class RelayServer: Sendable {
 
     private func acceptTunnel(_ channel: Channel, cluster: String, node: String) throws {
         let multiplexer = try TunnelPipeline.configure(
-            channel: channel, websocketRole: .server, http2Mode: .client, limits: self.config.limits,
+            channel: channel, websocketRole: .server, http2Mode: .client, link: .tunnel, limits: self.config.limits,
             logger: self.logger, inboundStreamInitializer: TunnelPipeline.refuseInboundStreams)
         let tunnel = TunnelHandle(
             id: ObjectIdentifier(channel), cluster: cluster, node: node, channel: channel, multiplexer: multiplexer,
@@ -169,16 +169,26 @@ public final class RelayServer: Sendable {
         let live = LiveSession(channel: channel, record: record)
         let opener = TunnelStreamOpener(
             session: record, accessExpiresAt: plan.grant.request.expiresAt ?? self.control.now, registry: self.registry,
-            clientAddress: channel.remoteAddress?.ipAddress)
+            clientAddress: channel.remoteAddress?.ipAddress, headerBudget: .tunnel(self.config.limits))
         let logger = self.logger
         let control = self.control
+        let limits = self.config.limits
         _ = try TunnelPipeline.configure(
-            channel: channel, websocketRole: .server, http2Mode: .server, limits: self.config.limits, logger: logger
+            channel: channel, websocketRole: .server, http2Mode: .server, link: .session, limits: limits, logger: logger,
+            onFlood: { reason in
+                // This expert's session alone: the tunnel and everyone else's sessions go on.
+                logger.notice("closing a flooding session", metadata: record.metadata.merging(["reason": "\(reason)"]) { $1 })
+                live.end(code: WireCloseCode.flood, reason: reason)
+            }
         ) { stream in
             stream.eventLoop.makeCompletedFuture {
                 try stream.pipeline.syncOperations.addHandlers([
                     HTTP2FramePayloadToHTTP1ServerCodec(),
-                    ProxyServerHandler(opener: { opener.open($0, $1) }, onComplete: { exchange in
+                    ProxyServerHandler(
+                        opener: { opener.open($0, $1) },
+                        // What relayctl accepts; a larger head would fail this session's link.
+                        limits: .init(responseHeaders: .session(limits), drainLimit: limits.refusedBodyDrainLimit),
+                        onComplete: { exchange in
                         live.count(exchange)
                         if let reason = exchange.responseHeaders.first(name: WireHeader.sessionEnded) {
                             // The customer's connector ended this session: say so and close it.

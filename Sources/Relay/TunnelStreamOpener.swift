@@ -22,6 +22,8 @@ struct TunnelStreamOpener: Sendable {
     let registry: TunnelRegistry
     /// The IP address the expert's session came from, if known.
     let clientAddress: String?
+    /// What the tunnel carries in one head; a larger one would fail the whole tunnel.
+    let headerBudget: HeaderBudget
 
     func open(_ head: HTTPRequestHead, _ upstream: ProxyUpstreamHandler) -> EventLoopFuture<HTTPRequestHead> {
         guard let tunnel = self.registry.pick(cluster: self.session.clusterID, node: self.session.node) else {
@@ -42,6 +44,9 @@ struct TunnelStreamOpener: Sendable {
         head.headers.add(name: WireHeader.accessExpires, value: String(Int64(self.accessExpiresAt.timeIntervalSince1970)))
         head.headers.add(name: WireHeader.requestID, value: randomIdentifier())
         if let address = self.clientAddress { head.headers.add(name: WireHeader.clientAddress, value: address) }
+        guard self.headerBudget.admits(head.headers, pseudoBytes: head.uri.utf8.count) else {
+            return upstream.downstreamEventLoop.makeFailedFuture(ProxyRefusal.requestHeadersTooLarge(self.headerBudget))
+        }
         let cluster = self.session.clusterID
         let loop = tunnel.channel.eventLoop
         return loop.flatSubmit {

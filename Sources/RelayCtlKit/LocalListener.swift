@@ -23,7 +23,11 @@ public final class LocalListener: Sendable {
                     try channel.pipeline.syncOperations.configureHTTPServerPipeline(withErrorHandling: true)
                     try channel.pipeline.syncOperations.addHandler(LocalHostRewriter(component: session.target.component))
                     try channel.pipeline.syncOperations.addHandler(
-                        ProxyServerHandler(opener: session.open, onComplete: onComplete))
+                        ProxyServerHandler(
+                            opener: session.open,
+                            limits: .init(
+                                requestHeaders: .sessionRequest(session.target.limits), drainLimit: session.target.limits.refusedBodyDrainLimit),
+                            onComplete: onComplete))
                 }
             }
             .bind(host: host, port: port)

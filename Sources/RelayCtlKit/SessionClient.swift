@@ -95,7 +95,7 @@ public final class SessionClient: Sendable {
         return WebSocketDialer.dial(url: self.target.relay, headers: headers, tls: self.tls, limits: limits, group: self.group) {
             channel in
             try TunnelPipeline.configure(
-                channel: channel, websocketRole: .client, http2Mode: .client, limits: limits, onPeerClosed: onEnded,
+                channel: channel, websocketRole: .client, http2Mode: .client, link: .session, limits: limits, onPeerClosed: onEnded,
                 inboundStreamInitializer: TunnelPipeline.refuseInboundStreams)
         }.map { channel, multiplexer in
             logger.info("connected to relay", metadata: ["relay": "\(self.target.relay)"])

@@ -25,6 +25,13 @@ public struct ProxyRefusal: Error, CustomStringConvertible, Sendable, Equatable 
         ProxyRefusal(.badGateway, code: "upstream_unavailable", message: message)
     }
 
+    /// A request head too large for the next HTTP/2 link.
+    public static func requestHeadersTooLarge(_ budget: HeaderBudget) -> ProxyRefusal {
+        ProxyRefusal(
+            .requestHeaderFieldsTooLarge, code: "request_headers_too_large",
+            message: "the request's headers are larger than the relay carries (\(budget.listSize) bytes, \(budget.encodedSize) encoded); send fewer or smaller cookies or headers")
+    }
+
     /// The JSON body: `{"error": code, "message": message}`.
     public func body(allocator: ByteBufferAllocator) -> ByteBuffer {
         var buffer = allocator.buffer(capacity: 64 + self.message.utf8.count)

@@ -56,6 +56,8 @@ public final class ProxyServerHandler: ChannelDuplexHandler {
         var status: UInt?
         var responseHeaders = HTTPHeaders()
         var requestBytes = 0
+        /// Request body bytes read and dropped after the answer went out.
+        var drainedBytes = 0
         var responseBytes = 0
         var outcome = ProxyExchangeRecord.Outcome.completed
         init(head: HTTPRequestHead, upstream: ProxyUpstreamHandler) {
@@ -67,15 +69,36 @@ public final class ProxyServerHandler: ChannelDuplexHandler {
     private let opener: UpstreamOpener
     private let onComplete: (@Sendable (ProxyExchangeRecord) -> Void)?
     private let responseEndGate: ResponseEndGate?
+    private let limits: Limits
     private var context: ChannelHandlerContext?
     private var exchange: Exchange?
     private var upstreamWritable = true
     private var pendingRead = false
 
+    /// What one hop lets through, so that nothing one request does can break the connection the
+    /// next hop shares with others.
+    public struct Limits: Sendable {
+        /// Request heads that do not fit are refused with 431: the next hop's HTTP/2 link would
+        /// otherwise fail as a whole on them.
+        public var requestHeaders: HeaderBudget?
+        /// Response heads that do not fit are answered with 502 in place of the response.
+        public var responseHeaders: HeaderBudget?
+        /// Request body read and dropped after a refusal; beyond it the stream is reset.
+        public var drainLimit: Int
+
+        public init(requestHeaders: HeaderBudget? = nil, responseHeaders: HeaderBudget? = nil, drainLimit: Int = TunnelLimits().refusedBodyDrainLimit) {
+            self.requestHeaders = requestHeaders
+            self.responseHeaders = responseHeaders
+            self.drainLimit = drainLimit
+        }
+    }
+
     public init(
-        opener: @escaping UpstreamOpener, onComplete: (@Sendable (ProxyExchangeRecord) -> Void)? = nil, responseEndGate: ResponseEndGate? = nil
+        opener: @escaping UpstreamOpener, limits: Limits = Limits(), onComplete: (@Sendable (ProxyExchangeRecord) -> Void)? = nil,
+        responseEndGate: ResponseEndGate? = nil
     ) {
         self.opener = opener
+        self.limits = limits
         self.onComplete = onComplete
         self.responseEndGate = responseEndGate
     }
@@ -97,6 +120,13 @@ public final class ProxyServerHandler: ChannelDuplexHandler {
         case .body(let bytes):
             guard let exchange = self.exchange else { return }
             exchange.requestBytes += bytes.readableBytes
+            if exchange.phase == .refused {
+                // Refused here: read the rest and drop it, so the stream ends cleanly rather than
+                // by a reset (the peer counts resets), up to a limit.
+                exchange.drainedBytes += bytes.readableBytes
+                if exchange.drainedBytes > self.limits.drainLimit { context.close(promise: nil) }
+                return
+            }
             self.forward(.body(.byteBuffer(bytes)), exchange)
         case .end(let trailers):
             guard let exchange = self.exchange else { return }
@@ -114,6 +144,10 @@ public final class ProxyServerHandler: ChannelDuplexHandler {
         let exchange = Exchange(head: head, upstream: upstream)
         self.exchange = exchange
         self.upstreamWritable = true
+        if let budget = self.limits.requestHeaders, !budget.admits(head.headers, pseudoBytes: head.uri.utf8.count) {
+            self.refuse(exchange, .requestHeadersTooLarge(budget))
+            return
+        }
         let loop = context.eventLoop
         self.opener(head, upstream).hop(to: loop).whenComplete { [self] result in
             guard self.exchange === exchange, exchange.phase == .opening else {
@@ -140,13 +174,15 @@ public final class ProxyServerHandler: ChannelDuplexHandler {
     private func forward(_ part: HTTPClientRequestPart, _ exchange: Exchange) {
         switch exchange.phase {
         case .opening: exchange.buffered.append(part)
-        case .forwarding: exchange.upstream.send(part)
-        case .refused, .responded: break  // the answer is out; the rest of the body is read and dropped
+        // The next hop answered early: the rest of the request still goes to it, which ends its
+        // stream cleanly (or lets it drain or close its own connection).
+        case .forwarding, .responded: exchange.upstream.send(part)
+        case .refused: break  // drained in channelRead
         }
     }
 
     public func channelReadComplete(context: ChannelHandlerContext) {
-        if let exchange = self.exchange, exchange.phase == .forwarding { exchange.upstream.flush() }
+        if let exchange = self.exchange, exchange.phase == .forwarding || exchange.phase == .responded { exchange.upstream.flush() }
         context.fireChannelReadComplete()
     }
 
@@ -164,8 +200,8 @@ public final class ProxyServerHandler: ChannelDuplexHandler {
         guard let exchange = self.exchange else { return true }
         switch exchange.phase {
         case .opening: return false
-        case .forwarding: return self.upstreamWritable
-        case .refused, .responded: return true
+        case .forwarding, .responded: return self.upstreamWritable
+        case .refused: return true
         }
     }
 
@@ -185,7 +221,7 @@ public final class ProxyServerHandler: ChannelDuplexHandler {
     public func channelInactive(context: ChannelHandlerContext) {
         if let exchange = self.exchange {
             // A refusal closes a connection whose request body was still coming: it stays a refusal.
-            if exchange.phase != .refused { exchange.outcome = .aborted("client closed the connection") }
+            if case .completed = exchange.outcome, exchange.phase != .refused { exchange.outcome = .aborted("client closed the connection") }
             exchange.upstream.abort()
             self.report(exchange)
             self.exchange = nil
@@ -205,6 +241,12 @@ public final class ProxyServerHandler: ChannelDuplexHandler {
         else { return }
         switch part {
         case .head(var head):
+            if let budget = self.limits.responseHeaders, !budget.admits(head.headers) {
+                self.refuse(
+                    exchange,
+                    .badGateway("the response headers are larger than the tunnel carries (\(budget.listSize) bytes, \(budget.encodedSize) encoded)"))
+                return
+            }
             exchange.responseStarted = true
             exchange.status = head.status.code
             head.version = exchange.head.version
@@ -260,7 +302,15 @@ public final class ProxyServerHandler: ChannelDuplexHandler {
     }
 
     func upstreamClosed(from upstream: ProxyUpstreamHandler, error: Error?) {
-        guard let exchange = self.exchange, exchange.upstream === upstream, !exchange.responseEnded else { return }
+        guard let exchange = self.exchange, exchange.upstream === upstream else { return }
+        if exchange.responseEnded {
+            // Answered, and the next hop is gone while the request body still comes: drain it here.
+            if !exchange.requestEnded && exchange.phase == .responded {
+                exchange.phase = .refused
+                self.readIfPending()
+            }
+            return
+        }
         if exchange.responseStarted {
             // Part of the response is out: the only honest signal left is to cut this stream.
             exchange.outcome = .aborted("upstream closed mid-response: \(describe(error))")
@@ -276,21 +326,22 @@ public final class ProxyServerHandler: ChannelDuplexHandler {
 
     private func refuse(_ exchange: Exchange, _ refusal: ProxyRefusal) {
         guard let context = self.context else { return }
-        exchange.upstream.abort()
         exchange.phase = .refused
         exchange.buffered = []
         exchange.responseStarted = true
         exchange.responseEnded = true
         exchange.status = refusal.status.code
         exchange.outcome = .refused(refusal)
+        // After the state above: closing the next hop can call back (upstreamClosed) at once.
+        exchange.upstream.abort()
         let body = refusal.body(allocator: context.channel.allocator)
         let head = refusal.responseHead(version: exchange.head.version, bodyLength: body.readableBytes)
         exchange.responseHeaders = head.headers
         if exchange.requestEnded { self.finish(exchange) }  // before the writes, as in upstreamResponse
         context.write(self.wrapOutboundOut(.head(head)), promise: nil)
         context.write(self.wrapOutboundOut(.body(.byteBuffer(body))), promise: nil)
-        // A refused upload is not read to its end: the connection (or stream) is closed instead.
-        self.writeEnd(context: context, nil, closing: !exchange.head.isKeepAlive || !exchange.requestEnded)
+        // The rest of a refused upload is drained (see channelRead), up to `limits.drainLimit`.
+        self.writeEnd(context: context, nil, closing: !exchange.head.isKeepAlive)
         self.readIfPending()
     }
 

@@ -22,29 +22,62 @@ public struct TunnelLimits: Sendable, Equatable {
     public var handshakeTimeout: TimeAmount = .seconds(10)
     /// A tunnel with no traffic sends an HTTP/2 PING after this long; no answer within the same time closes it.
     public var keepaliveInterval: TimeAmount = .seconds(20)
+    /// Stream resets (RST_STREAM) a tunnel accepts from its peer per `resetWindow`. A tunnel carries
+    /// every expert of a cluster and both ends are authenticated, so this is sized for several
+    /// sessions cancelling at full rate at once (NIOHTTP2's own default, 200, let one engineer's
+    /// clicking close everyone's tunnel). NIOHTTP2 keeps one time stamp per counted reset, allocated
+    /// up front: 8 bytes per unit of budget per tunnel.
+    public var tunnelResetBudget: Int = 10_000
+    /// Stream resets one expert's session may send per `resetWindow` (a browser cancels a download
+    /// on every click away). Beyond it the relay closes that session alone, with close code 4004.
+    /// Several sessions at this rate fit in one tunnel's budget.
+    public var sessionResetBudget: Int = 1_500
+    /// The window both reset budgets count in.
+    public static let resetWindow: TimeAmount = .seconds(30)
+    /// Bytes of request body a hop reads and drops after it has answered (a refused upload), so
+    /// that the stream ends cleanly instead of being reset; beyond this the stream is reset.
+    public var refusedBodyDrainLimit: Int = 1 << 20
+    /// What the relay adds to a request on its way from a session into a tunnel (identity headers,
+    /// well under this): sessions get a header-list limit this much smaller than tunnels, so no
+    /// expert request can exceed the tunnel's limit (an HPACK error there would close the tunnel).
+    public static let relayHeaderHeadroom = 4096
 
     public init() {}
 
-    /// HTTP/2 settings this side advertises.
-    public var http2Settings: HTTP2Settings {
+    /// Header-list limit of expert sessions (relayctl <-> relay).
+    public var sessionHeaderListSize: Int { max(1024, self.maxHeaderListSize - Self.relayHeaderHeadroom) }
+
+    /// HTTP/2 settings this side advertises on `link`.
+    public func http2Settings(_ link: TunnelLink) -> HTTP2Settings {
         [
             HTTP2Setting(parameter: .maxConcurrentStreams, value: self.maxConcurrentStreams),
             HTTP2Setting(parameter: .initialWindowSize, value: self.initialWindowSize),
             HTTP2Setting(parameter: .maxFrameSize, value: self.maxFrameSize),
-            HTTP2Setting(parameter: .maxHeaderListSize, value: self.maxHeaderListSize),
+            HTTP2Setting(parameter: .maxHeaderListSize, value: link == .tunnel ? self.maxHeaderListSize : self.sessionHeaderListSize),
             HTTP2Setting(parameter: .enablePush, value: 0),
         ]
     }
 
-    public var connectionConfiguration: NIOHTTP2Handler.ConnectionConfiguration {
+    public func connectionConfiguration(_ link: TunnelLink) -> NIOHTTP2Handler.ConnectionConfiguration {
         var configuration = NIOHTTP2Handler.ConnectionConfiguration()
-        configuration.initialSettings = self.http2Settings
+        configuration.initialSettings = self.http2Settings(link)
         configuration.targetWindowSize = self.connectionWindowSize
+        // A late frame for a stream reset more than this many resets ago is a connection error
+        // in NIOHTTP2 (default 32): with hundreds of streams cancelled at once that closed tunnels.
+        configuration.maximumRecentlyResetStreams = max(1024, 4 * self.maxConcurrentStreams)
+        // NIOHTTP2 counts stream errors over a connection's whole life (default 200): a tunnel
+        // that runs for months must not die of old, unrelated errors. Bursts are bounded below.
+        configuration.maximumConnectionGlitches = Int.max
         return configuration
     }
 
-    public var streamConfiguration: NIOHTTP2Handler.StreamConfiguration {
+    public func streamConfiguration(_ link: TunnelLink) -> NIOHTTP2Handler.StreamConfiguration {
         var configuration = NIOHTTP2Handler.StreamConfiguration()
+        let budget = link == .tunnel ? self.tunnelResetBudget : self.sessionResetBudget
+        configuration.streamResetFrameRateLimit.maximumCount = budget
+        configuration.streamResetFrameRateLimit.windowLength = Self.resetWindow
+        configuration.streamErrorRateLimit.maximumCount = budget
+        configuration.streamErrorRateLimit.windowLength = Self.resetWindow
         configuration.targetWindowSize = self.initialWindowSize
         // Writability of a stream channel flips at these marks: the most a stream buffers before
         // the proxy stops reading from the other side.
@@ -52,4 +85,12 @@ public struct TunnelLimits: Sendable, Equatable {
         configuration.outboundBufferSizeLowWatermark = 16 * 1024
         return configuration
     }
+}
+
+/// The two kinds of HTTP/2-over-websocket connection, which get different budgets.
+public enum TunnelLink: Sendable, Equatable {
+    /// Connector <-> relay: carries every expert of a cluster.
+    case tunnel
+    /// relayctl <-> relay: one expert's session.
+    case session
 }

@@ -11,9 +11,11 @@ public enum TunnelPipeline {
         channel: Channel,
         websocketRole: WebSocketByteStreamHandler.Role,
         http2Mode: NIOHTTP2Handler.ParserMode,
+        link: TunnelLink,
         limits: TunnelLimits,
         logger: Logger? = nil,
         onPeerClosed: (@Sendable (WebSocketPeerClosed) -> Void)? = nil,
+        onFlood: (@Sendable (String) -> Void)? = nil,
         inboundStreamInitializer: @escaping NIOChannelInitializer
     ) throws -> NIOHTTP2Handler.StreamMultiplexer {
         let sync = channel.pipeline.syncOperations
@@ -23,10 +25,10 @@ public enum TunnelPipeline {
                 keepaliveInterval: limits.keepaliveInterval))
         let multiplexer = try sync.configureHTTP2Pipeline(
             mode: http2Mode,
-            connectionConfiguration: limits.connectionConfiguration,
-            streamConfiguration: limits.streamConfiguration,
+            connectionConfiguration: limits.connectionConfiguration(link),
+            streamConfiguration: limits.streamConfiguration(link),
             inboundStreamInitializer: inboundStreamInitializer)
-        try sync.addHandler(TunnelErrorHandler(logger: logger, onPeerClosed: onPeerClosed))
+        try sync.addHandler(TunnelErrorHandler(logger: logger, onPeerClosed: onPeerClosed, onFlood: onFlood))
         return multiplexer
     }
 
@@ -62,10 +64,12 @@ final class TunnelErrorHandler: ChannelInboundHandler {
     typealias InboundIn = Any
     private let logger: Logger?
     private let onPeerClosed: (@Sendable (WebSocketPeerClosed) -> Void)?
+    private let onFlood: (@Sendable (String) -> Void)?
 
-    init(logger: Logger?, onPeerClosed: (@Sendable (WebSocketPeerClosed) -> Void)?) {
+    init(logger: Logger?, onPeerClosed: (@Sendable (WebSocketPeerClosed) -> Void)?, onFlood: (@Sendable (String) -> Void)?) {
         self.logger = logger
         self.onPeerClosed = onPeerClosed
+        self.onFlood = onFlood
     }
 
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
@@ -81,7 +85,28 @@ final class TunnelErrorHandler: ChannelInboundHandler {
         self.logger?.notice(
             "closing tunnel after a protocol error",
             metadata: ["peer": "\(context.channel.remoteAddress.map { "\($0)" } ?? "?")", "error": "\(error)"])
+        if let flood = Self.floodDescription(error) {
+            // Say why in the close frame (4004), so the peer's user learns what they did.
+            let reason = "closed for flooding: \(flood)"
+            if let onFlood = self.onFlood {
+                onFlood(reason)
+            } else {
+                context.channel.triggerUserOutboundEvent(WebSocketCloseRequest(code: WireCloseCode.flood, reason: reason), promise: nil)
+            }
+            return
+        }
         context.close(promise: nil)
+    }
+
+    /// NIOHTTP2's denial-of-service verdicts (it has sent GOAWAY ENHANCE_YOUR_CALM), in words.
+    static func floodDescription(_ error: Error) -> String? {
+        switch error {
+        case is NIOHTTP2Errors.ExcessiveRSTFrames: "too many cancelled requests (stream resets) in \(TunnelLimits.resetWindow.nanoseconds / 1_000_000_000) s"
+        case is NIOHTTP2Errors.ExcessiveStreamErrors: "too many malformed requests in \(TunnelLimits.resetWindow.nanoseconds / 1_000_000_000) s"
+        case is NIOHTTP2Errors.ExcessiveControlFrames: "too many HTTP/2 control frames"
+        case is NIOHTTP2Errors.ExcessiveEmptyDataFrames: "too many empty data frames"
+        default: nil
+        }
     }
 }
 

@@ -74,6 +74,9 @@ public enum WireCloseCode {
     public static let sessionKilled: UInt16 = 4002
     /// The customer's connector ended the session (session limits, customer CLI, settings change).
     public static let endedByCustomer: UInt16 = 4003
+    /// The peer flooded (cancelled requests beyond the session's reset budget, malformed frames):
+    /// this session or tunnel alone is closed.
+    public static let flood: UInt16 = 4004
     /// The relay node is shutting down; redial (another node may answer).
     public static let relayShutdown: UInt16 = 1001
 }

@@ -247,7 +247,7 @@ import TunnelCore
             group: TestStack.group
         ) { channel in
             try TunnelPipeline.configure(
-                channel: channel, websocketRole: .client, http2Mode: .server, limits: TunnelLimits(),
+                channel: channel, websocketRole: .client, http2Mode: .server, link: .tunnel, limits: TunnelLimits(),
                 inboundStreamInitializer: TunnelPipeline.refuseInboundStreams)
         }.get()
         return channel

@@ -48,11 +48,18 @@ enum RogueRelay {
         _ stack: TestStack, method: HTTPMethod, target: String, headers: [(String, String)], body: [UInt8]? = nil
     ) async throws -> Answer {
         guard let tunnel = stack.relay.registry.pick(cluster: "demo") else { throw TestFailure("no tunnel") }
-        let loop = tunnel.channel.eventLoop
+        return try await self.send(on: tunnel.multiplexer, loop: tunnel.channel.eventLoop, method: method, target: target, headers: headers, body: body)
+    }
+
+    /// One request on a new stream of any HTTP/2 client connection (a tunnel, or a session).
+    static func send(
+        on multiplexer: NIOHTTP2Handler.StreamMultiplexer, loop: EventLoop, method: HTTPMethod, target: String, headers: [(String, String)],
+        body: [UInt8]? = nil
+    ) async throws -> Answer {
         let answer = loop.makePromise(of: Answer.self)
         let collector = AnswerCollector(promise: answer)
         let created = loop.makePromise(of: Channel.self)
-        tunnel.multiplexer.createStreamChannel(promise: created) { stream in
+        multiplexer.createStreamChannel(promise: created) { stream in
             stream.eventLoop.makeCompletedFuture {
                 try stream.pipeline.syncOperations.addHandlers([HTTP2FramePayloadToHTTP1ClientCodec(httpProtocol: .https), collector])
             }
@@ -67,6 +74,25 @@ enum RogueRelay {
         let timeout = loop.scheduleTask(in: .seconds(10)) { answer.fail(TestFailure("no answer within 10 s")) }
         defer { timeout.cancel() }
         return try await answer.futureResult.get()
+    }
+}
+
+/// Plays a relayctl that skips its own checks: a session dialed by hand, requests sent as they are.
+enum RogueSession {
+    static func dial(_ stack: TestStack) async throws -> (Channel, NIOHTTP2Handler.StreamMultiplexer) {
+        var headers = HTTPHeaders()
+        headers.add(name: "authorization", value: "Bearer \(stack.expertToken)")
+        headers.add(name: WireHeader.cluster, value: "demo")
+        headers.add(name: WireHeader.component, value: "ui")
+        let tls = try TLSFiles.clientContext(caFile: TestCerts.trusted + "/ca.pem")
+        return try await WebSocketDialer.dial(
+            url: try WebSocketURL(parsing: "wss://127.0.0.1:\(stack.relayPort)/v1/session"), headers: headers, tls: tls, limits: TunnelLimits(),
+            group: TestStack.group
+        ) { channel in
+            try TunnelPipeline.configure(
+                channel: channel, websocketRole: .client, http2Mode: .client, link: .session, limits: TunnelLimits(),
+                inboundStreamInitializer: TunnelPipeline.refuseInboundStreams)
+        }.get()
     }
 }
 

@@ -68,7 +68,8 @@ struct TestStack {
 
     static var quietLogger: Logger {
         var logger = Logger(label: "test")
-        logger.logLevel = .critical
+        // TEST_LOG_LEVEL=debug swift test --filter ... shows what the programs log.
+        logger.logLevel = ProcessInfo.processInfo.environment["TEST_LOG_LEVEL"].flatMap(Logger.Level.init(rawValue:)) ?? .critical
         return logger
     }
 

@@ -1,0 +1,366 @@
+import Crypto
+import DemoComponentKit
+import Foundation
+import NIOConcurrencyHelpers
+import NIOCore
+import NIOHPACK
+import NIOHTTP1
+import NIOPosix
+import NIOWebSocket
+import Relay
+import RelayCtlKit
+import Testing
+import TunnelCore
+
+/// What one expert does never costs the tunnel, which carries every expert of the cluster.
+@Suite(.serialized) struct OneOffenderTests {
+    /// Component `trickle` sends the start of a long body, then 1 KiB every 20 ms: a download that
+    /// is always cancelled mid-body, without pushing megabytes through the test machine.
+    static func start(limits: TunnelLimits = TunnelLimits()) async throws -> (TestStack, Channel) {
+        let trickle = try await ServerBootstrap(group: TestStack.group)
+            .childChannelInitializer { channel in channel.pipeline.addHandler(TrickleComponent()) }
+            .bind(host: "127.0.0.1", port: 0).get()
+        let stack = try await TestStack.start(extraComponents: ["trickle": "http://127.0.0.1:\(trickle.localAddress!.port!)"], limits: limits) {
+            config in config.deniedPathPrefixes = ["/secrets"]
+        }
+        return (stack, trickle)
+    }
+
+    /// A session whose end (the relay's close frame) is captured.
+    static func observedSession(_ stack: TestStack) async throws -> (LocalListener, NIOLockedValueBox<WebSocketPeerClosed?>) {
+        let ended = NIOLockedValueBox<WebSocketPeerClosed?>(nil)
+        let client = try SessionClient(target: try stack.sessionTarget(component: "trickle"), group: TestStack.group, logger: TestStack.quietLogger) { closed in
+            ended.withLockedValue { $0 = closed }
+        }
+        try await client.connect()
+        return (try await LocalListener.start(host: "127.0.0.1", port: 0, session: client, group: TestStack.group), ended)
+    }
+
+    /// `count` downloads, `concurrency` at a time, each closed as soon as its first bytes arrive
+    /// (as a browser does when the engineer clicks on). Bounded: every wait is. Returns how many
+    /// started (status 200) before the first that did not.
+    @discardableResult
+    static func cancelDownloads(port: Int, count: Int, concurrency: Int = 8, untilRefused: Bool = false) async throws -> Int {
+        try await withThrowingTaskGroup(of: Int.self) { group in
+            for worker in 0..<concurrency {
+                group.addTask {
+                    var started = 0
+                    for _ in stride(from: worker, to: count, by: concurrency) {
+                        do {
+                            try await CancelledDownload.run(port: port, path: "/download")
+                            started += 1
+                        } catch where untilRefused {
+                            break
+                        }
+                    }
+                    return started
+                }
+            }
+            return try await group.reduce(0, +)
+        }
+    }
+
+    @Test func cancelledDownloadsAndRefusedUploadsLeaveTheTunnelAndOtherSessionsIntact() async throws {
+        let (stack, trickle) = try await Self.start()
+        let tunnel = try #require(stack.relay.registry.tunnels(cluster: "demo").first)
+        let flooding = try await stack.openSession(component: "trickle")
+        let other = try await stack.openSession()
+        // Another engineer's download, read slowly, stays in flight for the whole flood.
+        let size = 48 << 20  // a minute at the slow pace
+        let download = try await PacedDownload.start(port: other.localAddress!.port!, path: "/bytes/\(size)")
+        try await stack.waitUntil("the other download to be running") { download.received > 0 }
+
+        let started = ContinuousClock.now
+        try await Self.cancelDownloads(port: flooding.localAddress!.port!, count: 1_000)
+        // 300 uploads to a denied path: refused, their bodies drained, no reset.
+        try await withThrowingTaskGroup(of: HTTPResponseStatus.self) { group in
+            for worker in 0..<6 {
+                group.addTask {
+                    for _ in stride(from: worker, to: 300, by: 6) {
+                        let answer = try await TestHTTPConnection.request(
+                            port: flooding.localAddress!.port!, .POST, "/secrets/upload", body: Array(repeating: 7, count: 64 << 10))
+                        guard answer.status == .forbidden else { return answer.status }
+                    }
+                    return .forbidden
+                }
+            }
+            for try await status in group { #expect(status == .forbidden) }
+        }
+        let floodTook = ContinuousClock.now - started
+        #expect(download.received < size, "the other download was still in flight when the flood ended (\(floodTook))")
+
+        // The same tunnel is up, the flooding engineer's own session still works, the other download completes intact.
+        #expect(stack.relay.registry.tunnels(cluster: "demo").map(\.id) == [tunnel.id], "the tunnel was never closed")
+        #expect(try await TestHTTPConnection.request(port: flooding.localAddress!.port!, .GET, "/api/status").status == .ok)
+        #expect(stack.privacy.sessions.count == 2 && stack.privacy.sessions.allSatisfy { $0.endReason == nil })
+        download.readFreely()
+        let finished = try await download.result()
+        #expect(finished.status == 200 && finished.bodyBytes == size)
+        #expect(finished.sha256 == DemoComponent.sha256OfPattern(size: size))
+        try await flooding.close()
+        try await other.close()
+        await stack.stop()
+        try await trickle.close()
+    }
+
+    @Test func aSessionThatFloodsBeyondItsBudgetIsClosedAloneWithTheReason() async throws {
+        var limits = TunnelLimits()
+        limits.sessionResetBudget = 40
+        let (stack, trickle) = try await Self.start(limits: limits)
+        let tunnel = try #require(stack.relay.registry.tunnels(cluster: "demo").first)
+        let (flooding, ended) = try await Self.observedSession(stack)
+        let other = try await stack.openSession()
+        let started = try await Self.cancelDownloads(port: flooding.localAddress!.port!, count: 120, concurrency: 4, untilRefused: true)
+        #expect(started > 40, "the budget was used up before the session closed")
+        try await stack.waitUntil("the flooding session to be closed") { ended.withLockedValue { $0 } != nil }
+        let closed = ended.withLockedValue { $0 }
+        #expect(closed?.code == .unknown(WireCloseCode.flood))
+        #expect(closed?.reason.contains("too many cancelled requests") == true, "\(String(describing: closed))")
+        try await stack.waitUntil("the relay to record why") {
+            try await stack.control.store.sessions(live: false).contains { $0.endReason?.contains("flooding") == true }
+        }
+        // Nobody else paid for it.
+        #expect(stack.relay.registry.tunnels(cluster: "demo").map(\.id) == [tunnel.id])
+        #expect(try await TestHTTPConnection.request(port: other.localAddress!.port!, .GET, "/api/status").status == .ok)
+        try await flooding.close()
+        try await other.close()
+        await stack.stop()
+        try await trickle.close()
+    }
+
+    @Test func oversizedHeadersFailOneRequestNeverTheTunnel() async throws {
+        let big = try await ServerBootstrap(group: TestStack.group)
+            .childChannelInitializer { channel in channel.pipeline.addHandler(BigHeaderComponent()) }
+            .bind(host: "127.0.0.1", port: 0).get()
+        let stack = try await TestStack.start(extraComponents: ["big": "http://127.0.0.1:\(big.localAddress!.port!)"])
+        let tunnel = try #require(stack.relay.registry.tunnels(cluster: "demo").first)
+        let session = try await stack.openSession()
+        let port = session.localAddress!.port!
+        // Larger than one HTTP/2 frame: refused by relayctl before it reaches any link.
+        let cookie = (0..<40).map { "c\($0)=\(String(repeating: "z", count: 600))" }.joined(separator: "; ")
+        let tooBig = try await TestHTTPConnection.request(port: port, .GET, "/api/status", headers: [("cookie", cookie)])
+        #expect(tooBig.status == .requestHeaderFieldsTooLarge && tooBig.headers.first(name: WireHeader.error) == "request_headers_too_large")
+        // Sent past relayctl (a rogue client): the relay refuses it before the tunnel.
+        // Just small enough for its own link: the relay's identity headers would make it too large for the tunnel.
+        let (rogue, multiplexer) = try await RogueSession.dial(stack)
+        let unchecked = try await RogueRelay.send(
+            on: multiplexer, loop: rogue.eventLoop, method: .GET, target: "/api/status",
+            headers: [("host", "ui"), ("cookie", Self.cookie(encodedSize: HeaderBudget.smallestFrame - 200))])
+        #expect(unchecked.status == 431 && unchecked.error == "request_headers_too_large", "the relay refused it: \(unchecked)")
+        try? await rogue.close()
+        // A component whose response head is larger than the tunnel carries: 502 for that request.
+        let bigSession = try await stack.openSession(component: "big")
+        let answer = try await TestHTTPConnection.request(port: bigSession.localAddress!.port!, .GET, "/")
+        #expect(answer.status == .badGateway && answer.text.contains("response headers are larger"), "\(answer.status) \(answer.text)")
+        // Heads that fit go through whole: 12 KiB of cookies, and 6 KiB ones the relay adds to.
+        let fits = (0..<12).map { "c\($0)=\(String(repeating: "z", count: 1000))" }.joined(separator: "; ")
+        #expect(try await TestHTTPConnection.request(port: port, .GET, "/api/status", headers: [("cookie", fits)]).status == .ok)
+        #expect(stack.relay.registry.tunnels(cluster: "demo").map(\.id) == [tunnel.id])
+        #expect(try await TestHTTPConnection.request(port: port, .GET, "/api/status").status == .ok)
+        try await bigSession.close()
+        try await session.close()
+        await stack.stop()
+        try await big.close()
+    }
+}
+
+extension OneOffenderTests {
+    /// A cookie whose HPACK encoding (as NIOHTTP2 sends it) is about `encodedSize` bytes.
+    static func cookie(encodedSize: Int) -> String {
+        func encoded(_ value: String) -> Int {
+            var encoder = HPACKEncoder(allocator: ByteBufferAllocator())
+            var buffer = ByteBuffer()
+            try? encoder.encode(headers: HPACKHeaders([("cookie", value)]), to: &buffer)
+            return buffer.readableBytes
+        }
+        var value = "c="
+        while encoded(value + String(repeating: "z", count: 64)) < encodedSize { value += String(repeating: "z", count: 64) }
+        return value
+    }
+}
+
+/// Answers every request with 1 MiB of Content-Length, sending 1 KiB at once and 1 KiB every 20 ms.
+final class TrickleComponent: ChannelInboundHandler, @unchecked Sendable {
+    typealias InboundIn = ByteBuffer
+    private var request = ""
+    private var task: RepeatedTask?
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        self.request += String(buffer: self.unwrapInboundIn(data))
+        guard self.request.contains("\r\n\r\n"), self.task == nil else { return }
+        if self.request.hasPrefix("GET /api/status") {
+            context.writeAndFlush(NIOAny(ByteBuffer(string: "HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")), promise: nil)
+            self.request = ""
+            return
+        }
+        context.writeAndFlush(NIOAny(ByteBuffer(string: "HTTP/1.1 200 OK\r\ncontent-length: 1048576\r\n\r\n")), promise: nil)
+        let chunk = ByteBuffer(repeating: 0x61, count: 1024)
+        let channel = context.channel
+        self.task = context.eventLoop.scheduleRepeatedTask(initialDelay: .zero, delay: .milliseconds(20)) { _ in
+            channel.writeAndFlush(chunk, promise: nil)
+        }
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        self.task?.cancel()
+        context.fireChannelInactive()
+    }
+}
+
+/// Answers every request with 28 KiB of headers: more than one HTTP/2 frame holds (NIOHTTP2 sends
+/// no CONTINUATION frames, so forwarding them would fail the whole tunnel).
+final class BigHeaderComponent: ChannelInboundHandler, @unchecked Sendable {
+    typealias InboundIn = ByteBuffer
+    private var request = ""
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        self.request += String(buffer: self.unwrapInboundIn(data))
+        guard self.request.contains("\r\n\r\n") else { return }
+        self.request = ""
+        var text = "HTTP/1.1 200 OK\r\ncontent-length: 2\r\n"
+        for index in 0..<40 { text += "x-filler-\(index): \(String(repeating: "b", count: 680))\r\n" }
+        context.writeAndFlush(NIOAny(ByteBuffer(string: text + "\r\nok")), promise: nil)
+    }
+}
+
+/// A download closed as soon as its first body bytes arrive (bounded: 10 s). Returns the status line.
+enum CancelledDownload {
+    @discardableResult
+    static func run(port: Int, path: String) async throws -> String {
+        let received = NIOLockedValueBox("")
+        let channel = try await ClientBootstrap(group: TestStack.group)
+            .channelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture { try channel.pipeline.syncOperations.addHandler(FirstBytes(received)) }
+            }
+            .connect(host: "127.0.0.1", port: port).get()
+        try await channel.writeAndFlush(ByteBuffer(string: "GET \(path) HTTP/1.1\r\nHost: 127.0.0.1:\(port)\r\n\r\n"))
+        func bodyStarted() -> Bool {
+            received.withLockedValue { text in text.range(of: "\r\n\r\n").map { !text[$0.upperBound...].isEmpty } ?? false }
+        }
+        for _ in 0..<1000 where !bodyStarted() && channel.isActive {
+            try await Task.sleep(for: .milliseconds(10))
+        }
+        try? await channel.close()
+        let line = received.withLockedValue { $0 }.components(separatedBy: "\r\n").first ?? ""
+        guard line.hasPrefix("HTTP/1.1 200") else { throw TestFailure("the download did not start: \(line.isEmpty ? "no answer" : line)") }
+        return line
+    }
+
+    private final class FirstBytes: ChannelInboundHandler, @unchecked Sendable {
+        typealias InboundIn = ByteBuffer
+        let received: NIOLockedValueBox<String>
+        init(_ received: NIOLockedValueBox<String>) { self.received = received }
+        func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+            let text = String(buffer: self.unwrapInboundIn(data))
+            self.received.withLockedValue { if $0.count < 4096 { $0 += text } }
+        }
+    }
+}
+
+/// A download read 16 KiB every 20 ms until `readFreely`, hashing the body (HTTP/1.1, Content-Length).
+final class PacedDownload: @unchecked Sendable {
+    struct Result: Sendable {
+        var status: Int
+        var bodyBytes: Int
+        var sha256: String
+    }
+
+    private let reader: Reader
+    private let channel: Channel
+
+    private init(reader: Reader, channel: Channel) {
+        self.reader = reader
+        self.channel = channel
+    }
+
+    static func start(port: Int, path: String) async throws -> PacedDownload {
+        let reader = Reader()
+        let channel = try await ClientBootstrap(group: TestStack.group)
+            .channelOption(ChannelOptions.autoRead, value: false)
+            .channelOption(ChannelOptions.recvAllocator, value: FixedSizeRecvByteBufferAllocator(capacity: 16 << 10))
+            .channelOption(ChannelOptions.maxMessagesPerRead, value: 1)
+            .channelOption(ChannelOptions.socketOption(.so_rcvbuf), value: 16 << 10)
+            .channelInitializer { channel in channel.eventLoop.makeCompletedFuture { try channel.pipeline.syncOperations.addHandler(reader) } }
+            .connect(host: "127.0.0.1", port: port).get()
+        try await channel.writeAndFlush(ByteBuffer(string: "GET \(path) HTTP/1.1\r\nHost: ui\r\n\r\n"))
+        channel.read()
+        return PacedDownload(reader: reader, channel: channel)
+    }
+
+    /// Body bytes received so far.
+    var received: Int { self.reader.state.withLockedValue { $0.body } }
+
+    func readFreely() {
+        self.channel.eventLoop.execute {
+            self.reader.paced = false
+            self.channel.read()
+        }
+    }
+
+    /// The whole response (bounded: 60 s).
+    func result() async throws -> Result {
+        let reader = self.reader
+        let timeout = self.channel.eventLoop.scheduleTask(in: .seconds(60)) {
+            let finished = reader.state.withLockedValue { state in
+                defer { state.finished = true }
+                return state.finished
+            }
+            if !finished { reader.done.fail(TestFailure("download not done in 60 s")) }
+        }
+        defer { timeout.cancel() }
+        return try await self.reader.done.futureResult.get()
+    }
+
+    final class Reader: ChannelInboundHandler, @unchecked Sendable {
+        typealias InboundIn = ByteBuffer
+        struct State {
+            var head: [UInt8] = []
+            var status = 0
+            var length: Int?
+            var body = 0
+            var finished = false
+        }
+        let state = NIOLockedValueBox(State())
+        let done = MultiThreadedEventLoopGroup.singleton.next().makePromise(of: Result.self)
+        var paced = true
+        private var hash = SHA256()
+
+        func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+            let bytes = Array(buffer: self.unwrapInboundIn(data))
+            let outcome = self.state.withLockedValue { state -> Swift.Result<Result, TestFailure>? in
+                var body = bytes[...]
+                if state.length == nil {
+                    state.head += bytes
+                    guard let end = state.head.indices.first(where: { state.head[$0...].starts(with: Array("\r\n\r\n".utf8)) }) else { return nil }
+                    let head = String(decoding: state.head[..<end], as: UTF8.self)
+                    state.status = Int(head.split(separator: " ").dropFirst().first ?? "") ?? 0
+                    let lengthLine = head.split(separator: "\r\n").first { $0.lowercased().hasPrefix("content-length:") }
+                    state.length = lengthLine.flatMap { Int($0.split(separator: ":")[1].trimmingCharacters(in: .whitespaces)) } ?? 0
+                    body = state.head[(end + 4)...]
+                }
+                state.body += body.count
+                self.hash.update(data: Array(body))
+                guard let length = state.length, state.body >= length, !state.finished else { return nil }
+                state.finished = true
+                let digest = self.hash.finalize().map { String(format: "%02x", $0) }.joined()
+                return .success(Result(status: state.status, bodyBytes: state.body, sha256: digest))
+            }
+            if case .success(let result) = outcome { self.done.succeed(result) }
+        }
+
+        func channelReadComplete(context: ChannelHandlerContext) {
+            if self.paced {
+                context.eventLoop.scheduleTask(in: .milliseconds(20)) { context.read() }
+            } else {
+                context.read()
+            }
+        }
+
+        func channelInactive(context: ChannelHandlerContext) {
+            let finished = self.state.withLockedValue { state in
+                defer { state.finished = true }
+                return state.finished
+            }
+            if !finished { self.done.fail(TestFailure("the download's connection closed")) }
+        }
+    }
+}
