@@ -266,7 +266,7 @@ public final class ProxyServerHandler: ChannelDuplexHandler {
             // Settle the exchange before writing: on an HTTP/2 stream, writing END_STREAM can close
             // the channel re-entrantly, and channelInactive must then see nothing left to abort.
             if exchange.requestEnded { self.finish(exchange) }
-            self.writeEnd(context: context, trailers, closing: !exchange.head.isKeepAlive)
+            self.writeEnd(context: context, trailers, closing: exchange.head.closesAfterResponse)
             self.readIfPending()
         }
     }
@@ -279,7 +279,7 @@ public final class ProxyServerHandler: ChannelDuplexHandler {
             case .success:
                 exchange.responseEnded = true
                 if exchange.requestEnded { self.finish(exchange) }
-                self.writeEnd(context: context, trailers, closing: !exchange.head.isKeepAlive)
+                self.writeEnd(context: context, trailers, closing: exchange.head.closesAfterResponse)
                 self.readIfPending()
             case .failure(let error):
                 exchange.outcome = .aborted("response end held back: \(error)")
@@ -341,7 +341,7 @@ public final class ProxyServerHandler: ChannelDuplexHandler {
         context.write(self.wrapOutboundOut(.head(head)), promise: nil)
         context.write(self.wrapOutboundOut(.body(.byteBuffer(body))), promise: nil)
         // The rest of a refused upload is drained (see channelRead), up to `limits.drainLimit`.
-        self.writeEnd(context: context, nil, closing: !exchange.head.isKeepAlive)
+        self.writeEnd(context: context, nil, closing: exchange.head.closesAfterResponse)
         self.readIfPending()
     }
 
@@ -369,6 +369,13 @@ public final class ProxyServerHandler: ChannelDuplexHandler {
             head: exchange.head, status: exchange.status, responseHeaders: exchange.responseHeaders, requestBodyBytes: exchange.requestBytes,
             responseBodyBytes: exchange.responseBytes, duration: .now() - exchange.started, outcome: exchange.outcome)
     }
+}
+
+extension HTTPRequestHead {
+    /// HTTP/1.0 and `Connection: close` clients: the end of the response is the end of the
+    /// connection. An HTTP/2 stream ends by END_STREAM both ways instead; closing it early would
+    /// reset it (and peers count resets).
+    var closesAfterResponse: Bool { self.version.major < 2 && !self.isKeepAlive }
 }
 
 private func describe(_ error: Error?) -> String {

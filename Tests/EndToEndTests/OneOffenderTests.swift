@@ -103,6 +103,28 @@ import TunnelCore
         try await trickle.close()
     }
 
+    /// A refusal reads the rest of the upload and ends the stream cleanly: with NIOHTTP2's own reset
+    /// budget on the tunnel (200 per 30 s), 300 refused uploads would otherwise close it.
+    @Test func refusedUploadsAreDrainedNotReset() async throws {
+        var limits = TunnelLimits()
+        limits.tunnelResetBudget = 200
+        let (stack, trickle) = try await Self.start(limits: limits)
+        let tunnel = try #require(stack.relay.registry.tunnels(cluster: "demo").first)
+        let session = try await stack.openSession()
+        let connection = try await TestHTTPConnection.connect(port: session.localAddress!.port!)
+        for _ in 0..<300 {
+            let answer = try await connection.request(.PUT, "/secrets/upload", body: Array(repeating: 1, count: 32 << 10))
+            #expect(answer.status == .forbidden && answer.headers.first(name: WireHeader.error) == "denied_path", "\(answer.status) \(answer.text)")
+        }
+        // The same keep-alive connection goes on: the refused bodies were read to their ends.
+        #expect(try await connection.request(.GET, "/api/status").status == .ok)
+        #expect(stack.relay.registry.tunnels(cluster: "demo").map(\.id) == [tunnel.id])
+        await connection.close()
+        try await session.close()
+        await stack.stop()
+        try await trickle.close()
+    }
+
     @Test func aSessionThatFloodsBeyondItsBudgetIsClosedAloneWithTheReason() async throws {
         var limits = TunnelLimits()
         limits.sessionResetBudget = 40
