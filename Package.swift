@@ -61,7 +61,7 @@ let package = Package(
         .testTarget(name: "ConnectorTests", dependencies: ["Connector", "RelayAPI", "RelayModel"]),
         .testTarget(name: "PrivacyPolicyTests", dependencies: ["PrivacyPolicy", "RelayModel"]),
         .testTarget(name: "CustomerAuditTests", dependencies: ["CustomerAudit"]),
-        .testTarget(name: "RelayTests", dependencies: ["Relay", "RelayStore", "RelayModel", "RelayAPI", "RelayCtlKit"]),
+        .testTarget(name: "RelayTests", dependencies: ["Relay", "RelayStore", "RelayModel", "RelayAPI", "RelayCtlKit", .product(name: "NIOEmbedded", package: "swift-nio")] + nio),
         .testTarget(name: "EndToEndTests", dependencies: ["Relay", "RelayStore", "RelayModel", "RelayAPI", "Connector", "RelayCtlKit", "DemoComponentKit", "TunnelCore", .product(name: "NIOWebSocket", package: "swift-nio"), .product(name: "NIOConcurrencyHelpers", package: "swift-nio"), .product(name: "NIOHTTP2", package: "swift-nio-http2"), .product(name: "NIOHPACK", package: "swift-nio-http2")]),
     ],
     swiftLanguageModes: [.v5]

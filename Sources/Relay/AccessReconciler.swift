@@ -24,6 +24,7 @@ struct AccessReconciler: Sendable {
     }
 
     func tick() async throws {
+        try await self.control.auditHousekeeping()
         _ = try await self.control.expireDue()
         let now = self.control.now
         for cluster in self.registry.clusterIDs where try await !self.control.flag(cluster: cluster) {

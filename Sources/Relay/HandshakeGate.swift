@@ -27,12 +27,12 @@ struct HandshakeGate: Sendable {
     let control: MissionControl
     let registry: TunnelRegistry
 
-    func decide(_ head: HTTPRequestHead) async -> HandshakeDecision {
+    func decide(_ head: HTTPRequestHead, source: String?) async -> HandshakeDecision {
         do {
             if let refusal = Self.checkProtocol(head) { return .refuse(refusal) }
             switch head.path {
-            case WirePath.tunnel: return try await self.decideTunnel(head)
-            case WirePath.session: return try await self.decideSession(head)
+            case WirePath.tunnel: return try await self.decideTunnel(head, source: source)
+            case WirePath.session: return try await self.decideSession(head, source: source)
             default: return .refuse(ProxyRefusal(.notFound, code: "not_found", message: "no such endpoint"))
             }
         } catch let refusal as ProxyRefusal {
@@ -43,10 +43,11 @@ struct HandshakeGate: Sendable {
         }
     }
 
-    private func decideTunnel(_ head: HTTPRequestHead) async throws -> HandshakeDecision {
+    private func decideTunnel(_ head: HTTPRequestHead, source: String?) async throws -> HandshakeDecision {
         let cluster = head.headers.first(name: WireHeader.cluster)
         let node = head.headers.first(name: WireHeader.node)
-        let credential = try await self.control.authenticateNode(bearer: head.bearer, cluster: cluster, node: node, action: "tunnel.open")
+        let credential = try await self.control.authenticateNode(
+            bearer: head.bearer, cluster: cluster, node: node, action: "tunnel.open", source: source)
         // A tunnel exists only while the cluster's flag is set.
         guard try await self.control.flag(cluster: credential.clusterID) else {
             await self.control.audit(
@@ -59,8 +60,8 @@ struct HandshakeGate: Sendable {
         return .tunnel(cluster: credential.clusterID, node: credential.nodeID)
     }
 
-    private func decideSession(_ head: HTTPRequestHead) async throws -> HandshakeDecision {
-        let token = try await self.control.authenticateUser(bearer: head.bearer, action: "session.open")
+    private func decideSession(_ head: HTTPRequestHead, source: String?) async throws -> HandshakeDecision {
+        let token = try await self.control.authenticateUser(bearer: head.bearer, action: "session.open", source: source)
         guard let cluster = head.headers.first(name: WireHeader.cluster), Identifier.isValid(cluster),
             let component = head.headers.first(name: WireHeader.component), Identifier.isValid(component)
         else {

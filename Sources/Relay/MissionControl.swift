@@ -18,6 +18,8 @@ public final class MissionControl: Sendable {
         public var heartbeatIntervalSeconds: Int?
         /// This relay node's name, recorded on the sessions it carries.
         public var nodeName: String
+        /// Audit records older than this are pruned (`relayctl audit export` keeps them before).
+        public var auditRetentionSeconds: Int64 = 400 * 86_400
 
         public init(nodeName: String) {
             self.nodeName = nodeName
@@ -30,6 +32,8 @@ public final class MissionControl: Sendable {
     let clock: @Sendable () -> Date
     let logger: Logger
     private let tunnelURLBox = NIOLockedValueBox<[String]>([])
+    private let denials = NIOLockedValueBox(DenialAggregator())
+    private let lastPrune = NIOLockedValueBox<Date?>(nil)
 
     /// Every relay node's tunnel URL, sent to connectors in heartbeat answers (set once the port is known).
     public var tunnelURLs: [String] {
@@ -55,27 +59,29 @@ public final class MissionControl: Sendable {
     // MARK: authentication
 
     /// The valid API token presented as `Bearer`, or a 401 (audited as `action`).
-    public func authenticateUser(bearer: String?, action: String, cluster: String? = nil) async throws -> TokenRecord {
+    public func authenticateUser(bearer: String?, action: String, cluster: String? = nil, source: String? = nil) async throws -> TokenRecord {
         if let bearer, IssuedToken.api.isWellFormed(bearer), let token = try await self.store.token(hash: self.hasher.hash(bearer)),
             token.isValid(at: self.now)
         {
             return token
         }
-        await self.audit(actor: "anonymous", action, cluster: cluster, denied: "invalid, expired or revoked token")
+        await self.denyAnonymous(action, source: source, cluster: cluster, reason: "invalid, expired or revoked token")
         throw Self.unauthorized
     }
 
     /// The node credential presented as `Bearer`, if it belongs to exactly this cluster and node.
-    public func authenticateNode(bearer: String?, cluster: String?, node: String?, action: String) async throws -> CredentialRecord {
+    public func authenticateNode(
+        bearer: String?, cluster: String?, node: String?, action: String, source: String? = nil
+    ) async throws -> CredentialRecord {
         if let bearer, IssuedToken.credential.isWellFormed(bearer),
             let credential = try await self.store.credential(hash: self.hasher.hash(bearer)),
             credential.revokedAt == nil, credential.clusterID == cluster, credential.nodeID == node
         {
             return credential
         }
-        await self.audit(
-            actor: "anonymous", action, cluster: cluster.flatMap { Identifier.isValid($0) ? $0 : nil },
-            subject: node.flatMap { Identifier.isValid($0) ? $0 : nil }, denied: "invalid node credential")
+        await self.denyAnonymous(
+            action, source: source, cluster: cluster.flatMap { Identifier.isValid($0) ? $0 : nil },
+            subject: node.flatMap { Identifier.isValid($0) ? $0 : nil }, reason: "invalid node credential")
         throw Self.unauthorized
     }
 
@@ -133,7 +139,7 @@ public final class MissionControl: Sendable {
         ProxyRefusal(.notFound, code: "unknown_cluster", message: "cluster \"\(id)\" is not known to this relay; see relayctl clusters list")
     }
 
-    public func register(_ body: RegisterRequest) async throws -> RegisterResponse {
+    public func register(_ body: RegisterRequest, source: String? = nil) async throws -> RegisterResponse {
         guard Identifier.isValid(body.nodeID) else {
             throw ProxyRefusal(.badRequest, code: "bad_request", message: "node ID must be \(Identifier.rule)")
         }
@@ -153,17 +159,17 @@ public final class MissionControl: Sendable {
             await self.audit(actor: "node:\(cluster)/\(body.nodeID)", "node.register", cluster: cluster, subject: body.nodeID)
             return RegisterResponse(clusterID: cluster, nodeID: body.nodeID, credential: credential)
         case .unknownToken:
-            await self.audit(actor: "anonymous", "node.register", subject: body.nodeID, denied: "unknown enrollment token")
+            await self.denyAnonymous("node.register", source: source, subject: body.nodeID, reason: "unknown enrollment token")
             throw ProxyRefusal(
                 .unauthorized, code: "enrollment_invalid",
                 message: "this enrollment token is not valid; ask the vendor's operator for a new one (relayctl clusters enroll CLUSTER)")
         case .alreadyUsed(let at):
-            await self.audit(actor: "anonymous", "node.register", subject: body.nodeID, denied: "enrollment token already used")
+            await self.denyAnonymous("node.register", source: source, subject: body.nodeID, reason: "enrollment token already used")
             throw ProxyRefusal(
                 .unauthorized, code: "enrollment_used",
                 message: "this enrollment token was already used at \(Timestamp.text(at)); each token registers one node once, ask for a new one")
         case .expired(let at):
-            await self.audit(actor: "anonymous", "node.register", subject: body.nodeID, denied: "enrollment token expired")
+            await self.denyAnonymous("node.register", source: source, subject: body.nodeID, reason: "enrollment token expired")
             throw ProxyRefusal(
                 .unauthorized, code: "enrollment_expired",
                 message: "this enrollment token expired at \(Timestamp.text(at)); ask for a new one")
@@ -253,19 +259,65 @@ public final class MissionControl: Sendable {
     // MARK: audit
 
     /// Appends one audit record. A store failure is logged, not thrown: the caller's answer stands.
+    /// Text that callers control is capped and escaped (`AuditText`).
     func audit(
         actor: String, _ action: String, cluster: String? = nil, subject: String? = nil, denied: String? = nil, reason: String? = nil
     ) async {
         let record = AuditRecord(
-            time: self.now, actor: actor, action: action, clusterID: cluster, subject: subject,
-            outcome: denied == nil ? .ok : .denied, reason: denied ?? reason)
+            time: self.now, actor: AuditText.clean(actor) ?? "", action: AuditText.clean(action) ?? "", clusterID: AuditText.clean(cluster),
+            subject: AuditText.clean(subject), outcome: denied == nil ? .ok : .denied, reason: AuditText.clean(denied ?? reason))
         do {
             try await self.store.appendAudit([record])
         } catch {
             self.logger.error("audit write failed", metadata: ["action": "\(action)", "error": "\(error)"])
         }
-        if denied != nil {
-            self.logger.notice("denied", metadata: ["actor": "\(actor)", "action": "\(action)", "reason": "\(denied!)"])
+        if let denied {
+            self.logger.notice("denied", metadata: ["actor": "\(record.actor)", "action": "\(record.action)", "reason": "\(AuditText.clean(denied) ?? "")"])
+        }
+    }
+
+    /// A refusal of a caller who did not authenticate: recorded at once the first time in a minute
+    /// per source, action and reason, then counted (`DenialAggregator`).
+    func denyAnonymous(_ action: String, source: String?, cluster: String? = nil, subject: String? = nil, reason: String) async {
+        let source = source ?? "unknown"
+        let (first, summaries) = self.denials.withLockedValue {
+            $0.record(DenialAggregator.Key(source: source, action: action, reason: reason), at: self.now)
+        }
+        await self.writeDenialSummaries(summaries)
+        if let first {
+            await self.audit(actor: "anonymous", first.action, cluster: cluster, subject: subject, denied: "\(first.reason) (from \(first.source))")
+        }
+    }
+
+    /// Writes what the last minute's refusals left over, and prunes records past retention (hourly).
+    /// Called by the reconciler.
+    func auditHousekeeping() async throws {
+        await self.writeDenialSummaries(self.denials.withLockedValue { $0.flush(at: self.now) })
+        let now = self.now
+        let due = self.lastPrune.withLockedValue { last in
+            guard last.map({ now.timeIntervalSince($0) >= 3600 }) ?? true else { return false }
+            last = now
+            return true
+        }
+        if due {
+            let pruned = try await self.store.pruneAudit(before: now.addingTimeInterval(-TimeInterval(self.settings.auditRetentionSeconds)))
+            if pruned > 0 { self.logger.info("audit records past retention pruned", metadata: ["records": "\(pruned)"]) }
+        }
+    }
+
+    private func writeDenialSummaries(_ summaries: [DenialAggregator.Summary]) async {
+        guard !summaries.isEmpty else { return }
+        let records = summaries.map { summary in
+            AuditRecord(
+                time: summary.minute.addingTimeInterval(60), actor: "anonymous", action: AuditText.clean(summary.key.action) ?? "",
+                subject: AuditText.clean(summary.key.source), outcome: .denied,
+                reason: AuditText.clean(
+                    "\(summary.count) more like this from \(summary.key.source) in the minute from \(Timestamp.text(summary.minute)): \(summary.key.reason)"))
+        }
+        do {
+            try await self.store.appendAudit(records)
+        } catch {
+            self.logger.error("audit write failed", metadata: ["action": "denial summary", "error": "\(error)"])
         }
     }
 }

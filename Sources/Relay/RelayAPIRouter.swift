@@ -11,8 +11,11 @@ public struct APIRequest: Sendable {
     public var query: [String: String]
     public var bearer: String?
     public var body: Data
+    /// The caller's IP address (audited with refusals of unauthenticated callers).
+    public var source: String?
 
-    public init(method: HTTPMethod, uri: String, bearer: String?, body: Data) {
+    public init(method: HTTPMethod, uri: String, bearer: String?, body: Data, source: String? = nil) {
+        self.source = source
         self.method = method
         let parts = uri.split(separator: "?", maxSplits: 1)
         self.path = parts.first.map(String.init) ?? uri
@@ -108,16 +111,17 @@ public struct RelayAPIRouter: Sendable {
         let route = Route(request)
         let control = self.control
         if route.match(.POST, "register") != nil {
-            return try Self.encode(try await control.register(try Self.decode(RegisterRequest.self, request.body)))
+            return try Self.encode(try await control.register(try Self.decode(RegisterRequest.self, request.body), source: request.source))
         }
         if route.match(.POST, "heartbeat") != nil {
             let body = try Self.decode(HeartbeatRequest.self, request.body)
             let credential = try await control.authenticateNode(
-                bearer: request.bearer, cluster: body.clusterID, node: body.nodeID, action: "heartbeat")
+                bearer: request.bearer, cluster: body.clusterID, node: body.nodeID, action: "heartbeat", source: request.source)
             return try Self.encode(try await control.heartbeat(body, credential: credential))
         }
         guard route.isKnown else { throw Self.notFound }
-        let caller = try await control.authenticateUser(bearer: request.bearer, action: "api \(request.method) \(request.path)")
+        let caller = try await control.authenticateUser(
+            bearer: request.bearer, action: "api \(request.method) \(request.path)", source: request.source)
         if route.match(.GET, "whoami") != nil {
             return try Self.encode(WhoAmI(name: caller.name, role: caller.role))
         } else if route.match(.GET, "clusters") != nil {

@@ -22,13 +22,20 @@ public struct RelayConfig: Sendable {
     /// Plain HTTPS (API) connections idle for this long are closed.
     public var apiIdleTimeoutMilliseconds: Int64
     public var limits: TunnelLimits
+    /// Caps and paces on connections before authentication (`connections:`).
+    public var connectionLimits: ConnectionLimits
+    /// Audit records older than this are pruned (`audit_retention`, default 400 days).
+    public var auditRetentionSeconds: Int64 = 400 * 86_400
 
     public init(
         listenHost: String = "127.0.0.1", listenPort: Int = 8443, certificateFile: String, privateKeyFile: String,
         dataDirectory: String, nodeName: String = "relay-1", tunnelURLs: [String] = [], heartbeatIntervalSeconds: Int? = nil,
         enrollmentTTLSeconds: Int64 = 86_400, maxRequestSeconds: Int64 = 7 * 86_400, reconcileIntervalMilliseconds: Int64 = 1000,
-        apiIdleTimeoutMilliseconds: Int64 = 60_000, limits: TunnelLimits = TunnelLimits()
+        apiIdleTimeoutMilliseconds: Int64 = 60_000, limits: TunnelLimits = TunnelLimits(), connectionLimits: ConnectionLimits = ConnectionLimits(),
+        auditRetentionSeconds: Int64 = 400 * 86_400
     ) {
+        self.auditRetentionSeconds = auditRetentionSeconds
+        self.connectionLimits = connectionLimits
         self.listenHost = listenHost
         self.listenPort = listenPort
         self.certificateFile = certificateFile
@@ -77,13 +84,23 @@ public struct RelayConfig: Sendable {
         let maxRequest = try root.durationMilliseconds("max_request_duration", default: 7 * 86_400_000, range: 60_000...(90 * 86_400_000)) / 1000
         let reconcile = try root.durationMilliseconds("reconcile_interval", default: 1000, range: 50...5000)
         let apiIdle = try root.durationMilliseconds("api_idle_timeout", default: 60_000, range: 1000...3_600_000)
+        let retention = try root.durationMilliseconds("audit_retention", default: 400 * 86_400_000, range: 86_400_000...(3650 * 86_400_000)) / 1000
         let limits = try TunnelLimits.read(from: try root.map("limits"))
+        var connections = ConnectionLimits()
+        if let map = try root.map("connections") {
+            connections.maxTotal = try map.int("max_total", default: connections.maxTotal, range: 1...1_000_000)
+            connections.maxPerAddress = try map.int("max_per_address", default: connections.maxPerAddress, range: 1...1_000_000)
+            connections.minBodyBytesPerSecond = try map.size("min_body_rate", default: connections.minBodyBytesPerSecond, range: 1...(1 << 30))
+            connections.tcpKeepaliveIdleSeconds = Int(
+                try map.durationMilliseconds("tcp_keepalive_idle", default: Int64(connections.tcpKeepaliveIdleSeconds) * 1000, range: 1000...7_200_000) / 1000)
+            try map.finish()
+        }
         try root.finish()
         return RelayConfig(
             listenHost: listen.host, listenPort: listen.port, certificateFile: certificate, privateKeyFile: key,
             dataDirectory: dataDirectory, nodeName: nodeName, tunnelURLs: tunnelURLs, heartbeatIntervalSeconds: heartbeat,
             enrollmentTTLSeconds: enrollmentTTL, maxRequestSeconds: maxRequest, reconcileIntervalMilliseconds: reconcile,
-            apiIdleTimeoutMilliseconds: apiIdle, limits: limits)
+            apiIdleTimeoutMilliseconds: apiIdle, limits: limits, connectionLimits: connections, auditRetentionSeconds: retention)
     }
 
     /// The tunnel URLs sent to connectors: the configured list, or this node's own listen address.

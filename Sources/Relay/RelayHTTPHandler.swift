@@ -97,7 +97,8 @@ final class RelayHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
             }
         default:
             self.busy = true
-            let request = APIRequest(method: head.method, uri: head.uri, bearer: head.bearer, body: body)
+            let request = APIRequest(
+                method: head.method, uri: head.uri, bearer: head.bearer, body: body, source: context.channel.remoteAddress?.ipAddress)
             let router = self.router
             let promise = context.eventLoop.makePromise(of: APIResponse.self)
             promise.completeWithTask { await router.handle(request) }

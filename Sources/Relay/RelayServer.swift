@@ -25,6 +25,8 @@ public final class RelayServer: Sendable {
     private let router: RelayAPIRouter
     private let tls: NIOSSLContext
     private let serverChannel = NIOLockedValueBoxChannel()
+    /// Connections held open right now, capped in total and per address.
+    public let connections: ConnectionLimiter
     private let reconcileTask = NIOLockedValueBox<Task<Void, Never>?>(nil)
 
     public init(config: RelayConfig, control: MissionControl, group: EventLoopGroup, logger: Logger = Logger(label: "relay")) throws {
@@ -35,6 +37,7 @@ public final class RelayServer: Sendable {
         self.gate = HandshakeGate(control: control, registry: self.registry)
         self.router = RelayAPIRouter(control: control, registry: self.registry)
         self.tls = try TLSFiles.serverContext(certificateFile: config.certificateFile, privateKeyFile: config.privateKeyFile)
+        self.connections = ConnectionLimiter(limits: config.connectionLimits, logger: logger)
     }
 
     /// Opens the embedded SQLite store in `config.dataDirectory` (created 0700 if missing) and the
@@ -48,6 +51,7 @@ public final class RelayServer: Sendable {
         settings.enrollmentTTLSeconds = config.enrollmentTTLSeconds
         settings.maxRequestSeconds = config.maxRequestSeconds
         settings.heartbeatIntervalSeconds = config.heartbeatIntervalSeconds
+        settings.auditRetentionSeconds = config.auditRetentionSeconds
         return MissionControl(store: store, hasher: TokenHasher(key: key), settings: settings, clock: clock, logger: logger)
     }
 
@@ -58,8 +62,16 @@ public final class RelayServer: Sendable {
             .serverChannelOption(ChannelOptions.backlog, value: 256)
             .serverChannelOption(ChannelOptions.socketOption(.so_reuseaddr), value: 1)
             .childChannelOption(ChannelOptions.socketOption(.tcp_nodelay), value: 1)
+            // Half-open connections (a peer that vanished) are found by the kernel, not kept forever.
+            .childChannelOption(ChannelOptions.socketOption(.so_keepalive), value: 1)
+            .childChannelOption(
+                ChannelOptions.Types.SocketOption(level: .tcp, name: NIOBSDSocket.Option(rawValue: TCP_KEEPIDLE)),
+                value: SocketOptionValue(self.config.connectionLimits.tcpKeepaliveIdleSeconds))
+            .childChannelOption(ChannelOptions.Types.SocketOption(level: .tcp, name: NIOBSDSocket.Option(rawValue: TCP_KEEPINTVL)), value: 10)
+            .childChannelOption(ChannelOptions.Types.SocketOption(level: .tcp, name: NIOBSDSocket.Option(rawValue: TCP_KEEPCNT)), value: 6)
             .childChannelInitializer { channel in
-                channel.eventLoop.makeCompletedFuture { try self.initializeConnection(channel) }
+                guard self.connections.admit(channel) else { return channel.eventLoop.makeSucceededVoidFuture() }
+                return channel.eventLoop.makeCompletedFuture { try self.initializeConnection(channel) }
             }
             .bind(host: self.config.listenHost, port: self.config.listenPort)
             .get()
@@ -97,6 +109,9 @@ public final class RelayServer: Sendable {
         let sync = channel.pipeline.syncOperations
         try sync.addHandler(NIOSSLServerHandler(context: self.tls))
         let handshake = ConnectionHandshake()
+        let slow = SlowRequestGuard(
+            pace: RequestPace(grace: self.config.limits.handshakeTimeout, minBodyBytesPerSecond: self.config.connectionLimits.minBodyBytesPerSecond),
+            logger: self.logger)
         let fallback = RelayHTTPHandler(
             router: self.router, handshake: handshake, idleTimeout: .milliseconds(self.config.apiIdleTimeoutMilliseconds),
             logger: self.logger)
@@ -114,7 +129,8 @@ public final class RelayServer: Sendable {
                 // The client has done its part; the time the relay takes to decide is not its fault.
                 handshake.deadline?.cancel()
                 let promise = channel.eventLoop.makePromise(of: HandshakeDecision.self)
-                promise.completeWithTask { await gate.decide(head) }
+                let source = channel.remoteAddress?.ipAddress
+                promise.completeWithTask { await gate.decide(head, source: source) }
                 return promise.futureResult.map { decision -> HTTPHeaders? in
                     handshake.decision = decision
                     if case .refuse = decision { return nil }  // not upgraded: RelayHTTPHandler answers why
@@ -128,6 +144,7 @@ public final class RelayServer: Sendable {
                     handshake.deadline?.cancel()
                     // The HTTP codecs are gone; the fallback handler must go too, before tunnel bytes flow.
                     channel.pipeline.syncOperations.removeHandler(fallback).whenComplete { _ in }
+                    channel.pipeline.syncOperations.removeHandler(slow).whenComplete { _ in }
                     switch handshake.decision {
                     case .tunnel(let cluster, let node):
                         try self.acceptTunnel(channel, cluster: cluster, node: node)
@@ -141,6 +158,7 @@ public final class RelayServer: Sendable {
         try sync.configureHTTPServerPipeline(
             withServerUpgrade: (upgraders: [upgrader], completionHandler: { _ in }),
             withErrorHandling: true)
+        try sync.addHandler(slow)
         try sync.addHandler(fallback)
     }
 

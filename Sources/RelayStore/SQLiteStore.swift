@@ -299,6 +299,12 @@ public final class SQLiteStore: Store {
         }
     }
 
+    public func pruneAudit(before: Date) async throws -> Int {
+        try await self.pool.write { db in
+            try AuditRecord.filter(Column("time") < before).deleteAll(db)
+        }
+    }
+
     public func audit(since: Date?, afterID: Int64, limit: Int) async throws -> [AuditRecord] {
         try await self.pool.read { db in
             var query = AuditRecord.filter(Column("id") > afterID)

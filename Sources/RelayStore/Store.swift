@@ -49,6 +49,8 @@ public protocol Store: Sendable {
     func appendAudit(_ records: [AuditRecord]) async throws
     /// Records with `time >= since` and `id > afterID`, oldest first, at most `limit`.
     func audit(since: Date?, afterID: Int64, limit: Int) async throws -> [AuditRecord]
+    /// Deletes records older than `before` (retention); returns how many.
+    func pruneAudit(before: Date) async throws -> Int
 }
 
 public enum RegistrationOutcome: Sendable, Equatable {

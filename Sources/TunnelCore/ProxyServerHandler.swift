@@ -303,8 +303,10 @@ public final class ProxyServerHandler: ChannelDuplexHandler {
 
     func upstreamClosed(from upstream: ProxyUpstreamHandler, error: Error?) {
         guard let exchange = self.exchange, exchange.upstream === upstream else { return }
-        if exchange.responseEnded {
-            // Answered, and the next hop is gone while the request body still comes: drain it here.
+        if exchange.responseEnded || exchange.phase == .responded {
+            // The whole response is in (its end may still wait for the audit gate): the next hop
+            // going away now (a component that sent bytes past its response, say) changes nothing,
+            // but a request body still coming is drained here.
             if !exchange.requestEnded && exchange.phase == .responded {
                 exchange.phase = .refused
                 self.readIfPending()

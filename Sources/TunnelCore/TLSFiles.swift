@@ -10,6 +10,13 @@ public struct TLSSetupError: Error, CustomStringConvertible {
 }
 
 public enum TLSFiles {
+    /// TLS 1.2 suites allowed besides TLS 1.3 (whose suites are all AEAD): forward-secret AEAD only,
+    /// as Mozilla's "intermediate" profile (without finite-field DHE, which BoringSSL does not offer).
+    public static let tls12CipherSuites = [
+        "ECDHE-ECDSA-AES128-GCM-SHA256", "ECDHE-RSA-AES128-GCM-SHA256", "ECDHE-ECDSA-AES256-GCM-SHA384",
+        "ECDHE-RSA-AES256-GCM-SHA384", "ECDHE-ECDSA-CHACHA20-POLY1305", "ECDHE-RSA-CHACHA20-POLY1305",
+    ].joined(separator: ":")
+
     /// Server side: certificate chain and private key from PEM files.
     public static func serverContext(
         certificateFile: String, privateKeyFile: String, certificateSetting: String = "tls.certificate_file",
@@ -25,6 +32,7 @@ public enum TLSFiles {
         var configuration = TLSConfiguration.makeServerConfiguration(
             certificateChain: chain.map { .certificate($0) }, privateKey: .privateKey(key))
         configuration.minimumTLSVersion = .tlsv12
+        configuration.cipherSuites = Self.tls12CipherSuites
         return try NIOSSLContext(configuration: configuration)
     }
 
@@ -36,6 +44,7 @@ public enum TLSFiles {
         configuration.trustRoots = .certificates(roots)
         configuration.certificateVerification = .fullVerification
         configuration.minimumTLSVersion = .tlsv12
+        configuration.cipherSuites = Self.tls12CipherSuites
         return try NIOSSLContext(configuration: configuration)
     }
 

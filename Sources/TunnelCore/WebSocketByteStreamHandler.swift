@@ -33,6 +33,7 @@ public final class WebSocketByteStreamHandler: ChannelDuplexHandler, RemovableCh
     private var keepaliveTask: RepeatedTask?
     private var sawInbound = false
     private var pingOutstanding = false
+    private var pongInFlight = false
 
     /// - Parameter keepaliveInterval: with no inbound frame for this long a ping is sent; with still
     ///   nothing one interval later the tunnel is closed as dead. `nil` turns keepalive off.
@@ -109,9 +110,12 @@ public final class WebSocketByteStreamHandler: ChannelDuplexHandler, RemovableCh
             guard frame.fin else {
                 return self.fail(context: context, code: .protocolError, reason: "fragmented control frame")
             }
-            if self.state == .open {
+            // One pong in flight at most, and none while the peer is not reading what we send:
+            // a peer that pings and never reads cannot make us queue pongs without bound.
+            if self.state == .open, !self.pongInFlight, context.channel.isWritable {
+                self.pongInFlight = true
                 let pong = WebSocketFrame(fin: true, opcode: .pong, maskKey: self.maskKey(), data: frame.unmaskedData)
-                context.writeAndFlush(self.wrapOutboundOut(pong), promise: nil)
+                context.writeAndFlush(self.wrapOutboundOut(pong)).whenComplete { _ in self.pongInFlight = false }
             }
         case .pong:
             break

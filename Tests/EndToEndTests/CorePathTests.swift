@@ -306,10 +306,7 @@ import TunnelCore
         var limits = TunnelLimits()
         limits.handshakeTimeout = .milliseconds(300)
         // The relay alone: a connector's own requests would have to beat the short deadline too.
-        let config = TestStack.relayConfig(dataDirectory: TestStack.temporaryDirectory("relay"), limits: limits)
-        let control = try RelayServer.openEmbeddedControl(config: config, logger: TestStack.quietLogger)
-        let relay = try RelayServer(config: config, control: control, group: TestStack.group, logger: TestStack.quietLogger)
-        let port = try await relay.start().port!
+        let (relay, port) = try await TestStack.relayAlone(limits: limits)
         // A peer that connects and says nothing: no TLS, no upgrade.
         let silent = try await ClientBootstrap(group: TestStack.group).connect(host: "127.0.0.1", port: port).get()
         let started = ContinuousClock.now

@@ -87,6 +87,17 @@ struct TestStack {
             privateKeyFile: TestCerts.trusted + "/relay.key", dataDirectory: dataDirectory, reconcileIntervalMilliseconds: 100, limits: limits)
     }
 
+    /// A relay alone (no connector: its requests would have to beat short test deadlines too).
+    static func relayAlone(
+        limits: TunnelLimits = TunnelLimits(), configure: (inout RelayConfig) -> Void = { _ in }
+    ) async throws -> (relay: RelayServer, port: Int) {
+        var config = relayConfig(dataDirectory: temporaryDirectory("relay"), limits: limits)
+        configure(&config)
+        let control = try RelayServer.openEmbeddedControl(config: config, logger: quietLogger)
+        let relay = try RelayServer(config: config, control: control, group: group, logger: quietLogger)
+        return (relay, try await relay.start().port!)
+    }
+
     /// - Parameters:
     ///   - extraComponents: name -> URL added to the connector's allowlist beside `ui`.
     ///   - approve: create and (with mode `all`) auto-approve alice's admin request, then wait for the tunnel.
@@ -227,6 +238,7 @@ enum TestProcess {
         let err = Pipe()
         process.standardOutput = out
         process.standardError = err
+        process.standardInput = FileHandle.nullDevice
         try process.run()
         // stderr is read on another thread, so that neither pipe can fill up and stall the child.
         let stderrData = NIOLockedValueBox(Data())

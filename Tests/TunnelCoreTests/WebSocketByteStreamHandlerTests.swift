@@ -56,6 +56,19 @@ import Testing
         return data?.readWebSocketErrorCode()
     }
 
+    @Test func pingsFromAPeerThatDoesNotReadQueueNoPongs() throws {
+        let channel = try self.makeChannel()
+        try channel.writeInbound(try self.wire([self.frame(.ping, "1")]))
+        #expect(try self.outboundFrames(channel).map(\.opcode) == [.pong], "a ping is answered")
+        // The peer stops reading: our writes back up and the channel is no longer writable.
+        channel.isWritable = false
+        try channel.writeInbound(try self.wire((0..<1000).map { self.frame(.ping, "\($0)") }))
+        #expect(try self.outboundFrames(channel).isEmpty, "no pong is queued while the peer does not read")
+        channel.isWritable = true
+        try channel.writeInbound(try self.wire([self.frame(.ping, "2")]))
+        #expect(try self.outboundFrames(channel).count == 1)
+    }
+
     @Test func binaryMessagesBecomeOneByteStreamWhateverTheirBoundaries() throws {
         let channel = try self.makeChannel()
         try channel.writeInbound(try self.wire([

@@ -1,0 +1,97 @@
+import Foundation
+import NIOConcurrencyHelpers
+import NIOCore
+import NIOPosix
+import NIOSSL
+import Relay
+import Testing
+import TunnelCore
+
+/// The relay is a public endpoint: what anyone can hold open before authenticating is bounded.
+@Suite(.serialized) struct PublicEndpointTests {
+    /// A TLS connection to the relay that sends `text` and then nothing.
+    static func tlsConnection(port: Int, sending text: String) async throws -> Channel {
+        let tls = try TLSFiles.clientContext(caFile: TestCerts.trusted + "/ca.pem")
+        let channel = try await ClientBootstrap(group: TestStack.group)
+            .channelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    try channel.pipeline.syncOperations.addHandler(try NIOSSLClientHandler(context: tls, serverHostname: "localhost"))
+                }
+            }
+            .connect(host: "127.0.0.1", port: port).get()
+        try await channel.writeAndFlush(ByteBuffer(string: text))
+        return channel
+    }
+
+    /// Waits (bounded: 20 s) until none of `channels` is open.
+    static func waitUntilClosed(_ channels: [Channel]) async throws {
+        for _ in 0..<1000 where channels.contains(where: \.isActive) {
+            try await Task.sleep(for: .milliseconds(20))
+        }
+    }
+
+    @Test func aLargeContentLengthThenNothingIsClosedAtTheDeadline() async throws {
+        var limits = TunnelLimits()
+        limits.handshakeTimeout = .seconds(2)
+        let (relay, port) = try await TestStack.relayAlone(limits: limits)
+        // The head comes at once (inside the handshake deadline), the promised body never does.
+        var silent: [Channel] = []
+        for _ in 0..<50 {
+            silent.append(try await Self.tlsConnection(
+                port: port, sending: "POST /v1/register HTTP/1.1\r\nHost: relay\r\nContent-Type: application/json\r\nContent-Length: 1000000\r\n\r\n{"))
+        }
+        try await Self.waitUntilClosed(silent)
+        #expect(silent.allSatisfy { !$0.isActive }, "slow clients are closed, not kept")
+        try await Self.waitUntilHeld(relay, 0)
+        let health = try await runCurl(["-s", "--max-time", "10", "--cacert", TestCerts.trusted + "/ca.pem", "https://127.0.0.1:\(port)/healthz"])
+        #expect(health.contains("ok"), "the relay still serves")
+        try await relay.stop()
+    }
+
+    @Test func connectionsFromOneAddressAreCapped() async throws {
+        let (relay, port) = try await TestStack.relayAlone { config in
+            config.connectionLimits.maxPerAddress = 10
+        }
+        var held: [Channel] = []
+        for _ in 0..<10 {
+            held.append(try await ClientBootstrap(group: TestStack.group).connect(host: "127.0.0.1", port: port).get())
+        }
+        try await Self.waitUntilHeld(relay, 10)
+        let refused = try await ClientBootstrap(group: TestStack.group).connect(host: "127.0.0.1", port: port).get()
+        try await Self.waitUntilClosed([refused])
+        #expect(!refused.isActive, "the eleventh connection from one address is closed at once")
+        #expect(held.allSatisfy { $0.isActive }, "the ten admitted ones stay")
+        try await held[0].close()
+        try await Self.waitUntilHeld(relay, 9)
+        let admitted = try await ClientBootstrap(group: TestStack.group).connect(host: "127.0.0.1", port: port).get()
+        try await Self.waitUntilHeld(relay, 10)
+        #expect(admitted.isActive, "a closed connection makes room")
+        for channel in held + [admitted] { try? await channel.close() }
+        try await relay.stop()
+    }
+
+    static func waitUntilHeld(_ relay: RelayServer, _ count: Int) async throws {
+        for _ in 0..<500 where relay.connections.open != count { try await Task.sleep(for: .milliseconds(20)) }
+        #expect(relay.connections.open == count)
+    }
+
+    /// TLS 1.3 first; on TLS 1.2 only forward-secret AEAD suites (Mozilla "intermediate").
+    @Test func tlsOffersOnlyModernSuites() async throws {
+        let (relay, port) = try await TestStack.relayAlone()
+        func handshake(_ arguments: [String]) async throws -> String {
+            let (_, out, err) = try await TestProcess.run(
+                "/usr/bin/openssl", ["s_client", "-connect", "127.0.0.1:\(port)", "-CAfile", TestCerts.trusted + "/ca.pem"] + arguments)
+            return out + err
+        }
+        let modern = try await handshake([])
+        #expect(modern.contains("TLSv1.3"), "\(modern.suffix(400))")
+        let aead12 = try await handshake(["-tls1_2", "-cipher", "ECDHE-ECDSA-AES128-GCM-SHA256"])
+        #expect(aead12.contains("ECDHE-ECDSA-AES128-GCM-SHA256") && aead12.contains("TLSv1.2"))
+        // CBC suites (without AEAD) that BoringSSL would otherwise accept.
+        for weak in ["ECDHE-ECDSA-AES128-SHA", "ECDHE-ECDSA-AES256-SHA"] {
+            let refused = try await handshake(["-tls1_2", "-cipher", weak])
+            #expect(!refused.contains("Cipher is \(weak)"), "\(weak): \(refused.suffix(300))")
+        }
+        try await relay.stop()
+    }
+}
