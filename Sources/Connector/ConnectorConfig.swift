@@ -63,6 +63,9 @@ public struct AuditSettings: Sendable, Equatable {
     public var maxFileBytes: Int = 64 << 20
     /// Rotated files kept besides the active one (0 keeps all).
     public var maxFiles: Int = 100
+    /// Refused requests recorded one by one per session and minute; the rest are counted in one
+    /// record, so an expert cannot push older records out through retention by being refused.
+    public var refusalsPerMinute: Int = 60
 
     public init(directory: String, maxFileBytes: Int = 64 << 20, maxFiles: Int = 100) {
         self.directory = directory
@@ -192,6 +195,7 @@ public struct ConnectorConfig: Sendable {
             audit.directory = try map.filePath("directory") ?? audit.directory
             audit.maxFileBytes = try map.size("max_file_size", default: audit.maxFileBytes, range: 4096...(1 << 40))
             audit.maxFiles = try map.int("max_files", default: audit.maxFiles, range: 0...1_000_000)
+            audit.refusalsPerMinute = try map.int("refusals_per_minute", default: audit.refusalsPerMinute, range: 1...100_000)
             try map.finish()
         }
         var master = false

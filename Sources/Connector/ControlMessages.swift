@@ -28,6 +28,8 @@ public struct ConnectorStatus: Codable, Sendable, Equatable {
     public var liveSessions: Int
     public var pendingRequests: Int
     public var auditDirectory: String
+    /// Set while the audit log cannot be written (every request is refused meanwhile): since when and why.
+    public var auditFailure: String?
 }
 
 /// A session as the connector has seen it.

@@ -89,7 +89,8 @@ public struct ControlAPI: Sendable {
                     cluster: self.credential.clusterID, node: self.credential.nodeID, mode: self.privacy.mode, modeSource: source,
                     components: config.components.map(\.name).sorted(), tunnels: self.tunnels(), remoteUIRequested: last.flag,
                     lastHeartbeatAt: last.at, liveSessions: self.privacy.sessions.filter { $0.endReason == nil }.count,
-                    pendingRequests: self.privacy.requests.pending.count, auditDirectory: config.audit.directory))
+                    pendingRequests: self.privacy.requests.pending.count, auditDirectory: config.audit.directory,
+                    auditFailure: self.privacy.audit.failure.map { "failing since \(Timestamp.text($0.since)): \($0.message)" }))
         case (.GET, "v1/requests"):
             return try encoder.encode(self.privacy.requests)
         case (.POST, "v1/requests/*/approve"), (.POST, "v1/requests/*/reject"):

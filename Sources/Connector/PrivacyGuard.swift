@@ -30,6 +30,14 @@ public final class PrivacyGuard: Sendable {
         var sessions: [String: ConnectorSession] = [:]
         var streams: [ObjectIdentifier: LiveStream] = [:]
         var resetReasons: [ObjectIdentifier: String] = [:]
+        /// Refused requests per session and minute (`audit.refusals_per_minute` recorded one by one).
+        var refusals: MinuteTally<RefusalKey>
+    }
+
+    struct RefusalKey: Hashable, Sendable, Comparable {
+        var session: String
+        var expert: String
+        static func < (a: RefusalKey, b: RefusalKey) -> Bool { (a.session, a.expert) < (b.session, b.expert) }
     }
 
     struct LiveStream {
@@ -57,7 +65,10 @@ public final class PrivacyGuard: Sendable {
         self.clock = clock
         self.logger = logger
         let rules = config.privacyRules(mode: persisted.modeOverride?.mode)
-        self.inner = NIOLockedValueBox(Inner(config: config, persisted: persisted, rules: rules))
+        let tally = MinuteTally<RefusalKey>(recordedPerMinute: config.audit.refusalsPerMinute, maxKeys: 10_000) { _ in
+            RefusalKey(session: "-", expert: "-")
+        }
+        self.inner = NIOLockedValueBox(Inner(config: config, persisted: persisted, rules: rules, refusals: tally))
     }
 
     /// The mode in force (the CLI's override, else the config file's).
@@ -78,6 +89,11 @@ public final class PrivacyGuard: Sendable {
     /// Decides one request; on success opens the component with the normalised target.
     func open(_ head: HTTPRequestHead, _ upstream: ProxyUpstreamHandler, ticket: Ticket, opener: ComponentOpener) -> EventLoopFuture<HTTPRequestHead> {
         let now = self.clock()
+        // Fail closed: what cannot be recorded is not let through.
+        if self.audit.failure != nil {
+            self.audit.probeWhileFailing(now: now)
+            return upstream.downstreamEventLoop.makeFailedFuture(Self.auditUnavailable)
+        }
         let facts = StreamFacts(method: head.method.rawValue, target: head.uri, headers: head.headers.map { .init($0.name, $0.value) })
         var entries: [AuditEntry] = []
         let outcome = self.inner.withLockedValue { inner -> Result<(StreamPermit, Component), ProxyRefusal> in
@@ -123,7 +139,20 @@ public final class PrivacyGuard: Sendable {
             headers.addForwardedFor(expertAddress: facts.first(WireHeader.clientAddress), component: component.name)
             let forwarded = HTTPRequestHead(
                 version: head.version, method: HTTPMethod(rawValue: permit.method), uri: permit.target.forwarded, headers: headers)
-            return opener.open(forwarded, upstream, component: component)
+            guard permit.method != "GET" && permit.method != "HEAD" else { return opener.open(forwarded, upstream, component: component) }
+            // A request that can change something is on the customer's disk before any byte of it
+            // reaches the component (its outcome follows in the `request` record).
+            let begun = upstream.downstreamEventLoop.makePromise(of: Void.self)
+            self.audit.append(
+                AuditEntry(
+                    time: now, event: "request.begin", requestID: facts.requestID, session: permit.session, expert: permit.expert,
+                    role: permit.role.rawValue, accessRequest: permit.accessRequest, component: permit.component, method: permit.method,
+                    path: permit.target.forwarded, decision: "allow")
+            ) { result in begun.completeWith(result.map { _ in () }) }
+            return begun.futureResult.flatMapError { _ in
+                ticket.permit = nil  // refused after all: audited as such
+                return upstream.downstreamEventLoop.makeFailedFuture(Self.auditUnavailable)
+            }.flatMap { opener.open(forwarded, upstream, component: component) }
         case .failure(let refusal):
             return upstream.downstreamEventLoop.makeFailedFuture(refusal)
         }
@@ -138,6 +167,10 @@ public final class PrivacyGuard: Sendable {
             }
         }
     }
+
+    static let auditUnavailable = ProxyRefusal(
+        .serviceUnavailable, code: "audit_unavailable",
+        message: "the customer's audit log cannot be written, so the connector refuses requests until it can (the customer sees why in `connector status`)")
 
     private static func sessionEndedRefusal(_ reason: String) -> ProxyRefusal {
         ProxyRefusal(
@@ -169,7 +202,34 @@ public final class PrivacyGuard: Sendable {
         self.count(record, ticket: ticket)
         guard !ticket.audited else { return }
         ticket.audited = true
-        self.record(self.requestEntry(record, ticket: ticket, reason: resetReason))
+        let entry = self.requestEntry(record, ticket: ticket, reason: resetReason)
+        if ticket.permit == nil {
+            // Refusals are recorded one by one up to a rate per session, then counted.
+            let now = self.clock()
+            let (recordNow, summaries) = self.inner.withLockedValue { inner in
+                let counted = inner.refusals.count(RefusalKey(session: entry.session ?? "-", expert: entry.expert ?? "-"), at: now)
+                return (counted.record != nil, Self.refusalSummaries(counted.summaries, inner: inner))
+            }
+            summaries.forEach(self.record)
+            guard recordNow else { return }
+        }
+        self.record(entry)
+    }
+
+    /// Records for refusals counted but not recorded one by one.
+    static func refusalSummaries(_ summaries: [MinuteTally<RefusalKey>.Summary], inner: Inner) -> [AuditEntry] {
+        summaries.sorted { $0.key < $1.key }.map { summary in
+            refusalSummary(summary.key, count: summary.count, minute: summary.minute, inner: inner)
+        }
+    }
+
+    static func refusalSummary(_ key: RefusalKey, count: Int, minute: Date, inner: Inner) -> AuditEntry {
+        let known = inner.sessions[key.session]
+        return AuditEntry(
+            time: minute.addingTimeInterval(60), event: "request.refusals", session: key.session == "-" ? nil : key.session,
+            expert: key.expert == "-" ? nil : key.expert,
+            role: known?.role.rawValue, accessRequest: known?.accessRequest, component: known?.component, decision: "deny",
+            reason: "\(count) more refused requests in the minute from \(Timestamp.text(minute)), counted, not recorded one by one (at most \(inner.refusals.recordedPerMinute) a minute per session are)")
     }
 
     private func count(_ record: ProxyExchangeRecord, ticket: Ticket) {
@@ -230,7 +290,10 @@ public final class PrivacyGuard: Sendable {
             time: now, event: "session.end", session: id, expert: session.expert, role: session.role.rawValue,
             accessRequest: session.accessRequest, component: session.component, bytesIn: session.bytesIn, bytesOut: session.bytesOut,
             durationMs: Int64(now.timeIntervalSince(session.startedAt) * 1000), reason: reason)
-        return ([entry], channels)
+        let key = RefusalKey(session: id, expert: session.expert)
+        let uncounted = inner.refusals.close(key)
+        let summary = uncounted > 0 ? [Self.refusalSummary(key, count: uncounted, minute: inner.refusals.currentMinute, inner: inner)] : []
+        return (summary + [entry], channels)
     }
 
     /// What a sweep or a settings change ended: records to write, stream channels to close.
@@ -242,7 +305,7 @@ public final class PrivacyGuard: Sendable {
         mutating func add(_ result: (entries: [AuditEntry], channels: [Channel])) {
             self.entries += result.entries
             self.channels += result.channels
-            self.sessionsEnded += result.entries.count
+            self.sessionsEnded += result.entries.filter { $0.event == "session.end" }.count
         }
     }
 
@@ -264,6 +327,7 @@ public final class PrivacyGuard: Sendable {
 
     static func sweep(_ inner: inout Inner, now: Date) -> Cuts {
         var cuts = Cuts()
+        cuts.entries += Self.refusalSummaries(inner.refusals.flush(at: now), inner: inner)
         let running = Set(inner.streams.values.map(\.session))
         for (id, session) in inner.sessions where session.endReason == nil {
             // A session with a request running is not idle.

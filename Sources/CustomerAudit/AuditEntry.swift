@@ -39,6 +39,8 @@ public struct AuditEntry: Codable, Sendable, Equatable {
     public var actor: String?
     /// What changed, for settings ("mode all -> readOnly").
     public var detail: String?
+    /// `audit.pruned`: retention removed every record up to this seq.
+    public var prunedThrough: Int64?
     /// Hash of the previous line (64 zeros for the first record ever).
     public var prev: String = AuditChain.genesis
 
@@ -46,8 +48,9 @@ public struct AuditEntry: Codable, Sendable, Equatable {
         time: Date, event: String, requestID: String? = nil, session: String? = nil, expert: String? = nil, role: String? = nil,
         accessRequest: Int64? = nil, component: String? = nil, method: String? = nil, path: String? = nil, status: Int? = nil,
         bytesIn: Int64? = nil, bytesOut: Int64? = nil, durationMs: Int64? = nil, decision: String? = nil, reason: String? = nil,
-        actor: String? = nil, detail: String? = nil
+        actor: String? = nil, detail: String? = nil, prunedThrough: Int64? = nil
     ) {
+        self.prunedThrough = prunedThrough
         self.time = time
         self.event = event
         self.requestID = requestID
@@ -67,6 +70,43 @@ public struct AuditEntry: Codable, Sendable, Equatable {
         self.actor = actor
         self.detail = detail
     }
+}
+
+extension AuditEntry {
+    /// Longest path kept in a record (a longer one is cut, marked "..."): what an expert sends must
+    /// not make the customer's log grow without bound.
+    public static let maxPathBytes = 2048
+    /// Longest reason or detail kept.
+    public static let maxTextBytes = 1024
+    /// Longest identifier (request ID, session, expert, component, ...) kept.
+    public static let maxIdentifierBytes = 256
+
+    /// The record with every text field within its bound.
+    func bounded() -> AuditEntry {
+        var entry = self
+        entry.path = cut(entry.path, Self.maxPathBytes)
+        entry.reason = cut(entry.reason, Self.maxTextBytes)
+        entry.detail = cut(entry.detail, Self.maxTextBytes)
+        entry.requestID = cut(entry.requestID, Self.maxIdentifierBytes)
+        entry.session = cut(entry.session, Self.maxIdentifierBytes)
+        entry.expert = cut(entry.expert, Self.maxIdentifierBytes)
+        entry.role = cut(entry.role, Self.maxIdentifierBytes)
+        entry.component = cut(entry.component, Self.maxIdentifierBytes)
+        entry.method = cut(entry.method, Self.maxIdentifierBytes)
+        entry.actor = cut(entry.actor, Self.maxIdentifierBytes)
+        return entry
+    }
+}
+
+/// `text` cut to at most `limit` UTF-8 bytes on a character boundary, "..." marking a cut.
+func cut(_ text: String?, _ limit: Int) -> String? {
+    guard let text, text.utf8.count > limit else { return text }
+    var out = ""
+    for character in text {
+        if out.utf8.count + character.utf8.count > limit - 3 { break }
+        out.append(character)
+    }
+    return out + "..."
 }
 
 /// The line format and its hash chain. A line is the record as JSON (sorted keys, `prev` inside)

@@ -40,6 +40,11 @@ public struct AuditFiles: Sendable {
 /// Appends records to the customer's audit log. Writes run on one serial queue in arrival order;
 /// records that arrive while a write is in progress go out together with one `fdatasync`
 /// (group commit). A completion runs only once its record is on disk.
+///
+/// A batch that cannot be written (disk full, I/O error) is taken back whole: the file is cut to
+/// where it was and the chain goes on from the last record on disk, so a failure never looks like
+/// tampering. Until a write succeeds again the log reports `failure`, and the connector refuses
+/// new requests (it never lets through what it cannot record).
 public final class AuditLog: @unchecked Sendable {
     public let files: AuditFiles
     public let maxFileBytes: Int
@@ -53,8 +58,31 @@ public final class AuditLog: @unchecked Sendable {
     private var fileFirstSeq: Int64 = 1
     private var nextSeq: Int64 = 1
     private var lastHash = AuditChain.genesis
-    private var pending: [(line: [UInt8], seq: Int64, done: (@Sendable (Result<Int64, Error>) -> Void)?)] = []
+    private var pending: [(line: [UInt8], seq: Int64, prev: String, resumes: Bool, done: (@Sendable (Result<Int64, Error>) -> Void)?)] = []
     private var flushScheduled = false
+    private let failureBox = LockedFailure()
+
+    /// Why the last write failed and since when; nil while writes succeed.
+    public var failure: (since: Date, message: String)? { self.failureBox.value }
+    private let lastProbe = LockedFailure()
+
+    /// While writes fail, tries one record at most once a second (the connector refuses every
+    /// request meanwhile, so nothing else would find out that the disk has room again).
+    public func probeWhileFailing(now: Date = Date()) {
+        guard let failure = self.failure else { return }
+        if let last = self.lastProbe.value, now.timeIntervalSince(last.since) < 1 { return }
+        self.lastProbe.replace((now, ""))
+        self.append(Self.resumed(after: failure, now: now))
+    }
+
+    static let resumedEvent = "audit.resumed"
+
+    /// The record of an outage, written once the log can be written again.
+    static func resumed(after outage: (since: Date, message: String), now: Date) -> AuditEntry {
+        AuditEntry(
+            time: now, event: Self.resumedEvent,
+            reason: "the audit log could not be written from \(AuditChain.formatTime(outage.since)) (\(outage.message)); the connector refused every request meanwhile")
+    }
 
     /// Opens (or creates) the log in `directory` (mode 0700; files 0600) and continues its chain.
     /// A torn last line (power lost mid-write, so never acknowledged) is cut off and recorded.
@@ -78,14 +106,14 @@ public final class AuditLog: @unchecked Sendable {
     /// Appends `entry` (its `seq` and `prev` are assigned here); `done` runs once it is durable.
     public func append(_ entry: AuditEntry, done: (@Sendable (Result<Int64, Error>) -> Void)? = nil) {
         self.queue.async {
-            var entry = entry
+            var entry = entry.bounded()
             entry.seq = self.nextSeq
             entry.prev = self.lastHash
             do {
                 let (line, hash) = try AuditChain.line(for: entry)
                 self.nextSeq += 1
                 self.lastHash = hash
-                self.pending.append((line, entry.seq, done))
+                self.pending.append((line, entry.seq, entry.prev, entry.event == Self.resumedEvent, done))
             } catch {
                 done?(.failure(error))
                 return
@@ -115,22 +143,49 @@ public final class AuditLog: @unchecked Sendable {
         self.flushScheduled = false
         let batch = self.pending
         self.pending = []
+        guard let first = batch.first else { return }
+        var bytes: [UInt8] = []
+        for item in batch { bytes += item.line + [UInt8(ascii: "\n")] }
         var failure: Error?
-        for item in batch where failure == nil {
+        do {
+            // A batch goes into one file: rotate before it, never in the middle.
+            if self.size > 0 && self.size + bytes.count > self.maxFileBytes { try self.rotate(nextFirstSeq: first.seq) }
+            let start = self.size
             do {
-                if self.size > 0 && self.size + item.line.count + 1 > self.maxFileBytes { try self.rotate(nextFirstSeq: item.seq) }
-                try self.writeAll(item.line + [UInt8(ascii: "\n")])
+                try self.writeAll(bytes)
+                if fdatasync(self.fd) != 0 { throw AuditLogError("fdatasync failed: \(String(cString: strerror(errno)))") }
             } catch {
-                failure = error
+                // Take the whole batch back: cut what reached the file, go on from the record before.
+                _ = ftruncate(self.fd, off_t(start))
+                self.size = start
+                throw error
             }
+        } catch {
+            failure = error
+            self.nextSeq = first.seq
+            self.lastHash = first.prev
         }
-        if failure == nil && fdatasync(self.fd) != 0 { failure = AuditLogError("fdatasync failed: \(String(cString: strerror(errno)))") }
+        if let failure {
+            self.failureBox.set((Date(), "\(failure)"))
+        } else if let outage = self.failureBox.value {
+            self.failureBox.set(nil)
+            // The log records its own outage, once it can again (unless this batch already did).
+            if !batch.contains(where: \.resumes) { self.append(Self.resumed(after: outage, now: Date())) }
+        }
         for item in batch {
             item.done?(failure.map { .failure($0) } ?? .success(item.seq))
         }
     }
 
     private func writeAll(_ bytes: [UInt8]) throws {
+        if let fault = self.faultInjection?(bytes.count) {
+            if self.partialWriteForTests {
+                // As a device that fails mid-write: half the bytes reach the file first.
+                _ = bytes.prefix(bytes.count / 2).withUnsafeBytes { write(self.fd, $0.baseAddress, $0.count) }
+                self.size += bytes.count / 2
+            }
+            throw AuditLogError(fault)
+        }
         var offset = 0
         while offset < bytes.count {
             let written = bytes[offset...].withUnsafeBytes { write(self.fd, $0.baseAddress, $0.count) }
@@ -149,14 +204,41 @@ public final class AuditLog: @unchecked Sendable {
         self.fd = -1
         let rotated = self.files.path(AuditFiles.rotatedName(firstSeq: self.fileFirstSeq))
         guard rename(self.files.activePath, rotated) == 0 else {
-            throw AuditLogError("cannot rotate the audit log to \(rotated): \(String(cString: strerror(errno)))")
+            let problem = String(cString: strerror(errno))
+            try self.openActive()  // go on in the same file
+            throw AuditLogError("cannot rotate the audit log to \(rotated): \(problem)")
         }
         self.fileFirstSeq = nextFirstSeq
         try self.openActive()
         if self.maxRotatedFiles > 0 {
             let old = self.files.all().dropLast()  // the active file is last
-            for path in old.dropLast(self.maxRotatedFiles) { unlink(path) }
+            let removed = Array(old.dropLast(self.maxRotatedFiles))
+            guard !removed.isEmpty else { return }
+            // The newest file removed ends where the oldest kept begins: record how far the log was
+            // cut, so that `verify` tells retention from a head cut off by someone.
+            let kept = old.dropFirst(removed.count).first.flatMap(Self.firstSeq(ofRotated:)) ?? nextFirstSeq
+            for path in removed { unlink(path) }
+            self.append(
+                AuditEntry(
+                    time: Date(), event: "audit.pruned", reason: "retention keeps \(self.maxRotatedFiles) rotated files",
+                    detail: "removed \(removed.count) file(s) holding records up to \(kept - 1)", prunedThrough: kept - 1))
         }
+    }
+
+    /// The first seq of a rotated file, from its name.
+    static func firstSeq(ofRotated path: String) -> Int64? {
+        let name = (path as NSString).lastPathComponent
+        guard name.hasPrefix("audit-"), name.hasSuffix(".jsonl") else { return nil }
+        return Int64(name.dropFirst("audit-".count).dropLast(".jsonl".count))
+    }
+
+    /// Tests only: fails writes (the byte count is passed) with the returned message, as a full disk would.
+    var faultInjection: ((Int) -> String?)?
+    var partialWriteForTests = false
+
+    /// Tests only: sets `faultInjection` on the log's queue.
+    func injectFaults(_ fault: ((Int) -> String?)?) {
+        self.queue.sync { self.faultInjection = fault }
     }
 
     private func openActive() throws {
@@ -211,4 +293,33 @@ func syncDirectory(_ path: String) {
     guard fd >= 0 else { return }
     _ = fsync(fd)
     close(fd)
+}
+
+/// The failure state, readable from any thread.
+final class LockedFailure: @unchecked Sendable {
+    private let lock = NSLock()
+    private var state: (since: Date, message: String)?
+
+    var value: (since: Date, message: String)? {
+        self.lock.lock()
+        defer { self.lock.unlock() }
+        return self.state
+    }
+
+    func replace(_ value: (since: Date, message: String)?) {
+        self.lock.lock()
+        defer { self.lock.unlock() }
+        self.state = value
+    }
+
+    func set(_ value: (since: Date, message: String)?) {
+        self.lock.lock()
+        defer { self.lock.unlock() }
+        // The first failure's time stays while writes keep failing.
+        if let value, let current = self.state {
+            self.state = (current.since, value.message)
+        } else {
+            self.state = value
+        }
+    }
 }

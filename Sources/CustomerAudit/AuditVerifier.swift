@@ -14,6 +14,8 @@ public struct AuditVerification: Sendable, Equatable {
     public var records: Int
     public var firstSeq: Int64?
     public var lastSeq: Int64?
+    /// Records up to this seq were removed by retention (`audit.pruned` says so).
+    public var prunedThrough: Int64?
     /// The first line that breaks the chain; nil when the whole log verifies.
     public var problem: Problem?
 
@@ -23,7 +25,9 @@ public struct AuditVerification: Sendable, Equatable {
 public enum AuditVerifier {
     /// Walks every file oldest first and checks each line's own hash, its link to the line before,
     /// and the sequence. When old files were removed by retention, the chain is checked from the
-    /// oldest file that is left (its first `prev` cannot be checked).
+    /// oldest file that is left (its first `prev` cannot be checked), and an `audit.pruned` record
+    /// must say that retention removed exactly the records before it: otherwise the head of the log
+    /// was cut by someone.
     public static func verify(directory: String) throws -> AuditVerification {
         let paths = AuditFiles(directory: directory).all()
         var result = AuditVerification(files: paths.count, records: 0)
@@ -71,13 +75,27 @@ public enum AuditVerifier {
                     }
                     if result.firstSeq == nil { result.firstSeq = entry.seq }
                     result.lastSeq = entry.seq
+                    if let pruned = entry.prunedThrough { result.prunedThrough = max(result.prunedThrough ?? 0, pruned) }
                     result.records += 1
                     previousHash = hash
                     previousSeq = entry.seq
                 }
             }
         }
+        result.problem = Self.headProblem(result, firstFile: paths.first)
         return result
+    }
+
+    /// A log that does not start at record 1 must start right after what retention removed.
+    static func headProblem(_ result: AuditVerification, firstFile: String?) -> AuditVerification.Problem? {
+        guard let first = result.firstSeq, first > 1, let firstFile else { return nil }
+        let pruned = result.prunedThrough ?? 0
+        guard first > pruned + 1 else { return nil }
+        let name = (firstFile as NSString).lastPathComponent
+        let explained = pruned > 0 ? "retention removed records up to \(pruned) only" : "no retention record accounts for them"
+        return .init(
+            file: name, line: 1,
+            message: "the log starts at record \(first), but \(explained): records \(pruned + 1) to \(first - 1) were cut from its head")
     }
 
     /// The last `count` records, oldest first, read across files.

@@ -281,7 +281,7 @@ public final class MissionControl: Sendable {
     func denyAnonymous(_ action: String, source: String?, cluster: String? = nil, subject: String? = nil, reason: String) async {
         let source = source ?? "unknown"
         let (first, summaries) = self.denials.withLockedValue {
-            $0.record(DenialAggregator.Key(source: source, action: action, reason: reason), at: self.now)
+            $0.count(DenialKey(source: source, action: action, reason: reason), at: self.now)
         }
         await self.writeDenialSummaries(summaries)
         if let first {
@@ -307,7 +307,8 @@ public final class MissionControl: Sendable {
 
     private func writeDenialSummaries(_ summaries: [DenialAggregator.Summary]) async {
         guard !summaries.isEmpty else { return }
-        let records = summaries.map { summary in
+        let ordered = summaries.sorted { ($0.key.source, $0.key.action, $0.key.reason) < ($1.key.source, $1.key.action, $1.key.reason) }
+        let records = ordered.map { summary in
             AuditRecord(
                 time: summary.minute.addingTimeInterval(60), actor: "anonymous", action: AuditText.clean(summary.key.action) ?? "",
                 subject: AuditText.clean(summary.key.source), outcome: .denied,

@@ -64,6 +64,9 @@ struct Status: AsyncParsableCommand {
         print("tunnels: \(status.tunnels.isEmpty ? "none" : status.tunnels.joined(separator: ", "))")
         print("live sessions: \(status.liveSessions), requests waiting for approval: \(status.pendingRequests)")
         print("audit log: \(status.auditDirectory)")
+        if let failure = status.auditFailure {
+            print("AUDIT LOG NOT WRITABLE, every request is refused: \(failure)")
+        }
     }
 }
 
@@ -240,17 +243,19 @@ struct Audit: AsyncParsableCommand {
                     var records: Int
                     var firstSeq: Int64?
                     var lastSeq: Int64?
+                    var prunedThrough: Int64?
                     var problem: String?
                 }
                 try self.options.print(
                     json: Report(
                         ok: result.ok, files: result.files, records: result.records, firstSeq: result.firstSeq, lastSeq: result.lastSeq,
-                        problem: result.problem?.description))
+                        prunedThrough: result.prunedThrough, problem: result.problem?.description))
             } else if let problem = result.problem {
-                print("audit log NOT intact: \(problem) (checked \(result.records) records before it)")
+                print("audit log NOT intact: \(problem) (checked \(result.records) records)")
             } else {
                 let range = result.firstSeq.map { "records \($0)...\(result.lastSeq ?? $0)" } ?? "no records"
-                print("audit log intact: \(result.files) files, \(range)\(result.firstSeq.map { $0 > 1 ? " (older files removed by retention)" : "" } ?? "")")
+                let pruned = result.prunedThrough.map { " (records up to \($0) removed by retention, as recorded)" } ?? ""
+                print("audit log intact: \(result.files) files, \(range)\(pruned)")
             }
             if !result.ok { throw ExitCode(1) }
         }

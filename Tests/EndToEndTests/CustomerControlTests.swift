@@ -1,5 +1,5 @@
 import Connector
-import CustomerAudit
+@testable import CustomerAudit
 import DemoComponentKit
 import Foundation
 import NIOConcurrencyHelpers
@@ -276,5 +276,69 @@ import TunnelCore
         #expect(brokenCode == 1 && broken.contains("audit.jsonl line 3: the record does not match its hash"), "\(broken)")
         let (stoppedCode, _, stoppedError) = try await TestProcess.run(connector, ["status"] + config)
         #expect(stoppedCode == RelayCtlExit.unreachable && stoppedError.contains("is the connector running?"))
+    }
+
+    /// The customer's safeguard cannot work: nothing goes through until it can again.
+    @Test func anUnwritableAuditLogRefusesRequestsUntilItCanBeWrittenAgain() async throws {
+        let stack = try await TestStack.start()
+        let listener = try await stack.openSession()
+        let port = listener.localAddress!.port!
+        #expect(try await TestHTTPConnection.request(port: port, .GET, "/api/status").status == .ok)
+        let before = stack.component.counters.requests
+
+        // The disk fills up. An upload needs its `request.begin` record on disk before it is forwarded.
+        stack.privacy.audit.injectFaults { _ in "No space left on device" }
+        let upload = try await TestHTTPConnection.request(port: port, .POST, "/upload", body: [1, 2, 3])
+        #expect(upload.status == .serviceUnavailable && upload.headers.first(name: WireHeader.error) == "audit_unavailable")
+        #expect(stack.component.counters.requests == before, "nothing reached the component")
+        let read = try await TestHTTPConnection.request(port: port, .GET, "/api/status")
+        #expect(read.status == .serviceUnavailable, "while the log fails, reads are refused too")
+        let status: ConnectorStatus = try await Self.control(stack).get(ControlPath.status)
+        #expect(status.auditFailure?.contains("No space left on device") == true, "\(String(describing: status.auditFailure))")
+
+        // Room again: the connector finds out by itself (a probe at most once a second) and goes on.
+        stack.privacy.audit.injectFaults(nil)
+        try await stack.waitUntil("requests to pass again") {
+            try await TestHTTPConnection.request(port: port, .GET, "/api/status").status == .ok
+        }
+        let recovered: ConnectorStatus = try await Self.control(stack).get(ControlPath.status)
+        #expect(recovered.auditFailure == nil)
+        stack.privacy.audit.sync()
+        #expect(try AuditVerifier.verify(directory: stack.connectorConfig.audit.directory).ok, "a full disk is not tampering")
+        let records = try AuditVerifier.tail(directory: stack.connectorConfig.audit.directory, count: 1000)
+        #expect(records.contains { $0.event == "audit.resumed" && $0.reason?.contains("No space left") == true })
+        // An upload that goes through has its begin record before its outcome.
+        #expect(try await TestHTTPConnection.request(port: port, .POST, "/upload", body: [4, 5]).status == .ok)
+        stack.privacy.audit.sync()
+        let last = try AuditVerifier.tail(directory: stack.connectorConfig.audit.directory, count: 2)
+        #expect(last.map(\.event) == ["request.begin", "request"] && last.allSatisfy { $0.method == "POST" && $0.path == "/upload" })
+        try await listener.close()
+        await stack.stop()
+    }
+
+    /// An expert cannot push earlier records out through retention by being refused again and again.
+    @Test func refusalsAreRecordedUpToARatePerSessionThenCounted() async throws {
+        let stack = try await TestStack.start { config in
+            config.audit.refusalsPerMinute = 10
+            config.deniedPathPrefixes = ["/secrets"]
+        }
+        let listener = try await stack.openSession()
+        let connection = try await TestHTTPConnection.connect(port: listener.localAddress!.port!)
+        for _ in 0..<100 {
+            #expect(try await connection.request(.GET, "/secrets/x").status == .forbidden)
+        }
+        // The minute ends: the sweep sums up what was only counted.
+        stack.clock.advance(seconds: 61)
+        try await stack.waitUntil("the refusals to be summed up") {
+            stack.privacy.audit.sync()
+            return try AuditVerifier.tail(directory: stack.connectorConfig.audit.directory, count: 1000).contains { $0.event == "request.refusals" }
+        }
+        let records = try AuditVerifier.tail(directory: stack.connectorConfig.audit.directory, count: 1000)
+        #expect(records.filter { $0.event == "request" && $0.decision == "deny" }.count == 10)
+        let summary = records.first { $0.event == "request.refusals" }
+        #expect(summary?.reason?.hasPrefix("90 more refused requests") == true && summary?.expert == "alice", "\(String(describing: summary))")
+        await connection.close()
+        try await listener.close()
+        await stack.stop()
     }
 }

@@ -8,19 +8,19 @@ import Testing
 /// Refusals of unauthenticated callers cannot flood the audit trail; what callers write into it is
 /// capped and escaped; the trail has a retention.
 @Suite struct AnonymousDenialTests {
-    typealias Key = DenialAggregator.Key
+    typealias Key = DenialKey
 
     @Test func theFirstOfAMinuteIsRecordedTheRestSummedUp() {
         var aggregator = DenialAggregator(maxKeys: 3)
         let start = Date(timeIntervalSince1970: 1_800_000_000)  // on a minute boundary
         let key = Key(source: "10.0.0.1", action: "heartbeat", reason: "invalid node credential")
-        #expect(aggregator.record(key, at: start).recordNow == key)
-        for second in 1..<60 { #expect(aggregator.record(key, at: start.addingTimeInterval(Double(second))).recordNow == nil) }
+        #expect(aggregator.count(key, at: start).record == key)
+        for second in 1..<60 { #expect(aggregator.count(key, at: start.addingTimeInterval(Double(second))).record == nil) }
         let other = Key(source: "10.0.0.2", action: "heartbeat", reason: "invalid node credential")
-        #expect(aggregator.record(other, at: start.addingTimeInterval(30)).recordNow == other, "each source is told apart")
+        #expect(aggregator.count(other, at: start.addingTimeInterval(30)).record == other, "each source is told apart")
         // The next minute starts: the previous one is summed up, and the first refusal is recorded again.
-        let next = aggregator.record(key, at: start.addingTimeInterval(61))
-        #expect(next.recordNow == key)
+        let next = aggregator.count(key, at: start.addingTimeInterval(61))
+        #expect(next.record == key)
         #expect(next.summaries == [.init(key: key, minute: start, count: 59)], "one summary; a single refusal needs none")
         #expect(aggregator.flush(at: start.addingTimeInterval(62)).isEmpty, "the minute is not over yet")
         #expect(aggregator.flush(at: start.addingTimeInterval(125)) == [])
@@ -30,10 +30,14 @@ import Testing
         var aggregator = DenialAggregator(maxKeys: 2)
         let now = Date(timeIntervalSince1970: 1_800_000_000)
         let keys = (1...5).map { Key(source: "10.0.0.\($0)", action: "session.open", reason: "bad token") }
-        let recorded = keys.map { aggregator.record($0, at: now).recordNow?.source }
+        let recorded = keys.map { aggregator.count($0, at: now).record?.source }
         #expect(recorded == ["10.0.0.1", "10.0.0.2", "other", nil, nil])
         let summaries = aggregator.flush(at: now.addingTimeInterval(60))
         #expect(summaries.map(\.key.source) == ["other"] && summaries.first?.count == 2)
+        // Several may be recorded one by one a minute (the connector's refusals per session).
+        var tally = MinuteTally<String>(recordedPerMinute: 3) { _ in "other" }
+        #expect((0..<5).map { _ in tally.count("s1", at: now).record } == ["s1", "s1", "s1", nil, nil])
+        #expect(tally.close("s1") == 2 && tally.close("s1") == 0)
     }
 
     @Test func auditedTextIsCappedAndEscaped() {
