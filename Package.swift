@@ -15,6 +15,8 @@ let package = Package(
         .executable(name: "connector", targets: ["connector"]),
         .executable(name: "relayctl", targets: ["relayctl"]),
         .executable(name: "demo-component", targets: ["demo-component"]),
+        // What FuzzTesting/ links its fuzzers against.
+        .library(name: "FuzzEntryPoints", targets: ["FuzzEntryPoints"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-nio.git", from: "2.101.2"),
@@ -52,10 +54,14 @@ let package = Package(
         .target(name: "Connector", dependencies: ["TunnelCore", "PrivacyPolicy", "CustomerAudit", "ConfigKit", "RelayAPI", "RelayModel", .product(name: "Logging", package: "swift-log"), .product(name: "NIOHTTP2", package: "swift-nio-http2"), .product(name: "NIOSSL", package: "swift-nio-ssl")] + nio),
         .target(name: "RelayCtlKit", dependencies: ["TunnelCore", "ConfigKit", "RelayAPI", "RelayModel", .product(name: "Logging", package: "swift-log"), .product(name: "NIOHTTP2", package: "swift-nio-http2"), .product(name: "NIOSSL", package: "swift-nio-ssl")] + nio),
         .target(name: "DemoComponentKit", dependencies: nio + [.product(name: "Crypto", package: "swift-crypto")]),
+        // The fuzz targets' bodies, shared by the fuzzers (FuzzTesting/) and the replay tests.
+        .target(name: "FuzzEntryPoints", dependencies: ["ConfigKit", "Connector", "PrivacyPolicy", "Relay", "RelayAPI", "RelayModel", "TunnelCore", .product(name: "NIOEmbedded", package: "swift-nio"), .product(name: "NIOWebSocket", package: "swift-nio")] + nio),
         .executableTarget(name: "relay", dependencies: ["Relay", "TunnelCore", .product(name: "Logging", package: "swift-log"), .product(name: "NIOPosix", package: "swift-nio"), .product(name: "ArgumentParser", package: "swift-argument-parser")]),
         .executableTarget(name: "connector", dependencies: ["Connector", "CustomerAudit", "PrivacyPolicy", "RelayCtlKit", "RelayAPI", "RelayModel", "TunnelCore", .product(name: "Logging", package: "swift-log"), .product(name: "NIOPosix", package: "swift-nio"), .product(name: "ArgumentParser", package: "swift-argument-parser")]),
         .executableTarget(name: "relayctl", dependencies: ["RelayCtlKit", "RelayAPI", "RelayModel", "ConfigKit", "TunnelCore", .product(name: "Logging", package: "swift-log"), .product(name: "NIOPosix", package: "swift-nio"), .product(name: "ArgumentParser", package: "swift-argument-parser")]),
         .executableTarget(name: "demo-component", dependencies: ["DemoComponentKit", "ConfigKit", "TunnelCore", .product(name: "NIOPosix", package: "swift-nio"), .product(name: "ArgumentParser", package: "swift-argument-parser")]),
+        // Replays every input kept under Tests/Fuzz/TARGET/ (seeds and past findings).
+        .testTarget(name: "FuzzReplayTests", dependencies: ["FuzzEntryPoints"]),
         .testTarget(name: "TunnelCoreTests", dependencies: ["TunnelCore", .product(name: "NIOEmbedded", package: "swift-nio")]),
         .testTarget(name: "ConfigKitTests", dependencies: ["ConfigKit", "Relay", "Connector"]),
         .testTarget(name: "ConnectorTests", dependencies: ["Connector", "RelayAPI", "RelayModel"]),

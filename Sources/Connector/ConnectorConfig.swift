@@ -83,6 +83,10 @@ public struct ConnectorConfig: Sendable {
     public var credentialFile: String
     /// The relay's API base URL (`https://host:port`); tunnel URLs come from heartbeat answers.
     public var relayURL: WebSocketURL
+    /// Hosts besides the relay's own whose tunnel URLs the connector dials (`relay.allowed_hosts`).
+    public var allowedRelayHosts: [String] = []
+    /// Which tunnel URLs of a heartbeat answer are dialed.
+    public var tunnelURLPolicy: TunnelURLPolicy { TunnelURLPolicy(relayHost: self.relayURL.host, allowedHosts: self.allowedRelayHosts) }
     public var caFile: String
     public var components: [Component]
     public var limits: TunnelLimits
@@ -105,8 +109,9 @@ public struct ConnectorConfig: Sendable {
         components: [Component], limits: TunnelLimits = TunnelLimits(), backoff: Backoff.Policy = .init(),
         heartbeat: HeartbeatStateMachine.Configuration = .init(), privacyMode: PrivacyMode = .all, masterNode: Bool = false,
         deniedPathPrefixes: [String] = [], maxSessionMilliseconds: Int64 = 0, idleTimeoutMilliseconds: Int64 = 0,
-        stateDirectory: String? = nil, audit: AuditSettings? = nil
+        stateDirectory: String? = nil, audit: AuditSettings? = nil, allowedRelayHosts: [String] = []
     ) {
+        self.allowedRelayHosts = allowedRelayHosts
         self.nodeID = nodeID
         self.sourceType = sourceType
         self.credentialFile = credentialFile
@@ -158,6 +163,13 @@ public struct ConnectorConfig: Sendable {
             throw relay.error("url", "\(error)")
         }
         let caFile = try relay.requiredFilePath("ca_file")
+        let allowedHosts = try relay.strings("allowed_hosts")
+        for host in allowedHosts {
+            let bare = host.hasPrefix("*.") ? String(host.dropFirst(2)) : host
+            guard !bare.isEmpty, !bare.contains("/"), !bare.contains(":"), !bare.contains("*") else {
+                throw relay.error("allowed_hosts", "\"\(host)\" is not a host name (a name, or *.name for every name under it)")
+            }
+        }
         var backoff = Backoff.Policy()
         backoff.initialMilliseconds = try relay.durationMilliseconds(
             "reconnect_initial", default: backoff.initialMilliseconds, range: 10...60_000)
@@ -243,7 +255,8 @@ public struct ConnectorConfig: Sendable {
         return ConnectorConfig(
             nodeID: node, sourceType: sourceType, credentialFile: credentialFile, relayURL: relayURL, caFile: caFile,
             components: components, limits: limits, backoff: backoff, heartbeat: heartbeat, privacyMode: mode, masterNode: master,
-            deniedPathPrefixes: denied, maxSessionMilliseconds: maxSession, idleTimeoutMilliseconds: idle, stateDirectory: state, audit: audit)
+            deniedPathPrefixes: denied, maxSessionMilliseconds: maxSession, idleTimeoutMilliseconds: idle, stateDirectory: state, audit: audit,
+            allowedRelayHosts: allowedHosts)
     }
 
     /// `pass_headers`: names from the stripped list only, so a typo cannot pass silently.

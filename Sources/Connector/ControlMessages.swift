@@ -12,6 +12,7 @@ public enum ControlPath {
     public static let mode = "/v1/mode"
     public static let reload = "/v1/reload"
     public static func decide(_ id: Int64, _ verdict: ApprovalDecision.Verdict) -> String { "/v1/requests/\(id)/\(verdict.rawValue)" }
+    public static func revoke(_ id: Int64) -> String { "/v1/requests/\(id)/revoke" }
     public static func kill(_ session: String) -> String { "/v1/sessions/\(session)/kill" }
 }
 
@@ -61,9 +62,12 @@ public struct CustomerActor: Codable, Sendable, Equatable {
     /// The customer's user name (the CLI sends $USER).
     public var by: String
     public var reason: String?
-    public init(by: String, reason: String? = nil) {
+    /// The request as the customer was shown it (approve and reject refuse if it changed since).
+    public var expected: PendingApproval?
+    public init(by: String, reason: String? = nil, expected: PendingApproval? = nil) {
         self.by = by
         self.reason = reason
+        self.expected = expected
     }
 }
 

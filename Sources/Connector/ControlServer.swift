@@ -97,7 +97,13 @@ public struct ControlAPI: Sendable {
             guard let number = Int64(id) else { throw ControlError(status: 400, code: "bad_request", message: "request IDs are numbers") }
             let actor = try decode(CustomerActor.self, body)
             let verdict: CustomerApproval.Verdict = route.hasSuffix("approve") ? .approved : .rejected
-            let approval = try self.privacy.decide(number, verdict, by: actor.by, reason: actor.reason)
+            let approval = try self.privacy.decide(number, verdict, by: actor.by, reason: actor.reason, expected: actor.expected)
+            self.decided()
+            return try encoder.encode(approval)
+        case (.POST, "v1/requests/*/revoke"):
+            guard let number = Int64(id) else { throw ControlError(status: 400, code: "bad_request", message: "request IDs are numbers") }
+            let actor = try decode(CustomerActor.self, body)
+            let approval = try self.privacy.revoke(number, by: actor.by, reason: actor.reason)
             self.decided()
             return try encoder.encode(approval)
         case (.GET, "v1/sessions"):

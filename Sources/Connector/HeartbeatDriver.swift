@@ -19,6 +19,8 @@ public final class HeartbeatDriver: Sendable {
     private let timer = NIOLockedValueBox<Scheduled<Void>?>(nil)
     private let last = NIOLockedValueBox<(answer: HeartbeatResponse, at: Date)?>(nil)
     private let tunnels = NIOLockedValueBox<TunnelConnector?>(nil)
+    /// The tunnel URLs last ignored (logged once, not on every heartbeat).
+    private let lastDropped = NIOLockedValueBox<[String]>([])
     private let privacy: PrivacyGuard
 
     public init(config: ConnectorConfig, credential: ConnectorCredential, privacy: PrivacyGuard, group: EventLoopGroup, logger: Logger) throws {
@@ -39,6 +41,13 @@ public final class HeartbeatDriver: Sendable {
     public func remoteAccessChanged(enabled: Bool) {
         self.perform(self.machine.withLockedValue { $0.remoteAccessChanged(enabled: enabled, jitter: Double.random(in: -1...1)) })
     }
+
+    /// The relay URLs the tunnels are meant to be up to now.
+    public var wantedTunnelURLs: [String] { self.machine.withLockedValue { $0.tunnelURLs } }
+
+    /// Heartbeat answers received since start (for status and tests).
+    public var answersReceived: Int { self.answers.withLockedValue { $0 } }
+    private let answers = NIOLockedValueBox(0)
 
     /// When the relay last answered a heartbeat.
     public var lastAnswerAt: Date? { self.last.withLockedValue { $0?.at } }
@@ -117,12 +126,19 @@ public final class HeartbeatDriver: Sendable {
                     config: config, credential: self.credential, health: self.health.sample(), mode: self.privacy.mode,
                     decisions: self.privacy.undeliveredDecisions))
             self.last.withLockedValue { $0 = (answer, Date()) }
+            defer { self.answers.withLockedValue { $0 += 1 } }
             self.privacy.heartbeatAnswered(pending: answer.pendingApprovals)
             if !answer.pendingApprovals.isEmpty {
                 self.logger.notice("access requests wait for the customer's approval", metadata: ["count": "\(answer.pendingApprovals.count)"])
             }
+            // Only relay nodes the customer allowed are dialed, whatever the answer lists.
+            let (urls, dropped) = self.config.tunnelURLPolicy.filter(answer.websocketURLs)
+            if !dropped.isEmpty, self.lastDropped.withLockedValue({ old in defer { old = dropped.map(\.url) }; return old != dropped.map(\.url) }) {
+                self.logger.warning(
+                    "ignoring tunnel URLs from the relay", metadata: ["urls": "\(dropped.map(\.url))", "why": "\(dropped.map(\.why))"])
+            }
             let state = HeartbeatStateMachine.Answer(
-                remoteUIRequested: answer.remoteUIRequested, websocketURLs: answer.websocketURLs,
+                remoteUIRequested: answer.remoteUIRequested, websocketURLs: urls,
                 nextIntervalMilliseconds: HeartbeatStateMachine.Answer.milliseconds(fromSeconds: answer.nextHeartbeatSeconds))
             self.perform(self.machine.withLockedValue { $0.received(state, jitter: jitter) })
         } catch {

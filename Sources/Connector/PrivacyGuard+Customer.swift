@@ -33,7 +33,7 @@ extension PrivacyGuard {
     public var undeliveredDecisions: [ApprovalDecision] {
         self.inner.withLockedValue { inner in
             inner.persisted.approvals.filter { $0.deliveredAt == nil }.map {
-                ApprovalDecision(requestID: $0.requestID, verdict: $0.verdict == .approved ? .approve : .reject, by: $0.by)
+                ApprovalDecision(requestID: $0.requestID, verdict: ApprovalDecision.Verdict($0.verdict), by: $0.by)
             }
         }
     }
@@ -48,7 +48,11 @@ extension PrivacyGuard {
     }
 
     /// `connector requests approve|reject`: kept on disk, then sent with the next heartbeat.
-    public func decide(_ id: Int64, _ verdict: CustomerApproval.Verdict, by: String, reason: String?) throws -> CustomerApproval {
+    /// `expected` is the request as the customer saw it: if the relay's copy differs now (expert,
+    /// role, duration or reason), nothing is decided.
+    public func decide(
+        _ id: Int64, _ verdict: CustomerApproval.Verdict, by: String, reason: String?, expected: PendingApproval? = nil
+    ) throws -> CustomerApproval {
         let now = self.clock()
         let approval = try self.inner.withLockedValue { inner -> CustomerApproval in
             if let existing = inner.persisted.approvals.first(where: { $0.requestID == id }) {
@@ -62,6 +66,11 @@ extension PrivacyGuard {
                     status: 404, code: "not_pending",
                     message: "request \(id) is not waiting for this cluster's approval (waiting: \(known.isEmpty ? "none" : known)); `connector requests list` shows them")
             }
+            if let expected, expected.decisionFields != request.decisionFields {
+                throw ControlError(
+                    status: 409, code: "request_changed",
+                    message: "request \(id) is not what you saw: now \(request.expert), \(request.role.rawValue), \(formatMilliseconds(request.durationSeconds * 1000)), reason \(visibleText(request.reason)); nothing was decided, look again with `connector requests list`")
+            }
             let approval = CustomerApproval(
                 requestID: id, verdict: verdict, expert: request.expert, role: request.role, reason: reason ?? request.reason, by: by,
                 decidedAt: now, expiresAt: now.addingTimeInterval(TimeInterval(request.durationSeconds)))
@@ -74,6 +83,44 @@ extension PrivacyGuard {
                 time: now, event: "approval", expert: approval.expert, role: approval.role.rawValue, accessRequest: id,
                 decision: verdict == .approved ? "approve" : "reject", reason: reason, actor: "customer:\(by)",
                 detail: verdict == .approved ? "until \(Timestamp.text(approval.expiresAt))" : nil))
+        return approval
+    }
+
+    /// `connector requests revoke`: takes back access to a request the customer approved, or that
+    /// the relay approved on its own (modes `all`, `readOnly`). From now on every stream of it is
+    /// refused, its sessions end, and the relay learns it with the next heartbeat (sent at once).
+    public func revoke(_ id: Int64, by: String, reason: String?) throws -> CustomerApproval {
+        let now = self.clock()
+        let (approval, cuts) = try self.inner.withLockedValue { inner -> (CustomerApproval, Cuts) in
+            let known = inner.persisted.approvals.firstIndex { $0.requestID == id }
+            let session = inner.sessions.values.first { $0.accessRequest == id }
+            if let known, inner.persisted.approvals[known].verdict != .approved {
+                let existing = inner.persisted.approvals[known]
+                throw ControlError(
+                    status: 409, code: "not_approved",
+                    message: "request \(id) was \(existing.verdict.rawValue) by \(existing.by) at \(Timestamp.text(existing.decidedAt)); there is nothing to revoke")
+            }
+            guard known != nil || session != nil else {
+                throw ControlError(
+                    status: 404, code: "unknown_request",
+                    message: "this connector has neither approved request \(id) nor served a session of it; `connector requests list` and `connector sessions list` show what it knows")
+            }
+            let base = known.map { inner.persisted.approvals[$0] }
+            let approval = CustomerApproval(
+                requestID: id, verdict: .revoked, expert: base?.expert ?? session?.expert ?? "-", role: base?.role ?? session?.role ?? .viewer,
+                reason: reason ?? "revoked by the customer", by: by, decidedAt: now, expiresAt: base?.expiresAt ?? now)
+            if let known { inner.persisted.approvals[known] = approval } else { inner.persisted.approvals.append(approval) }
+            var cuts = Cuts()
+            let keys = Set(inner.sessions.values.filter { $0.accessRequest == id }.map(\.grantKey)).union(inner.grants.keys.filter { $0.accessRequest == id })
+            for key in keys { cuts.add(Self.endGrant(key, reason: "the customer revoked access request \(id) (\(by))", now: now, inner: &inner)) }
+            return (approval, cuts)
+        }
+        self.persist()
+        self.record(
+            AuditEntry(
+                time: now, event: "approval", expert: approval.expert, role: approval.role.rawValue, accessRequest: id, decision: "revoke",
+                reason: reason, actor: "customer:\(by)"))
+        self.carryOut(cuts)
         return approval
     }
 
@@ -158,4 +205,19 @@ func describeChanges(_ before: PrivacyRules, _ after: PrivacyRules) -> [String] 
         changes.append("idle timeout \(formatMilliseconds(before.idleTimeoutMilliseconds)) -> \(formatMilliseconds(after.idleTimeoutMilliseconds))")
     }
     return changes
+}
+
+extension ApprovalDecision.Verdict {
+    init(_ verdict: CustomerApproval.Verdict) {
+        switch verdict {
+        case .approved: self = .approve
+        case .rejected: self = .reject
+        case .revoked: self = .revoke
+        }
+    }
+}
+
+extension PendingApproval {
+    /// What a customer decides on: the same request with other values is another question.
+    var decisionFields: [String] { [self.expert, self.role.rawValue, String(self.durationSeconds), self.reason] }
 }

@@ -32,6 +32,23 @@ public final class PrivacyGuard: Sendable {
         var resetReasons: [ObjectIdentifier: String] = [:]
         /// Refused requests per session and minute (`audit.refusals_per_minute` recorded one by one).
         var refusals: MinuteTally<RefusalKey>
+        /// Session limits are kept per access request and expert: a relay that picks new session
+        /// IDs gets no new session length, idle time, or way around a customer's kill.
+        var grants: [GrantKey: Grant] = [:]
+    }
+
+    struct GrantKey: Hashable, Sendable {
+        var accessRequest: Int64
+        var expert: String
+    }
+
+    struct Grant: Sendable {
+        var startedAt: Date
+        var lastActivityAt: Date
+        /// When the relay says the access request expires (forgotten a day after).
+        var expiresAt: Date
+        var endReason: String?
+        var endedAt: Date?
     }
 
     struct RefusalKey: Hashable, Sendable, Comparable {
@@ -106,6 +123,12 @@ public final class PrivacyGuard: Sendable {
                 if let id = facts.session { inner.sessions[id]?.refused += 1 }
                 return .failure(ProxyRefusal(HTTPResponseStatus(statusCode: denial.status), code: denial.code, message: denial.reason))
             case .success(let permit):
+                let grantKey = GrantKey(accessRequest: permit.accessRequest, expert: permit.expert)
+                if let reason = inner.grants[grantKey]?.endReason {
+                    // Ended for this access request and expert, whatever session ID the relay picks.
+                    inner.sessions[permit.session]?.refused += 1
+                    return .failure(Self.sessionEndedRefusal(reason))
+                }
                 if inner.sessions[permit.session] == nil {
                     inner.sessions[permit.session] = ConnectorSession(
                         id: permit.session, expert: permit.expert, role: permit.role, component: permit.component,
@@ -116,9 +139,10 @@ public final class PrivacyGuard: Sendable {
                             time: now, event: "session.start", session: permit.session, expert: permit.expert, role: permit.role.rawValue,
                             accessRequest: permit.accessRequest, component: permit.component))
                 }
-                let session = inner.sessions[permit.session]!
-                if let reason = SessionLimits.endReason(startedAt: session.startedAt, lastActivity: session.lastActivityAt, rules: inner.rules, now: now) {
-                    entries += Self.endSession(permit.session, reason: reason, now: now, inner: &inner).entries
+                let grant = inner.grants[grantKey] ?? Grant(startedAt: now, lastActivityAt: now, expiresAt: facts.accessExpiresAt ?? now)
+                inner.grants[grantKey] = grant
+                if let reason = SessionLimits.endReason(startedAt: grant.startedAt, lastActivity: grant.lastActivityAt, rules: inner.rules, now: now) {
+                    entries += Self.endGrant(grantKey, reason: reason, now: now, inner: &inner).entries
                     return .failure(Self.sessionEndedRefusal(reason))
                 }
                 guard let component = inner.config.components.first(where: { $0.name == permit.component }) else {
@@ -126,6 +150,7 @@ public final class PrivacyGuard: Sendable {
                 }
                 inner.sessions[permit.session]?.lastActivityAt = now
                 inner.sessions[permit.session]?.requests += 1
+                inner.grants[grantKey]?.lastActivityAt = now
                 inner.streams[ObjectIdentifier(ticket.channel)] = LiveStream(channel: ticket.channel, facts: facts, session: permit.session)
                 return .success((permit, component))
             }
@@ -272,122 +297,6 @@ public final class PrivacyGuard: Sendable {
         if permit.target.forwarded != received { parts.append("forwarded as \(permit.target.forwarded)") }
         if !permit.strippedHeaders.isEmpty { parts.append("headers removed: \(permit.strippedHeaders.joined(separator: ", "))") }
         return parts.isEmpty ? nil : parts.joined(separator: "; ")
-    }
-
-    // MARK: sessions
-
-    /// Ends a session: its running streams are reset and later requests refused with the reason.
-    private static func endSession(_ id: String, reason: String, now: Date, inner: inout Inner) -> (entries: [AuditEntry], channels: [Channel]) {
-        guard let session = inner.sessions[id], session.endReason == nil else { return ([], []) }
-        inner.sessions[id]!.endReason = reason
-        inner.sessions[id]!.endedAt = now
-        var channels: [Channel] = []
-        for (key, stream) in inner.streams where stream.session == id {
-            inner.resetReasons[key] = "stream reset: \(reason)"
-            channels.append(stream.channel)
-        }
-        let entry = AuditEntry(
-            time: now, event: "session.end", session: id, expert: session.expert, role: session.role.rawValue,
-            accessRequest: session.accessRequest, component: session.component, bytesIn: session.bytesIn, bytesOut: session.bytesOut,
-            durationMs: Int64(now.timeIntervalSince(session.startedAt) * 1000), reason: reason)
-        let key = RefusalKey(session: id, expert: session.expert)
-        let uncounted = inner.refusals.close(key)
-        let summary = uncounted > 0 ? [Self.refusalSummary(key, count: uncounted, minute: inner.refusals.currentMinute, inner: inner)] : []
-        return (summary + [entry], channels)
-    }
-
-    /// What a sweep or a settings change ended: records to write, stream channels to close.
-    struct Cuts {
-        var entries: [AuditEntry] = []
-        var channels: [Channel] = []
-        var sessionsEnded = 0
-
-        mutating func add(_ result: (entries: [AuditEntry], channels: [Channel])) {
-            self.entries += result.entries
-            self.channels += result.channels
-            self.sessionsEnded += result.entries.filter { $0.event == "session.end" }.count
-        }
-    }
-
-    /// Writes the records, then closes the streams.
-    func carryOut(_ cuts: Cuts) {
-        cuts.entries.forEach(self.record)
-        for channel in cuts.channels { channel.close(promise: nil) }
-    }
-
-    /// Ends sessions at their limits and resets streams the settings no longer allow. Runs every
-    /// second and, in the same critical section as the change, on every settings change.
-    @discardableResult
-    public func sweep() -> (streamsReset: Int, sessionsEnded: Int) {
-        let now = self.clock()
-        let cuts = self.inner.withLockedValue { Self.sweep(&$0, now: now) }
-        self.carryOut(cuts)
-        return (cuts.channels.count, cuts.sessionsEnded)
-    }
-
-    static func sweep(_ inner: inout Inner, now: Date) -> Cuts {
-        var cuts = Cuts()
-        cuts.entries += Self.refusalSummaries(inner.refusals.flush(at: now), inner: inner)
-        let running = Set(inner.streams.values.map(\.session))
-        for (id, session) in inner.sessions where session.endReason == nil {
-            // A session with a request running is not idle.
-            let active = running.contains(id) ? now : session.lastActivityAt
-            if let reason = SessionLimits.endReason(startedAt: session.startedAt, lastActivity: active, rules: inner.rules, now: now) {
-                cuts.add(Self.endSession(id, reason: reason, now: now, inner: &inner))
-            }
-        }
-        let approvals = inner.persisted.approvalMap
-        for (key, stream) in inner.streams where inner.resetReasons[key] == nil {
-            if case .failure(let denial) = StreamPolicy.decide(stream.facts, rules: inner.rules, approvals: approvals, now: now) {
-                inner.resetReasons[key] = "stream reset: no longer allowed: \(denial.reason)"
-                cuts.channels.append(stream.channel)
-            }
-        }
-        // Ended sessions are remembered for a day, so their late requests are told why.
-        inner.sessions = inner.sessions.filter { $0.value.endedAt.map { now.timeIntervalSince($0) < 86_400 } ?? true }
-        return cuts
-    }
-
-    /// Ends every live session (tunnels closed because the access ended, or the customer disabled access).
-    @discardableResult
-    public func endAllSessions(reason: String) -> Int {
-        let now = self.clock()
-        let cuts = self.inner.withLockedValue { Self.endAllSessions(&$0, reason: reason, now: now) }
-        self.carryOut(cuts)
-        return cuts.sessionsEnded
-    }
-
-    static func endAllSessions(_ inner: inout Inner, reason: String, now: Date) -> Cuts {
-        var cuts = Cuts()
-        for (id, session) in inner.sessions where session.endReason == nil {
-            cuts.add(Self.endSession(id, reason: reason, now: now, inner: &inner))
-        }
-        return cuts
-    }
-
-    /// `connector sessions kill`.
-    public func killSession(_ id: String, by: String) throws -> ConnectorSession {
-        let now = self.clock()
-        let (result, session) = self.inner.withLockedValue { inner in
-            (Self.endSession(id, reason: "killed by the customer (\(by))", now: now, inner: &inner), inner.sessions[id])
-        }
-        guard let session else { throw ControlError(status: 404, code: "unknown_session", message: "no session \(id) on this connector") }
-        guard !result.entries.isEmpty else {
-            throw ControlError(status: 409, code: "session_ended", message: "session \(id) already ended: \(session.endReason ?? "-")")
-        }
-        result.entries.forEach(self.record)
-        for channel in result.channels { channel.close(promise: nil) }
-        return session
-    }
-
-    public var sessions: [ConnectorSession] {
-        self.inner.withLockedValue { inner in
-            inner.sessions.values.map { session in
-                var session = session
-                session.liveStreams = inner.streams.values.filter { $0.session == session.id }.count
-                return session
-            }
-        }.sorted { $0.startedAt > $1.startedAt }
     }
 
     /// Requests running through the connector right now.

@@ -41,7 +41,8 @@ public struct StreamFacts: Sendable, Equatable {
 /// The customer's own decision on an access request (privacy mode `approvedOnly`), kept on the
 /// connector's disk and sent to the relay on the next heartbeat.
 public struct CustomerApproval: Codable, Sendable, Equatable {
-    public enum Verdict: String, Codable, Sendable { case approved, rejected }
+    /// `revoked`: the customer took the access back (`connector requests revoke N`), in any mode.
+    public enum Verdict: String, Codable, Sendable { case approved, rejected, revoked }
     public var requestID: Int64
     public var verdict: Verdict
     public var expert: String
@@ -125,6 +126,10 @@ public enum StreamPolicy {
         }
         if expires <= now {
             return .failure(StreamDenial(403, "access_expired", "access request \(request) expired at \(Timestamp.text(expires))"))
+        }
+        if let approval = approvals[request], approval.verdict == .revoked {
+            return .failure(
+                StreamDenial(403, "revoked_by_customer", "the customer revoked access request \(request) (\(approval.by) at \(Timestamp.text(approval.decidedAt)))"))
         }
 
         let role: AccessRole

@@ -22,29 +22,20 @@ extension MinuteTally where Key == DenialKey {
     }
 }
 
-/// What goes into an audit record from outside: at most 256 bytes, control characters escaped,
-/// so that a caller cannot forge lines or fill the store through the fields it controls.
+/// What goes into an audit record from outside: control characters escaped (`visibleText`), at
+/// most 256 bytes, so that a caller cannot forge lines or fill the store through the fields it controls.
 enum AuditText {
     static let maxBytes = 256
 
     static func clean(_ text: String?) -> String? {
         guard let text else { return nil }
+        let visible = visibleText(text)
+        guard visible.utf8.count > Self.maxBytes else { return visible }
         var out = ""
-        for scalar in text.unicodeScalars {
-            let piece: String
-            switch scalar.value {
-            case 0x0A: piece = "\\n"
-            case 0x0D: piece = "\\r"
-            case 0x09: piece = "\\t"
-            case 0x5C: piece = "\\\\"
-            case 0..<0x20, 0x7F, 0x80..<0xA0, 0x2028, 0x2029: piece = "\\u{\(String(scalar.value, radix: 16))}"
-            default: piece = String(scalar)
-            }
-            if out.utf8.count + piece.utf8.count > Self.maxBytes - 3 {
-                return out + "..."
-            }
-            out += piece
+        for character in visible {
+            if out.utf8.count + character.utf8.count > Self.maxBytes - 3 { break }
+            out.append(character)
         }
-        return out
+        return out + "..."
     }
 }

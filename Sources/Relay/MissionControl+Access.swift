@@ -23,6 +23,10 @@ extension MissionControl {
         guard !reason.isEmpty, reason.count <= 500 else {
             throw ProxyRefusal(.badRequest, code: "bad_request", message: "a reason of 1 to 500 characters is required")
         }
+        // The customer reads the reason in a terminal and approves on it: one plain line only.
+        guard !hasControlCharacters(reason) else {
+            throw ProxyRefusal(.badRequest, code: "bad_request", message: "the reason may not contain line breaks, tabs or other control characters")
+        }
         guard let cluster = try await self.store.cluster(id: body.clusterID) else { throw Self.unknownCluster(body.clusterID) }
         let tokens = try await self.store.tokens()
         guard tokens.contains(where: { $0.name == expert && $0.role == .expert && $0.revokedAt == nil }) else {

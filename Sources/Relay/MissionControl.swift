@@ -218,15 +218,26 @@ public final class MissionControl: Sendable {
 
     private func apply(_ decision: ApprovalDecision, cluster: String, now: Date) async throws {
         let customer = "customer:\(String(decision.by.prefix(64)))@\(cluster)"
+        // A revocation ends an approved (or still pending) request; approve and reject decide a pending one.
+        let allowed: Set<RequestState> = decision.verdict == .revoke ? [.pending, .approved] : [.pending]
         guard let request = try await self.store.request(id: decision.requestID), request.clusterID == cluster,
-            request.state == .pending
+            allowed.contains(request.state)
         else {
             await self.audit(
                 actor: customer, "request.\(decision.verdict.rawValue)", cluster: cluster, subject: String(decision.requestID),
-                denied: "not a pending request of this cluster")
+                denied: decision.verdict == .revoke ? "not an open request of this cluster" : "not a pending request of this cluster")
             return
         }
         switch decision.verdict {
+        case .revoke:
+            var revoked = request
+            revoked.state = .revoked
+            revoked.changedAt = now
+            revoked.changedBy = customer
+            revoked.endReason = "revoked by the customer"
+            if try await self.store.updateRequest(revoked, expecting: request.state) {
+                await self.audit(actor: customer, "request.revoke", cluster: cluster, subject: String(request.id))
+            }
         case .approve:
             _ = try await self.approve(request, by: customer, now: now)
         case .reject:

@@ -85,7 +85,9 @@ public struct NodeHealth: Codable, Sendable, Equatable {
 
 /// The customer's answer to a pending request, carried by the next heartbeat.
 public struct ApprovalDecision: Codable, Sendable, Equatable {
-    public enum Verdict: String, Codable, Sendable { case approve, reject }
+    /// `revoke`: the customer takes back an approval (or the relay's own approval in modes `all`,
+    /// `readOnly`); the relay revokes the request.
+    public enum Verdict: String, Codable, Sendable { case approve, reject, revoke }
     public var requestID: Int64
     public var verdict: Verdict
     /// The customer's user who decided (recorded in the relay's audit trail).

@@ -44,7 +44,10 @@ public enum RelayCtlExit {
 
 /// Human output: columns padded to the widest cell.
 public enum TextTable {
+    /// Every cell is shown with its control characters written out (`visibleText`): a reason an
+    /// expert typed cannot move the cursor or forge a row.
     public static func render(_ header: [String], _ rows: [[String]]) -> String {
+        let rows = rows.map { $0.map(visibleText) }
         var widths = header.map(\.count)
         for row in rows {
             for (index, cell) in row.enumerated() where index < widths.count { widths[index] = max(widths[index], cell.count) }

@@ -295,3 +295,32 @@ public func formatMilliseconds(_ millis: Int64) -> String {
     if millis % 1000 == 0 { return "\(millis / 1000)s" }
     return "\(millis)ms"
 }
+
+/// `text` with every control character written out (`\n`, `\t`, `\u{1b}`, and backslash as `\\`):
+/// what a person or a line-oriented log shows of text someone else chose (an expert's reason, a
+/// name), so that it cannot forge lines, colours or cursor moves.
+public func visibleText(_ text: String) -> String {
+    var out = ""
+    for scalar in text.unicodeScalars {
+        switch scalar.value {
+        case 0x0A: out += "\\n"
+        case 0x0D: out += "\\r"
+        case 0x09: out += "\\t"
+        case 0x5C: out += "\\\\"
+        case 0..<0x20, 0x7F, 0x80..<0xA0, 0x2028, 0x2029, 0x202A...0x202E, 0x2066...0x2069:
+            out += "\\u{\(String(scalar.value, radix: 16))}"
+        default: out.unicodeScalars.append(scalar)
+        }
+    }
+    return out
+}
+
+/// Whether `text` holds a control character (or a bidirectional override) that `visibleText` would escape.
+public func hasControlCharacters(_ text: String) -> Bool {
+    text.unicodeScalars.contains { scalar in
+        switch scalar.value {
+        case 0..<0x20, 0x7F, 0x80..<0xA0, 0x2028, 0x2029, 0x202A...0x202E, 0x2066...0x2069: true
+        default: false
+        }
+    }
+}

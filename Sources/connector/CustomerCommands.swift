@@ -73,7 +73,7 @@ struct Status: AsyncParsableCommand {
 struct Requests: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Access requests waiting for the customer's approval (privacy mode approvedOnly), and decisions.",
-        subcommands: [List.self, Approve.self, Reject.self], defaultSubcommand: List.self)
+        subcommands: [List.self, Approve.self, Reject.self, Revoke.self], defaultSubcommand: List.self)
 
     struct List: AsyncParsableCommand {
         static let configuration = CommandConfiguration(abstract: "Requests waiting, then decisions taken.")
@@ -96,7 +96,9 @@ struct Requests: AsyncParsableCommand {
     }
 
     struct Approve: AsyncParsableCommand {
-        static let configuration = CommandConfiguration(abstract: "Approve a waiting request; kept on disk and sent with the next heartbeat.")
+        static let configuration = CommandConfiguration(
+            abstract: "Approve a waiting request; kept on disk and sent with the next heartbeat.",
+            discussion: "Shows the request (expert, role, duration, reason) and approves exactly that: if the relay's copy changed meanwhile, nothing is approved.")
         @OptionGroup var options: CustomerOptions
         @Argument var request: Int64
         @Option(help: "Why (recorded in the audit log).") var reason: String?
@@ -112,11 +114,34 @@ struct Requests: AsyncParsableCommand {
 
         func run() async throws { try await decide(self.options, self.request, .reject, self.reason) }
     }
+
+    struct Revoke: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Take back access: every stream of the request is refused from now on and its sessions end; the relay revokes it too.")
+        @OptionGroup var options: CustomerOptions
+        @Argument var request: Int64
+        @Option(help: "Why (recorded in the audit log).") var reason: String?
+
+        func run() async throws {
+            let approval: CustomerApproval = try await controlCall {
+                try await self.options.client().post(ControlPath.revoke(self.request), CustomerActor(by: self.options.actor, reason: self.reason))
+            }
+            if self.options.json { return try self.options.print(json: approval) }
+            print("request \(self.request) revoked (\(visibleText(approval.expert))); its sessions ended, the relay is told with the next heartbeat")
+        }
+    }
 }
 
 private func decide(_ options: CustomerOptions, _ request: Int64, _ verdict: ApprovalDecision.Verdict, _ reason: String?) async throws {
+    // What the customer decides on is shown first, and sent along: the connector refuses if it changed.
+    let requests: ConnectorRequests = try await controlCall { try await options.client().get(ControlPath.requests) }
+    let seen = requests.pending.first { $0.requestID == request }
+    if let seen, !options.json {
+        print(
+            "request \(request): \(visibleText(seen.expert)) as \(seen.role.rawValue) for \(formatMilliseconds(seen.durationSeconds * 1000)), reason: \(visibleText(seen.reason))")
+    }
     let approval: CustomerApproval = try await controlCall {
-        try await options.client().post(ControlPath.decide(request, verdict), CustomerActor(by: options.actor, reason: reason))
+        try await options.client().post(ControlPath.decide(request, verdict), CustomerActor(by: options.actor, reason: reason, expected: seen))
     }
     if options.json { return try options.print(json: approval) }
     if approval.verdict == .approved {

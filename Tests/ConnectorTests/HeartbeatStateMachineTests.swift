@@ -151,3 +151,23 @@ import Testing
         #expect(actions == [.closeTunnels(reason: "the access request ended"), .scheduleHeartbeat(afterMilliseconds: 60_000)])
     }
 }
+
+/// The relay's heartbeat answer names the relay nodes; the connector dials only hosts the customer allowed.
+@Suite struct TunnelURLPolicyTests {
+    @Test func onlyTheRelayHostAndAllowedHostsAreDialedAtMostSixteen() {
+        let policy = TunnelURLPolicy(relayHost: "relay.example.com", allowedHosts: ["relay-b.example.com", "*.nodes.example.com"])
+        let (kept, dropped) = policy.filter([
+            "wss://relay.example.com:8443/v1/tunnel", "wss://RELAY-B.example.com/v1/tunnel", "wss://n1.nodes.example.com/v1/tunnel",
+            "wss://evil.example/v1/tunnel", "wss://nodes.example.com/v1/tunnel", "wss://relay.example.com.evil.net/v1/tunnel",
+            "https://relay.example.com/v1/tunnel", "ws://relay.example.com/v1/tunnel", "wss://relay.example.com:8443/v1/tunnel",
+        ])
+        #expect(kept == ["wss://relay.example.com:8443/v1/tunnel", "wss://relay-b.example.com:443/v1/tunnel", "wss://n1.nodes.example.com:443/v1/tunnel"])
+        #expect(dropped.map(\.url) == [
+            "wss://evil.example/v1/tunnel", "wss://nodes.example.com/v1/tunnel", "wss://relay.example.com.evil.net/v1/tunnel",
+            "https://relay.example.com/v1/tunnel", "ws://relay.example.com/v1/tunnel",
+        ])
+        let many = (0..<40).map { "wss://n\($0).nodes.example.com/v1/tunnel" }
+        let capped = policy.filter(many)
+        #expect(capped.kept.count == TunnelURLPolicy.defaultMaxURLs && capped.dropped.count == 40 - TunnelURLPolicy.defaultMaxURLs)
+    }
+}

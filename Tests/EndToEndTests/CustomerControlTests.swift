@@ -341,4 +341,81 @@ import TunnelCore
         try await listener.close()
         await stack.stop()
     }
+
+    /// `connector requests revoke`: the customer takes access back, in any mode; the relay follows.
+    @Test func theCustomerRevokesAnAccessRequestAndNoSessionIDGetsAround() async throws {
+        let stack = try await TestStack.start()
+        let request = try #require(try await stack.control.store.requests(clusterID: "demo", states: [.approved]).first)
+        let ended = NIOLockedValueBox<WebSocketPeerClosed?>(nil)
+        let client = try SessionClient(target: try stack.sessionTarget(), group: TestStack.group, logger: TestStack.quietLogger) { closed in
+            ended.withLockedValue { $0 = closed }
+        }
+        try await client.connect()
+        let listener = try await LocalListener.start(host: "127.0.0.1", port: 0, session: client, group: TestStack.group)
+        #expect(try await TestHTTPConnection.request(port: listener.localAddress!.port!, .GET, "/api/status").status == .ok)
+
+        let revoked: CustomerApproval = try await Self.control(stack).post(
+            ControlPath.revoke(request.id), CustomerActor(by: "carol", reason: "done for today"))
+        #expect(revoked.verdict == .revoked && revoked.expert == "alice")
+        #expect(stack.privacy.sessions.allSatisfy { $0.endReason?.contains("revoked access request \(request.id)") == true })
+        // A stream the relay opens under a new session ID for the same request: refused.
+        let rogue = try await RogueRelay.send(
+            stack, method: .GET, target: "/api/status", headers: RogueRelay.identity(request: request.id, session: "another-session-id"))
+        #expect(rogue.status == 403 && rogue.error == "revoked_by_customer", "\(rogue)")
+        // The relay learns it with the next heartbeat: the request is revoked there too, and the engineer is told.
+        try await stack.waitUntil("the relay to revoke the request") {
+            try await stack.control.store.request(id: request.id)?.state == .revoked
+        }
+        #expect(try await stack.control.store.request(id: request.id)?.changedBy == "customer:carol@demo")
+        try await stack.waitUntil("the engineer's session to be closed") { ended.withLockedValue { $0 } != nil }
+        #expect(ended.withLockedValue { $0 }?.reason.contains("revoked") == true)
+        // Revoking twice says why not.
+        do {
+            let _: CustomerApproval = try await Self.control(stack).post(ControlPath.revoke(request.id), CustomerActor(by: "carol"))
+            Issue.record("a second revoke must fail")
+        } catch let error as APIError {
+            #expect(error.status == 409)
+        }
+        try await listener.close()
+        await stack.stop()
+    }
+
+    /// A kill holds for the access request and expert: the relay cannot get around it with a new session.
+    @Test func aKilledSessionStaysKilledUnderANewSessionID() async throws {
+        let stack = try await TestStack.start()
+        let first = try await stack.openSession()
+        #expect(try await TestHTTPConnection.request(port: first.localAddress!.port!, .GET, "/").status == .ok)
+        let live = try #require(stack.privacy.sessions.first)
+        let _: ConnectorSession = try await Self.control(stack).post(ControlPath.kill(live.id), CustomerActor(by: "carol"))
+        let second = try await stack.openSession()
+        let refused = try await TestHTTPConnection.request(port: second.localAddress!.port!, .GET, "/")
+        #expect(refused.status == .forbidden && refused.headers.first(name: WireHeader.error) == "session_ended")
+        #expect(refused.headers.first(name: WireHeader.sessionEnded) == "killed by the customer (carol)")
+        try await first.close()
+        try await second.close()
+        await stack.stop()
+    }
+
+    /// The customer approves exactly what they were shown.
+    @Test func anApprovalOfARequestThatChangedIsRefused() async throws {
+        let stack = try await TestStack.start(mode: .approvedOnly, approve: false)
+        try await stack.waitUntil("the first heartbeat") { try await stack.control.store.cluster(id: "demo")?.lastHeartbeatAt != nil }
+        let request = try await stack.createRequest(cluster: "demo", role: .viewer, seconds: 600)
+        try await stack.waitUntil("the request to reach the customer") { stack.privacy.requests.pending.map(\.requestID) == [request.id] }
+        var seen = try #require(stack.privacy.requests.pending.first)
+        seen.role = .admin  // what the customer was shown differs from the request now
+        do {
+            let _: CustomerApproval = try await Self.control(stack).post(
+                ControlPath.decide(request.id, .approve), CustomerActor(by: "carol", expected: seen))
+            Issue.record("approved a request that changed")
+        } catch let error as APIError {
+            #expect(error.status == 409 && error.code == "request_changed", "\(error)")
+        }
+        #expect(stack.privacy.requests.decided.isEmpty, "nothing was decided")
+        seen.role = .viewer
+        let approval: CustomerApproval = try await Self.control(stack).post(
+            ControlPath.decide(request.id, .approve), CustomerActor(by: "carol", expected: seen))
+        #expect(approval.verdict == .approved && approval.role == .viewer)
+        await stack.stop()
+    }
 }

@@ -13,7 +13,7 @@ import TunnelCore
 /// Several relay URLs, session kill, and relayctl's output and exit codes.
 @Suite(.serialized) struct OperationsTests {
     @Test func theConnectorKeepsOneTunnelPerRelayURLAndRedialsALostOne() async throws {
-        let stack = try await TestStack.start()
+        let stack = try await TestStack.start { config in config.allowedRelayHosts = ["localhost"] }
         // Two "relay nodes" (the same relay under two names its certificate covers).
         stack.control.tunnelURLs = ["wss://127.0.0.1:\(stack.relayPort)/v1/tunnel", "wss://localhost:\(stack.relayPort)/v1/tunnel"]
         try await stack.waitForTunnels(2)
@@ -27,6 +27,19 @@ import TunnelCore
             let tunnels = stack.relay.registry.tunnels(cluster: "demo")
             return tunnels.count == 2 && !tunnels.contains { $0.id == dropped.id }
         }
+        await stack.stop()
+    }
+
+    /// A relay (or whoever took it over) cannot send the tunnels anywhere the customer did not allow.
+    @Test func tunnelURLsOfOtherHostsAreNotDialed() async throws {
+        let stack = try await TestStack.start()
+        let real = "wss://127.0.0.1:\(stack.relayPort)/v1/tunnel"
+        // localhost is the same relay, but not a host the customer listed.
+        stack.control.tunnelURLs = ["wss://localhost:\(stack.relayPort)/v1/tunnel", real, "wss://evil.example:443/v1/tunnel"]
+        let answers = stack.driver.answersReceived
+        try await stack.waitUntil("two more heartbeat answers") { stack.driver.answersReceived >= answers + 2 }
+        #expect(stack.driver.wantedTunnelURLs == [real], "only the configured relay host is dialed")
+        #expect(stack.connector.connectedURLs == [real])
         await stack.stop()
     }
 

@@ -18,7 +18,7 @@ import Testing
             deniedPathPrefixes: ["/secrets"])
     }
 
-    enum Approval: CaseIterable { case none, approvedAdmin, approvedViewer, rejected, expired, otherExpert }
+    enum Approval: CaseIterable { case none, approvedAdmin, approvedViewer, rejected, expired, otherExpert, revoked }
 
     /// path -> (what is forwarded, components where it is denied); forwarded nil and denied nowhere:
     /// refused as a bad target everywhere.
@@ -69,6 +69,7 @@ import Testing
         case .rejected: return make(.rejected, .admin, "alice", 600)
         case .expired: return make(.approved, .admin, "alice", -1)
         case .otherExpert: return make(.approved, .admin, "mallory", 600)
+        case .revoked: return make(.revoked, .admin, "alice", 600)
         }
     }
 
@@ -80,11 +81,13 @@ import Testing
         if mode == .disabled { return ("remote_access_disabled", nil) }
         if component != "ui" && component != "api" { return ("unknown_component", nil) }
         if relayExpired { return ("access_expired", nil) }
+        if approval == .revoked { return ("revoked_by_customer", nil) }
         var effective = role
         if mode == .readOnly { effective = .viewer }
         if mode == .approvedOnly {
             switch approval {
             case .none, .otherExpert: return ("not_approved", nil)
+            case .revoked: return ("revoked_by_customer", nil)
             case .rejected: return ("rejected_by_customer", nil)
             case .expired: return ("approval_expired", nil)
             case .approvedViewer: effective = .viewer
@@ -135,7 +138,7 @@ import Testing
                 }
             }
         }
-        #expect(cells == 4 * 3 * 3 * 8 * 18 * 6 * 2)
+        #expect(cells == 4 * 3 * 3 * 8 * 18 * 7 * 2)
         #expect(allowed > 0)
     }
 }

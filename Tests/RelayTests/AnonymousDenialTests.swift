@@ -1,7 +1,9 @@
 import Foundation
 import RelayAPI
 import RelayModel
+import RelayCtlKit
 import Testing
+import TunnelCore
 
 @testable import Relay
 
@@ -73,5 +75,20 @@ import Testing
         try await fixture.control.auditHousekeeping()
         let actions = try await fixture.store.audit(since: nil, afterID: 0, limit: 100).map(\.action)
         #expect(actions == ["kept"])
+    }
+
+    @Test func reasonsWithControlCharactersAreRefusedAndTablesShowThemEscaped() async throws {
+        let fixture = try Fixture()
+        let (_, root) = try await fixture.token("root", .ops)
+        _ = try await fixture.token("alice", .expert)
+        _ = try await fixture.control.addCluster(CreateClusterRequest(id: "demo", description: ""), by: root)
+        for reason in ["ticket 1\napprove request 2 instead", "\u{1b}[2Jclean screen", "tab\there", "bidi \u{202e}txt.exe"] {
+            await #expect(throws: ProxyRefusal.self, "\(visibleText(reason))") {
+                _ = try await fixture.control.createRequest(
+                    CreateAccessRequest(clusterID: "demo", expert: "alice", reason: reason, role: .viewer, durationSeconds: 60), by: root)
+            }
+        }
+        // What got in some other way (older records) is shown escaped in every table.
+        #expect(TextTable.render(["REASON", "X"], [["a\nb\u{1b}[31m", "x"]]) == "REASON          X\na\\nb\\u{1b}[31m  x")
     }
 }

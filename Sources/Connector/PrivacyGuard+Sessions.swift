@@ -1,0 +1,150 @@
+import CustomerAudit
+import Foundation
+import NIOCore
+import PrivacyPolicy
+import RelayModel
+
+/// Sessions and their limits. A session is what the relay calls one (its ID); the customer's
+/// limits, kills and revocations hold per access request and expert (a grant), so a relay that
+/// picks new session IDs gets no new session length, idle time or way around a kill.
+extension PrivacyGuard {
+    /// Ends a session: its running streams are reset and later requests refused with the reason.
+    static func endSession(_ id: String, reason: String, now: Date, inner: inout Inner) -> (entries: [AuditEntry], channels: [Channel]) {
+        guard let session = inner.sessions[id], session.endReason == nil else { return ([], []) }
+        inner.sessions[id]!.endReason = reason
+        inner.sessions[id]!.endedAt = now
+        var channels: [Channel] = []
+        for (key, stream) in inner.streams where stream.session == id {
+            inner.resetReasons[key] = "stream reset: \(reason)"
+            channels.append(stream.channel)
+        }
+        let entry = AuditEntry(
+            time: now, event: "session.end", session: id, expert: session.expert, role: session.role.rawValue,
+            accessRequest: session.accessRequest, component: session.component, bytesIn: session.bytesIn, bytesOut: session.bytesOut,
+            durationMs: Int64(now.timeIntervalSince(session.startedAt) * 1000), reason: reason)
+        let key = RefusalKey(session: id, expert: session.expert)
+        let uncounted = inner.refusals.close(key)
+        let summary = uncounted > 0 ? [Self.refusalSummary(key, count: uncounted, minute: inner.refusals.currentMinute, inner: inner)] : []
+        return (summary + [entry], channels)
+    }
+
+    /// Ends a grant and every session under it: later sessions of the same access request and
+    /// expert are refused with the same reason.
+    static func endGrant(_ key: GrantKey, reason: String, now: Date, inner: inout Inner) -> (entries: [AuditEntry], channels: [Channel]) {
+        if inner.grants[key] == nil { inner.grants[key] = Grant(startedAt: now, lastActivityAt: now, expiresAt: now) }
+        if inner.grants[key]?.endReason == nil {
+            inner.grants[key]?.endReason = reason
+            inner.grants[key]?.endedAt = now
+        }
+        var entries: [AuditEntry] = []
+        var channels: [Channel] = []
+        for (id, session) in inner.sessions where session.endReason == nil && session.grantKey == key {
+            let ended = Self.endSession(id, reason: reason, now: now, inner: &inner)
+            entries += ended.entries
+            channels += ended.channels
+        }
+        return (entries, channels)
+    }
+
+    /// What a sweep or a settings change ended: records to write, stream channels to close.
+    struct Cuts {
+        var entries: [AuditEntry] = []
+        var channels: [Channel] = []
+        var sessionsEnded = 0
+
+        mutating func add(_ result: (entries: [AuditEntry], channels: [Channel])) {
+            self.entries += result.entries
+            self.channels += result.channels
+            self.sessionsEnded += result.entries.filter { $0.event == "session.end" }.count
+        }
+    }
+
+    /// Writes the records, then closes the streams.
+    func carryOut(_ cuts: Cuts) {
+        cuts.entries.forEach(self.record)
+        for channel in cuts.channels { channel.close(promise: nil) }
+    }
+
+    /// Ends grants at their limits and resets streams the settings no longer allow. Runs every
+    /// second and, in the same critical section as the change, on every settings change.
+    @discardableResult
+    public func sweep() -> (streamsReset: Int, sessionsEnded: Int) {
+        let now = self.clock()
+        let cuts = self.inner.withLockedValue { Self.sweep(&$0, now: now) }
+        self.carryOut(cuts)
+        return (cuts.channels.count, cuts.sessionsEnded)
+    }
+
+    static func sweep(_ inner: inout Inner, now: Date) -> Cuts {
+        var cuts = Cuts()
+        cuts.entries += Self.refusalSummaries(inner.refusals.flush(at: now), inner: inner)
+        // A grant with a request running is not idle.
+        let running = Set(inner.streams.values.compactMap { inner.sessions[$0.session]?.grantKey })
+        for (key, grant) in inner.grants where grant.endReason == nil {
+            let active = running.contains(key) ? now : grant.lastActivityAt
+            if let reason = SessionLimits.endReason(startedAt: grant.startedAt, lastActivity: active, rules: inner.rules, now: now) {
+                cuts.add(Self.endGrant(key, reason: reason, now: now, inner: &inner))
+            }
+        }
+        let approvals = inner.persisted.approvalMap
+        for (key, stream) in inner.streams where inner.resetReasons[key] == nil {
+            if case .failure(let denial) = StreamPolicy.decide(stream.facts, rules: inner.rules, approvals: approvals, now: now) {
+                inner.resetReasons[key] = "stream reset: no longer allowed: \(denial.reason)"
+                cuts.channels.append(stream.channel)
+            }
+        }
+        // Ended sessions are remembered for a day, so their late requests are told why; grants
+        // until a day after their access request expires (no session of it can come later).
+        inner.sessions = inner.sessions.filter { $0.value.endedAt.map { now.timeIntervalSince($0) < 86_400 } ?? true }
+        inner.grants = inner.grants.filter { now.timeIntervalSince(max($0.value.expiresAt, $0.value.lastActivityAt)) < 86_400 }
+        return cuts
+    }
+
+    /// Ends every live session (tunnels closed because the access ended, or the customer disabled access).
+    @discardableResult
+    public func endAllSessions(reason: String) -> Int {
+        let now = self.clock()
+        let cuts = self.inner.withLockedValue { Self.endAllSessions(&$0, reason: reason, now: now) }
+        self.carryOut(cuts)
+        return cuts.sessionsEnded
+    }
+
+    static func endAllSessions(_ inner: inout Inner, reason: String, now: Date) -> Cuts {
+        var cuts = Cuts()
+        for (id, session) in inner.sessions where session.endReason == nil {
+            cuts.add(Self.endSession(id, reason: reason, now: now, inner: &inner))
+        }
+        return cuts
+    }
+
+    /// `connector sessions kill`: the session ends, and with it its access request for this expert
+    /// (a new session ID from the relay is refused too; `requests revoke` ends it for everyone).
+    public func killSession(_ id: String, by: String) throws -> ConnectorSession {
+        let now = self.clock()
+        let (result, session) = self.inner.withLockedValue { inner -> ((entries: [AuditEntry], channels: [Channel]), ConnectorSession?) in
+            guard let session = inner.sessions[id], session.endReason == nil else { return (([], []), inner.sessions[id]) }
+            let ended = Self.endGrant(session.grantKey, reason: "killed by the customer (\(by))", now: now, inner: &inner)
+            return (ended, inner.sessions[id])
+        }
+        guard let session else { throw ControlError(status: 404, code: "unknown_session", message: "no session \(id) on this connector") }
+        guard !result.entries.isEmpty else {
+            throw ControlError(status: 409, code: "session_ended", message: "session \(id) already ended: \(session.endReason ?? "-")")
+        }
+        self.carryOut(Cuts(entries: result.entries, channels: result.channels))
+        return session
+    }
+
+    public var sessions: [ConnectorSession] {
+        self.inner.withLockedValue { inner in
+            inner.sessions.values.map { session in
+                var session = session
+                session.liveStreams = inner.streams.values.filter { $0.session == session.id }.count
+                return session
+            }
+        }.sorted { $0.startedAt > $1.startedAt }
+    }
+}
+
+extension ConnectorSession {
+    var grantKey: PrivacyGuard.GrantKey { PrivacyGuard.GrantKey(accessRequest: self.accessRequest, expert: self.expert) }
+}
