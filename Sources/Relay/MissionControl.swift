@@ -230,25 +230,23 @@ public final class MissionControl: Sendable {
         }
         switch decision.verdict {
         case .revoke:
-            var revoked = request
-            revoked.state = .revoked
-            revoked.changedAt = now
-            revoked.changedBy = customer
-            revoked.endReason = "revoked by the customer"
-            if try await self.store.updateRequest(revoked, expecting: request.state) {
-                await self.audit(actor: customer, "request.revoke", cluster: cluster, subject: String(request.id))
-            }
+            try await self.end(request, as: .revoked, by: customer, reason: "revoked by the customer", now: now)
         case .approve:
             _ = try await self.approve(request, by: customer, now: now)
         case .reject:
-            var rejected = request
-            rejected.state = .rejected
-            rejected.changedAt = now
-            rejected.changedBy = customer
-            rejected.endReason = "rejected by the customer"
-            if try await self.store.updateRequest(rejected, expecting: .pending) {
-                await self.audit(actor: customer, "request.reject", cluster: cluster, subject: String(request.id))
-            }
+            try await self.end(request, as: .rejected, by: customer, reason: "rejected by the customer", now: now)
+        }
+    }
+
+    /// Ends a request on the customer's word (compare and set on the state it was read in), audited.
+    private func end(_ request: AccessRequestRecord, as state: RequestState, by: String, reason: String, now: Date) async throws {
+        var ended = request
+        ended.state = state
+        ended.changedAt = now
+        ended.changedBy = by
+        ended.endReason = reason
+        if try await self.store.updateRequest(ended, expecting: request.state) {
+            await self.audit(actor: by, state == .revoked ? "request.revoke" : "request.reject", cluster: request.clusterID, subject: String(request.id))
         }
     }
 

@@ -92,15 +92,6 @@ private func edit(_ yaml: String, replace old: String? = nil, with new: String) 
         #expect(config.limits.maxConcurrentStreams == TunnelLimits().maxConcurrentStreams)
     }
 
-    /// Fail closed: no word from the customer means every request waits for their approval.
-    @Test func withoutAPrivacyBlockOrModeTheConnectorRunsApprovedOnly() throws {
-        let noBlock = edit(goodConnector, replace: "privacy:\n  mode: approvedOnly\n  denied_paths: [/secrets, \"//api/./certs/\"]\n  max_session: 2h\n  idle_timeout: 10m\n", with: "")
-        #expect(!noBlock.contains("privacy:"))
-        #expect(try ConnectorConfig.parse(yaml: noBlock, file: "/c.yaml").privacyMode == .approvedOnly)
-        let noMode = edit(goodConnector, replace: "  mode: approvedOnly\n", with: "")
-        #expect(try ConnectorConfig.parse(yaml: noMode, file: "/c.yaml").privacyMode == .approvedOnly)
-    }
-
     @Test func shippedExampleIsValid() throws {
         let path = repoRoot.appendingPathComponent("Config/relay.yaml").path
         let text = try String(contentsOfFile: path, encoding: .utf8)

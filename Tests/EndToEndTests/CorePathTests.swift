@@ -237,20 +237,10 @@ import TunnelCore
 /// Handshake refusals: credentials and certificates.
 @Suite(.serialized) struct HandshakeTests {
     func dialTunnel(port: Int, cluster: String, node: String = "node-1", secret: String, caDir: String = TestCerts.trusted) async throws -> Channel {
-        var headers = HTTPHeaders()
-        headers.add(name: "authorization", value: "Bearer \(secret)")
-        headers.add(name: WireHeader.cluster, value: cluster)
-        headers.add(name: WireHeader.node, value: node)
-        let tls = try TLSFiles.clientContext(caFile: caDir + "/ca.pem")
-        let (channel, _) = try await WebSocketDialer.dial(
-            url: try WebSocketURL(parsing: "wss://127.0.0.1:\(port)/v1/tunnel"), headers: headers, tls: tls, limits: TunnelLimits(),
-            group: TestStack.group
-        ) { channel in
-            try TunnelPipeline.configure(
-                channel: channel, websocketRole: .client, http2Mode: .server, link: .tunnel, limits: TunnelLimits(),
-                inboundStreamInitializer: TunnelPipeline.refuseInboundStreams)
-        }.get()
-        return channel
+        try await RogueSession.dial(
+            port: port, path: WirePath.tunnel, link: .tunnel,
+            headers: [("authorization", "Bearer \(secret)"), (WireHeader.cluster, cluster), (WireHeader.node, node)], caDirectory: caDir
+        ).0
     }
 
     func rejection(_ body: () async throws -> Void) async -> DialError? {

@@ -77,20 +77,25 @@ enum RogueRelay {
     }
 }
 
-/// Plays a relayctl that skips its own checks: a session dialed by hand, requests sent as they are.
+/// Plays a relayctl or a connector that skips its own checks: a websocket dialed by hand to the
+/// relay, HTTP/2 on it, requests sent as they are.
 enum RogueSession {
     static func dial(_ stack: TestStack) async throws -> (Channel, NIOHTTP2Handler.StreamMultiplexer) {
-        var headers = HTTPHeaders()
-        headers.add(name: "authorization", value: "Bearer \(stack.expertToken)")
-        headers.add(name: WireHeader.cluster, value: "demo")
-        headers.add(name: WireHeader.component, value: "ui")
-        let tls = try TLSFiles.clientContext(caFile: TestCerts.trusted + "/ca.pem")
+        try await self.dial(
+            port: stack.relayPort, path: WirePath.session, link: .session,
+            headers: [("authorization", "Bearer \(stack.expertToken)"), (WireHeader.cluster, "demo"), (WireHeader.component, "ui")])
+    }
+
+    static func dial(
+        port: Int, path: String, link: TunnelLink, headers: [(String, String)], caDirectory: String = TestCerts.trusted
+    ) async throws -> (Channel, NIOHTTP2Handler.StreamMultiplexer) {
+        let tls = try TLSFiles.clientContext(caFile: caDirectory + "/ca.pem")
         return try await WebSocketDialer.dial(
-            url: try WebSocketURL(parsing: "wss://127.0.0.1:\(stack.relayPort)/v1/session"), headers: headers, tls: tls, limits: TunnelLimits(),
+            url: try WebSocketURL(parsing: "wss://127.0.0.1:\(port)\(path)"), headers: HTTPHeaders(headers), tls: tls, limits: TunnelLimits(),
             group: TestStack.group
         ) { channel in
             try TunnelPipeline.configure(
-                channel: channel, websocketRole: .client, http2Mode: .client, link: .session, limits: TunnelLimits(),
+                channel: channel, websocketRole: .client, http2Mode: link == .session ? .client : .server, link: link, limits: TunnelLimits(),
                 inboundStreamInitializer: TunnelPipeline.refuseInboundStreams)
         }.get()
     }
