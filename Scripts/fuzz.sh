@@ -16,6 +16,6 @@ extra=()
 # The websocket target runs the real handlers on NIO's EmbeddedChannel, which LeakSanitizer reports
 # as leaked after a protocol error closes it (Tests/Fuzz/websocket-stream/crash-leak-*: the test
 # channel's teardown, not a tunnel's); memory errors, traps and broken invariants still stop the run.
-if [ "$target" = "websocket-stream" ]; then extra+=(-detect_leaks=0); fi
+if [ "$target" = "websocket-stream" ]; then extra+=(-detect_leaks=0); export ASAN_OPTIONS="${ASAN_OPTIONS:+$ASAN_OPTIONS:}detect_leaks=0"; fi
 exec ".build/debug/fuzz-$target" -max_total_time="$seconds" -print_final_stats=1 -rss_limit_mb=4096 "${extra[@]}" \
     -artifact_prefix="$root/Tests/Fuzz/$target/crash-" ".corpus/$target" "$root/Tests/Fuzz/$target"

@@ -81,6 +81,11 @@ public final class TunnelConnector: Sendable {
         self.state.withLockedValue { Array($0.tunnels.keys).sorted() }
     }
 
+    /// Relay URLs this connector keeps a tunnel to, or redials (none: nothing will be dialed).
+    public var wantedURLs: [String] {
+        self.state.withLockedValue { Array($0.wanted).sorted() }
+    }
+
     /// The last dial error per relay URL (for status output and tests).
     public var lastErrors: [String: String] {
         self.state.withLockedValue { $0.lastErrors }

@@ -35,9 +35,10 @@ import TunnelCore
     @Test func fullLifecycleWithRevokeThenExpiry() async throws {
         let stack = try await TestStack.start(approve: false)
         // Registered and heartbeating, but no request: nothing is dialed.
-        try await stack.waitUntil("a heartbeat answer") { stack.driver.lastAnswer != nil }
-        try await Task.sleep(for: .milliseconds(3 * Int(TestStack.heartbeatMilliseconds)))
+        // Three answers without the flag, and the connector wants no tunnel.
+        try await stack.waitUntil("three heartbeat answers") { stack.driver.answersReceived >= 3 }
         #expect(stack.driver.lastAnswer?.remoteUIRequested == false)
+        #expect(stack.connector.wantedURLs.isEmpty && stack.driver.wantedTunnelURLs.isEmpty)
         #expect(stack.relay.registry.count == 0)
         #expect(stack.connector.connectedURLs.isEmpty)
 
@@ -70,8 +71,9 @@ import TunnelCore
         #expect(reason?.code == .unknown(WireCloseCode.accessEnded))
         #expect(reason?.reason.contains("access request \(request.id) was revoked by ops:root") == true, "\(String(describing: reason))")
         // Heartbeats go back to normal: flag off, no redial.
-        try await stack.waitUntil("a flag-off answer") { stack.driver.lastAnswer?.remoteUIRequested == false }
-        try await Task.sleep(for: .milliseconds(500))
+        try await stack.waitUntil("a flag-off answer, and no tunnel wanted") {
+            stack.driver.lastAnswer?.remoteUIRequested == false && stack.connector.wantedURLs.isEmpty && stack.driver.wantedTunnelURLs.isEmpty
+        }
         #expect(stack.relay.registry.count == 0)
         try await stack.waitUntil("the session record's end") { try await stack.control.store.sessions(live: true).isEmpty }
         let ended = try await stack.control.store.sessions(live: false).first

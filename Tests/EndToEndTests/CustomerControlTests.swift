@@ -63,8 +63,9 @@ import TunnelCore
         try await stack.waitUntil("the relay to see mode disabled") {
             try await stack.control.store.nodes(clusterID: "demo").first?.privacyMode == .disabled
         }
-        try await Task.sleep(for: .milliseconds(3 * Int(TestStack.heartbeatMilliseconds)))
-        #expect(stack.relay.registry.count == 0, "no redial while disabled")
+        // Nothing will redial while disabled: no tunnel is wanted (a disabled connector never dials).
+        try await stack.waitUntil("no tunnel to be wanted") { stack.connector.wantedURLs.isEmpty && stack.driver.wantedTunnelURLs.isEmpty }
+        #expect(stack.relay.registry.count == 0)
         // The override survives a restart of the guard (state.json), and the audit names who.
         #expect(try ConnectorState.load(directory: stack.connectorConfig.stateDirectory).modeOverride?.mode == .disabled)
         stack.privacy.audit.sync()
