@@ -120,14 +120,15 @@ public final class HeartbeatDriver: Sendable {
         let jitter = Double.random(in: -1...1)
         do {
             let config = self.privacy.config  // the settings in force (reloads change them)
+            let decisions = self.privacy.undeliveredDecisions
             let answer: HeartbeatResponse = try await self.client.post(
                 APIPath.heartbeat,
                 Self.makeRequest(
                     config: config, credential: self.credential, health: self.health.sample(), mode: self.privacy.mode,
-                    decisions: self.privacy.undeliveredDecisions))
+                    decisions: decisions))
             self.last.withLockedValue { $0 = (answer, Date()) }
             defer { self.answers.withLockedValue { $0 += 1 } }
-            self.privacy.heartbeatAnswered(pending: answer.pendingApprovals)
+            self.privacy.heartbeatAnswered(pending: answer.pendingApprovals, sent: decisions)
             if !answer.pendingApprovals.isEmpty {
                 self.logger.notice("access requests wait for the customer's approval", metadata: ["count": "\(answer.pendingApprovals.count)"])
             }

@@ -9,14 +9,19 @@ extension PrivacyGuard {
     // MARK: approvals
 
     /// The relay's heartbeat answer: requests waiting for the customer, and which decisions it took.
-    public func heartbeatAnswered(pending: [PendingApproval]) {
+    /// `sent` are the decisions that heartbeat carried: only those can have been taken (a decision
+    /// made while the heartbeat was in flight goes with the next one).
+    public func heartbeatAnswered(pending: [PendingApproval], sent: [ApprovalDecision]) {
         let now = self.clock()
+        let carried = Set(sent.map { "\($0.requestID) \($0.verdict.rawValue)" })
         let changed = self.inner.withLockedValue { inner -> Bool in
             inner.pending = pending
             let waiting = Set(pending.map(\.requestID))
             var changed = false
             for index in inner.persisted.approvals.indices where inner.persisted.approvals[index].deliveredAt == nil {
-                if !waiting.contains(inner.persisted.approvals[index].requestID) {
+                let approval = inner.persisted.approvals[index]
+                let key = "\(approval.requestID) \(ApprovalDecision.Verdict(approval.verdict).rawValue)"
+                if carried.contains(key) && !waiting.contains(approval.requestID) {
                     inner.persisted.approvals[index].deliveredAt = now
                     changed = true
                 }

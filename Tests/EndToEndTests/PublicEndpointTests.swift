@@ -19,7 +19,8 @@ import TunnelCore
                 }
             }
             .connect(host: "127.0.0.1", port: port).get()
-        try await channel.writeAndFlush(ByteBuffer(string: text))
+        // The relay may already have closed it (a loaded machine, a short deadline): that is the point.
+        try? await channel.writeAndFlush(ByteBuffer(string: text))
         return channel
     }
 
@@ -49,7 +50,9 @@ import TunnelCore
     }
 
     @Test func connectionsFromOneAddressAreCapped() async throws {
-        let (relay, port) = try await TestStack.relayAlone { config in
+        var limits = TunnelLimits()
+        limits.handshakeTimeout = .seconds(120)  // the held connections say nothing; they must outlive the test
+        let (relay, port) = try await TestStack.relayAlone(limits: limits) { config in
             config.connectionLimits.maxPerAddress = 10
         }
         var held: [Channel] = []

@@ -35,11 +35,22 @@ enum TestCerts {
     }
 }
 
-/// The relay's clock in tests: real time plus an offset tests move forward (request expiry).
+/// The clock of relay and connector in tests: real time plus an offset tests move forward (request
+/// expiry), or, once frozen, a time that moves only when the test says.
 final class TestClock: Sendable {
-    private let offset = NIOLockedValueBox<TimeInterval>(0)
-    func now() -> Date { Date().addingTimeInterval(self.offset.withLockedValue { $0 }) }
-    func advance(seconds: TimeInterval) { self.offset.withLockedValue { $0 += seconds } }
+    private let state = NIOLockedValueBox<(offset: TimeInterval, frozen: Date?)>((0, nil))
+    func now() -> Date { self.state.withLockedValue { ($0.frozen ?? Date()).addingTimeInterval($0.offset) } }
+    func advance(seconds: TimeInterval) { self.state.withLockedValue { $0.offset += seconds } }
+
+    /// Stops the clock at the start of the next minute plus one second (counts per minute stay in one minute).
+    func freezeAtNextMinute() {
+        self.state.withLockedValue { state in
+            let now = Date().addingTimeInterval(state.offset)
+            let next = (now.timeIntervalSince1970 / 60).rounded(.down) * 60 + 61
+            state.frozen = Date(timeIntervalSince1970: next)
+            state.offset = 0
+        }
+    }
 }
 
 /// A relay (embedded store in a temporary folder), a registered connector and a demo component,
