@@ -27,9 +27,15 @@ public final class RelayServer: Sendable {
     private let serverChannel = NIOLockedValueBoxChannel()
     /// Connections held open right now, capped in total and per address.
     public let connections: ConnectionLimiter
+    private let handshakeDeadlines: HandshakeDeadlines
     private let reconcileTask = NIOLockedValueBox<Task<Void, Never>?>(nil)
 
-    public init(config: RelayConfig, control: MissionControl, group: EventLoopGroup, logger: Logger = Logger(label: "relay")) throws {
+    /// - Parameter handshakeDeadlines: when new connections' handshake deadlines pass (real time by default).
+    public init(
+        config: RelayConfig, control: MissionControl, group: EventLoopGroup, logger: Logger = Logger(label: "relay"),
+        handshakeDeadlines: HandshakeDeadlines = .eventLoop
+    ) throws {
+        self.handshakeDeadlines = handshakeDeadlines
         self.config = config
         self.control = control
         self.group = group
@@ -117,7 +123,7 @@ public final class RelayServer: Sendable {
             logger: self.logger)
         // handshake_timeout: TLS and the websocket upgrade (or a first plain request) must come by
         // then, or the connection is closed.
-        handshake.deadline = channel.eventLoop.scheduleTask(in: self.config.limits.handshakeTimeout) {
+        handshake.deadline = self.handshakeDeadlines.arm(channel.eventLoop, self.config.limits.handshakeTimeout) {
             channel.close(promise: nil)
         }
         channel.closeFuture.whenComplete { _ in handshake.deadline?.cancel() }

@@ -292,32 +292,31 @@ import TunnelCore
         await stack.stop()
     }
 
+    /// The handshake deadline is driven by the test (`HandshakeDeadlines.Manual`), not waited for.
     @Test func connectionsThatNeverUpgradeAreClosedAtTheHandshakeTimeout() async throws {
-        var limits = TunnelLimits()
-        limits.handshakeTimeout = .milliseconds(300)
-        // The relay alone: a connector's own requests would have to beat the short deadline too.
-        let (relay, port) = try await TestStack.relayAlone(limits: limits)
+        let deadlines = HandshakeDeadlines.Manual()
+        let (relay, port) = try await TestStack.relayAlone(handshakeDeadlines: deadlines.deadlines)
         // A peer that connects and says nothing: no TLS, no upgrade.
         let silent = try await ClientBootstrap(group: TestStack.group).connect(host: "127.0.0.1", port: port).get()
-        let started = ContinuousClock.now
-        for _ in 0..<250 where silent.isActive {  // bounded: 5 s
-            try await Task.sleep(for: .milliseconds(20))
-        }
-        #expect(!silent.isActive, "the relay kept a silent connection open")
-        #expect(ContinuousClock.now - started < .seconds(3))
+        for _ in 0..<500 where deadlines.armed == 0 { try await Task.sleep(for: .milliseconds(20)) }  // bounded: 10 s
+        #expect(deadlines.armed == 1 && silent.isActive, "open until its deadline passes")
+        deadlines.expireAll()
+        for _ in 0..<500 where silent.isActive { try await Task.sleep(for: .milliseconds(20)) }
+        #expect(!silent.isActive, "the relay kept a silent connection open past its deadline")
         try? await silent.close()
         try await relay.stop()
     }
 
     @Test func upgradedTunnelsOutliveTheHandshakeTimeout() async throws {
-        var limits = TunnelLimits()
-        // Long enough for every TLS handshake of the stack on a loaded CI machine, short against the wait below.
-        limits.handshakeTimeout = .milliseconds(3000)
-        let stack = try await TestStack.start(limits: limits)
+        let deadlines = HandshakeDeadlines.Manual()
+        let stack = try await TestStack.start(handshakeDeadlines: deadlines.deadlines)
         let session = try await stack.openSession()
-        try await Task.sleep(for: .milliseconds(4000))
-        #expect(stack.relay.registry.tunnels(cluster: "demo").count == 1)
+        let tunnel = try #require(stack.relay.registry.tunnels(cluster: "demo").first)
+        // Every deadline still armed passes now (a heartbeat connection in flight, say); the tunnel's
+        // and the session's were cancelled when they upgraded.
+        deadlines.expireAll()
         #expect(try await TestHTTPConnection.request(port: session.localAddress!.port!, .GET, "/api/status").status == .ok)
+        #expect(stack.relay.registry.tunnels(cluster: "demo").map(\.id) == [tunnel.id])
         try await session.close()
         await stack.stop()
     }

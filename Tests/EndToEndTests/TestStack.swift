@@ -100,12 +100,13 @@ struct TestStack {
 
     /// A relay alone (no connector: its requests would have to beat short test deadlines too).
     static func relayAlone(
-        limits: TunnelLimits = TunnelLimits(), configure: (inout RelayConfig) -> Void = { _ in }
+        limits: TunnelLimits = TunnelLimits(), handshakeDeadlines: HandshakeDeadlines = .eventLoop,
+        configure: (inout RelayConfig) -> Void = { _ in }
     ) async throws -> (relay: RelayServer, port: Int) {
         var config = relayConfig(dataDirectory: temporaryDirectory("relay"), limits: limits)
         configure(&config)
         let control = try RelayServer.openEmbeddedControl(config: config, logger: quietLogger)
-        let relay = try RelayServer(config: config, control: control, group: group, logger: quietLogger)
+        let relay = try RelayServer(config: config, control: control, group: group, logger: quietLogger, handshakeDeadlines: handshakeDeadlines)
         return (relay, try await relay.start().port!)
     }
 
@@ -114,14 +115,14 @@ struct TestStack {
     ///   - approve: create and (with mode `all`) auto-approve alice's admin request, then wait for the tunnel.
     static func start(
         extraComponents: [String: String] = [:], limits: TunnelLimits = TunnelLimits(), mode: PrivacyMode = .all, approve: Bool = true,
-        configure: (inout ConnectorConfig) -> Void = { _ in }, configPath: String? = nil
+        handshakeDeadlines: HandshakeDeadlines = .eventLoop, configure: (inout ConnectorConfig) -> Void = { _ in }, configPath: String? = nil
     ) async throws -> TestStack {
         let component = try await DemoComponent.start(name: "ui", group: group)
         let clock = TestClock()
         let dataDirectory = temporaryDirectory("relay")
         let config = relayConfig(dataDirectory: dataDirectory, limits: limits)
         let control = try RelayServer.openEmbeddedControl(config: config, logger: quietLogger, clock: { clock.now() })
-        let relay = try RelayServer(config: config, control: control, group: group, logger: quietLogger)
+        let relay = try RelayServer(config: config, control: control, group: group, logger: quietLogger, handshakeDeadlines: handshakeDeadlines)
         let port = try await relay.start().port!
 
         let ops = try await control.createToken(CreateTokenRequest(name: "root", role: .ops, ttlSeconds: nil), by: nil)
