@@ -164,7 +164,7 @@ import TunnelCore
         do {
             let tls = try TLSFiles.clientContext(caFile: TestCerts.trusted + "/ca.pem")
             let (channel, _) = try await WebSocketDialer.dial(
-                url: try WebSocketURL(parsing: "wss://127.0.0.1:\(stack.relayPort)\(path)"), headers: headers, tls: tls, limits: TunnelLimits(),
+                url: try WebSocketURL(parsing: "wss://127.0.0.1:\(stack.relayPort)\(path)"), headers: headers, tls: tls, limits: TestStack.limits,
                 group: TestStack.group
             ) { _ in () }.get()
             try? await channel.close()

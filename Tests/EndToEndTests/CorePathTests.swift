@@ -355,7 +355,7 @@ func runCurl(_ arguments: [String]) async throws -> String {
         headers.add(name: WireHeader.node, value: "node-1")
         let tls = try TLSFiles.clientContext(caFile: TestCerts.trusted + "/ca.pem")
         let (channel, _) = try await WebSocketDialer.dial(
-            url: try WebSocketURL(parsing: "wss://127.0.0.1:\(port)/v1/tunnel"), headers: headers, tls: tls, limits: TunnelLimits(),
+            url: try WebSocketURL(parsing: "wss://127.0.0.1:\(port)/v1/tunnel"), headers: headers, tls: tls, limits: TestStack.limits,
             group: TestStack.group
         ) { _ in () }.get()
         return channel

@@ -16,7 +16,7 @@ import TunnelCore
 @Suite(.serialized) struct OneOffenderTests {
     /// Component `trickle` sends the start of a long body, then 1 KiB every 20 ms: a download that
     /// is always cancelled mid-body, without pushing megabytes through the test machine.
-    static func start(limits: TunnelLimits = TunnelLimits()) async throws -> (TestStack, Channel) {
+    static func start(limits: TunnelLimits = TestStack.limits) async throws -> (TestStack, Channel) {
         let trickle = try await ServerBootstrap(group: TestStack.group)
             .childChannelInitializer { channel in channel.pipeline.addHandler(TrickleComponent()) }
             .bind(host: "127.0.0.1", port: 0).get()
@@ -106,7 +106,7 @@ import TunnelCore
     /// A refusal reads the rest of the upload and ends the stream cleanly: with NIOHTTP2's own reset
     /// budget on the tunnel (200 per 30 s), 300 refused uploads would otherwise close it.
     @Test func refusedUploadsAreDrainedNotReset() async throws {
-        var limits = TunnelLimits()
+        var limits = TestStack.limits
         limits.tunnelResetBudget = 200
         let (stack, trickle) = try await Self.start(limits: limits)
         let tunnel = try #require(stack.relay.registry.tunnels(cluster: "demo").first)
@@ -126,7 +126,7 @@ import TunnelCore
     }
 
     @Test func aSessionThatFloodsBeyondItsBudgetIsClosedAloneWithTheReason() async throws {
-        var limits = TunnelLimits()
+        var limits = TestStack.limits
         limits.sessionResetBudget = 40
         let (stack, trickle) = try await Self.start(limits: limits)
         let tunnel = try #require(stack.relay.registry.tunnels(cluster: "demo").first)

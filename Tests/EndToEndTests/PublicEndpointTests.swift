@@ -32,7 +32,7 @@ import TunnelCore
     }
 
     @Test func aLargeContentLengthThenNothingIsClosedAtTheDeadline() async throws {
-        var limits = TunnelLimits()
+        var limits = TestStack.limits
         limits.handshakeTimeout = .seconds(2)
         let (relay, port) = try await TestStack.relayAlone(limits: limits)
         // The head comes at once (inside the handshake deadline), the promised body never does.
@@ -50,7 +50,7 @@ import TunnelCore
     }
 
     @Test func connectionsFromOneAddressAreCapped() async throws {
-        var limits = TunnelLimits()
+        var limits = TestStack.limits
         limits.handshakeTimeout = .seconds(120)  // the held connections say nothing; they must outlive the test
         let (relay, port) = try await TestStack.relayAlone(limits: limits) { config in
             config.connectionLimits.maxPerAddress = 10
@@ -95,6 +95,44 @@ import TunnelCore
             let refused = try await handshake(["-tls1_2", "-cipher", weak])
             #expect(!refused.contains("Cipher is \(weak)"), "\(weak): \(refused.suffix(300))")
         }
+        try await relay.stop()
+    }
+}
+
+extension PublicEndpointTests {
+    /// TCP keepalive on accepted connections: the kernel's keepalive timer runs on the relay's side
+    /// of an idle connection (Linux shows it in /proc/net/tcp: timer 2), not on the client's.
+    @Test func acceptedConnectionsHaveTCPKeepalive() async throws {
+        let deadlines = HandshakeDeadlines.Manual()  // the silent connection stays until the test is done
+        let (relay, port) = try await TestStack.relayAlone(handshakeDeadlines: deadlines.deadlines)
+        let client = try await ClientBootstrap(group: TestStack.group).connect(host: "127.0.0.1", port: port).get()
+        let clientPort = try #require(client.localAddress?.port)
+        func timers() throws -> (relaySide: [String], clientSide: [String]) {
+            // /proc files have no size: read to the end rather than by the file's length.
+            let handle = try #require(FileHandle(forReadingAtPath: "/proc/net/tcp"))
+            defer { try? handle.close() }
+            let table = String(decoding: handle.readDataToEndOfFile(), as: UTF8.self).split(separator: "\n").dropFirst()
+            var relaySide: [String] = []
+            var clientSide: [String] = []
+            for line in table {
+                let fields = line.split(separator: " ")
+                guard fields.count > 5, fields[3] == "01" else { continue }  // established
+                let local = Int(fields[1].split(separator: ":")[1], radix: 16)
+                let remote = Int(fields[2].split(separator: ":")[1], radix: 16)
+                let timer = String(fields[5].split(separator: ":")[0])
+                if local == port && remote == clientPort { relaySide.append(timer) }
+                if local == clientPort && remote == port { clientSide.append(timer) }
+            }
+            return (relaySide, clientSide)
+        }
+        var seen = try timers()
+        for _ in 0..<500 where seen.relaySide.isEmpty {
+            try await Task.sleep(for: .milliseconds(20))
+            seen = try timers()
+        }
+        #expect(seen.relaySide == ["02"], "the relay's socket runs a keepalive timer: \(seen)")
+        #expect(seen.clientSide == ["00"], "a socket without keepalive runs none (so the check can tell): \(seen)")
+        try? await client.close()
         try await relay.stop()
     }
 }

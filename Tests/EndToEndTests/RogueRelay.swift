@@ -91,11 +91,11 @@ enum RogueSession {
     ) async throws -> (Channel, NIOHTTP2Handler.StreamMultiplexer) {
         let tls = try TLSFiles.clientContext(caFile: caDirectory + "/ca.pem")
         return try await WebSocketDialer.dial(
-            url: try WebSocketURL(parsing: "wss://127.0.0.1:\(port)\(path)"), headers: HTTPHeaders(headers), tls: tls, limits: TunnelLimits(),
+            url: try WebSocketURL(parsing: "wss://127.0.0.1:\(port)\(path)"), headers: HTTPHeaders(headers), tls: tls, limits: TestStack.limits,
             group: TestStack.group
         ) { channel in
             try TunnelPipeline.configure(
-                channel: channel, websocketRole: .client, http2Mode: link == .session ? .client : .server, link: link, limits: TunnelLimits(),
+                channel: channel, websocketRole: .client, http2Mode: link == .session ? .client : .server, link: link, limits: TestStack.limits,
                 inboundStreamInitializer: TunnelPipeline.refuseInboundStreams)
         }.get()
     }

@@ -61,6 +61,15 @@ struct TestStack {
     /// Heartbeat interval of test connectors (the "shortened interval").
     static let heartbeatMilliseconds: Int64 = 200
 
+    /// The limits of test stacks: the defaults, but 60 s for a TLS handshake and upgrade on both
+    /// sides (a machine loaded with a build beside the tests took over 10 s once). Tests of the
+    /// handshake deadline drive it with `HandshakeDeadlines.Manual` instead.
+    static var limits: TunnelLimits {
+        var limits = TunnelLimits()
+        limits.handshakeTimeout = .seconds(60)
+        return limits
+    }
+
     let component: DemoComponent
     let relay: RelayServer
     let relayPort: Int
@@ -92,7 +101,7 @@ struct TestStack {
         return path
     }
 
-    static func relayConfig(dataDirectory: String, limits: TunnelLimits = TunnelLimits()) -> RelayConfig {
+    static func relayConfig(dataDirectory: String, limits: TunnelLimits = TestStack.limits) -> RelayConfig {
         RelayConfig(
             listenHost: "127.0.0.1", listenPort: 0, certificateFile: TestCerts.trusted + "/relay.pem",
             privateKeyFile: TestCerts.trusted + "/relay.key", dataDirectory: dataDirectory, reconcileIntervalMilliseconds: 100, limits: limits)
@@ -100,7 +109,7 @@ struct TestStack {
 
     /// A relay alone (no connector: its requests would have to beat short test deadlines too).
     static func relayAlone(
-        limits: TunnelLimits = TunnelLimits(), handshakeDeadlines: HandshakeDeadlines = .eventLoop,
+        limits: TunnelLimits = TestStack.limits, handshakeDeadlines: HandshakeDeadlines = .eventLoop,
         configure: (inout RelayConfig) -> Void = { _ in }
     ) async throws -> (relay: RelayServer, port: Int) {
         var config = relayConfig(dataDirectory: temporaryDirectory("relay"), limits: limits)
@@ -114,7 +123,7 @@ struct TestStack {
     ///   - extraComponents: name -> URL added to the connector's allowlist beside `ui`.
     ///   - approve: create and (with mode `all`) auto-approve alice's admin request, then wait for the tunnel.
     static func start(
-        extraComponents: [String: String] = [:], limits: TunnelLimits = TunnelLimits(), mode: PrivacyMode = .all, approve: Bool = true,
+        extraComponents: [String: String] = [:], limits: TunnelLimits = TestStack.limits, mode: PrivacyMode = .all, approve: Bool = true,
         handshakeDeadlines: HandshakeDeadlines = .eventLoop, configure: (inout ConnectorConfig) -> Void = { _ in }, configPath: String? = nil
     ) async throws -> TestStack {
         let component = try await DemoComponent.start(name: "ui", group: group)
@@ -193,7 +202,7 @@ struct TestStack {
     ) throws -> SessionTarget {
         SessionTarget(
             relay: try WebSocketURL(parsing: "wss://127.0.0.1:\(self.relayPort)/v1/session"), token: Secret(token ?? self.expertToken),
-            cluster: cluster, component: component, role: role, caFile: TestCerts.trusted + "/ca.pem")
+            cluster: cluster, component: component, role: role, caFile: TestCerts.trusted + "/ca.pem", limits: Self.limits)
     }
 
     /// What `relayctl session open` sets up: a session to the relay and a local listener on port 0.
