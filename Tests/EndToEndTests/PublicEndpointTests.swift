@@ -125,8 +125,10 @@ extension PublicEndpointTests {
             }
             return (relaySide, clientSide)
         }
+        // The kernel lists the connection before the relay has accepted it and set its options.
+        try await Self.waitUntilHeld(relay, 1)
         var seen = try timers()
-        for _ in 0..<500 where seen.relaySide.isEmpty {
+        for _ in 0..<500 where seen.relaySide != ["02"] {
             try await Task.sleep(for: .milliseconds(20))
             seen = try timers()
         }
