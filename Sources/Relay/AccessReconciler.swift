@@ -25,8 +25,9 @@ struct AccessReconciler: Sendable {
 
     func tick() async throws {
         try await self.control.auditHousekeeping()
-        _ = try await self.control.expireDue()
+        // One instant for the whole tick: what expires and what is closed for it agree.
         let now = self.control.now
+        _ = try await self.control.expireDue(now: now)
         for cluster in self.registry.clusterIDs where try await !self.control.flag(cluster: cluster) {
             let reason = try await self.control.accessEndReason(cluster: cluster)
             for tunnel in self.registry.tunnels(cluster: cluster) {

@@ -73,8 +73,10 @@ extension MissionControl {
     }
 
     /// Approved requests past their window become `expired` (run by every relay node's reconciler).
-    public func expireDue() async throws -> [AccessRequestRecord] {
-        let now = self.now
+    /// - Parameter now: the reconciler passes the instant it decides everything else of its tick on,
+    ///   so a session is never ended as expired while its request still reads approved.
+    public func expireDue(now: Date? = nil) async throws -> [AccessRequestRecord] {
+        let now = now ?? self.now
         var expired: [AccessRequestRecord] = []
         for request in try await self.store.requests(clusterID: nil, states: [.approved]) where !request.isActive(at: now) {
             var ended = request
