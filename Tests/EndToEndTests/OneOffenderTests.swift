@@ -49,7 +49,8 @@ import TunnelCore
                         do {
                             try await CancelledDownload.run(port: port, path: "/download")
                             started += 1
-                        } catch where untilRefused {
+                        } catch let refused as CancelledDownload.Refused where untilRefused {
+                            _ = refused
                             break
                         }
                     }
@@ -244,8 +245,13 @@ final class BigHeaderComponent: ChannelInboundHandler, @unchecked Sendable {
     }
 }
 
-/// A download closed as soon as its first body bytes arrive (bounded: 10 s). Returns the status line.
+/// A download closed as soon as its first body bytes arrive (bounded: 60 s). Returns the status line.
 enum CancelledDownload {
+    /// The download was answered with something else than 200 (the session is gone, say).
+    struct Refused: Error, CustomStringConvertible {
+        var description: String
+    }
+
     @discardableResult
     static func run(port: Int, path: String) async throws -> String {
         let received = NIOLockedValueBox("")
@@ -258,13 +264,15 @@ enum CancelledDownload {
         func bodyStarted() -> Bool {
             received.withLockedValue { text in text.range(of: "\r\n\r\n").map { !text[$0.upperBound...].isEmpty } ?? false }
         }
-        for _ in 0..<1000 where !bodyStarted() && channel.isActive {
+        let deadline = ContinuousClock.now + .seconds(60)
+        while !bodyStarted() && channel.isActive && ContinuousClock.now < deadline {
             try await Task.sleep(for: .milliseconds(10))
         }
         try? await channel.close()
         let line = received.withLockedValue { $0 }.components(separatedBy: "\r\n").first ?? ""
-        guard line.hasPrefix("HTTP/1.1 200") else { throw TestFailure("the download did not start: \(line.isEmpty ? "no answer" : line)") }
-        return line
+        if line.hasPrefix("HTTP/1.1 200") { return line }
+        if line.isEmpty { throw TestFailure("the download got no answer within 60 s") }
+        throw Refused(description: "the download was refused: \(line)")
     }
 
     private final class FirstBytes: ChannelInboundHandler, @unchecked Sendable {
