@@ -183,15 +183,14 @@ import TunnelCore
     static func refusalsAccountedFor(_ stack: TestStack, after: Int64, expected: Int) async throws -> Int {
         stack.clock.advance(seconds: 61)
         var accounted = 0
-        for _ in 0..<500 {
+        try await TestWait.poll {
             accounted = try await stack.control.store.audit(since: nil, afterID: after, limit: 100_000).filter { $0.outcome == .denied }
                 .reduce(0) { total, record in
                     let reason = record.reason ?? ""
                     guard let range = reason.range(of: " more like this"), let count = Int(reason[..<range.lowerBound]) else { return total + 1 }
                     return total + count
                 }
-            if accounted >= expected { break }
-            try await Task.sleep(for: .milliseconds(20))
+            return accounted >= expected
         }
         return accounted
     }

@@ -298,10 +298,10 @@ import TunnelCore
         let (relay, port) = try await TestStack.relayAlone(handshakeDeadlines: deadlines.deadlines)
         // A peer that connects and says nothing: no TLS, no upgrade.
         let silent = try await ClientBootstrap(group: TestStack.group).connect(host: "127.0.0.1", port: port).get()
-        for _ in 0..<500 where deadlines.armed == 0 { try await Task.sleep(for: .milliseconds(20)) }  // bounded: 10 s
+        try await TestWait.poll { deadlines.armed > 0 }
         #expect(deadlines.armed == 1 && silent.isActive, "open until its deadline passes")
         deadlines.expireAll()
-        for _ in 0..<500 where silent.isActive { try await Task.sleep(for: .milliseconds(20)) }
+        try await TestWait.poll { !silent.isActive }
         #expect(!silent.isActive, "the relay kept a silent connection open past its deadline")
         try? await silent.close()
         try await relay.stop()

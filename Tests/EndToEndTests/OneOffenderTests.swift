@@ -264,10 +264,7 @@ enum CancelledDownload {
         func bodyStarted() -> Bool {
             received.withLockedValue { text in text.range(of: "\r\n\r\n").map { !text[$0.upperBound...].isEmpty } ?? false }
         }
-        let deadline = ContinuousClock.now + .seconds(60)
-        while !bodyStarted() && channel.isActive && ContinuousClock.now < deadline {
-            try await Task.sleep(for: .milliseconds(10))
-        }
+        try await TestWait.poll(seconds: 60) { bodyStarted() || !channel.isActive }
         try? await channel.close()
         let line = received.withLockedValue { $0 }.components(separatedBy: "\r\n").first ?? ""
         if line.hasPrefix("HTTP/1.1 200") { return line }

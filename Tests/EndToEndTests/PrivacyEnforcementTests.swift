@@ -237,9 +237,7 @@ enum RawHTTP {
             }
             .connect(host: "127.0.0.1", port: port).get()
         try await channel.writeAndFlush(ByteBuffer(string: text))
-        for _ in 0..<250 where !collected.withLockedValue({ $0.contains("\r\n") }) {
-            try await Task.sleep(for: .milliseconds(20))
-        }
+        try await TestWait.poll(seconds: 5) { collected.withLockedValue { $0.contains("\r\n") } }
         try? await channel.close()
         return collected.withLockedValue { $0 }.components(separatedBy: "\r\n").first ?? ""
     }

@@ -26,9 +26,7 @@ import TunnelCore
 
     /// Waits (bounded: 20 s) until none of `channels` is open.
     static func waitUntilClosed(_ channels: [Channel]) async throws {
-        for _ in 0..<1000 where channels.contains(where: \.isActive) {
-            try await Task.sleep(for: .milliseconds(20))
-        }
+        try await TestWait.poll(seconds: 20) { !channels.contains { $0.isActive } }
     }
 
     @Test func aLargeContentLengthThenNothingIsClosedAtTheDeadline() async throws {
@@ -74,7 +72,7 @@ import TunnelCore
     }
 
     static func waitUntilHeld(_ relay: RelayServer, _ count: Int) async throws {
-        for _ in 0..<500 where relay.connections.open != count { try await Task.sleep(for: .milliseconds(20)) }
+        try await TestWait.poll { relay.connections.open == count }
         #expect(relay.connections.open == count)
     }
 
@@ -128,9 +126,9 @@ extension PublicEndpointTests {
         // The kernel lists the connection before the relay has accepted it and set its options.
         try await Self.waitUntilHeld(relay, 1)
         var seen = try timers()
-        for _ in 0..<500 where seen.relaySide != ["02"] {
-            try await Task.sleep(for: .milliseconds(20))
+        try await TestWait.poll {
             seen = try timers()
+            return seen.relaySide == ["02"]
         }
         #expect(seen.relaySide == ["02"], "the relay's socket runs a keepalive timer: \(seen)")
         #expect(seen.clientSide == ["00"], "a socket without keepalive runs none (so the check can tell): \(seen)")

@@ -185,11 +185,7 @@ struct TestStack {
 
     /// Polls `condition` every 20 ms, at most 10 s.
     func waitUntil(_ what: String, _ condition: () async throws -> Bool) async throws {
-        for _ in 0..<500 {
-            if try await condition() { return }
-            try await Task.sleep(for: .milliseconds(20))
-        }
-        throw TestFailure("timed out waiting for \(what)")
+        guard try await TestWait.poll(condition) else { throw TestFailure("timed out waiting for \(what)") }
     }
 
     /// Waits (bounded: 10 s) until the relay has `count` tunnels for cluster demo.
@@ -223,6 +219,20 @@ struct TestStack {
         await self.runtime.stop()
         try? await self.relay.stop()
         try? await self.component.close()
+    }
+}
+
+/// The one way tests wait: for an observable event, polled, with a generous bound (never a fixed sleep).
+enum TestWait {
+    /// Polls `condition` every 20 ms until it holds (true) or `seconds` pass (false).
+    @discardableResult
+    static func poll(seconds: Int = 10, _ condition: () async throws -> Bool) async throws -> Bool {
+        let deadline = ContinuousClock.now + .seconds(seconds)
+        while true {
+            if try await condition() { return true }
+            if ContinuousClock.now >= deadline { return false }
+            try await Task.sleep(for: .milliseconds(20))
+        }
     }
 }
 
