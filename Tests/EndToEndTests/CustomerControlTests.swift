@@ -364,7 +364,12 @@ import TunnelCore
         // A stream the relay opens under a new session ID for the same request: refused.
         let rogue = try await RogueRelay.send(
             stack, method: .GET, target: "/api/status", headers: RogueRelay.identity(request: request.id, session: "another-session-id"))
-        #expect(rogue.status == 403 && rogue.error == "revoked_by_customer", "\(rogue)")
+        // Refused by the connector, unless the relay (told at once by heartbeat) already closed the tunnel.
+        if rogue.status != nil {
+            #expect(rogue.status == 403 && rogue.error == "revoked_by_customer", "\(rogue)")
+        } else {
+            try await stack.waitForTunnels(0)
+        }
         // The relay learns it with the next heartbeat: the request is revoked there too, and the engineer is told.
         try await stack.waitUntil("the relay to revoke the request") {
             try await stack.control.store.request(id: request.id)?.state == .revoked
