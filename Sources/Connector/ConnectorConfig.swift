@@ -144,6 +144,21 @@ public struct ConnectorConfig: Sendable {
             idleTimeoutMilliseconds: self.idleTimeoutMilliseconds)
     }
 
+    /// Where a connector started from `configPath` keeps its state (`state_dir`), read on its own:
+    /// the customer's commands find the control socket and the audit log through it even while
+    /// another part of the file is broken (a typo must never block the kill switch).
+    public static func stateDirectory(configPath: String) -> String {
+        if let text = try? ConfigMap.readFile(configPath), let root = try? ConfigMap(yaml: text, file: configPath),
+            let directory = try? root.filePath("state_dir")
+        {
+            return directory
+        }
+        let base = (configPath as NSString).deletingLastPathComponent
+        return base.isEmpty ? Self.defaultStateFolder : (base as NSString).appendingPathComponent(Self.defaultStateFolder)
+    }
+
+    static let defaultStateFolder = "connector-state"
+
     public static func load(path: String) throws -> ConnectorConfig {
         try self.parse(yaml: try ConfigMap.readFile(path), file: path)
     }
@@ -201,7 +216,7 @@ public struct ConnectorConfig: Sendable {
             idle = try privacy.durationMilliseconds("idle_timeout", default: idle, range: 0...30 * 86_400_000)
             try privacy.finish()
         }
-        let state = try root.filePath("state_dir") ?? root.resolve("connector-state")
+        let state = try root.filePath("state_dir") ?? root.resolve(Self.defaultStateFolder)
         var audit = AuditSettings(directory: (state as NSString).appendingPathComponent("audit"))
         if let map = try root.map("audit") {
             audit.directory = try map.filePath("directory") ?? audit.directory

@@ -25,11 +25,12 @@ public final class ConnectorRuntime: Sendable {
         let tunnels = try TunnelConnector(
             config: config, credential: credential, privacy: privacy, group: group, logger: logger, onTunnelLost: { driver.heartbeatNow() })
         driver.attach(tunnels)
+        privacy.onEnded { tunnels.tellRelay($0) }
         let api = ControlAPI(
             privacy: privacy, credential: credential, tunnels: { tunnels.connectedURLs },
             lastAnswer: { (driver.lastAnswerAt, driver.lastAnswer?.remoteUIRequested) },
-            reload: { actor in try Self.reload(privacy: privacy, path: configPath, actor: actor, logger: logger) },
-            decided: { driver.relayMustLearn() })
+            reload: { actor, mode in try Self.reload(privacy: privacy, path: configPath, actor: actor, mode: mode, logger: logger) },
+            configFile: { configPath.map(Self.check) }, decided: { driver.relayMustLearn() }, refresh: { driver.heartbeatNow() })
         let control = try await ControlServer.start(api: api, config: config, group: group)
         let sweep = group.next().scheduleRepeatedTask(initialDelay: sweepInterval, delay: sweepInterval) { _ in privacy.sweep() }
         driver.start()
@@ -57,7 +58,16 @@ public final class ConnectorRuntime: Sendable {
         try Self.reload(privacy: self.privacy, path: self.configPath, actor: actor, logger: self.logger)
     }
 
-    private static func reload(privacy: PrivacyGuard, path: String?, actor: String, logger: Logger) throws -> SettingsApplied {
+    /// The config file as it reads now (for `status`): its mode, or why it does not load.
+    static func check(_ path: String) -> ConfigFileCheck {
+        do {
+            return ConfigFileCheck(path: path, mode: try ConnectorConfig.load(path: path).privacyMode)
+        } catch {
+            return ConfigFileCheck(path: path, problem: "\(error)")
+        }
+    }
+
+    private static func reload(privacy: PrivacyGuard, path: String?, actor: String, mode: ModeChange? = nil, logger: Logger) throws -> SettingsApplied {
         guard let path else { throw ControlError(status: 409, code: "no_config_file", message: "this connector was not started from a file") }
         let config: ConnectorConfig
         do {
@@ -67,7 +77,7 @@ public final class ConnectorRuntime: Sendable {
             logger.error("config reload refused; the settings in force stay", metadata: ["error": "\(error)"])
             throw ControlError(status: 400, code: "bad_config", message: "\(error); the settings in force stay")
         }
-        let applied = privacy.apply(config: config, actor: actor)
+        let applied = privacy.apply(config: config, mode: mode, actor: actor)
         logger.notice(
             "settings reloaded",
             metadata: ["mode": "\(applied.mode.rawValue)", "changes": "\(applied.changes.joined(separator: "; "))", "reset": "\(applied.streamsReset)"])

@@ -16,10 +16,26 @@ public struct ModeOverride: Codable, Sendable, Equatable {
 public struct ConnectorState: Codable, Sendable, Equatable {
     public var approvals: [CustomerApproval] = []
     public var modeOverride: ModeOverride?
+    /// Access requests the relay ended (revoked, expired, rejected), as it told this connector.
+    public var relayEnded: [RelayEndedRequest] = []
+    /// Where the audit log is (`audit.directory`), so that `connector audit` finds it from the
+    /// state directory alone.
+    public var auditDirectory: String?
 
     public init(approvals: [CustomerApproval] = [], modeOverride: ModeOverride? = nil) {
         self.approvals = approvals
         self.modeOverride = modeOverride
+    }
+
+    private enum CodingKeys: String, CodingKey { case approvals, modeOverride, relayEnded, auditDirectory }
+
+    public init(from decoder: Decoder) throws {
+        let container = try decoder.container(keyedBy: CodingKeys.self)
+        self.approvals = try container.decodeIfPresent([CustomerApproval].self, forKey: .approvals) ?? []
+        self.modeOverride = try container.decodeIfPresent(ModeOverride.self, forKey: .modeOverride)
+        // Absent in state files written before the relay told connectors what it ended.
+        self.relayEnded = try container.decodeIfPresent([RelayEndedRequest].self, forKey: .relayEnded) ?? []
+        self.auditDirectory = try container.decodeIfPresent(String.self, forKey: .auditDirectory)
     }
 
     static func path(in directory: String) -> String { (directory as NSString).appendingPathComponent("state.json") }
@@ -44,6 +60,15 @@ public struct ConnectorState: Codable, Sendable, Equatable {
     var approvalMap: [Int64: CustomerApproval] {
         Dictionary(self.approvals.map { ($0.requestID, $0) }) { _, last in last }
     }
+}
+
+/// An access request the relay ended, and why, when this connector learned it.
+public struct RelayEndedRequest: Codable, Sendable, Equatable {
+    public var requestID: Int64
+    /// revoked, expired or rejected.
+    public var state: String
+    public var reason: String
+    public var at: Date
 }
 
 public struct ConnectorStateError: Error, CustomStringConvertible {

@@ -11,6 +11,8 @@ public enum ControlPath {
     public static let sessions = "/v1/sessions"
     public static let mode = "/v1/mode"
     public static let reload = "/v1/reload"
+    /// Asks the relay now (a heartbeat), for `requests list --watch`; answers the requests known.
+    public static let refresh = "/v1/refresh"
     public static func decide(_ id: Int64, _ verdict: ApprovalDecision.Verdict) -> String { "/v1/requests/\(id)/\(verdict.rawValue)" }
     public static func revoke(_ id: Int64) -> String { "/v1/requests/\(id)/revoke" }
     public static func kill(_ session: String) -> String { "/v1/sessions/\(session)/kill" }
@@ -31,6 +33,14 @@ public struct ConnectorStatus: Codable, Sendable, Equatable {
     public var auditDirectory: String
     /// Set while the audit log cannot be written (every request is refused meanwhile): since when and why.
     public var auditFailure: String?
+    /// A mode set with `connector mode`, in force over the file's until `connector mode config`.
+    public var modeOverride: ModeOverride?
+    /// The config file as it is now: its path, its mode, and why it does not load (the connector
+    /// then runs on the settings it read at `settingsLoadedAt`).
+    public var configFile: String?
+    public var configFileMode: PrivacyMode?
+    public var configProblem: String?
+    public var settingsLoadedAt: Date?
 }
 
 /// A session as the connector has seen it.
@@ -56,6 +66,8 @@ public struct ConnectorRequests: Codable, Sendable, Equatable {
     public var pending: [PendingApproval]
     /// The customer's decisions, newest first.
     public var decided: [CustomerApproval]
+    /// Requests the relay ended (revoked, expired, rejected), newest first.
+    public var ended: [RelayEndedRequest]
 }
 
 public struct CustomerActor: Codable, Sendable, Equatable {
@@ -87,4 +99,14 @@ public struct SettingsApplied: Codable, Sendable, Equatable {
     public var changes: [String]
     public var streamsReset: Int
     public var sessionsEnded: Int
+    /// The mode the config file sets (hidden while `modeOverride` is set).
+    public var fileMode: PrivacyMode
+    public var modeOverride: ModeOverride?
+}
+
+/// The config file as it reads now, for `status`.
+public struct ConfigFileCheck: Sendable {
+    public var path: String
+    public var mode: PrivacyMode?
+    public var problem: String?
 }

@@ -16,7 +16,11 @@ public final class ControlServer: Sendable {
     public let path: String
 
     public static func socketPath(config: ConnectorConfig) -> String {
-        (config.stateDirectory as NSString).appendingPathComponent("control.sock")
+        self.socketPath(stateDirectory: config.stateDirectory)
+    }
+
+    public static func socketPath(stateDirectory: String) -> String {
+        (stateDirectory as NSString).appendingPathComponent("control.sock")
     }
 
     private init(channel: Channel, path: String) {
@@ -55,23 +59,30 @@ public struct ControlAPI: Sendable {
     let credential: ConnectorCredential
     let tunnels: @Sendable () -> [String]
     let lastAnswer: @Sendable () -> (at: Date?, flag: Bool?)
-    let reload: @Sendable (_ actor: String) throws -> SettingsApplied
+    let reload: @Sendable (_ actor: String, _ mode: ModeChange?) throws -> SettingsApplied
+    let configFile: @Sendable () -> ConfigFileCheck?
     let decided: @Sendable () -> Void
+    let refresh: @Sendable () -> Void
 
     /// - Parameters:
-    ///   - reload: re-reads the config file and applies it (SIGHUP does the same).
+    ///   - reload: re-reads the config file and applies it (SIGHUP does the same), with a mode change.
+    ///   - configFile: reads the config file as it is now (nil: not started from a file).
     ///   - decided: called after an approval or rejection (the driver heartbeats at once).
+    ///   - refresh: asks the relay now (`requests list --watch`).
     public init(
         privacy: PrivacyGuard, credential: ConnectorCredential, tunnels: @escaping @Sendable () -> [String],
-        lastAnswer: @escaping @Sendable () -> (at: Date?, flag: Bool?), reload: @escaping @Sendable (_ actor: String) throws -> SettingsApplied,
-        decided: @escaping @Sendable () -> Void
+        lastAnswer: @escaping @Sendable () -> (at: Date?, flag: Bool?),
+        reload: @escaping @Sendable (_ actor: String, _ mode: ModeChange?) throws -> SettingsApplied,
+        configFile: @escaping @Sendable () -> ConfigFileCheck?, decided: @escaping @Sendable () -> Void, refresh: @escaping @Sendable () -> Void
     ) {
         self.privacy = privacy
         self.credential = credential
         self.tunnels = tunnels
         self.lastAnswer = lastAnswer
         self.reload = reload
+        self.configFile = configFile
         self.decided = decided
+        self.refresh = refresh
     }
 
     func handle(method: HTTPMethod, path: String, body: Data) throws -> Data {
@@ -84,13 +95,16 @@ public struct ControlAPI: Sendable {
             let last = self.lastAnswer()
             let config = self.privacy.config
             let source = self.privacy.modeOverride.map { "customer CLI (\($0.by) at \(Timestamp.text($0.at)))" } ?? "config"
+            let file = self.configFile()
             return try encoder.encode(
                 ConnectorStatus(
                     cluster: self.credential.clusterID, node: self.credential.nodeID, mode: self.privacy.mode, modeSource: source,
                     components: config.components.map(\.name).sorted(), tunnels: self.tunnels(), remoteUIRequested: last.flag,
                     lastHeartbeatAt: last.at, liveSessions: self.privacy.sessions.filter { $0.endReason == nil }.count,
                     pendingRequests: self.privacy.requests.pending.count, auditDirectory: config.audit.directory,
-                    auditFailure: self.privacy.audit.failure.map { "failing since \(Timestamp.text($0.since)): \($0.message)" }))
+                    auditFailure: self.privacy.audit.failure.map { "failing since \(Timestamp.text($0.since)): \($0.message)" },
+                    modeOverride: self.privacy.modeOverride, configFile: file?.path, configFileMode: file?.mode, configProblem: file?.problem,
+                    settingsLoadedAt: self.privacy.configLoadedAt))
         case (.GET, "v1/requests"):
             return try encoder.encode(self.privacy.requests)
         case (.POST, "v1/requests/*/approve"), (.POST, "v1/requests/*/reject"):
@@ -113,10 +127,15 @@ public struct ControlAPI: Sendable {
             return try encoder.encode(try self.privacy.killSession(id, by: actor.by))
         case (.POST, "v1/mode"):
             let change = try decode(ModeChange.self, body)
+            // Back to the file: the file as it is now, not the copy read at the last reload.
+            if change.mode == nil, self.configFile() != nil { return try encoder.encode(try self.reload("customer:\(change.by)", change)) }
             return try encoder.encode(self.privacy.apply(mode: change, actor: "customer:\(change.by)"))
         case (.POST, "v1/reload"):
             let actor = try decode(CustomerActor.self, body)
-            return try encoder.encode(try self.reload("customer:\(actor.by)"))
+            return try encoder.encode(try self.reload("customer:\(actor.by)", nil))
+        case (.POST, "v1/refresh"):
+            self.refresh()
+            return try encoder.encode(self.privacy.requests)
         default:
             throw ControlError(status: 404, code: "not_found", message: "no \(method) \(path) on the control socket")
         }

@@ -129,6 +129,13 @@ public final class HeartbeatDriver: Sendable {
             self.last.withLockedValue { $0 = (answer, Date()) }
             defer { self.answers.withLockedValue { $0 += 1 } }
             self.privacy.heartbeatAnswered(pending: answer.pendingApprovals, sent: decisions)
+            // Requests the relay ended, before any tunnel closes for them: sessions end with the relay's reason.
+            for ended in answer.endedRequests ?? [] {
+                self.privacy.relaySaid(
+                    ControlEvent(
+                        event: ControlEvent.requestEnded, accessRequest: ended.requestID, expert: ended.expert, state: ended.state,
+                        reason: ended.reason))
+            }
             if !answer.pendingApprovals.isEmpty {
                 self.logger.notice("access requests wait for the customer's approval", metadata: ["count": "\(answer.pendingApprovals.count)"])
             }

@@ -3,6 +3,7 @@ import Foundation
 import PrivacyPolicy
 import RelayAPI
 import RelayModel
+import TunnelCore
 
 /// The customer's decisions: approvals (privacy mode `approvedOnly`) and settings changes.
 extension PrivacyGuard {
@@ -38,7 +39,7 @@ extension PrivacyGuard {
     public var undeliveredDecisions: [ApprovalDecision] {
         self.inner.withLockedValue { inner in
             inner.persisted.approvals.filter { $0.deliveredAt == nil }.map {
-                ApprovalDecision(requestID: $0.requestID, verdict: ApprovalDecision.Verdict($0.verdict), by: $0.by)
+                ApprovalDecision(requestID: $0.requestID, verdict: ApprovalDecision.Verdict($0.verdict), by: $0.by, reason: $0.customerReason)
             }
         }
     }
@@ -48,7 +49,8 @@ extension PrivacyGuard {
             let decided = Set(inner.persisted.approvals.map(\.requestID))
             return ConnectorRequests(
                 pending: inner.pending.filter { !decided.contains($0.requestID) },
-                decided: inner.persisted.approvals.sorted { $0.decidedAt > $1.decidedAt })
+                decided: inner.persisted.approvals.sorted { $0.decidedAt > $1.decidedAt },
+                ended: inner.persisted.relayEnded.sorted { $0.at > $1.at })
         }
     }
 
@@ -76,9 +78,10 @@ extension PrivacyGuard {
                     status: 409, code: "request_changed",
                     message: "request \(id) is not what you saw: now \(request.expert), \(request.role.rawValue), \(formatMilliseconds(request.durationSeconds * 1000)), reason \(visibleText(request.reason)); nothing was decided, look again with `connector requests list`")
             }
-            let approval = CustomerApproval(
+            var approval = CustomerApproval(
                 requestID: id, verdict: verdict, expert: request.expert, role: request.role, reason: reason ?? request.reason, by: by,
                 decidedAt: now, expiresAt: now.addingTimeInterval(TimeInterval(request.durationSeconds)))
+            approval.customerReason = reason
             inner.persisted.approvals.append(approval)
             return approval
         }
@@ -111,9 +114,10 @@ extension PrivacyGuard {
                     message: "this connector has neither approved request \(id) nor served a session of it; `connector requests list` and `connector sessions list` show what it knows")
             }
             let base = known.map { inner.persisted.approvals[$0] }
-            let approval = CustomerApproval(
+            var approval = CustomerApproval(
                 requestID: id, verdict: .revoked, expert: base?.expert ?? session?.expert ?? "-", role: base?.role ?? session?.role ?? .viewer,
                 reason: reason ?? "revoked by the customer", by: by, decidedAt: now, expiresAt: base?.expiresAt ?? now)
+            approval.customerReason = reason
             if let known { inner.persisted.approvals[known] = approval } else { inner.persisted.approvals.append(approval) }
             var cuts = Cuts()
             let keys = Set(inner.sessions.values.filter { $0.accessRequest == id }.map(\.grantKey)).union(inner.grants.keys.filter { $0.accessRequest == id })
@@ -150,9 +154,12 @@ extension PrivacyGuard {
         let now = self.clock()
         // The change, the sessions it ends and the streams it no longer allows are one step: the
         // periodic sweep never sees the new rules before this call has counted what they cut.
-        let (before, after, state, cuts) = self.inner.withLockedValue { inner -> (PrivacyRules, PrivacyRules, ConnectorState?, Cuts) in
+        let (before, after, state, cuts, fileMode) = self.inner.withLockedValue { inner -> (PrivacyRules, PrivacyRules, ConnectorState?, Cuts, PrivacyMode) in
             let before = inner.rules
-            if let newConfig { inner.config = newConfig }
+            if let newConfig {
+                inner.config = newConfig
+                inner.configLoadedAt = now
+            }
             var changedState: ConnectorState?
             if let change {
                 inner.persisted.modeOverride = change.mode.map { ModeOverride(mode: $0, by: change.by, at: now) }
@@ -161,13 +168,12 @@ extension PrivacyGuard {
             inner.rules = inner.config.privacyRules(mode: inner.persisted.modeOverride?.mode)
             var cuts = Cuts()
             if inner.rules.mode == .disabled && before.mode != .disabled {
-                cuts = Self.endAllSessions(&inner, reason: "the customer turned remote access off", now: now)
+                let reason = "the customer turned remote access off"
+                cuts = Self.endAllSessions(&inner, reason: reason, now: now)
+                cuts.events.append(ControlEvent(event: ControlEvent.accessOff, reason: reason))
             }
-            let swept = Self.sweep(&inner, now: now)
-            cuts.entries += swept.entries
-            cuts.channels += swept.channels
-            cuts.sessionsEnded += swept.sessionsEnded
-            return (before, inner.rules, changedState, cuts)
+            cuts.add(Self.sweep(&inner, now: now))
+            return (before, inner.rules, changedState, cuts, inner.config.privacyMode)
         }
         if state != nil { self.persist() }
         let changes = describeChanges(before, after)
@@ -178,7 +184,9 @@ extension PrivacyGuard {
             let observers = self.modeObservers.withLockedValue { $0 }
             observers.forEach { $0(after.mode) }
         }
-        return SettingsApplied(mode: after.mode, changes: changes, streamsReset: cuts.channels.count, sessionsEnded: cuts.sessionsEnded)
+        return SettingsApplied(
+            mode: after.mode, changes: changes, streamsReset: cuts.channels.count, sessionsEnded: cuts.sessionsEnded, fileMode: fileMode,
+            modeOverride: self.modeOverride)
     }
 }
 

@@ -3,14 +3,15 @@ import Foundation
 import NIOCore
 import PrivacyPolicy
 import RelayModel
+import TunnelCore
 
 /// Sessions and their limits. A session is what the relay calls one (its ID); the customer's
 /// limits, kills and revocations hold per access request and expert (a grant), so a relay that
 /// picks new session IDs gets no new session length, idle time or way around a kill.
 extension PrivacyGuard {
     /// Ends a session: its running streams are reset and later requests refused with the reason.
-    static func endSession(_ id: String, reason: String, now: Date, inner: inout Inner) -> (entries: [AuditEntry], channels: [Channel]) {
-        guard let session = inner.sessions[id], session.endReason == nil else { return ([], []) }
+    static func endSession(_ id: String, reason: String, now: Date, inner: inout Inner) -> Cuts {
+        guard let session = inner.sessions[id], session.endReason == nil else { return Cuts() }
         inner.sessions[id]!.endReason = reason
         inner.sessions[id]!.endedAt = now
         var channels: [Channel] = []
@@ -25,44 +26,61 @@ extension PrivacyGuard {
         let key = RefusalKey(session: id, expert: session.expert)
         let uncounted = inner.refusals.close(key)
         let summary = uncounted > 0 ? [Self.refusalSummary(key, count: uncounted, minute: inner.refusals.currentMinute, inner: inner)] : []
-        return (summary + [entry], channels)
+        let event = ControlEvent(
+            event: ControlEvent.sessionEnded, session: id, accessRequest: session.accessRequest, expert: session.expert, reason: reason)
+        return Cuts(entries: summary + [entry], channels: channels, sessionsEnded: 1, events: [event])
     }
 
     /// Ends a grant and every session under it: later sessions of the same access request and
     /// expert are refused with the same reason.
-    static func endGrant(_ key: GrantKey, reason: String, now: Date, inner: inout Inner) -> (entries: [AuditEntry], channels: [Channel]) {
+    static func endGrant(_ key: GrantKey, reason: String, now: Date, inner: inout Inner) -> Cuts {
+        var cuts = Cuts()
         if inner.grants[key] == nil { inner.grants[key] = Grant(startedAt: now, lastActivityAt: now, expiresAt: now) }
         if inner.grants[key]?.endReason == nil {
             inner.grants[key]?.endReason = reason
             inner.grants[key]?.endedAt = now
+            // The relay ends every session of the grant, including any this node has not seen yet.
+            cuts.events.append(ControlEvent(event: ControlEvent.grantEnded, accessRequest: key.accessRequest, expert: key.expert, reason: reason))
         }
-        var entries: [AuditEntry] = []
-        var channels: [Channel] = []
         for (id, session) in inner.sessions where session.endReason == nil && session.grantKey == key {
-            let ended = Self.endSession(id, reason: reason, now: now, inner: &inner)
-            entries += ended.entries
-            channels += ended.channels
+            cuts.add(Self.endSession(id, reason: reason, now: now, inner: &inner))
         }
-        return (entries, channels)
+        return cuts
     }
 
-    /// What a sweep or a settings change ended: records to write, stream channels to close.
+    /// What a sweep or a settings change ended: records to write, stream channels to close, and
+    /// what the relay is told at once (its control streams).
     struct Cuts {
         var entries: [AuditEntry] = []
         var channels: [Channel] = []
         var sessionsEnded = 0
+        var events: [ControlEvent] = []
 
-        mutating func add(_ result: (entries: [AuditEntry], channels: [Channel])) {
-            self.entries += result.entries
-            self.channels += result.channels
-            self.sessionsEnded += result.entries.filter { $0.event == "session.end" }.count
+        mutating func add(_ other: Cuts) {
+            self.entries += other.entries
+            self.channels += other.channels
+            self.sessionsEnded += other.sessionsEnded
+            self.events += other.events
         }
     }
 
-    /// Writes the records, then closes the streams.
+    /// Writes the records, closes the streams, then tells the relay.
     func carryOut(_ cuts: Cuts) {
         cuts.entries.forEach(self.record)
         for channel in cuts.channels { channel.close(promise: nil) }
+        self.tellRelay(cuts.events)
+    }
+
+    /// Sends events to the relay on every tunnel's control stream (see `onEnded`).
+    func tellRelay(_ events: [ControlEvent]) {
+        guard !events.isEmpty else { return }
+        let observers = self.endObservers.withLockedValue { $0 }
+        observers.forEach { $0(events) }
+    }
+
+    /// Called with what the customer's side ended (sessions, grants, access), for the relay.
+    public func onEnded(_ observer: @escaping @Sendable ([ControlEvent]) -> Void) {
+        self.endObservers.withLockedValue { $0.append(observer) }
     }
 
     /// Ends grants at their limits and resets streams the settings no longer allow. Runs every
@@ -121,8 +139,8 @@ extension PrivacyGuard {
     /// (a new session ID from the relay is refused too; `requests revoke` ends it for everyone).
     public func killSession(_ id: String, by: String) throws -> ConnectorSession {
         let now = self.clock()
-        let (result, session) = self.inner.withLockedValue { inner -> ((entries: [AuditEntry], channels: [Channel]), ConnectorSession?) in
-            guard let session = inner.sessions[id], session.endReason == nil else { return (([], []), inner.sessions[id]) }
+        let (result, session) = self.inner.withLockedValue { inner -> (Cuts, ConnectorSession?) in
+            guard let session = inner.sessions[id], session.endReason == nil else { return (Cuts(), inner.sessions[id]) }
             let ended = Self.endGrant(session.grantKey, reason: "killed by the customer (\(by))", now: now, inner: &inner)
             return (ended, inner.sessions[id])
         }
@@ -130,7 +148,7 @@ extension PrivacyGuard {
         guard !result.entries.isEmpty else {
             throw ControlError(status: 409, code: "session_ended", message: "session \(id) already ended: \(session.endReason ?? "-")")
         }
-        self.carryOut(Cuts(entries: result.entries, channels: result.channels))
+        self.carryOut(result)
         return session
     }
 

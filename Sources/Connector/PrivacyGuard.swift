@@ -21,9 +21,12 @@ public final class PrivacyGuard: Sendable {
     let modeObservers = NIOLockedValueBox<[@Sendable (PrivacyMode) -> Void]>([])
     /// Held while state.json is written (never while `inner` is held).
     let saving = NIOLockedValueBox(())
+    let endObservers = NIOLockedValueBox<[@Sendable ([ControlEvent]) -> Void]>([])
 
     struct Inner {
         var config: ConnectorConfig
+        /// When `config` was read (start or the last good reload).
+        var configLoadedAt: Date
         var persisted: ConnectorState
         var rules: PrivacyRules
         var pending: [PendingApproval] = []
@@ -77,7 +80,12 @@ public final class PrivacyGuard: Sendable {
 
     public init(config: ConnectorConfig, clock: @escaping @Sendable () -> Date = { Date() }, logger: Logger = Logger(label: "connector")) throws {
         try ensurePrivateDirectory(config.stateDirectory)
-        let persisted = try ConnectorState.load(directory: config.stateDirectory)
+        var persisted = try ConnectorState.load(directory: config.stateDirectory)
+        let auditDirectory = URL(fileURLWithPath: config.audit.directory).standardizedFileURL.path
+        if persisted.auditDirectory != auditDirectory {
+            persisted.auditDirectory = auditDirectory
+            try persisted.save(directory: config.stateDirectory)
+        }
         self.audit = try AuditLog(directory: config.audit.directory, maxFileBytes: config.audit.maxFileBytes, maxRotatedFiles: config.audit.maxFiles)
         self.clock = clock
         self.logger = logger
@@ -85,7 +93,7 @@ public final class PrivacyGuard: Sendable {
         let tally = MinuteTally<RefusalKey>(recordedPerMinute: config.audit.refusalsPerMinute, maxKeys: 10_000) { _ in
             RefusalKey(session: "-", expert: "-")
         }
-        self.inner = NIOLockedValueBox(Inner(config: config, persisted: persisted, rules: rules, refusals: tally))
+        self.inner = NIOLockedValueBox(Inner(config: config, configLoadedAt: clock(), persisted: persisted, rules: rules, refusals: tally))
     }
 
     /// The mode in force (the CLI's override, else the config file's).
@@ -93,6 +101,8 @@ public final class PrivacyGuard: Sendable {
     public var rules: PrivacyRules { self.inner.withLockedValue { $0.rules } }
     public var config: ConnectorConfig { self.inner.withLockedValue { $0.config } }
     public var modeOverride: ModeOverride? { self.inner.withLockedValue { $0.persisted.modeOverride } }
+    /// When the settings in force were read from the config file.
+    public var configLoadedAt: Date { self.inner.withLockedValue { $0.configLoadedAt } }
 
     /// Called with the new mode after every settings change (heartbeat driver, tunnels).
     public func onModeChange(_ observer: @escaping @Sendable (PrivacyMode) -> Void) {
@@ -113,6 +123,7 @@ public final class PrivacyGuard: Sendable {
         }
         let facts = StreamFacts(method: head.method.rawValue, target: head.uri, headers: head.headers.map { .init($0.name, $0.value) })
         var entries: [AuditEntry] = []
+        var events: [ControlEvent] = []
         let outcome = self.inner.withLockedValue { inner -> Result<(StreamPermit, Component), ProxyRefusal> in
             if let id = facts.session, let session = inner.sessions[id], let reason = session.endReason {
                 inner.sessions[id]?.refused += 1
@@ -142,7 +153,9 @@ public final class PrivacyGuard: Sendable {
                 let grant = inner.grants[grantKey] ?? Grant(startedAt: now, lastActivityAt: now, expiresAt: facts.accessExpiresAt ?? now)
                 inner.grants[grantKey] = grant
                 if let reason = SessionLimits.endReason(startedAt: grant.startedAt, lastActivity: grant.lastActivityAt, rules: inner.rules, now: now) {
-                    entries += Self.endGrant(grantKey, reason: reason, now: now, inner: &inner).entries
+                    let ended = Self.endGrant(grantKey, reason: reason, now: now, inner: &inner)
+                    entries += ended.entries
+                    events += ended.events
                     return .failure(Self.sessionEndedRefusal(reason))
                 }
                 guard let component = inner.config.components.first(where: { $0.name == permit.component }) else {
@@ -156,6 +169,7 @@ public final class PrivacyGuard: Sendable {
             }
         }
         entries.forEach(self.record)
+        self.tellRelay(events)
         switch outcome {
         case .success(let (permit, component)):
             ticket.permit = permit

@@ -18,6 +18,8 @@ public final class TunnelConnector: Sendable {
     private let opener = ComponentOpener()
     private let privacy: PrivacyGuard
     private let state = NIOLockedValueBox(State())
+    /// Each tunnel's control stream (opened by the relay), by tunnel channel.
+    private let controls = NIOLockedValueBox<[ObjectIdentifier: ControlStreamHandler]>([:])
     /// Called when a tunnel goes down or a dial is refused: the access may have ended, so the
     /// heartbeat driver asks the relay at once.
     private let onTunnelLost: @Sendable () -> Void
@@ -72,6 +74,11 @@ public final class TunnelConnector: Sendable {
         for channel in channels { try? await channel.closeFuture.get() }
     }
 
+    /// Tells the relay, on every tunnel's control stream, what the customer's side ended.
+    public func tellRelay(_ events: [ControlEvent]) {
+        for control in self.controls.withLockedValue({ Array($0.values) }) { control.send(events) }
+    }
+
     private func isWanted(_ url: WebSocketURL) -> Bool {
         self.state.withLockedValue { $0.wanted.contains(url.description) }
     }
@@ -101,14 +108,23 @@ public final class TunnelConnector: Sendable {
         let opener = self.opener
         let privacy = self.privacy
         let logger = self.logger
+        let controls = self.controls
         WebSocketDialer.dial(url: url, headers: headers, tls: self.tls, limits: limits, group: self.group) { channel in
-            try TunnelPipeline.configure(
+            let tunnelID = ObjectIdentifier(channel)
+            channel.closeFuture.whenComplete { _ in _ = controls.withLockedValue { $0.removeValue(forKey: tunnelID) } }
+            // The relay's control stream: what it ends (sessions, requests), this connector records at once.
+            let openControl: @Sendable (ControlStreamHandler) -> Bool = { handler in
+                controls.withLockedValue { $0.updateValue(handler, forKey: tunnelID) }?.close()
+                return true
+            }
+            return try TunnelPipeline.configure(
                 channel: channel, websocketRole: .client, http2Mode: .server, link: .tunnel, limits: limits, logger: logger
             ) { stream in
                 stream.eventLoop.makeCompletedFuture {
                     // Every request is decided and audited by the customer's PrivacyGuard.
                     let ticket = privacy.ticket(for: stream)
                     try stream.pipeline.syncOperations.addHandlers([
+                        ControlStreamHandler(role: .answerer(onOpen: openControl), loop: stream.eventLoop) { privacy.relaySaid($0) },
                         HTTP2FramePayloadToHTTP1ServerCodec(),
                         ProxyServerHandler(
                             opener: { privacy.open($0, $1, ticket: ticket, opener: opener) },

@@ -55,6 +55,8 @@ public struct CustomerApproval: Codable, Sendable, Equatable {
     public var expiresAt: Date
     /// Whether a heartbeat answer has shown the relay took the decision.
     public var deliveredAt: Date?
+    /// The customer's own reason for the decision, if they gave one (sent to the relay).
+    public var customerReason: String?
 
     public init(
         requestID: Int64, verdict: Verdict, expert: String, role: AccessRole, reason: String, by: String, decidedAt: Date, expiresAt: Date,
@@ -133,6 +135,8 @@ public enum StreamPolicy {
         }
 
         let role: AccessRole
+        // Why the role is lower than the relay's, when it is: the refusal names the customer's setting.
+        var loweredBy: String?
         switch rules.mode {
         case .disabled:
             return .failure(StreamDenial(403, "remote_access_disabled", "the customer has turned remote access off"))
@@ -140,6 +144,7 @@ public enum StreamPolicy {
             role = stamped
         case .readOnly:
             role = min(stamped, .viewer)
+            if stamped > .viewer { loweredBy = "the customer's privacy mode readOnly lets every session read only" }
         case .approvedOnly:
             guard let approval = approvals[request], approval.expert == expert else {
                 return .failure(
@@ -156,6 +161,7 @@ public enum StreamPolicy {
                     StreamDenial(403, "approval_expired", "the customer's approval of access request \(request) expired at \(Timestamp.text(approval.expiresAt))"))
             }
             role = min(stamped, approval.role)
+            if approval.role < stamped { loweredBy = "the customer approved access request \(request) as \(approval.role.rawValue)" }
         }
 
         let method = facts.method
@@ -169,7 +175,9 @@ public enum StreamPolicy {
         let allowed = rules.methods[role] ?? []
         guard allowed.contains(method) else {
             return .failure(
-                StreamDenial(403, "role_forbids_method", "role \(role.rawValue) allows \(allowed.sorted().joined(separator: ", ")) only, not \(method)"))
+                StreamDenial(
+                    403, "role_forbids_method",
+                    (loweredBy.map { "\($0): " } ?? "") + "role \(role.rawValue) allows \(allowed.sorted().joined(separator: ", ")) only, not \(method)"))
         }
 
         let target: NormalizedTarget

@@ -6,7 +6,7 @@ public enum SessionDenial: Error, Equatable, Sendable, CustomStringConvertible {
     case notAnExpert(tokenRole: TokenRole)
     case noRequest(cluster: String)
     case pending(requestID: Int64)
-    case rejected(requestID: Int64, by: String, at: Date)
+    case rejected(requestID: Int64, by: String, at: Date, reason: String?)
     case revoked(requestID: Int64, by: String, at: Date, reason: String?)
     case expired(requestID: Int64, at: Date)
     case roleNotGranted(requestID: Int64, asked: AccessRole, granted: AccessRole)
@@ -32,8 +32,8 @@ public enum SessionDenial: Error, Equatable, Sendable, CustomStringConvertible {
             return "no access request for cluster \"\(cluster)\" names you; ask for one: relayctl requests create --cluster \(cluster) --reason ... --role viewer --duration 1h"
         case .pending(let id):
             return "request \(id) is pending customer approval; it starts once the customer approves it"
-        case .rejected(let id, let by, let at):
-            return "request \(id) was rejected by \(by) at \(Timestamp.text(at)); create a new request if you still need access"
+        case .rejected(let id, let by, let at, let reason):
+            return "request \(id) was rejected by \(by) at \(Timestamp.text(at))\(reason.map { ": \($0)" } ?? ""); create a new request if you still need access"
         case .revoked(let id, let by, let at, let reason):
             return "request \(id) was revoked by \(by) at \(Timestamp.text(at))\(reason.map { " (\($0))" } ?? ""); create a new request if you still need access"
         case .expired(let id, let at):
@@ -74,7 +74,7 @@ public enum AccessPolicy {
         guard let latest = mine.max(by: { $0.id < $1.id }) else { return .failure(.noRequest(cluster: cluster)) }
         switch latest.state {
         case .pending: return .failure(.pending(requestID: latest.id))
-        case .rejected: return .failure(.rejected(requestID: latest.id, by: latest.changedBy, at: latest.changedAt))
+        case .rejected: return .failure(.rejected(requestID: latest.id, by: latest.changedBy, at: latest.changedAt, reason: latest.endReason))
         case .revoked:
             return .failure(.revoked(requestID: latest.id, by: latest.changedBy, at: latest.changedAt, reason: latest.endReason))
         case .approved, .expired:
@@ -100,7 +100,7 @@ public enum AccessPolicy {
             return "access request \(request.id) was revoked by \(request.changedBy) at \(Timestamp.text(request.changedAt))"
                 + (request.endReason.map { " (\($0))" } ?? "")
         case .rejected:
-            return "access request \(request.id) was rejected by \(request.changedBy)"
+            return "access request \(request.id) was rejected by \(request.changedBy)" + (request.endReason.map { ": \($0)" } ?? "")
         case .pending:
             return "access request \(request.id) is not approved"
         }

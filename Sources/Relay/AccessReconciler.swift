@@ -1,5 +1,6 @@
 import Foundation
 import Logging
+import NIOConcurrencyHelpers
 import RelayModel
 import TunnelCore
 
@@ -11,6 +12,14 @@ struct AccessReconciler: Sendable {
     let control: MissionControl
     let registry: TunnelRegistry
     let sessions: LiveSessions
+    /// Per cluster with tunnels here: the access requests that were in force at the last tick.
+    private let inForce = NIOLockedValueBox<[String: Set<Int64>]>([:])
+
+    init(control: MissionControl, registry: TunnelRegistry, sessions: LiveSessions) {
+        self.control = control
+        self.registry = registry
+        self.sessions = sessions
+    }
 
     func run(every interval: Duration) async {
         while !Task.isCancelled {
@@ -28,7 +37,12 @@ struct AccessReconciler: Sendable {
         // One instant for the whole tick: what expires and what is closed for it agree.
         let now = self.control.now
         _ = try await self.control.expireDue(now: now)
-        for cluster in self.registry.clusterIDs where try await !self.control.flag(cluster: cluster) {
+        let clusters = self.registry.clusterIDs
+        for cluster in clusters {
+            let approved = try await self.control.store.requests(clusterID: cluster, states: [.approved])
+            // The connectors learn at once which requests ended (and why), before any tunnel closes.
+            self.registry.tell(cluster: cluster, try await self.requestsEnded(cluster: cluster, approved: approved, now: now))
+            guard !AccessPolicy.flag(requests: approved, now: now) else { continue }
             let reason = try await self.control.accessEndReason(cluster: cluster)
             for tunnel in self.registry.tunnels(cluster: cluster) {
                 self.control.logger.info("closing tunnel", metadata: ["cluster": "\(cluster)", "node": "\(tunnel.node)", "reason": "\(reason)"])
@@ -36,6 +50,7 @@ struct AccessReconciler: Sendable {
                 tunnel.channel.triggerUserOutboundEvent(WebSocketCloseRequest(code: WireCloseCode.accessEnded, reason: reason), promise: nil)
             }
         }
+        self.inForce.withLockedValue { seen in seen = seen.filter { clusters.contains($0.key) } }
         let live = self.sessions.all
         guard !live.isEmpty else { return }
         let tokens = Dictionary(try await self.control.store.tokens().map { ($0.name, $0) }, uniquingKeysWith: { first, _ in first })
@@ -53,6 +68,26 @@ struct AccessReconciler: Sendable {
                 try await self.control.store.updateSession(record)
             }
         }
+    }
+}
+
+extension AccessReconciler {
+    /// Requests in force at the last tick that are not now: revoked, expired or rejected.
+    private func requestsEnded(cluster: String, approved: [AccessRequestRecord], now: Date) async throws -> [ControlEvent] {
+        let current = Set(approved.filter { $0.isActive(at: now) }.map(\.id))
+        let gone = self.inForce.withLockedValue { seen -> Set<Int64> in
+            defer { seen[cluster] = current }
+            return (seen[cluster] ?? []).subtracting(current)
+        }
+        var events: [ControlEvent] = []
+        for id in gone.sorted() {
+            guard let request = try await self.control.store.request(id: id), request.state.isFinal else { continue }
+            events.append(
+                ControlEvent(
+                    event: ControlEvent.requestEnded, accessRequest: id, expert: request.expert, state: request.state.rawValue,
+                    reason: AccessPolicy.endReason(of: request, now: now) ?? "request \(id) \(request.state.rawValue)"))
+        }
+        return events
     }
 }
 

@@ -1,13 +1,16 @@
 import Foundation
 import RelayModel
 
-/// Refusals of callers who did not authenticate, folded per source, action and reason per minute
-/// (`MinuteTally`, one recorded at once, the rest summed up) so that a flood of bad credentials
-/// cannot flood the audit trail. Beyond `maxKeys` sources a minute, further ones count as "other".
+/// Refusals folded per caller, source, action and reason per minute (`MinuteTally`, one recorded
+/// at once, the rest summed up) so that a flood of bad credentials, or an expert's script calling
+/// an ops endpoint, cannot flood the audit trail. Beyond `maxKeys` sources a minute, further ones
+/// count as "other".
 struct DenialKey: Hashable, Sendable {
     var source: String
     var action: String
     var reason: String
+    /// `anonymous`, or the authenticated caller (`expert:bob`).
+    var actor = "anonymous"
 }
 
 typealias DenialAggregator = MinuteTally<DenialKey>

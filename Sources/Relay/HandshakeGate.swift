@@ -80,6 +80,14 @@ struct HandshakeGate: Sendable {
             role = parsed
         }
         let grant = try await self.control.authorizeSession(caller: token, cluster: cluster, role: role)
+        // A component no node of the cluster offers: refused now, not on every request later.
+        let offered = Set(try await self.control.store.nodes(clusterID: cluster).compactMap(\.privacySettings).flatMap(\.components))
+        if !offered.isEmpty, !offered.contains(component) {
+            await self.control.deny(caller: token, "session.open", source: source, reason: "unknown component \(component) of cluster \(cluster)")
+            throw ProxyRefusal(
+                .notFound, code: "unknown_component",
+                message: "cluster \"\(cluster)\" offers no component \"\(component)\"; it offers \(offered.sorted().joined(separator: ", ")) (relayctl clusters show \(cluster))")
+        }
         // Authorized, but the connector has not dialed this relay node yet: relayctl waits and retries.
         guard self.registry.pick(cluster: cluster, node: node) != nil else {
             let target = node.map { "node \"\($0)\" of cluster \"\(cluster)\"" } ?? "cluster \"\(cluster)\""

@@ -43,7 +43,7 @@ extension MissionControl {
         // The customer's last reported mode decides: `all` and `readOnly` approve at once; otherwise the
         // request waits for the customer (sent in the next heartbeat answer).
         if let mode = cluster.privacyMode, mode.approvesAutomatically {
-            request = try await self.approve(request, by: "auto:privacy mode \(mode.rawValue)", now: now)
+            request = try await self.approve(request, by: "\(Self.automaticApproval)privacy mode \(mode.rawValue)", now: now)
         }
         return request
     }

@@ -20,6 +20,9 @@ public final class MissionControl: Sendable {
         public var nodeName: String
         /// Audit records older than this are pruned (`relayctl audit export` keeps them before).
         public var auditRetentionSeconds: Int64 = 400 * 86_400
+        /// While a request of the cluster waits for the customer, heartbeats come at least this
+        /// often (docs/API.md), so the customer's decision reaches the engineer within seconds.
+        public var approvalHeartbeatSeconds = 5
 
         public init(nodeName: String) {
             self.nodeName = nodeName
@@ -188,7 +191,7 @@ public final class MissionControl: Sendable {
         var requests = try await self.store.requests(clusterID: cluster, states: [.pending, .approved])
         if mode.approvesAutomatically {
             for (index, request) in requests.enumerated() where request.state == .pending {
-                requests[index] = try await self.approve(request, by: "auto:privacy mode \(mode.rawValue)", now: now)
+                requests[index] = try await self.approve(request, by: "\(Self.automaticApproval)privacy mode \(mode.rawValue)", now: now)
             }
         }
         let flag = mode != .disabled && AccessPolicy.flag(requests: requests, now: now)
@@ -209,20 +212,36 @@ public final class MissionControl: Sendable {
                 reason: flag ? "remote-UI flag set" : "remote-UI flag cleared")
         }
         let active = requests.filter { $0.isActive(at: now) }
+        // What waits for the customer: pending requests, and in approvedOnly also those the relay
+        // approved on its own under an earlier mode (the customer decides them now).
+        let waiting = mode.approvesAutomatically || mode == .disabled
+            ? [] : requests.filter { $0.state == .pending || ($0.isActive(at: now) && $0.changedBy.hasPrefix(Self.automaticApproval)) }
+        var interval = self.settings.heartbeatIntervalSeconds
+        if !waiting.isEmpty { interval = min(interval ?? Int.max, self.settings.approvalHeartbeatSeconds) }
+        let ended = try await self.store.requests(clusterID: cluster, states: [.revoked, .expired, .rejected])
+            .filter { now.timeIntervalSince($0.changedAt) < 86_400 }.sorted { $0.changedAt > $1.changedAt }.prefix(50)
         return HeartbeatResponse(
-            remoteUIRequested: flag, websocketURLs: self.tunnelURLs,
-            nextHeartbeatSeconds: self.settings.heartbeatIntervalSeconds,
-            pendingApprovals: mode.approvesAutomatically ? [] : requests.filter { $0.state == .pending }.map(PendingApproval.init),
-            activeRole: active.map(\.role).max())
+            remoteUIRequested: flag, websocketURLs: self.tunnelURLs, nextHeartbeatSeconds: interval,
+            pendingApprovals: waiting.map(PendingApproval.init), activeRole: active.map(\.role).max(),
+            endedRequests: ended.map {
+                EndedAccessRequest(
+                    requestID: $0.id, expert: $0.expert, state: $0.state.rawValue,
+                    reason: AccessPolicy.endReason(of: $0, now: now) ?? $0.state.rawValue)
+            })
     }
+
+    /// Approvals the relay gave on its own (modes `all`, `readOnly`) are recorded as by this prefix.
+    static let automaticApproval = "auto:"
 
     private func apply(_ decision: ApprovalDecision, cluster: String, now: Date) async throws {
         let customer = "customer:\(String(decision.by.prefix(64)))@\(cluster)"
-        // A revocation ends an approved (or still pending) request; approve and reject decide a pending one.
-        let allowed: Set<RequestState> = decision.verdict == .revoke ? [.pending, .approved] : [.pending]
-        guard let request = try await self.store.request(id: decision.requestID), request.clusterID == cluster,
-            allowed.contains(request.state)
-        else {
+        let reason = decision.reason.map { String($0.prefix(500)) }
+        // A revocation ends an approved (or still pending) request; approve and reject decide a
+        // pending one, or one the relay approved on its own (the customer's mode now asks them).
+        let request = try await self.store.request(id: decision.requestID)
+        let automatic = request.map { $0.state == .approved && $0.changedBy.hasPrefix(Self.automaticApproval) } ?? false
+        let allowed: Set<RequestState> = decision.verdict == .revoke || automatic ? [.pending, .approved] : [.pending]
+        guard let request, request.clusterID == cluster, allowed.contains(request.state) else {
             await self.audit(
                 actor: customer, "request.\(decision.verdict.rawValue)", cluster: cluster, subject: String(decision.requestID),
                 denied: decision.verdict == .revoke ? "not an open request of this cluster" : "not a pending request of this cluster")
@@ -230,23 +249,32 @@ public final class MissionControl: Sendable {
         }
         switch decision.verdict {
         case .revoke:
-            try await self.end(request, as: .revoked, by: customer, reason: "revoked by the customer", now: now)
+            try await self.end(request, as: .revoked, by: customer, reason: reason, now: now)
+        case .approve where request.state == .approved:
+            // Confirmed: the customer's approval now, its window unchanged.
+            var confirmed = request
+            confirmed.changedAt = now
+            confirmed.changedBy = customer
+            if try await self.store.updateRequest(confirmed, expecting: .approved) {
+                await self.audit(actor: customer, "request.approve", cluster: cluster, subject: String(request.id), reason: "confirmed an automatic approval")
+            }
         case .approve:
             _ = try await self.approve(request, by: customer, now: now)
         case .reject:
-            try await self.end(request, as: .rejected, by: customer, reason: "rejected by the customer", now: now)
+            try await self.end(request, as: .rejected, by: customer, reason: reason, now: now)
         }
     }
 
     /// Ends a request on the customer's word (compare and set on the state it was read in), audited.
-    private func end(_ request: AccessRequestRecord, as state: RequestState, by: String, reason: String, now: Date) async throws {
+    private func end(_ request: AccessRequestRecord, as state: RequestState, by: String, reason: String?, now: Date) async throws {
         var ended = request
         ended.state = state
         ended.changedAt = now
         ended.changedBy = by
         ended.endReason = reason
         if try await self.store.updateRequest(ended, expecting: request.state) {
-            await self.audit(actor: by, state == .revoked ? "request.revoke" : "request.reject", cluster: request.clusterID, subject: String(request.id))
+            await self.audit(
+                actor: by, state == .revoked ? "request.revoke" : "request.reject", cluster: request.clusterID, subject: String(request.id), reason: reason)
         }
     }
 
@@ -288,13 +316,23 @@ public final class MissionControl: Sendable {
     /// A refusal of a caller who did not authenticate: recorded at once the first time in a minute
     /// per source, action and reason, then counted (`DenialAggregator`).
     func denyAnonymous(_ action: String, source: String?, cluster: String? = nil, subject: String? = nil, reason: String) async {
+        await self.deny(actor: "anonymous", action, source: source, cluster: cluster, subject: subject, reason: reason)
+    }
+
+    /// A refusal of an authenticated caller (an expert calling an ops endpoint, a bad request):
+    /// audited like anonymous ones, folded per caller, action and reason per minute.
+    public func deny(caller: TokenRecord, _ action: String, source: String?, reason: String) async {
+        await self.deny(actor: Self.actor(caller), action, source: source, reason: reason)
+    }
+
+    private func deny(actor: String, _ action: String, source: String?, cluster: String? = nil, subject: String? = nil, reason: String) async {
         let source = source ?? "unknown"
         let (first, summaries) = self.denials.withLockedValue {
-            $0.count(DenialKey(source: source, action: action, reason: reason), at: self.now)
+            $0.count(DenialKey(source: source, action: action, reason: reason, actor: actor), at: self.now)
         }
         await self.writeDenialSummaries(summaries)
         if let first {
-            await self.audit(actor: "anonymous", first.action, cluster: cluster, subject: subject, denied: "\(first.reason) (from \(first.source))")
+            await self.audit(actor: actor, first.action, cluster: cluster, subject: subject, denied: "\(first.reason) (from \(first.source))")
         }
     }
 
@@ -319,7 +357,7 @@ public final class MissionControl: Sendable {
         let ordered = summaries.sorted { ($0.key.source, $0.key.action, $0.key.reason) < ($1.key.source, $1.key.action, $1.key.reason) }
         let records = ordered.map { summary in
             AuditRecord(
-                time: summary.minute.addingTimeInterval(60), actor: "anonymous", action: AuditText.clean(summary.key.action) ?? "",
+                time: summary.minute.addingTimeInterval(60), actor: AuditText.clean(summary.key.actor) ?? "", action: AuditText.clean(summary.key.action) ?? "",
                 subject: AuditText.clean(summary.key.source), outcome: .denied,
                 reason: AuditText.clean(
                     "\(summary.count) more like this from \(summary.key.source) in the minute from \(Timestamp.text(summary.minute)): \(summary.key.reason)"))

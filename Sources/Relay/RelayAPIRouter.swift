@@ -120,8 +120,23 @@ public struct RelayAPIRouter: Sendable {
             return try Self.encode(try await control.heartbeat(body, credential: credential))
         }
         guard route.isKnown else { throw Self.notFound }
-        let caller = try await control.authenticateUser(
-            bearer: request.bearer, action: "api \(request.method) \(request.path)", source: request.source)
+        let action = "api \(request.method) \(request.path)"
+        let caller = try await control.authenticateUser(bearer: request.bearer, action: action, source: request.source)
+        // Every refusal of an authenticated caller is in the audit trail too (docs/API.md).
+        do {
+            return try await self.route(route, request, caller: caller)
+        } catch let refusal as ProxyRefusal {
+            await control.deny(caller: caller, action, source: request.source, reason: "\(refusal.code): \(refusal.message)")
+            throw refusal
+        } catch let error as DecodingError {
+            let refusal = ProxyRefusal(.badRequest, code: "bad_request", message: "the request body is not valid: \(Self.describe(error))")
+            await control.deny(caller: caller, action, source: request.source, reason: "\(refusal.code): \(refusal.message)")
+            throw refusal
+        }
+    }
+
+    private func route(_ route: Route, _ request: APIRequest, caller: TokenRecord) async throws -> Data {
+        let control = self.control
         if route.match(.GET, "whoami") != nil {
             return try Self.encode(WhoAmI(name: caller.name, role: caller.role))
         } else if route.match(.GET, "clusters") != nil {
@@ -195,7 +210,9 @@ public struct RelayAPIRouter: Sendable {
                 record: node, health: try? APIJSON.decoder().decode(NodeHealth.self, from: Data(node.healthJSON.utf8)),
                 tunnelsHere: tunnels.filter { $0.node == node.nodeID }.count)
         }
-        return ClusterDetail(cluster: cluster, remoteUIRequested: !active.isEmpty, nodes: nodes, activeRequests: active)
+        // The flag a connector sees: off while the customer turned remote access off on every node.
+        let disabled = !nodes.isEmpty && nodes.allSatisfy { $0.record.privacyMode == .disabled }
+        return ClusterDetail(cluster: cluster, remoteUIRequested: !active.isEmpty && !disabled, nodes: nodes, activeRequests: active)
     }
 
     static let notFound = ProxyRefusal(.notFound, code: "not_found", message: "no such API endpoint; see docs/API.md")

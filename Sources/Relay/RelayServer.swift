@@ -142,6 +142,14 @@ public final class RelayServer: Sendable {
                     if case .refuse = decision { return nil }  // not upgraded: RelayHTTPHandler answers why
                     var headers = HTTPHeaders()
                     headers.add(name: "sec-websocket-protocol", value: WireProtocolVersion.current)
+                    if case .session(let plan) = decision {
+                        // What the session runs under, for relayctl's banner.
+                        headers.add(name: WireHeader.role, value: plan.grant.role.rawValue)
+                        headers.add(name: WireHeader.accessRequest, value: String(plan.grant.request.id))
+                        if let expires = plan.grant.request.expiresAt {
+                            headers.add(name: WireHeader.accessExpires, value: String(Int64(expires.timeIntervalSince1970)))
+                        }
+                    }
                     return headers
                 }
             },
@@ -172,9 +180,16 @@ public final class RelayServer: Sendable {
         let multiplexer = try TunnelPipeline.configure(
             channel: channel, websocketRole: .server, http2Mode: .client, link: .tunnel, limits: self.config.limits,
             logger: self.logger, inboundStreamInitializer: TunnelPipeline.refuseInboundStreams)
+        // The control stream: the connector says at once which sessions the customer ended.
+        let controlStream = ControlStreamHandler(role: .opener, loop: channel.eventLoop) { [sessions = self.sessions, registry = self.registry] event in
+            ConnectorEvents.apply(event, cluster: cluster, node: node, sessions: sessions, registry: registry)
+        }
+        multiplexer.createStreamChannel(promise: nil) { stream in
+            stream.eventLoop.makeCompletedFuture { try stream.pipeline.syncOperations.addHandler(controlStream) }
+        }
         let tunnel = TunnelHandle(
             id: ObjectIdentifier(channel), cluster: cluster, node: node, channel: channel, multiplexer: multiplexer,
-            connectedAt: .now())
+            connectedAt: .now(), control: controlStream)
         self.registry.register(tunnel)
         let logger = self.logger
         let control = self.control
@@ -232,6 +247,12 @@ public final class RelayServer: Sendable {
         channel.closeFuture.whenComplete { _ in
             self.sessions.remove(record.id)
             let final = live.finish(at: control.now)
+            // The customer's connectors learn at once, with the reason, whoever ended it.
+            self.registry.tell(
+                cluster: final.clusterID,
+                [ControlEvent(
+                    event: ControlEvent.sessionEnded, session: final.id, accessRequest: final.requestID, expert: final.expert,
+                    reason: final.endReason ?? "closed")])
             let started = live.started.withLockedValue { $0 }
             Task {
                 await started?.value

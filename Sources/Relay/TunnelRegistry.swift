@@ -1,6 +1,7 @@
 import NIOConcurrencyHelpers
 import NIOCore
 import NIOHTTP2
+import TunnelCore
 
 /// A connector's live tunnel on this relay node.
 public struct TunnelHandle: Sendable {
@@ -10,6 +11,8 @@ public struct TunnelHandle: Sendable {
     public var channel: Channel
     public var multiplexer: NIOHTTP2Handler.StreamMultiplexer
     public var connectedAt: NIODeadline
+    /// The tunnel's control stream: what the relay ends, the connector learns at once.
+    public var control: ControlStreamHandler
 }
 
 /// Which tunnels are up, by cluster. Expert streams are switched into one of them.
@@ -46,6 +49,12 @@ public final class TunnelRegistry: Sendable {
 
     public func tunnels(cluster: String) -> [TunnelHandle] {
         self.state.withLockedValue { $0.tunnels[cluster] ?? [] }
+    }
+
+    /// Tells every connector of the cluster attached here (their control streams).
+    public func tell(cluster: String, _ events: [ControlEvent]) {
+        guard !events.isEmpty else { return }
+        for tunnel in self.tunnels(cluster: cluster) { tunnel.control.send(events) }
     }
 
     /// Clusters with at least one tunnel here.

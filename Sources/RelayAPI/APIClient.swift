@@ -43,7 +43,7 @@ public struct APIClient: Sendable {
     private let peer: String
 
     /// - Parameter base: `https://host:port` (a `wss://` URL of the same relay works too).
-    public init(base: WebSocketURL, caFile: String, caSetting: String = "relay.ca_file", bearer: String?, group: EventLoopGroup, timeout: TimeAmount = .seconds(15)) throws {
+    public init(base: WebSocketURL, caFile: String?, caSetting: String = "relay.ca_file", bearer: String?, group: EventLoopGroup, timeout: TimeAmount = .seconds(15)) throws {
         self.base = base
         self.tls = try TLSFiles.clientContext(caFile: caFile, setting: caSetting)
         self.socketPath = nil
@@ -113,7 +113,7 @@ public struct APIClient: Sendable {
                 channel = try await bootstrap.connect(host: url.host, port: url.port).get()
             }
         } catch {
-            let failure = APIError(kind: .unreachable, message: "cannot reach \(peer): \(error)")
+            let failure = APIError(kind: .unreachable, message: "cannot reach \(peer): \(describeConnectionError(error))")
             collector.fail(failure)  // its promise must complete even though no channel ever used it
             throw failure
         }
@@ -143,7 +143,7 @@ public struct APIClient: Sendable {
         } catch let error as APIError {
             throw error
         } catch {
-            throw APIError(kind: .unreachable, message: "the connection to \(peer) failed: \(error)")
+            throw APIError(kind: .unreachable, message: "the connection to \(peer) failed: \(describeConnectionError(error))")
         }
     }
 

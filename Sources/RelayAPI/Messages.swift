@@ -92,10 +92,13 @@ public struct ApprovalDecision: Codable, Sendable, Equatable {
     public var verdict: Verdict
     /// The customer's user who decided (recorded in the relay's audit trail).
     public var by: String
-    public init(requestID: Int64, verdict: Verdict, by: String) {
+    /// The customer's own words, if any (a rejection's reason is shown to the engineer).
+    public var reason: String?
+    public init(requestID: Int64, verdict: Verdict, by: String, reason: String? = nil) {
         self.requestID = requestID
         self.verdict = verdict
         self.by = by
+        self.reason = reason
     }
 }
 
@@ -152,16 +155,34 @@ public struct HeartbeatResponse: Codable, Sendable, Equatable {
     public var pendingApprovals: [PendingApproval]
     /// The role of the approved request in force (the strongest, when there are several); nil without one.
     public var activeRole: AccessRole?
+    /// The cluster's requests that ended in the last day (revoked, expired, rejected) and why:
+    /// what a connector without a tunnel up (or whose tunnel closed first) did not hear at once.
+    public var endedRequests: [EndedAccessRequest]?
 
     public init(
         remoteUIRequested: Bool, websocketURLs: [String], nextHeartbeatSeconds: Int?, pendingApprovals: [PendingApproval],
-        activeRole: AccessRole?
+        activeRole: AccessRole?, endedRequests: [EndedAccessRequest]? = nil
     ) {
         self.remoteUIRequested = remoteUIRequested
         self.websocketURLs = websocketURLs
         self.nextHeartbeatSeconds = nextHeartbeatSeconds
         self.pendingApprovals = pendingApprovals
         self.activeRole = activeRole
+        self.endedRequests = endedRequests
+    }
+}
+
+public struct EndedAccessRequest: Codable, Sendable, Equatable {
+    public var requestID: Int64
+    public var expert: String
+    /// revoked, expired or rejected.
+    public var state: String
+    public var reason: String
+    public init(requestID: Int64, expert: String, state: String, reason: String) {
+        self.requestID = requestID
+        self.expert = expert
+        self.state = state
+        self.reason = reason
     }
 }
 
@@ -194,21 +215,27 @@ public struct ClusterDetail: Codable, Sendable {
         public var health: NodeHealth?
         /// Tunnels this node keeps to the relay node that answered.
         public var tunnelsHere: Int
+        /// The component names this node's connector offers (names only, from its last heartbeat).
+        public var components: [String]
         public init(record: NodeRecord, health: NodeHealth?, tunnelsHere: Int) {
             self.record = record
             self.health = health
             self.tunnelsHere = tunnelsHere
+            self.components = record.privacySettings?.components ?? []
         }
     }
     public var cluster: ClusterRecord
     public var remoteUIRequested: Bool
     public var nodes: [Node]
     public var activeRequests: [AccessRequestRecord]
+    /// Components any node offers: what `relayctl session open --component` can name.
+    public var components: [String]
     public init(cluster: ClusterRecord, remoteUIRequested: Bool, nodes: [Node], activeRequests: [AccessRequestRecord]) {
         self.cluster = cluster
         self.remoteUIRequested = remoteUIRequested
         self.nodes = nodes
         self.activeRequests = activeRequests
+        self.components = Array(Set(nodes.flatMap(\.components))).sorted()
     }
 }
 
@@ -315,5 +342,12 @@ public enum APIJSON {
         let decoder = JSONDecoder()
         decoder.dateDecodingStrategy = .iso8601
         return decoder
+    }
+}
+
+extension NodeRecord {
+    /// The privacy settings the node's connector reported (nil before its first heartbeat).
+    public var privacySettings: PrivacySettings? {
+        try? APIJSON.decoder().decode(PrivacySettings.self, from: Data(self.privacyJSON.utf8))
     }
 }

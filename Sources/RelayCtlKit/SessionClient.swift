@@ -1,4 +1,5 @@
 import ConfigKit
+import Foundation
 import Logging
 import NIOConcurrencyHelpers
 import NIOCore
@@ -18,12 +19,13 @@ public struct SessionTarget: Sendable {
     public var node: String?
     /// The role to run under (at most the request's); nil takes the request's role.
     public var role: AccessRole?
-    public var caFile: String
+    /// nil: the system's trust store.
+    public var caFile: String?
     public var limits: TunnelLimits
 
     public init(
         relay: WebSocketURL, token: Secret, cluster: String, component: String, node: String? = nil, role: AccessRole? = nil,
-        caFile: String, limits: TunnelLimits = TunnelLimits()
+        caFile: String?, limits: TunnelLimits = TunnelLimits()
     ) {
         self.role = role
         self.relay = relay
@@ -36,6 +38,13 @@ public struct SessionTarget: Sendable {
     }
 }
 
+/// What the relay said a session runs under (its `101` answer).
+public struct SessionGrantInfo: Sendable, Equatable {
+    public var role: String
+    public var accessRequest: Int64
+    public var expiresAt: Date?
+}
+
 /// The engineer's side of a session: one websocket + HTTP/2 connection to the relay (redialed when
 /// it drops), and one HTTP/2 stream per local HTTP request.
 public final class SessionClient: Sendable {
@@ -45,6 +54,10 @@ public final class SessionClient: Sendable {
     private let logger: Logger
     private let connection = NIOLockedValueBox<EventLoopFuture<NIOHTTP2Handler.StreamMultiplexer>?>(nil)
     private let onEnded: (@Sendable (WebSocketPeerClosed) -> Void)?
+    private let grantBox = NIOLockedValueBox<SessionGrantInfo?>(nil)
+
+    /// The role, access request and expiry of the last connection's grant.
+    public var grant: SessionGrantInfo? { self.grantBox.withLockedValue { $0 } }
 
     /// - Parameter onEnded: the relay closed the session and said why (access revoked or expired,
     ///   session killed, relay shutting down).
@@ -92,8 +105,16 @@ public final class SessionClient: Sendable {
         let onEnded = self.onEnded
         let limits = self.target.limits
         let logger = self.logger
-        return WebSocketDialer.dial(url: self.target.relay, headers: headers, tls: self.tls, limits: limits, group: self.group) {
-            channel in
+        let grantBox = self.grantBox
+        let upgraded: @Sendable (HTTPHeaders) -> Void = { headers in
+            guard let role = headers.first(name: WireHeader.role), let request = headers.first(name: WireHeader.accessRequest).flatMap(Int64.init)
+            else { return }
+            let expires = headers.first(name: WireHeader.accessExpires).flatMap(TimeInterval.init).map(Date.init(timeIntervalSince1970:))
+            grantBox.withLockedValue { $0 = SessionGrantInfo(role: role, accessRequest: request, expiresAt: expires) }
+        }
+        return WebSocketDialer.dial(
+            url: self.target.relay, headers: headers, tls: self.tls, limits: limits, group: self.group, upgraded: upgraded
+        ) { channel in
             try TunnelPipeline.configure(
                 channel: channel, websocketRole: .client, http2Mode: .client, link: .session, limits: limits, onPeerClosed: onEnded,
                 inboundStreamInitializer: TunnelPipeline.refuseInboundStreams)

@@ -33,15 +33,22 @@ public enum TLSFiles {
             certificateChain: chain.map { .certificate($0) }, privateKey: .privateKey(key))
         configuration.minimumTLSVersion = .tlsv12
         configuration.cipherSuites = Self.tls12CipherSuites
-        return try NIOSSLContext(configuration: configuration)
+        do {
+            return try NIOSSLContext(configuration: configuration)
+        } catch {
+            // BoringSSL checks the key against the certificate here; its own words name a build path.
+            throw TLSSetupError(
+                setting: keySetting, path: privateKeyFile,
+                reason: "does not match the certificate in \(certificateSetting) (\(certificateFile)); use the key the certificate was issued for")
+        }
     }
 
     /// Client side: trusts only the CA certificates in `caFile`, not the system store, and checks the
     /// server's name against its certificate.
-    public static func clientContext(caFile: String, setting: String = "relay.ca_file") throws -> NIOSSLContext {
-        let roots = try Self.certificates(caFile, setting: setting)
+    /// nil: the system's trust store (relayctl against a relay with a public certificate).
+    public static func clientContext(caFile: String?, setting: String = "relay.ca_file") throws -> NIOSSLContext {
         var configuration = TLSConfiguration.makeClientConfiguration()
-        configuration.trustRoots = .certificates(roots)
+        if let caFile { configuration.trustRoots = .certificates(try Self.certificates(caFile, setting: setting)) }
         configuration.certificateVerification = .fullVerification
         configuration.minimumTLSVersion = .tlsv12
         configuration.cipherSuites = Self.tls12CipherSuites

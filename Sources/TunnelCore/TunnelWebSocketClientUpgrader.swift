@@ -13,9 +13,10 @@ final class TunnelWebSocketClientUpgrader: NIOHTTPClientProtocolUpgrader {
 
     private let requestKey: String
     private let maxFrameSize: Int
-    private let upgradePipelineHandler: @Sendable (Channel) -> EventLoopFuture<Void>
+    private let upgradePipelineHandler: @Sendable (Channel, HTTPHeaders) -> EventLoopFuture<Void>
 
-    init(maxFrameSize: Int, upgradePipelineHandler: @escaping @Sendable (Channel) -> EventLoopFuture<Void>) {
+    /// - Parameter upgradePipelineHandler: gets the channel and the `101` response's headers.
+    init(maxFrameSize: Int, upgradePipelineHandler: @escaping @Sendable (Channel, HTTPHeaders) -> EventLoopFuture<Void>) {
         var generator = SystemRandomNumberGenerator()
         let nonce = (0..<16).map { _ in UInt8.random(in: 0...255, using: &generator) }
         self.requestKey = Data(nonce).base64EncodedString()
@@ -47,7 +48,7 @@ final class TunnelWebSocketClientUpgrader: NIOHTTPClientProtocolUpgrader {
             try channel.pipeline.syncOperations.addHandler(ByteToMessageHandler(WebSocketFrameDecoder(maxFrameSize: self.maxFrameSize)))
             try channel.pipeline.syncOperations.addHandler(WebSocketProtocolErrorHandler(isServer: false))
         }.flatMap {
-            self.upgradePipelineHandler(channel)
+            self.upgradePipelineHandler(channel, upgradeResponse.headers)
         }
     }
 }

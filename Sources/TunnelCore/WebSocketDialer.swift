@@ -102,6 +102,7 @@ public enum WebSocketDialer {
         tls: NIOSSLContext,
         limits: TunnelLimits,
         group: EventLoopGroup,
+        upgraded: (@Sendable (HTTPHeaders) -> Void)? = nil,
         afterUpgrade: @escaping @Sendable (Channel) throws -> Result
     ) -> EventLoopFuture<(Channel, Result)> {
         let loop = group.next()
@@ -125,7 +126,7 @@ public enum WebSocketDialer {
                     try channel.pipeline.syncOperations.addHandler(
                         NIOSSLClientHandler(context: tls, serverHostname: url.serverHostname))
                     try Self.configureUpgrade(
-                        channel: channel, head: head, url: url, limits: limits, promise: promise, afterUpgrade: afterUpgrade)
+                        channel: channel, head: head, url: url, limits: limits, promise: promise, upgraded: upgraded, afterUpgrade: afterUpgrade)
                 }
             }
         bootstrap.connect(host: url.host, port: url.port).whenComplete { result in
@@ -136,7 +137,7 @@ public enum WebSocketDialer {
                     promise.fail(DialError(kind: .failed, message: "\(url): connection closed during the handshake"))
                 }
             case .failure(let error):
-                promise.fail(DialError(kind: .failed, message: "\(url): cannot connect: \(error)"))
+                promise.fail(DialError(kind: .failed, message: "\(url): \(describeConnectionError(error))"))
             }
         }
         return promise.futureResult
@@ -146,10 +147,12 @@ public enum WebSocketDialer {
     /// `afterUpgrade` and succeeds `promise`; any other answer fails it with `DialError.rejected`.
     static func configureUpgrade<Result: Sendable>(
         channel: Channel, head: HTTPRequestHead, url: WebSocketURL, limits: TunnelLimits,
-        promise: EventLoopPromise<(Channel, Result)>, afterUpgrade: @escaping @Sendable (Channel) throws -> Result
+        promise: EventLoopPromise<(Channel, Result)>, upgraded: (@Sendable (HTTPHeaders) -> Void)? = nil,
+        afterUpgrade: @escaping @Sendable (Channel) throws -> Result
     ) throws {
         let requester = UpgradeRequester(head: head, promise: promise, url: url)
-        let upgrader = TunnelWebSocketClientUpgrader(maxFrameSize: limits.maxWebSocketFrameSize) { channel in
+        let upgrader = TunnelWebSocketClientUpgrader(maxFrameSize: limits.maxWebSocketFrameSize) { channel, responseHeaders in
+            upgraded?(responseHeaders)
             do {
                 channel.pipeline.syncOperations.removeHandler(requester).whenComplete { _ in }
                 let result = try afterUpgrade(channel)
@@ -231,14 +234,4 @@ func extractMessage(_ body: ByteBuffer) -> String? {
 }
 
 /// Names certificate failures plainly: they are the ones operators must act on.
-public func describeTLSError(_ error: Error) -> String {
-    if let error = error as? NIOSSLError {
-        switch error {
-        case .handshakeFailed:
-            return "TLS handshake failed (is the relay's certificate signed by the configured CA?): \(error)"
-        default:
-            return "TLS error: \(error)"
-        }
-    }
-    return String(describing: error)
-}
+public func describeTLSError(_ error: Error) -> String { describeConnectionError(error) }

@@ -10,10 +10,14 @@ import RelayModel
 
 /// The customer's commands: they talk to the running connector over its control socket
 /// (`state_dir/control.sock`), except `audit`, which reads the log files directly so it works
-/// while the connector is stopped.
+/// while the connector is stopped. Both are found from the state directory alone, so they work
+/// while connector.yaml does not parse (the kill switch above all).
 struct CustomerOptions: ParsableArguments {
-    @Option(name: .shortAndLong, help: "Path to connector.yaml (see Config/connector.yaml).")
+    @Option(name: .shortAndLong, help: "Path to connector.yaml (see Config/connector.yaml); only its state_dir is read here.")
     var config: String = "connector.yaml"
+
+    @Option(help: "The connector's state directory (env CONNECTOR_STATE_DIR; default: state_dir from --config, else connector-state beside it).")
+    var stateDir: String?
 
     @Flag(help: "Print JSON instead of a table.")
     var json = false
@@ -27,12 +31,25 @@ struct CustomerOptions: ParsableArguments {
         return "uid-\(getuid())"
     }
 
-    func load() throws -> ConnectorConfig { try ConnectorConfig.load(path: self.config) }
+    /// Flag, environment, then `state_dir` read on its own from the config file, then the default.
+    var stateDirectory: String {
+        if let directory = self.stateDir, !directory.isEmpty { return directory }
+        if let directory = ProcessInfo.processInfo.environment["CONNECTOR_STATE_DIR"], !directory.isEmpty { return directory }
+        return ConnectorConfig.stateDirectory(configPath: self.config)
+    }
 
     func client() throws -> APIClient {
-        let config = try self.load()
-        let path = ControlServer.socketPath(config: config)
+        let path = ControlServer.socketPath(stateDirectory: self.stateDirectory)
         return try APIClient(socketPath: path, peer: "the connector's control socket \(path) (is the connector running?)", group: MultiThreadedEventLoopGroup.singleton)
+    }
+
+    /// Where the connector writes its audit log, as it noted in its state directory; for a
+    /// connector that never ran, the config file's setting or the default.
+    func auditDirectory() -> String {
+        let state = self.stateDirectory
+        if let directory = (try? ConnectorState.load(directory: state))?.auditDirectory { return directory }
+        if let config = try? ConnectorConfig.load(path: self.config) { return config.audit.directory }
+        return (state as NSString).appendingPathComponent("audit")
     }
 
     func print<T: Encodable>(json value: T) throws {
@@ -58,7 +75,15 @@ struct Status: AsyncParsableCommand {
         let status: ConnectorStatus = try await controlCall { try await self.options.client().get(ControlPath.status) }
         if self.options.json { return try self.options.print(json: status) }
         print("cluster \(status.cluster), node \(status.node)")
-        print("mode: \(status.mode.rawValue) (from \(status.modeSource))")
+        print("mode: \(status.mode.rawValue)\(overrideNote(status.modeOverride, fileMode: status.configFileMode))")
+        if let path = status.configFile {
+            if let problem = status.configProblem {
+                print("CONFIG FILE DOES NOT LOAD: \(problem)")
+                print("  running on the settings read at \(HumanFormat.time(status.settingsLoadedAt)); fix \(path), then `connector reload`")
+            } else {
+                print("config file: \(path) (settings in force read at \(HumanFormat.time(status.settingsLoadedAt)))")
+            }
+        }
         print("components: \(status.components.joined(separator: ", "))")
         print("last heartbeat: \(HumanFormat.time(status.lastHeartbeatAt)), access requested: \(status.remoteUIRequested.map { $0 ? "yes" : "no" } ?? "-")")
         print("tunnels: \(status.tunnels.isEmpty ? "none" : status.tunnels.joined(separator: ", "))")
@@ -76,22 +101,19 @@ struct Requests: AsyncParsableCommand {
         subcommands: [List.self, Approve.self, Reject.self, Revoke.self], defaultSubcommand: List.self)
 
     struct List: AsyncParsableCommand {
-        static let configuration = CommandConfiguration(abstract: "Requests waiting, then decisions taken.")
+        static let configuration = CommandConfiguration(
+            abstract: "Requests waiting, then decisions taken, then requests the relay ended.",
+            discussion: "--watch follows them: the connector asks the relay every 5 s while you watch, so a new request shows within seconds.")
         @OptionGroup var options: CustomerOptions
+        @Flag(help: "Keep following (Ctrl-C ends); redraws on a terminal, prints changed lines otherwise.") var watch = false
 
         func run() async throws {
-            let requests: ConnectorRequests = try await controlCall { try await self.options.client().get(ControlPath.requests) }
-            if self.options.json { return try self.options.print(json: requests) }
-            print(
-                TextTable.render(
-                    ["REQUEST", "EXPERT", "ROLE", "DURATION", "REASON", "STATE", "DECIDED BY", "UNTIL"],
-                    requests.pending.map {
-                        [String($0.requestID), $0.expert, $0.role.rawValue, formatMilliseconds($0.durationSeconds * 1000), $0.reason, "waiting", "-", "-"]
-                    }
-                        + requests.decided.map {
-                            [String($0.requestID), $0.expert, $0.role.rawValue, "-", $0.reason, $0.verdict.rawValue + ($0.deliveredAt == nil ? " (not yet sent)" : ""),
-                             $0.by, $0.verdict == .approved ? HumanFormat.time($0.expiresAt) : "-"]
-                        }))
+            guard self.watch else {
+                let requests: ConnectorRequests = try await controlCall { try await self.options.client().get(ControlPath.requests) }
+                if self.options.json { return try self.options.print(json: requests) }
+                return print(requestTable(requests))
+            }
+            try await watchRequests(self.options)
         }
     }
 
@@ -130,6 +152,60 @@ struct Requests: AsyncParsableCommand {
             print("request \(self.request) revoked (\(visibleText(approval.expert))); its sessions ended, the relay is told with the next heartbeat")
         }
     }
+}
+
+func requestTable(_ requests: ConnectorRequests) -> String {
+    let ended = Dictionary(requests.ended.map { ($0.requestID, $0) }) { first, _ in first }
+    let decided = Set(requests.decided.map(\.requestID))
+    return TextTable.render(
+        ["REQUEST", "EXPERT", "ROLE", "DURATION", "REASON", "STATE", "DECIDED BY", "UNTIL"],
+        requests.pending.map {
+            [String($0.requestID), $0.expert, $0.role.rawValue, formatMilliseconds($0.durationSeconds * 1000), $0.reason, "waiting", "-", "-"]
+        }
+            + requests.decided.map {
+                let state = $0.verdict.rawValue + ($0.deliveredAt == nil ? " (not yet sent)" : "")
+                return [
+                    String($0.requestID), $0.expert, $0.role.rawValue, "-", $0.reason,
+                    ended[$0.requestID].map { "\(state), then \($0.state) at the relay: \($0.reason)" } ?? state,
+                    $0.by, $0.verdict == .approved && ended[$0.requestID] == nil ? HumanFormat.time($0.expiresAt) : "-",
+                ]
+            }
+            + requests.ended.filter { !decided.contains($0.requestID) }.map {
+                [String($0.requestID), "-", "-", "-", "-", "\($0.state) at the relay: \($0.reason)", "-", "-"]
+            })
+}
+
+/// `requests list --watch`: asks the connector to heartbeat every 5 s and shows what changed.
+private func watchRequests(_ options: CustomerOptions) async throws {
+    let terminal = isatty(STDOUT_FILENO) == 1
+    var shown = Set<String>()
+    var tick = 0
+    while !Task.isCancelled {
+        // Every fifth second the relay is asked now (it answers with a 5 s interval itself while
+        // something waits for the customer).
+        let path = tick % 5 == 0 ? ControlPath.refresh : ControlPath.requests
+        let requests: ConnectorRequests = try await controlCall {
+            path == ControlPath.refresh ? try await options.client().post(path, CustomerActor(by: options.actor)) : try await options.client().get(path)
+        }
+        tick += 1
+        if options.json {
+            let line = String(decoding: try APIJSON.encoder().encode(requests), as: UTF8.self)
+            if shown.insert(line).inserted { print(line) }
+        } else if terminal {
+            print("\u{1B}[H\u{1B}[2J" + "requests at \(HumanFormat.time(Date())) (Ctrl-C ends)\n" + requestTable(requests))
+        } else {
+            // Not a terminal: each row once, when it first appears or changes.
+            for row in requestTable(requests).split(separator: "\n").dropFirst() where shown.insert(String(row)).inserted { print(row) }
+        }
+        fflush(stdout)
+        try await Task.sleep(for: .seconds(1))
+    }
+}
+
+private func overrideNote(_ override: ModeOverride?, fileMode: PrivacyMode?) -> String {
+    guard let override else { return " (from the config file)" }
+    let file = fileMode.map { "the config file says \($0.rawValue)" } ?? "the config file's mode is hidden"
+    return " (set by \(override.by) with `connector mode` at \(HumanFormat.time(override.at)); \(file); `connector mode config` goes back to the file)"
 }
 
 private func decide(_ options: CustomerOptions, _ request: Int64, _ verdict: ApprovalDecision.Verdict, _ reason: String?) async throws {
@@ -225,6 +301,10 @@ struct Reload: AsyncParsableCommand {
 
 private func printApplied(_ applied: SettingsApplied) {
     print("mode \(applied.mode.rawValue); \(applied.changes.isEmpty ? "no change" : applied.changes.joined(separator: "; "))")
+    if let override = applied.modeOverride, override.mode != applied.fileMode {
+        print(
+            "note: the config file says mode \(applied.fileMode.rawValue), but \(override.by) set \(override.mode.rawValue) with `connector mode` at \(HumanFormat.time(override.at)); `connector mode config` goes back to the file")
+    }
     if applied.streamsReset > 0 || applied.sessionsEnded > 0 {
         print("\(applied.streamsReset) running requests reset, \(applied.sessionsEnded) sessions ended")
     }
@@ -241,8 +321,7 @@ struct Audit: AsyncParsableCommand {
         @Option(name: [.customShort("n"), .long], help: "How many records.") var lines: Int = 20
 
         func run() async throws {
-            let config = try self.options.load()
-            let entries = try AuditVerifier.tail(directory: config.audit.directory, count: max(0, self.lines))
+            let entries = try AuditVerifier.tail(directory: self.options.auditDirectory(), count: max(0, self.lines))
             for entry in entries {
                 if self.options.json {
                     print(AuditVerifier.json(entry))
@@ -259,8 +338,7 @@ struct Audit: AsyncParsableCommand {
         @OptionGroup var options: CustomerOptions
 
         func run() async throws {
-            let config = try self.options.load()
-            let result = try AuditVerifier.verify(directory: config.audit.directory)
+            let result = try AuditVerifier.verify(directory: self.options.auditDirectory())
             if self.options.json {
                 struct Report: Encodable {
                     var ok: Bool

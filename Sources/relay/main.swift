@@ -1,4 +1,5 @@
 import ArgumentParser
+import Foundation
 import Logging
 import NIOPosix
 import Relay
@@ -20,12 +21,17 @@ struct RelayCommand: AsyncParsableCommand {
     var checkConfig = false
 
     func run() async throws {
+        // Each line reaches a redirected log as it is written, not when the relay exits.
+        setvbuf(stdout, nil, _IOLBF, 0)
         LoggingSystem.bootstrap { StreamLogHandler.standardError(label: $0) }
         var logger = Logger(label: "relay")
         logger.logLevel = self.logLevel
         let config = try RelayConfig.load(path: self.config)
+        // The certificate chain and key load and match, as a start needs, before anything is
+        // created on disk (data_dir, the bootstrap token).
+        _ = try TLSFiles.serverContext(certificateFile: config.certificateFile, privateKeyFile: config.privateKeyFile)
         if self.checkConfig {
-            print("\(self.config): OK (data in \(config.dataDirectory), node \(config.nodeName))")
+            print("\(self.config): OK (certificate and key match; data in \(config.dataDirectory), node \(config.nodeName))")
             return
         }
         let control = try RelayServer.openEmbeddedControl(config: config, logger: logger)
@@ -33,7 +39,7 @@ struct RelayCommand: AsyncParsableCommand {
         if try await control.createBootstrapToken(at: bootstrapPath) {
             // The path only: the token itself never goes to a log.
             print("first start: an ops token named \"bootstrap\" is in \(bootstrapPath) (mode 0600);")
-            print("use it to create your own: relayctl --token-file \(bootstrapPath) tokens create --name NAME --role ops")
+            print("use it to create your own: relayctl tokens create --token-file \(bootstrapPath) --name NAME --role ops")
         }
         let server = try RelayServer(config: config, control: control, group: MultiThreadedEventLoopGroup.singleton, logger: logger)
         let address = try await server.start()

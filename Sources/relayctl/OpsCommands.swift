@@ -62,6 +62,7 @@ struct Clusters: AsyncParsableCommand {
                 var out = "cluster \(detail.cluster.id)  \(detail.cluster.description)\n"
                 out += "privacy mode: \(detail.cluster.privacyMode?.rawValue ?? "unknown (no heartbeat yet)")\n"
                 out += "remote-UI flag: \(detail.remoteUIRequested ? "on" : "off")\n"
+                out += "components: \(detail.components.isEmpty ? "none reported yet" : detail.components.joined(separator: ", "))\n"
                 for request in detail.activeRequests {
                     out += "active request \(request.id): \(request.expert), \(request.role.rawValue), until \(HumanFormat.time(request.expiresAt))\n"
                 }

@@ -19,24 +19,36 @@ struct RelayOptions: ParsableArguments {
     @Option(help: "Relay URL, https://host:port (env RELAYCTL_RELAY).")
     var relay: String = ProcessInfo.processInfo.environment["RELAYCTL_RELAY"] ?? "https://127.0.0.1:8443"
 
-    @Option(help: "CA certificate that signed the relay's certificate (env RELAYCTL_CA).")
-    var ca: String = ProcessInfo.processInfo.environment["RELAYCTL_CA"] ?? "Certs/dev/ca.pem"
+    @Option(help: "CA certificate that signed the relay's certificate (env RELAYCTL_CA; default ~/.config/relayctl/ca.pem if present, else the system's trust store).")
+    var ca: String?
 
-    @Option(help: "File holding your token. Without it the token is read from env RELAYCTL_TOKEN.")
+    @Option(help: "File holding your token (env RELAYCTL_TOKEN_FILE); else env RELAYCTL_TOKEN.")
     var tokenFile: String?
 
     @Flag(help: "Print JSON instead of tables.")
     var json = false
 
+    /// The CA file in force: flag, environment, the per-user default if it exists; nil: system roots.
+    var caFile: String? {
+        if let ca = self.ca, !ca.isEmpty { return ca }
+        if let ca = ProcessInfo.processInfo.environment["RELAYCTL_CA"], !ca.isEmpty { return ca }
+        let home = ProcessInfo.processInfo.environment["XDG_CONFIG_HOME"].map { $0 + "/relayctl" }
+            ?? (NSHomeDirectory() as NSString).appendingPathComponent(".config/relayctl")
+        let user = (home as NSString).appendingPathComponent("ca.pem")
+        return FileManager.default.fileExists(atPath: user) ? user : nil
+    }
+
+    var caDescription: String { self.caFile ?? "the system's trust store" }
+
     func token() throws -> Secret {
-        if let path = self.tokenFile {
+        if let path = self.tokenFile ?? ProcessInfo.processInfo.environment["RELAYCTL_TOKEN_FILE"].flatMap({ $0.isEmpty ? nil : $0 }) {
             guard let text = try? String(contentsOfFile: path, encoding: .utf8) else {
-                throw ValidationError("cannot read --token-file \(path)")
+                throw relayctlFailure("cannot read the token file \(path)", RelayCtlExit.failure)
             }
             return Secret(text.trimmingCharacters(in: .whitespacesAndNewlines))
         }
         guard let text = ProcessInfo.processInfo.environment["RELAYCTL_TOKEN"], !text.isEmpty else {
-            throw ValidationError("no token: set RELAYCTL_TOKEN or pass --token-file")
+            throw relayctlFailure("no token: set RELAYCTL_TOKEN, or pass --token-file FILE (or set RELAYCTL_TOKEN_FILE)", RelayCtlExit.failure)
         }
         return Secret(text)
     }
@@ -52,10 +64,10 @@ struct RelayOptions: ParsableArguments {
     func client() throws -> APIClient {
         do {
             return try APIClient(
-                base: try self.relayURL(), caFile: self.ca, caSetting: "--ca", bearer: try self.token().value,
+                base: try self.relayURL(), caFile: self.caFile, caSetting: "--ca", bearer: try self.token().value,
                 group: MultiThreadedEventLoopGroup.singleton)
         } catch let error as TLSSetupError {
-            throw ValidationError("\(error)")
+            throw relayctlFailure("\(error)", RelayCtlExit.failure)
         }
     }
 
@@ -80,13 +92,20 @@ struct RelayOptions: ParsableArguments {
             let body = APIErrorBody(error: error.code ?? (error.kind == .unreachable ? "unreachable" : "bad_response"), message: error.message)
             print(String(decoding: (try? APIJSON.encoder().encode(body)) ?? Data(), as: UTF8.self))
         }
-        var message = "relayctl: \(error.message)\n"
+        var message = "relayctl: \(error.message)"
         if error.kind == .unreachable {
-            message += "relayctl: check --relay (\(self.relay)), --ca (\(self.ca)) and that the relay is running\n"
+            message += "; check --relay (\(self.relay)), --ca (\(self.caDescription)) and that the relay is running"
         }
+        message += "\n"
         FileHandle.standardError.write(Data(message.utf8))
         Foundation.exit(RelayCtlExit.forError(error))
     }
+}
+
+/// A failure that is not a usage error: one line on stderr, the documented exit code, no usage text.
+func relayctlFailure(_ message: String, _ code: Int32) -> ExitCode {
+    FileHandle.standardError.write(Data("relayctl: \(message)\n".utf8))
+    return ExitCode(code)
 }
 
 /// `1h`, `30m`, `90s`, `2d` -> seconds.

@@ -53,7 +53,7 @@ struct Open: AsyncParsableCommand {
         url.path = WirePath.session
         let target = SessionTarget(
             relay: url, token: try self.relayOptions.token(), cluster: self.cluster, component: self.component, node: self.node,
-            role: role, caFile: self.relayOptions.ca)
+            role: role, caFile: self.relayOptions.caFile)
         // One event loop for the local listener and the relay connection: every hop between them is
         // then a direct call, not a cross-thread wakeup (one engineer's traffic needs no more than a core).
         let group = MultiThreadedEventLoopGroup.singleton.next()
@@ -62,11 +62,13 @@ struct Open: AsyncParsableCommand {
         do {
             session = try SessionClient(target: target, group: group, logger: logger) { ended.continuation.yield($0) }
         } catch {
-            throw ValidationError("\(error)")
+            throw relayctlFailure("\(error)", RelayCtlExit.failure)
         }
         try await Self.connect(session, waitSeconds: waitSeconds, cluster: self.cluster)
         let listener = try await LocalListener.start(host: listen.host, port: listen.port, session: session, group: group)
-        print("session open: cluster \(self.cluster), component \(self.component)")
+        let grant = session.grant
+        let runsUnder = grant.map { ", role \($0.role), request \($0.accessRequest), until \(HumanFormat.time($0.expiresAt))" } ?? ""
+        print("session open: cluster \(self.cluster), component \(self.component)\(runsUnder)")
         print("open \(listener.url) in your browser (Ctrl-C to end the session)")
         fflush(stdout)
         // Ends on Ctrl-C, or when the relay closes the session with a reason (revoked, expired, killed).
@@ -95,18 +97,26 @@ struct Open: AsyncParsableCommand {
         while true {
             do {
                 try await session.connect()
-                if announced { FileHandle.standardError.write(Data("\n".utf8)) }
+                if announced && isatty(STDERR_FILENO) == 1 { FileHandle.standardError.write(Data("\n".utf8)) }
                 return
             } catch let error as DialError {
                 if case .rejected(let status) = error.kind {
                     if status == 503 {
                         let waited = ContinuousClock.now - start
                         if waited >= .seconds(waitSeconds) {
-                            FileHandle.standardError.write(Data("\nrelayctl: gave up after \(waitSeconds) s: \(error.message)\nrelayctl: check the cluster's connector (relayctl clusters show \(cluster)), then retry\n".utf8))
+                            let start = isatty(STDERR_FILENO) == 1 ? "\n" : ""
+                            FileHandle.standardError.write(
+                                Data("\(start)relayctl: gave up after \(waitSeconds) s: \(error.message); check the cluster's connector (relayctl clusters show \(cluster)), then retry\n".utf8))
                             throw ExitCode(RelayCtlExit.timedOut)
                         }
-                        let line = announced ? "\r" : "relayctl: \(error.message)\n"
-                        FileHandle.standardError.write(Data("\(line)waiting for the connector to dial in... \(waited.components.seconds) s".utf8))
+                        // A terminal gets one line redrawn; a file or pipe a line at the start and every 30 s.
+                        if isatty(STDERR_FILENO) == 1 {
+                            let line = announced ? "\r" : "relayctl: \(error.message)\n"
+                            FileHandle.standardError.write(Data("\(line)waiting for the connector to dial in... \(waited.components.seconds) s".utf8))
+                        } else if !announced || waited.components.seconds % 30 == 0 {
+                            FileHandle.standardError.write(
+                                Data("relayctl: \(error.message); waiting for the connector to dial in (\(waited.components.seconds) s of \(waitSeconds) s)\n".utf8))
+                        }
                         announced = true
                         try await Task.sleep(for: .seconds(1))
                         continue
@@ -114,12 +124,12 @@ struct Open: AsyncParsableCommand {
                     FileHandle.standardError.write(Data("relayctl: \(error.message)\n".utf8))
                     throw ExitCode(RelayCtlExit.forStatus(status))
                 }
-                FileHandle.standardError.write(Data("relayctl: \(error.message)\nrelayctl: check --relay, --ca, and that the relay is running\n".utf8))
+                FileHandle.standardError.write(Data("relayctl: \(error.message); check --relay, --ca and that the relay is running\n".utf8))
                 throw ExitCode(RelayCtlExit.unreachable)
             } catch let error as ExitCode {
                 throw error
             } catch {
-                FileHandle.standardError.write(Data("relayctl: \(error)\n".utf8))
+                FileHandle.standardError.write(Data("relayctl: cannot reach the relay: \(describeConnectionError(error))\n".utf8))
                 throw ExitCode(RelayCtlExit.unreachable)
             }
         }

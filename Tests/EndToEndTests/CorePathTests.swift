@@ -170,21 +170,27 @@ import TunnelCore
         await stack.stop()
     }
 
-    @Test func unknownComponentFailsThatRequestOnly() async throws {
+    @Test func anUnknownComponentIsRefusedUpFrontAndByTheConnectorAlone() async throws {
         let stack = try await TestStack.start()
         let tunnelBefore = stack.relay.registry.tunnels(cluster: "demo").first?.id
-        let bad = try await stack.openSession(component: "nope")
-        let response = try await TestHTTPConnection.request(port: bad.localAddress!.port!, .GET, "/")
-        #expect(response.status == .notFound)
-        #expect(response.headers.first(name: WireHeader.error) == "unknown_component")
-        #expect(response.text.contains("component \\\"nope\\\" is not offered"))
+        // The relay knows the names the connector reported: the session is refused at once.
+        do {
+            _ = try await stack.openSession(component: "nope")
+            Issue.record("a session to a component no node offers must be refused")
+        } catch let error as DialError {
+            #expect(error.kind == .rejected(status: 404))
+            #expect(error.message.contains("cluster \"demo\" offers no component \"nope\"; it offers ui"), "\(error.message)")
+        }
+        // A relay that names it anyway: the connector refuses that stream alone.
+        let request = try #require(try await stack.control.store.requests(clusterID: "demo", states: [.approved]).first)
+        let rogue = try await RogueRelay.send(stack, method: .GET, target: "/", headers: RogueRelay.identity(request: request.id, component: "nope"))
+        #expect(rogue.status == 404 && rogue.error == "unknown_component" && rogue.text.contains("component \\\"nope\\\" is not offered"), "\(rogue)")
         #expect(stack.component.counters.requests == 0)
 
         let good = try await stack.openSession(component: "ui")
         let ok = try await TestHTTPConnection.request(port: good.localAddress!.port!, .GET, "/api/status")
         #expect(ok.status == .ok)
         #expect(stack.relay.registry.tunnels(cluster: "demo").first?.id == tunnelBefore, "the tunnel was not replaced")
-        try await bad.close()
         try await good.close()
         await stack.stop()
     }

@@ -287,3 +287,58 @@ enum TestProcess {
         return (process.terminationStatus, String(decoding: stdout, as: UTF8.self), String(decoding: stderr, as: UTF8.self))
     }
 }
+
+/// A program left running while the test acts on it (a relay, `requests list --watch`): what it
+/// printed so far, a signal, and its exit.
+final class RunningProcess: Sendable {
+    private let process: Process
+    private let out = NIOLockedValueBox(Data())
+    private let err = NIOLockedValueBox(Data())
+    private let done = DispatchGroup()
+
+    init(_ executable: String, _ arguments: [String], environment extra: [String: String?] = [:]) throws {
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: executable)
+        process.arguments = arguments
+        var environment = ProcessInfo.processInfo.environment
+        for (name, value) in extra { environment[name] = value }
+        process.environment = environment
+        let outPipe = Pipe()
+        let errPipe = Pipe()
+        process.standardOutput = outPipe
+        process.standardError = errPipe
+        process.standardInput = FileHandle.nullDevice
+        self.process = process
+        try process.run()
+        for (pipe, box) in [(outPipe, self.out), (errPipe, self.err)] {
+            self.done.enter()
+            Thread { [done] in
+                while true {
+                    let chunk = pipe.fileHandleForReading.availableData
+                    if chunk.isEmpty { break }
+                    box.withLockedValue { $0.append(chunk) }
+                }
+                done.leave()
+            }.start()
+        }
+    }
+
+    var stdout: String { String(decoding: self.out.withLockedValue { $0 }, as: UTF8.self) }
+    var stderr: String { String(decoding: self.err.withLockedValue { $0 }, as: UTF8.self) }
+
+    /// Sends SIGTERM (a polite stop, as an operator's `kill`).
+    func terminate() { if self.process.isRunning { self.process.terminate() } }
+
+    /// Waits for the exit on a thread of its own (never one of Swift concurrency's few threads).
+    func exitStatus() async -> Int32 {
+        await withCheckedContinuation { continuation in
+            Thread {
+                self.process.waitUntilExit()
+                self.done.wait()
+                continuation.resume(returning: self.process.terminationStatus)
+            }.start()
+        }
+    }
+
+    var isRunning: Bool { self.process.isRunning }
+}

@@ -1,0 +1,146 @@
+import Connector
+@testable import CustomerAudit
+import Foundation
+import NIOConcurrencyHelpers
+import NIOWebSocket
+import PrivacyPolicy
+import Relay
+import RelayAPI
+import RelayCtlKit
+import RelayModel
+import Testing
+import TunnelCore
+
+/// Session ends reach the other side at once, both ways (the tunnel's control stream), not on the
+/// engineer's next request: each push is timed at 2 s at most.
+@Suite(.serialized) struct SessionEndPushTests {
+    static let pushBound: Duration = .seconds(2)
+
+    /// An engineer's session (what relayctl holds) that records how the relay closed it, and when.
+    final class WatchedSession: Sendable {
+        let client: SessionClient
+        let listener: LocalListener
+        private let closed = NIOLockedValueBox<(WebSocketPeerClosed, ContinuousClock.Instant)?>(nil)
+
+        init(_ stack: TestStack) async throws {
+            let closed = self.closed
+            self.client = try SessionClient(target: try stack.sessionTarget(), group: TestStack.group, logger: TestStack.quietLogger) { peer in
+                closed.withLockedValue { $0 = $0 ?? (peer, ContinuousClock.now) }
+            }
+            try await self.client.connect()
+            self.listener = try await LocalListener.start(host: "127.0.0.1", port: 0, session: self.client, group: TestStack.group)
+        }
+
+        var port: Int { self.listener.localAddress!.port! }
+
+        /// How the relay closed the session, and how long after `since` (waits up to 10 s).
+        func end(since: ContinuousClock.Instant) async throws -> (code: WebSocketErrorCode, reason: String, after: Duration) {
+            guard try await TestWait.poll({ self.closed.withLockedValue { $0 } != nil }), let (peer, at) = self.closed.withLockedValue({ $0 }) else {
+                throw TestFailure("the relay never closed the session")
+            }
+            return (peer.code, peer.reason, at - since)
+        }
+
+        func close() async { try? await self.listener.close() }
+    }
+
+    static func relayctlEnvironment(_ stack: TestStack) -> [String: String?] {
+        ["RELAYCTL_TOKEN": stack.expertToken, "RELAYCTL_RELAY": "https://127.0.0.1:\(stack.relayPort)", "RELAYCTL_CA": TestCerts.trusted + "/ca.pem"]
+    }
+
+    @Test func theKillSwitchEndsEverySessionAtOnceAndRelayctlExits8WithTheCustomersReason() async throws {
+        let stack = try await TestStack.start()
+        let watched = try await WatchedSession(stack)
+        #expect(try await TestHTTPConnection.request(port: watched.port, .GET, "/").status == .ok)
+        // relayctl itself, as the engineer runs it.
+        let relayctl = Task {
+            try await TestProcess.run(
+                TestProcess.binary("relayctl"), ["session", "open", "--cluster", "demo", "--component", "ui"],
+                environment: Self.relayctlEnvironment(stack))
+        }
+        try await stack.waitUntil("relayctl's session") { stack.relay.sessions.all.count == 2 }
+
+        let switched = ContinuousClock.now
+        let _: SettingsApplied = try await CustomerControlTests.control(stack).post(ControlPath.mode, ModeChange(mode: .disabled, by: "carol"))
+        let end = try await watched.end(since: switched)
+        #expect(end.code == .unknown(WireCloseCode.endedByCustomer))
+        #expect(end.reason == "ended by the customer's connector: the customer turned remote access off")
+        #expect(end.after <= Self.pushBound, "pushed in \(end.after)")
+        let (status, _, stderr) = try await relayctl.value
+        #expect(status == 8, "relayctl exits 8 when the relay ends the session")
+        #expect(stderr.contains("the customer turned remote access off"), "\(stderr)")
+        // The relay's view: no session, no tunnel, the flag off.
+        try await stack.waitUntil("the relay to close both sessions") { stack.relay.sessions.all.isEmpty }
+        try await stack.waitUntil("the relay to show the flag off") {
+            let detail: ClusterDetail = try await stack.api().get("\(APIPath.clusters)/demo")
+            return !detail.remoteUIRequested && detail.cluster.privacyMode == .disabled
+        }
+        await watched.close()
+        await stack.stop()
+    }
+
+    @Test func aCustomerKillReachesTheEngineerWithoutAnotherRequest() async throws {
+        let stack = try await TestStack.start()
+        let watched = try await WatchedSession(stack)
+        #expect(try await TestHTTPConnection.request(port: watched.port, .GET, "/").status == .ok)
+        let live: [ConnectorSession] = try await CustomerControlTests.control(stack).get(ControlPath.sessions)
+        let killed = ContinuousClock.now
+        let _: ConnectorSession = try await CustomerControlTests.control(stack).post(ControlPath.kill(live[0].id), CustomerActor(by: "carol"))
+        let end = try await watched.end(since: killed)
+        #expect(end.code == .unknown(WireCloseCode.endedByCustomer))
+        #expect(end.reason == "ended by the customer's connector: killed by the customer (carol)")
+        #expect(end.after <= Self.pushBound, "pushed in \(end.after)")
+        #expect(stack.relay.registry.count == 1, "the tunnel stays for everyone else")
+        await watched.close()
+        await stack.stop()
+    }
+
+    /// The relay ends a session (an operator's kill): the connector records it at once, with the
+    /// relay's reason, and lists it as ended; one `session.end` only.
+    @Test func anOperatorsKillIsRecordedByTheConnectorAtOnceWithTheRelaysReason() async throws {
+        let stack = try await TestStack.start()
+        let watched = try await WatchedSession(stack)
+        #expect(try await TestHTTPConnection.request(port: watched.port, .GET, "/").status == .ok)
+        let session = try #require(stack.relay.sessions.all.first?.record)
+        let killed = ContinuousClock.now
+        let _: SessionRecord = try await stack.api().post("\(APIPath.sessions)/\(session.id)/kill", [String: String]())
+        try await stack.waitUntil("the connector to record the end") {
+            let listed: [ConnectorSession] = try await CustomerControlTests.control(stack).get(ControlPath.sessions)
+            return listed.first { $0.id == session.id }?.endReason != nil
+        }
+        #expect(ContinuousClock.now - killed <= Self.pushBound + .milliseconds(300), "the reconciler's 100 ms tick, then the push")
+        let listed: [ConnectorSession] = try await CustomerControlTests.control(stack).get(ControlPath.sessions)
+        #expect(listed.first { $0.id == session.id }?.endReason == "ended at the relay: session killed by ops:root")
+        stack.privacy.audit.sync()
+        let ends = try AuditVerifier.tail(directory: stack.connectorConfig.audit.directory, count: 200).filter { $0.event == "session.end" }
+        #expect(ends.map(\.reason) == ["ended at the relay: session killed by ops:root"])
+        await watched.close()
+        await stack.stop()
+    }
+
+    /// An operator revokes the request: the connector ends its sessions with the relay's reason at
+    /// once, and `connector requests list` shows the request revoked, not approved.
+    @Test func aRevokedRequestIsShownRevokedByTheConnector() async throws {
+        let stack = try await TestStack.start()
+        let watched = try await WatchedSession(stack)
+        #expect(try await TestHTTPConnection.request(port: watched.port, .GET, "/").status == .ok)
+        let request = try #require(try await stack.control.store.requests(clusterID: "demo", states: [.approved]).first)
+        let revoked = ContinuousClock.now
+        let _: AccessRequestRecord = try await stack.api().post("\(APIPath.requests)/\(request.id)/revoke", RevokeRequest(reason: "wrong cluster"))
+        try await stack.waitUntil("the connector to learn the revocation") { !stack.privacy.requests.ended.isEmpty }
+        #expect(ContinuousClock.now - revoked <= Self.pushBound + .milliseconds(300))
+        let ended = try #require(stack.privacy.requests.ended.first)
+        #expect(ended.requestID == request.id && ended.state == "revoked")
+        #expect(ended.reason.contains("revoked by ops:root") && ended.reason.contains("wrong cluster"), "\(ended.reason)")
+        #expect(stack.privacy.sessions.allSatisfy { $0.endReason?.contains("revoked by ops:root") == true })
+        let end = try await watched.end(since: revoked)
+        #expect(end.code == .unknown(WireCloseCode.accessEnded) || end.code == .unknown(WireCloseCode.endedByCustomer))
+        // The customer's CLI shows it.
+        let (status, out, _) = try await TestProcess.run(
+            TestProcess.binary("connector"), ["requests", "list", "--state-dir", stack.connectorConfig.stateDirectory])
+        #expect(status == 0)
+        #expect(out.contains("revoked by ops:root"), "\(out)")
+        await watched.close()
+        await stack.stop()
+    }
+}
