@@ -143,4 +143,39 @@ import TunnelCore
         await watched.close()
         await stack.stop()
     }
+
+    @Test func aRevokedTokenEndsTheSessionAtTheConnectorWithTheRelaysReason() async throws {
+        let stack = try await TestStack.start()
+        let watched = try await WatchedSession(stack)
+        #expect(try await TestHTTPConnection.request(port: watched.port, .GET, "/").status == .ok)
+        let session = try #require(stack.relay.sessions.all.first?.record)
+        let revoked = ContinuousClock.now
+        let _: TokenView = try await stack.api().post("\(APIPath.tokens)/alice/revoke", [String: String]())
+        try await stack.waitUntil("the connector to record the end") { stack.privacy.sessions.first { $0.id == session.id }?.endReason != nil }
+        #expect(ContinuousClock.now - revoked <= Self.pushBound + .milliseconds(300))
+        #expect(stack.privacy.sessions.first { $0.id == session.id }?.endReason == "ended at the relay: token \"alice\" was revoked by ops:root")
+        let end = try await watched.end(since: revoked)
+        #expect(end.code == .unknown(WireCloseCode.sessionKilled))
+        await watched.close()
+        await stack.stop()
+    }
+
+    @Test func anExpiredRequestEndsItsSessionsAtTheConnectorAtOnce() async throws {
+        let stack = try await TestStack.start(approve: false)
+        try await stack.waitUntil("the first heartbeat") { stack.driver.answersReceived >= 1 }
+        let request = try await stack.createRequest(cluster: "demo", role: .admin, seconds: 120)
+        try await stack.waitForTunnels(1)
+        let watched = try await WatchedSession(stack)
+        #expect(try await TestHTTPConnection.request(port: watched.port, .GET, "/").status == .ok)
+        stack.clock.advance(seconds: 121)
+        let expired = ContinuousClock.now
+        try await stack.waitUntil("the connector to learn the expiry") { stack.privacy.requests.ended.contains { $0.requestID == request.id } }
+        #expect(ContinuousClock.now - expired <= Self.pushBound + .milliseconds(300))
+        #expect(stack.privacy.requests.ended.first?.state == "expired")
+        #expect(stack.privacy.sessions.allSatisfy { $0.endReason?.contains("access request \(request.id) expired") == true }, "\(stack.privacy.sessions.map(\.endReason))")
+        let end = try await watched.end(since: expired)
+        #expect(end.code == .unknown(WireCloseCode.accessEnded) && end.reason.contains("expired"))
+        await watched.close()
+        await stack.stop()
+    }
 }
