@@ -1,3 +1,4 @@
+import CustomerAudit
 import Foundation
 import Logging
 import NIOCore
@@ -75,13 +76,11 @@ public final class ConnectorRuntime: Sendable {
         } catch {
             // A bad edit keeps the settings in force: never fall back to something more open.
             logger.error("config reload refused; the settings in force stay", metadata: ["error": "\(error)"])
+            privacy.record(
+                AuditEntry(time: privacy.clock(), event: "setting", decision: "deny", reason: "the config file does not load: \(error); the settings in force stay", actor: actor))
             throw ControlError(status: 400, code: "bad_config", message: "\(error); the settings in force stay")
         }
-        let applied = privacy.apply(config: config, mode: mode, actor: actor)
-        logger.notice(
-            "settings reloaded",
-            metadata: ["mode": "\(applied.mode.rawValue)", "changes": "\(applied.changes.joined(separator: "; "))", "reset": "\(applied.streamsReset)"])
-        return applied
+        return privacy.apply(config: config, mode: mode, actor: actor)
     }
 
     public func stop() async {

@@ -99,9 +99,11 @@ public struct SettingsApplied: Codable, Sendable, Equatable {
     public var changes: [String]
     public var streamsReset: Int
     public var sessionsEnded: Int
-    /// The mode the config file sets (hidden while `modeOverride` is set).
-    public var fileMode: PrivacyMode
+    /// The mode the config file sets as it reads now (hidden while `modeOverride` is set); nil
+    /// while the file does not load (`configProblem` says why).
+    public var fileMode: PrivacyMode?
     public var modeOverride: ModeOverride?
+    public var configProblem: String?
 }
 
 /// The config file as it reads now, for `status`.

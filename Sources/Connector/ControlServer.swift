@@ -128,17 +128,26 @@ public struct ControlAPI: Sendable {
         case (.POST, "v1/mode"):
             let change = try decode(ModeChange.self, body)
             // Back to the file: the file as it is now, not the copy read at the last reload.
-            if change.mode == nil, self.configFile() != nil { return try encoder.encode(try self.reload("customer:\(change.by)", change)) }
-            return try encoder.encode(self.privacy.apply(mode: change, actor: "customer:\(change.by)"))
+            if change.mode == nil, self.configFile() != nil { return try encoder.encode(self.withFile(try self.reload("customer:\(change.by)", change))) }
+            return try encoder.encode(self.withFile(self.privacy.apply(mode: change, actor: "customer:\(change.by)")))
         case (.POST, "v1/reload"):
             let actor = try decode(CustomerActor.self, body)
-            return try encoder.encode(try self.reload("customer:\(actor.by)", nil))
+            return try encoder.encode(self.withFile(try self.reload("customer:\(actor.by)", nil)))
         case (.POST, "v1/refresh"):
             self.refresh()
             return try encoder.encode(self.privacy.requests)
         default:
             throw ControlError(status: 404, code: "not_found", message: "no \(method) \(path) on the control socket")
         }
+    }
+
+    /// What the config file says as it reads now (not the copy in force), for the customer's note.
+    private func withFile(_ applied: SettingsApplied) -> SettingsApplied {
+        guard let file = self.configFile() else { return applied }
+        var applied = applied
+        applied.fileMode = file.mode
+        applied.configProblem = file.problem
+        return applied
     }
 
     private func decode<T: Decodable>(_ type: T.Type, _ body: Data) throws -> T {

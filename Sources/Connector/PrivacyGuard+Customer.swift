@@ -79,7 +79,7 @@ extension PrivacyGuard {
                     message: "request \(id) is not what you saw: now \(request.expert), \(request.role.rawValue), \(formatMilliseconds(request.durationSeconds * 1000)), reason \(visibleText(request.reason)); nothing was decided, look again with `connector requests list`")
             }
             var approval = CustomerApproval(
-                requestID: id, verdict: verdict, expert: request.expert, role: request.role, reason: reason ?? request.reason, by: by,
+                requestID: id, verdict: verdict, expert: request.expert, role: request.role, reason: request.reason, by: by,
                 decidedAt: now, expiresAt: now.addingTimeInterval(TimeInterval(request.durationSeconds)))
             approval.customerReason = reason
             inner.persisted.approvals.append(approval)
@@ -116,12 +116,12 @@ extension PrivacyGuard {
             let base = known.map { inner.persisted.approvals[$0] }
             var approval = CustomerApproval(
                 requestID: id, verdict: .revoked, expert: base?.expert ?? session?.expert ?? "-", role: base?.role ?? session?.role ?? .viewer,
-                reason: reason ?? "revoked by the customer", by: by, decidedAt: now, expiresAt: base?.expiresAt ?? now)
+                reason: base?.reason ?? "-", by: by, decidedAt: now, expiresAt: base?.expiresAt ?? now)
             approval.customerReason = reason
             if let known { inner.persisted.approvals[known] = approval } else { inner.persisted.approvals.append(approval) }
             var cuts = Cuts()
             let keys = Set(inner.sessions.values.filter { $0.accessRequest == id }.map(\.grantKey)).union(inner.grants.keys.filter { $0.accessRequest == id })
-            for key in keys { cuts.add(Self.endGrant(key, reason: "the customer revoked access request \(id) (\(by))", now: now, inner: &inner)) }
+            for key in keys { cuts.add(Self.endGrant(key, reason: "the customer revoked access request \(id) (\(by))", by: by, now: now, inner: &inner)) }
             return (approval, cuts)
         }
         self.persist()
@@ -180,6 +180,12 @@ extension PrivacyGuard {
         self.record(
             AuditEntry(time: now, event: "setting", reason: changes.isEmpty ? "no change" : nil, actor: actor, detail: changes.joined(separator: "; ")))
         self.carryOut(cuts)
+        self.logger.notice(
+            "settings applied",
+            metadata: [
+                "by": "\(actor)", "mode": "\(after.mode.rawValue)", "changes": "\(changes.isEmpty ? "none" : changes.joined(separator: "; "))",
+                "reset": "\(cuts.channels.count)", "sessions_ended": "\(cuts.sessionsEnded)",
+            ])
         if before.mode != after.mode {
             let observers = self.modeObservers.withLockedValue { $0 }
             observers.forEach { $0(after.mode) }

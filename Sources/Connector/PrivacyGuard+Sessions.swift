@@ -33,14 +33,16 @@ extension PrivacyGuard {
 
     /// Ends a grant and every session under it: later sessions of the same access request and
     /// expert are refused with the same reason.
-    static func endGrant(_ key: GrantKey, reason: String, now: Date, inner: inout Inner) -> Cuts {
+    /// - Parameter by: the customer's user who ended it (kill, revocation); nil for a limit.
+    static func endGrant(_ key: GrantKey, reason: String, by: String? = nil, now: Date, inner: inout Inner) -> Cuts {
         var cuts = Cuts()
         if inner.grants[key] == nil { inner.grants[key] = Grant(startedAt: now, lastActivityAt: now, expiresAt: now) }
         if inner.grants[key]?.endReason == nil {
             inner.grants[key]?.endReason = reason
             inner.grants[key]?.endedAt = now
             // The relay ends every session of the grant, including any this node has not seen yet.
-            cuts.events.append(ControlEvent(event: ControlEvent.grantEnded, accessRequest: key.accessRequest, expert: key.expert, reason: reason))
+            cuts.events.append(
+                ControlEvent(event: ControlEvent.grantEnded, accessRequest: key.accessRequest, expert: key.expert, reason: reason, by: by))
         }
         for (id, session) in inner.sessions where session.endReason == nil && session.grantKey == key {
             cuts.add(Self.endSession(id, reason: reason, now: now, inner: &inner))
@@ -141,7 +143,7 @@ extension PrivacyGuard {
         let now = self.clock()
         let (result, session) = self.inner.withLockedValue { inner -> (Cuts, ConnectorSession?) in
             guard let session = inner.sessions[id], session.endReason == nil else { return (Cuts(), inner.sessions[id]) }
-            let ended = Self.endGrant(session.grantKey, reason: "killed by the customer (\(by))", now: now, inner: &inner)
+            let ended = Self.endGrant(session.grantKey, reason: "killed by the customer (\(by))", by: by, now: now, inner: &inner)
             return (ended, inner.sessions[id])
         }
         guard let session else { throw ControlError(status: 404, code: "unknown_session", message: "no session \(id) on this connector") }

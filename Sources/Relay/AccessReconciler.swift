@@ -26,6 +26,8 @@ struct AccessReconciler: Sendable {
             try? await Task.sleep(for: interval)
             do {
                 try await self.tick()
+            } catch is CancellationError {
+                return  // the relay is stopping
             } catch {
                 self.control.logger.error("reconcile failed", metadata: ["error": "\(error)"])
             }

@@ -18,6 +18,8 @@ public struct SessionPlan: Sendable {
     public var cluster: String
     public var component: String
     public var node: String?
+    /// The privacy mode the cluster's connectors last reported.
+    public var customerMode: PrivacyMode?
 }
 
 /// Authenticates and authorizes `/v1/tunnel` and `/v1/session` upgrades against the store.
@@ -81,7 +83,8 @@ struct HandshakeGate: Sendable {
         }
         let grant = try await self.control.authorizeSession(caller: token, cluster: cluster, role: role)
         // A component no node of the cluster offers: refused now, not on every request later.
-        let offered = Set(try await self.control.store.nodes(clusterID: cluster).compactMap(\.privacySettings).flatMap(\.components))
+        let reported = try await self.control.store.nodes(clusterID: cluster).compactMap(\.privacySettings)
+        let offered = Set(reported.flatMap(\.components))
         if !offered.isEmpty, !offered.contains(component) {
             await self.control.deny(caller: token, "session.open", source: source, reason: "unknown component \(component) of cluster \(cluster)")
             throw ProxyRefusal(
@@ -95,7 +98,9 @@ struct HandshakeGate: Sendable {
                 .serviceUnavailable, code: "no_tunnel",
                 message: "request \(grant.request.id) is approved, but \(target) has no connector connected to this relay yet; it dials at its next heartbeat")
         }
-        return .session(SessionPlan(expert: token, grant: grant, cluster: cluster, component: component, node: node))
+        let modes = Set(reported.map(\.mode))
+        return .session(
+            SessionPlan(expert: token, grant: grant, cluster: cluster, component: component, node: node, customerMode: modes.count == 1 ? modes.first : nil))
     }
 
     private static func checkProtocol(_ head: HTTPRequestHead) -> ProxyRefusal? {

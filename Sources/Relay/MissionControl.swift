@@ -241,6 +241,8 @@ public final class MissionControl: Sendable {
         let request = try await self.store.request(id: decision.requestID)
         let automatic = request.map { $0.state == .approved && $0.changedBy.hasPrefix(Self.automaticApproval) } ?? false
         let allowed: Set<RequestState> = decision.verdict == .revoke || automatic ? [.pending, .approved] : [.pending]
+        // Already revoked on the customer's word (the connector said so on its control stream first).
+        if decision.verdict == .revoke, let request, request.clusterID == cluster, request.state == .revoked { return }
         guard let request, request.clusterID == cluster, allowed.contains(request.state) else {
             await self.audit(
                 actor: customer, "request.\(decision.verdict.rawValue)", cluster: cluster, subject: String(decision.requestID),
@@ -262,6 +264,21 @@ public final class MissionControl: Sendable {
             _ = try await self.approve(request, by: customer, now: now)
         case .reject:
             try await self.end(request, as: .rejected, by: customer, reason: reason, now: now)
+        }
+    }
+
+    /// The customer's connector ended an access request's grant (a kill, an idle or length limit,
+    /// a revocation): the request is revoked here too, with that reason, so no later session is
+    /// opened under it. Only a request of the connector's own cluster and expert.
+    func customerEnded(request id: Int64, expert: String, cluster: String, node: String, by: String?, reason: String) async {
+        do {
+            guard let request = try await self.store.request(id: id), request.clusterID == cluster, request.expert == expert,
+                request.state == .approved || request.state == .pending
+            else { return }
+            let actor = by.map { "customer:\(String($0.prefix(64)))@\(cluster)" } ?? "connector:\(cluster)/\(node)"
+            try await self.end(request, as: .revoked, by: actor, reason: String(reason.prefix(500)), now: self.now)
+        } catch {
+            self.logger.error("cannot record the customer's end of a request", metadata: ["request": "\(id)", "error": "\(error)"])
         }
     }
 

@@ -90,7 +90,7 @@ final class RelayHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
                 self.logger.notice(
                     "handshake refused",
                     metadata: ["path": "\(head.path)", "status": "\(refusal.status.code)", "reason": "\(refusal.code)",
-                               "peer": "\(context.channel.remoteAddress.map { "\($0)" } ?? "?")"])
+                               "peer": "\(context.channel.remoteAddress?.display ?? "?")"])
                 self.refuse(context: context, head, refusal, close: true)
             } else {
                 self.refuse(context: context, head, ProxyRefusal(.upgradeRequired, code: "upgrade_required", message: "this endpoint needs a websocket upgrade"), close: true)

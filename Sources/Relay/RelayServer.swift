@@ -87,7 +87,7 @@ public final class RelayServer: Sendable {
         let reconciler = AccessReconciler(control: self.control, registry: self.registry, sessions: self.sessions)
         let interval = Duration.milliseconds(self.config.reconcileIntervalMilliseconds)
         self.reconcileTask.withLockedValue { $0 = Task { await reconciler.run(every: interval) } }
-        self.logger.info("relay listening", metadata: ["address": "\(address)", "tunnel_urls": "\(self.control.tunnelURLs)"])
+        self.logger.info("relay listening", metadata: ["address": "\(address.display)", "tunnel_urls": "\(self.control.tunnelURLs)"])
         return address
     }
 
@@ -149,6 +149,7 @@ public final class RelayServer: Sendable {
                         if let expires = plan.grant.request.expiresAt {
                             headers.add(name: WireHeader.accessExpires, value: String(Int64(expires.timeIntervalSince1970)))
                         }
+                        if let mode = plan.customerMode { headers.add(name: WireHeader.privacyMode, value: mode.rawValue) }
                     }
                     return headers
                 }
@@ -181,8 +182,9 @@ public final class RelayServer: Sendable {
             channel: channel, websocketRole: .server, http2Mode: .client, link: .tunnel, limits: self.config.limits,
             logger: self.logger, inboundStreamInitializer: TunnelPipeline.refuseInboundStreams)
         // The control stream: the connector says at once which sessions the customer ended.
-        let controlStream = ControlStreamHandler(role: .opener, loop: channel.eventLoop) { [sessions = self.sessions, registry = self.registry] event in
-            ConnectorEvents.apply(event, cluster: cluster, node: node, sessions: sessions, registry: registry)
+        let controlStream = ControlStreamHandler(role: .opener, loop: channel.eventLoop) {
+            [sessions = self.sessions, registry = self.registry, control = self.control] event in
+            ConnectorEvents.apply(event, cluster: cluster, node: node, sessions: sessions, registry: registry, control: control)
         }
         multiplexer.createStreamChannel(promise: nil) { stream in
             stream.eventLoop.makeCompletedFuture { try stream.pipeline.syncOperations.addHandler(controlStream) }
@@ -193,7 +195,7 @@ public final class RelayServer: Sendable {
         self.registry.register(tunnel)
         let logger = self.logger
         let control = self.control
-        logger.info("tunnel up", metadata: ["cluster": "\(cluster)", "node": "\(node)", "peer": "\(channel.remoteAddress.map { "\($0)" } ?? "?")"])
+        logger.info("tunnel up", metadata: ["cluster": "\(cluster)", "node": "\(node)", "peer": "\(channel.remoteAddress?.display ?? "?")"])
         Task { await control.audit(actor: "node:\(cluster)/\(node)", "tunnel.open", cluster: cluster, subject: node) }
         channel.closeFuture.whenComplete { _ in
             self.registry.unregister(tunnel)

@@ -43,6 +43,8 @@ public struct SessionGrantInfo: Sendable, Equatable {
     public var role: String
     public var accessRequest: Int64
     public var expiresAt: Date?
+    /// The privacy mode the cluster's connectors last reported.
+    public var customerMode: String?
 }
 
 /// The engineer's side of a session: one websocket + HTTP/2 connection to the relay (redialed when
@@ -110,7 +112,9 @@ public final class SessionClient: Sendable {
             guard let role = headers.first(name: WireHeader.role), let request = headers.first(name: WireHeader.accessRequest).flatMap(Int64.init)
             else { return }
             let expires = headers.first(name: WireHeader.accessExpires).flatMap(TimeInterval.init).map(Date.init(timeIntervalSince1970:))
-            grantBox.withLockedValue { $0 = SessionGrantInfo(role: role, accessRequest: request, expiresAt: expires) }
+            let info = SessionGrantInfo(
+                role: role, accessRequest: request, expiresAt: expires, customerMode: headers.first(name: WireHeader.privacyMode))
+            grantBox.withLockedValue { $0 = info }
         }
         return WebSocketDialer.dial(
             url: self.target.relay, headers: headers, tls: self.tls, limits: limits, group: self.group, upgraded: upgraded

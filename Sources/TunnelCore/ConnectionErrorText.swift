@@ -3,6 +3,15 @@ import NIOCore
 import NIOPosix
 import NIOSSL
 
+extension SocketAddress {
+    /// `127.0.0.1:8443` or `[::1]:8443`, for people (NIO's description adds the family and repeats the host).
+    public var display: String {
+        guard let ip = self.ipAddress else { return self.pathname ?? "\(self)" }
+        let host = ip.contains(":") ? "[\(ip)]" : ip
+        return self.port.map { "\(host):\($0)" } ?? host
+    }
+}
+
 /// One plain sentence for why a connection failed, saying what to check. Library errors are
 /// mapped, never printed raw: their text carries type dumps and BoringSSL's build paths.
 public func describeConnectionError(_ error: Error) -> String {

@@ -20,13 +20,19 @@ public struct ControlEvent: Codable, Sendable, Equatable {
     public var state: String?
     /// For a person: shown to the engineer, written in the customer's audit log.
     public var reason: String
+    /// `grant.ended`: the customer's user who ended it (a kill, a revocation); nil for a limit.
+    public var by: String?
 
     public static let sessionEnded = "session.ended"
     public static let grantEnded = "grant.ended"
     public static let accessOff = "access.off"
     public static let requestEnded = "request.ended"
 
-    public init(event: String, session: String? = nil, accessRequest: Int64? = nil, expert: String? = nil, state: String? = nil, reason: String) {
+    public init(
+        event: String, session: String? = nil, accessRequest: Int64? = nil, expert: String? = nil, state: String? = nil, reason: String,
+        by: String? = nil
+    ) {
+        self.by = by
         self.event = event
         self.session = session
         self.accessRequest = accessRequest

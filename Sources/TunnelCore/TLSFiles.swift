@@ -1,3 +1,4 @@
+import Foundation
 import NIOCore
 import NIOSSL
 
@@ -24,6 +25,7 @@ public enum TLSFiles {
     ) throws -> NIOSSLContext {
         let chain = try Self.certificates(certificateFile, setting: certificateSetting)
         let key: NIOSSLPrivateKey
+        try Self.mustExist(privateKeyFile, setting: keySetting)
         do {
             key = try NIOSSLPrivateKey(file: privateKeyFile, format: .pem)
         } catch {
@@ -55,7 +57,14 @@ public enum TLSFiles {
         return try NIOSSLContext(configuration: configuration)
     }
 
+    private static func mustExist(_ path: String, setting: String) throws {
+        guard FileManager.default.fileExists(atPath: path) else {
+            throw TLSSetupError(setting: setting, path: path, reason: "no such file")
+        }
+    }
+
     static func certificates(_ path: String, setting: String) throws -> [NIOSSLCertificate] {
+        try Self.mustExist(path, setting: setting)
         let certificates: [NIOSSLCertificate]
         do {
             certificates = try NIOSSLCertificate.fromPEMFile(path)

@@ -1,6 +1,7 @@
 import Logging
 import NIOCore
 import NIOHTTP2
+import NIOSSL
 import NIOWebSocket
 
 /// Sets up a tunnel on a channel whose websocket upgrade just completed: the byte-stream adapter,
@@ -28,7 +29,7 @@ public enum TunnelPipeline {
             connectionConfiguration: limits.connectionConfiguration(link),
             streamConfiguration: limits.streamConfiguration(link),
             inboundStreamInitializer: inboundStreamInitializer)
-        try sync.addHandler(TunnelErrorHandler(logger: logger, onPeerClosed: onPeerClosed, onFlood: onFlood))
+        try sync.addHandler(TunnelErrorHandler(link: link, logger: logger, onPeerClosed: onPeerClosed, onFlood: onFlood))
         return multiplexer
     }
 
@@ -62,11 +63,13 @@ public enum TunnelPipeline {
 /// close code and reason (for example: why the relay ended a session).
 final class TunnelErrorHandler: ChannelInboundHandler {
     typealias InboundIn = Any
+    private let link: TunnelLink
     private let logger: Logger?
     private let onPeerClosed: (@Sendable (WebSocketPeerClosed) -> Void)?
     private let onFlood: (@Sendable (String) -> Void)?
 
-    init(logger: Logger?, onPeerClosed: (@Sendable (WebSocketPeerClosed) -> Void)?, onFlood: (@Sendable (String) -> Void)?) {
+    init(link: TunnelLink, logger: Logger?, onPeerClosed: (@Sendable (WebSocketPeerClosed) -> Void)?, onFlood: (@Sendable (String) -> Void)?) {
+        self.link = link
         self.logger = logger
         self.onPeerClosed = onPeerClosed
         self.onFlood = onFlood
@@ -82,9 +85,15 @@ final class TunnelErrorHandler: ChannelInboundHandler {
             self.logger?.info("stream reset after a protocol error", metadata: ["error": "\(error)"])
             return
         }
-        self.logger?.notice(
-            "closing tunnel after a protocol error",
-            metadata: ["peer": "\(context.channel.remoteAddress.map { "\($0)" } ?? "?")", "error": "\(error)"])
+        let what = self.link == .tunnel ? "tunnel" : "session"
+        let peer = context.channel.remoteAddress?.display ?? "?"
+        if case NIOSSLError.uncleanShutdown = error {
+            // The peer went away without TLS's goodbye (a killed process, a dropped network): not a protocol error.
+            self.logger?.info("\(what) peer went away without closing", metadata: ["peer": "\(peer)"])
+            context.close(promise: nil)
+            return
+        }
+        self.logger?.notice("closing \(what) after a protocol error", metadata: ["peer": "\(peer)", "error": "\(error)"])
         if let flood = Self.floodDescription(error) {
             // Say why in the close frame (4004), so the peer's user learns what they did.
             let reason = "closed for flooding: \(flood)"

@@ -90,7 +90,15 @@ public struct DialError: Error, CustomStringConvertible {
     }
     public var kind: Kind
     public var message: String
+    /// For `.rejected`: the relay's own message (it says what to do next).
+    public var relayMessage: String?
     public var description: String { self.message }
+
+    public init(kind: Kind, message: String, relayMessage: String? = nil) {
+        self.kind = kind
+        self.message = message
+        self.relayMessage = relayMessage
+    }
 }
 
 public enum WebSocketDialer {
@@ -210,7 +218,7 @@ private final class UpgradeRequester: ChannelInboundHandler, RemovableChannelHan
             self.fail(
                 DialError(
                     kind: .rejected(status: status.code),
-                    message: "\(self.url): relay refused the connection: \(status.code) \(message)"))
+                    message: "\(self.url): relay refused the connection: \(status.code) \(message)", relayMessage: message))
             context.close(promise: nil)
         }
     }

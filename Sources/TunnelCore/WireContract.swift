@@ -36,11 +36,16 @@ public enum WireHeader {
     /// Set by the relay on every tunnel stream: the IP address the expert's session connected from.
     /// The connector passes it to components as X-Forwarded-For.
     public static let clientAddress = "x-relay-client-address"
+    /// On a session's `101`: the privacy mode the cluster's connectors last reported (a `readOnly`
+    /// customer lowers every session to reading, whatever the request's role).
+    public static let privacyMode = "x-relay-privacy-mode"
     /// On error responses produced by relay, connector or relayctl (not by a component): who refused and why.
     public static let error = "x-relay-error"
 
     /// Every header the relay owns; any copy that arrives from an expert is removed before the relay sets its own.
-    public static let relayOwned = [cluster, node, component, expert, session, requestID, role, accessRequest, accessExpires, clientAddress, sessionEnded, error]
+    public static let relayOwned = [
+        cluster, node, component, expert, session, requestID, role, accessRequest, accessExpires, clientAddress, sessionEnded, error, privacyMode,
+    ]
 
     /// Hop-by-hop headers (RFC 9110 7.6.1) never forwarded across a hop.
     public static let hopByHop = [

@@ -75,7 +75,7 @@ struct Status: AsyncParsableCommand {
         let status: ConnectorStatus = try await controlCall { try await self.options.client().get(ControlPath.status) }
         if self.options.json { return try self.options.print(json: status) }
         print("cluster \(status.cluster), node \(status.node)")
-        print("mode: \(status.mode.rawValue)\(overrideNote(status.modeOverride, fileMode: status.configFileMode))")
+        print("mode: \(status.mode.rawValue)\(overrideNote(status.modeOverride, fileMode: status.configFileMode, fileLoads: status.configProblem == nil))")
         if let path = status.configFile {
             if let problem = status.configProblem {
                 print("CONFIG FILE DOES NOT LOAD: \(problem)")
@@ -154,25 +154,34 @@ struct Requests: AsyncParsableCommand {
     }
 }
 
+let requestColumns = ["REQUEST", "EXPERT", "ROLE", "DURATION", "REASON", "STATE", "DECIDED BY", "UNTIL"]
+
 func requestTable(_ requests: ConnectorRequests) -> String {
+    TextTable.render(requestColumns, requestRows(requests))
+}
+
+/// Waiting, then decided (with the customer's reason, and how the relay ended an approval since),
+/// then ended at the relay without a decision here.
+func requestRows(_ requests: ConnectorRequests) -> [[String]] {
     let ended = Dictionary(requests.ended.map { ($0.requestID, $0) }) { first, _ in first }
     let decided = Set(requests.decided.map(\.requestID))
-    return TextTable.render(
-        ["REQUEST", "EXPERT", "ROLE", "DURATION", "REASON", "STATE", "DECIDED BY", "UNTIL"],
-        requests.pending.map {
+    return requests.pending.map {
             [String($0.requestID), $0.expert, $0.role.rawValue, formatMilliseconds($0.durationSeconds * 1000), $0.reason, "waiting", "-", "-"]
         }
             + requests.decided.map {
-                let state = $0.verdict.rawValue + ($0.deliveredAt == nil ? " (not yet sent)" : "")
+                let state = $0.verdict.rawValue + ($0.customerReason.map { ": \($0)" } ?? "") + ($0.deliveredAt == nil ? " (not yet sent)" : "")
+                // An approval the relay ended since (revoked by an operator, expired) says so.
+                let endedSince = $0.verdict == .approved ? ended[$0.requestID] : nil
+                let duration = $0.verdict == .revoked ? "-" : formatMilliseconds(Int64($0.expiresAt.timeIntervalSince($0.decidedAt) * 1000))
                 return [
-                    String($0.requestID), $0.expert, $0.role.rawValue, "-", $0.reason,
-                    ended[$0.requestID].map { "\(state), then \($0.state) at the relay: \($0.reason)" } ?? state,
-                    $0.by, $0.verdict == .approved && ended[$0.requestID] == nil ? HumanFormat.time($0.expiresAt) : "-",
+                    String($0.requestID), $0.expert, $0.role.rawValue, duration, $0.reason,
+                    endedSince.map { "\(state), then \($0.state) at the relay: \($0.reason)" } ?? state,
+                    $0.by, $0.verdict == .approved && endedSince == nil ? HumanFormat.time($0.expiresAt) : "-",
                 ]
             }
             + requests.ended.filter { !decided.contains($0.requestID) }.map {
                 [String($0.requestID), "-", "-", "-", "-", "\($0.state) at the relay: \($0.reason)", "-", "-"]
-            })
+            }
 }
 
 /// `requests list --watch`: asks the connector to heartbeat every 5 s and shows what changed.
@@ -194,17 +203,19 @@ private func watchRequests(_ options: CustomerOptions) async throws {
         } else if terminal {
             print("\u{1B}[H\u{1B}[2J" + "requests at \(HumanFormat.time(Date())) (Ctrl-C ends)\n" + requestTable(requests))
         } else {
-            // Not a terminal: each row once, when it first appears or changes.
-            for row in requestTable(requests).split(separator: "\n").dropFirst() where shown.insert(String(row)).inserted { print(row) }
+            // Not a terminal: a header once, then each row once (tab-separated), when it first appears or changes.
+            if shown.isEmpty { print(requestColumns.joined(separator: "\t")) }
+            shown.insert("")
+            for row in requestRows(requests).map({ $0.map(visibleText).joined(separator: "\t") }) where shown.insert(row).inserted { print(row) }
         }
         fflush(stdout)
         try await Task.sleep(for: .seconds(1))
     }
 }
 
-private func overrideNote(_ override: ModeOverride?, fileMode: PrivacyMode?) -> String {
-    guard let override else { return " (from the config file)" }
-    let file = fileMode.map { "the config file says \($0.rawValue)" } ?? "the config file's mode is hidden"
+private func overrideNote(_ override: ModeOverride?, fileMode: PrivacyMode?, fileLoads: Bool) -> String {
+    guard let override else { return fileLoads ? " (from the config file)" : " (from the config file as last loaded; it does not load now)" }
+    let file = fileMode.map { "the config file says \($0.rawValue)" } ?? "the config file does not load now"
     return " (set by \(override.by) with `connector mode` at \(HumanFormat.time(override.at)); \(file); `connector mode config` goes back to the file)"
 }
 
@@ -301,9 +312,12 @@ struct Reload: AsyncParsableCommand {
 
 private func printApplied(_ applied: SettingsApplied) {
     print("mode \(applied.mode.rawValue); \(applied.changes.isEmpty ? "no change" : applied.changes.joined(separator: "; "))")
-    if let override = applied.modeOverride, override.mode != applied.fileMode {
+    if let problem = applied.configProblem {
+        print("note: the config file does not load (\(problem)); the settings in force are the last that did")
+    }
+    if let override = applied.modeOverride, let fileMode = applied.fileMode, override.mode != fileMode {
         print(
-            "note: the config file says mode \(applied.fileMode.rawValue), but \(override.by) set \(override.mode.rawValue) with `connector mode` at \(HumanFormat.time(override.at)); `connector mode config` goes back to the file")
+            "note: the config file says mode \(fileMode.rawValue), but \(override.by) set \(override.mode.rawValue) with `connector mode` at \(HumanFormat.time(override.at)); `connector mode config` goes back to the file")
     }
     if applied.streamsReset > 0 || applied.sessionsEnded > 0 {
         print("\(applied.streamsReset) running requests reset, \(applied.sessionsEnded) sessions ended")

@@ -85,6 +85,12 @@ struct Clusters: AsyncParsableCommand {
     }
 }
 
+/// `: why` for an ended request whose reason says more than its state.
+private func endNote(_ request: AccessRequestRecord) -> String {
+    guard request.state.isFinal, let reason = request.endReason, reason != request.state.rawValue else { return "" }
+    return ": \(reason)"
+}
+
 func enrollmentText(_ enrollment: EnrollmentResponse) -> String {
     """
     enrollment token for cluster \(enrollment.clusterID) (shown once, single use, expires \(HumanFormat.time(enrollment.expiresAt))):
@@ -137,7 +143,9 @@ struct Requests: AsyncParsableCommand {
                 TextTable.render(
                     ["ID", "CLUSTER", "EXPERT", "ROLE", "DURATION", "STATE", "CHANGED BY", "CHANGED AT", "EXPIRES", "REASON"],
                     requests.map {
-                        [String($0.id), $0.clusterID, $0.expert, $0.role.rawValue, formatMilliseconds($0.durationSeconds * 1000), $0.state.rawValue,
+                        // An ended request says why in its state (a customer's rejection reason, a revocation's).
+                        [String($0.id), $0.clusterID, $0.expert, $0.role.rawValue, formatMilliseconds($0.durationSeconds * 1000),
+                         $0.state.rawValue + endNote($0),
                          $0.changedBy, HumanFormat.time($0.changedAt), HumanFormat.time($0.expiresAt), $0.reason]
                     })
             }

@@ -67,7 +67,10 @@ struct Open: AsyncParsableCommand {
         try await Self.connect(session, waitSeconds: waitSeconds, cluster: self.cluster)
         let listener = try await LocalListener.start(host: listen.host, port: listen.port, session: session, group: group)
         let grant = session.grant
-        let runsUnder = grant.map { ", role \($0.role), request \($0.accessRequest), until \(HumanFormat.time($0.expiresAt))" } ?? ""
+        let runsUnder = grant.map { grant in
+            let readOnly = grant.customerMode == "readOnly" && grant.role != "viewer" ? " (the customer's privacy mode readOnly allows reading only)" : ""
+            return ", role \(grant.role)\(readOnly), request \(grant.accessRequest), until \(HumanFormat.time(grant.expiresAt))"
+        } ?? ""
         print("session open: cluster \(self.cluster), component \(self.component)\(runsUnder)")
         print("open \(listener.url) in your browser (Ctrl-C to end the session)")
         fflush(stdout)
@@ -111,17 +114,17 @@ struct Open: AsyncParsableCommand {
                         }
                         // A terminal gets one line redrawn; a file or pipe a line at the start and every 30 s.
                         if isatty(STDERR_FILENO) == 1 {
-                            let line = announced ? "\r" : "relayctl: \(error.message)\n"
+                            let line = announced ? "\r" : "relayctl: \(error.relayMessage ?? error.message)\n"
                             FileHandle.standardError.write(Data("\(line)waiting for the connector to dial in... \(waited.components.seconds) s".utf8))
                         } else if !announced || waited.components.seconds % 30 == 0 {
                             FileHandle.standardError.write(
-                                Data("relayctl: \(error.message); waiting for the connector to dial in (\(waited.components.seconds) s of \(waitSeconds) s)\n".utf8))
+                                Data("relayctl: \(error.relayMessage ?? error.message); waiting for the connector to dial in (\(waited.components.seconds) s of \(waitSeconds) s)\n".utf8))
                         }
                         announced = true
                         try await Task.sleep(for: .seconds(1))
                         continue
                     }
-                    FileHandle.standardError.write(Data("relayctl: \(error.message)\n".utf8))
+                    FileHandle.standardError.write(Data("relayctl: the relay refused the session (\(status)): \(error.relayMessage ?? error.message)\n".utf8))
                     throw ExitCode(RelayCtlExit.forStatus(status))
                 }
                 FileHandle.standardError.write(Data("relayctl: \(error.message); check --relay, --ca and that the relay is running\n".utf8))

@@ -81,7 +81,7 @@ import TunnelCore
         let created = ContinuousClock.now
         let request = try await stack.createRequest(cluster: "demo", role: .user)
         #expect(request.state == .pending)
-        try await stack.waitUntil("the request in the watch") { watch.stdout.contains("\(request.id) ") && watch.stdout.contains("waiting") }
+        try await stack.waitUntil("the request in the watch") { watch.stdout.contains("\n\(request.id)\talice\tuser\t") && watch.stdout.contains("waiting") }
         #expect(ContinuousClock.now - created <= .seconds(10))
         #expect(stack.driver.lastAnswer?.nextHeartbeatSeconds == 5, "the relay asks for quicker heartbeats while a request waits")
         watch.terminate()
@@ -129,6 +129,13 @@ import TunnelCore
             environment: SessionEndPushTests.relayctlEnvironment(stack))
         #expect(status == RelayCtlExit.denied)
         #expect(stderr.contains("rejected by customer:carol@demo") && stderr.contains("not during the change freeze"), "\(stderr)")
+        let (_, listed, _) = try await TestProcess.run(
+            TestProcess.binary("relayctl"), ["requests", "list"], environment: SessionEndPushTests.relayctlEnvironment(stack))
+        #expect(listed.contains("rejected: not during the change freeze"), "\(listed)")
+        // The customer's list keeps the request's own reason, and shows theirs with the verdict.
+        let (_, customers, _) = try await TestProcess.run(Self.connector, ["requests", "list", "--state-dir", stack.connectorConfig.stateDirectory])
+        #expect(customers.contains("rejected: not during the change freeze") && customers.contains("test"), "\(customers)")
+        #expect(!customers.contains("at the relay"), "no echo of the customer's own decision: \(customers)")
         await stack.stop()
     }
 }

@@ -91,29 +91,70 @@ import TunnelCore
         #expect(end.reason == "ended by the customer's connector: killed by the customer (carol)")
         #expect(end.after <= Self.pushBound, "pushed in \(end.after)")
         #expect(stack.relay.registry.count == 1, "the tunnel stays for everyone else")
+        // The kill holds for the access request: the relay revokes it too, so the engineer is not
+        // sent back into it; a new request works.
+        let killedRequest = live[0].accessRequest
+        try await stack.waitUntil("the relay to revoke the request") {
+            try await stack.control.store.request(id: killedRequest)?.state == .revoked
+        }
+        let revoked = try #require(try await stack.control.store.request(id: killedRequest))
+        #expect(revoked.changedBy == "customer:carol@demo" && revoked.endReason == "killed by the customer (carol)")
+        let (status, _, stderr) = try await TestProcess.run(
+            TestProcess.binary("relayctl"), ["session", "open", "--cluster", "demo", "--component", "ui"], environment: Self.relayctlEnvironment(stack))
+        #expect(status == RelayCtlExit.denied && stderr.contains("killed by the customer (carol)"), "\(stderr)")
+        // No access left: the tunnel closes; a new request brings it back.
+        try await stack.waitForTunnels(0)
+        let next = try await stack.createRequest(cluster: "demo", role: .admin)
+        try await stack.waitForTunnels(1)
+        let again = try await WatchedSession(stack)
+        #expect(again.client.grant?.accessRequest == next.id)
+        #expect(try await TestHTTPConnection.request(port: again.port, .GET, "/").status == .ok)
+        await again.close()
         await watched.close()
         await stack.stop()
     }
 
-    /// The relay ends a session (an operator's kill): the connector records it at once, with the
-    /// relay's reason, and lists it as ended; one `session.end` only.
-    @Test func anOperatorsKillIsRecordedByTheConnectorAtOnceWithTheRelaysReason() async throws {
+    /// How an operator ends a session at the relay, and the reason the connector must record.
+    enum RelayEnd: String, CaseIterable, Sendable {
+        case sessionKill, tokenRevoke
+
+        func perform(_ stack: TestStack, session: String) async throws {
+            switch self {
+            case .sessionKill: let _: SessionRecord = try await stack.api().post("\(APIPath.sessions)/\(session)/kill", [String: String]())
+            case .tokenRevoke: let _: TokenView = try await stack.api().post("\(APIPath.tokens)/alice/revoke", [String: String]())
+            }
+        }
+
+        var reason: String {
+            switch self {
+            case .sessionKill: "ended at the relay: session killed by ops:root"
+            case .tokenRevoke: "ended at the relay: token \"alice\" was revoked by ops:root"
+            }
+        }
+    }
+
+    /// The relay ends a session (an operator's kill, the expert's token revoked): the connector
+    /// records it at once, with the relay's reason, and lists it as ended; one `session.end` only.
+    @Test(arguments: RelayEnd.allCases)
+    func aSessionTheRelayEndsIsRecordedByTheConnectorAtOnceWithTheRelaysReason(_ how: RelayEnd) async throws {
         let stack = try await TestStack.start()
         let watched = try await WatchedSession(stack)
         #expect(try await TestHTTPConnection.request(port: watched.port, .GET, "/").status == .ok)
         let session = try #require(stack.relay.sessions.all.first?.record)
-        let killed = ContinuousClock.now
-        let _: SessionRecord = try await stack.api().post("\(APIPath.sessions)/\(session.id)/kill", [String: String]())
+        let ended = ContinuousClock.now
+        try await how.perform(stack, session: session.id)
         try await stack.waitUntil("the connector to record the end") {
             let listed: [ConnectorSession] = try await CustomerControlTests.control(stack).get(ControlPath.sessions)
             return listed.first { $0.id == session.id }?.endReason != nil
         }
-        #expect(ContinuousClock.now - killed <= Self.pushBound + .milliseconds(300), "the reconciler's 100 ms tick, then the push")
+        #expect(ContinuousClock.now - ended <= Self.pushBound + .milliseconds(300), "the reconciler's 100 ms tick, then the push")
         let listed: [ConnectorSession] = try await CustomerControlTests.control(stack).get(ControlPath.sessions)
-        #expect(listed.first { $0.id == session.id }?.endReason == "ended at the relay: session killed by ops:root")
+        #expect(listed.first { $0.id == session.id }?.endReason == how.reason)
         stack.privacy.audit.sync()
         let ends = try AuditVerifier.tail(directory: stack.connectorConfig.audit.directory, count: 200).filter { $0.event == "session.end" }
-        #expect(ends.map(\.reason) == ["ended at the relay: session killed by ops:root"])
+        #expect(ends.map(\.reason) == [how.reason])
+        let closed = try await watched.end(since: ended)
+        #expect(closed.code == .unknown(WireCloseCode.sessionKilled))
         await watched.close()
         await stack.stop()
     }
@@ -140,22 +181,6 @@ import TunnelCore
             TestProcess.binary("connector"), ["requests", "list", "--state-dir", stack.connectorConfig.stateDirectory])
         #expect(status == 0)
         #expect(out.contains("revoked by ops:root"), "\(out)")
-        await watched.close()
-        await stack.stop()
-    }
-
-    @Test func aRevokedTokenEndsTheSessionAtTheConnectorWithTheRelaysReason() async throws {
-        let stack = try await TestStack.start()
-        let watched = try await WatchedSession(stack)
-        #expect(try await TestHTTPConnection.request(port: watched.port, .GET, "/").status == .ok)
-        let session = try #require(stack.relay.sessions.all.first?.record)
-        let revoked = ContinuousClock.now
-        let _: TokenView = try await stack.api().post("\(APIPath.tokens)/alice/revoke", [String: String]())
-        try await stack.waitUntil("the connector to record the end") { stack.privacy.sessions.first { $0.id == session.id }?.endReason != nil }
-        #expect(ContinuousClock.now - revoked <= Self.pushBound + .milliseconds(300))
-        #expect(stack.privacy.sessions.first { $0.id == session.id }?.endReason == "ended at the relay: token \"alice\" was revoked by ops:root")
-        let end = try await watched.end(since: revoked)
-        #expect(end.code == .unknown(WireCloseCode.sessionKilled))
         await watched.close()
         await stack.stop()
     }

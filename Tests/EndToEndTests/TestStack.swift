@@ -251,40 +251,9 @@ enum TestProcess {
     /// waited for on a thread of its own: blocking one of Swift concurrency's few threads (two on
     /// this machine) would stall the relay's API and the other suites running beside.
     static func run(_ executable: String, _ arguments: [String], environment extra: [String: String?] = [:]) async throws -> (Int32, String, String) {
-        try await withCheckedThrowingContinuation { continuation in
-            Thread {
-                continuation.resume(with: Result { try self.runBlocking(executable, arguments, environment: extra) })
-            }.start()
-        }
-    }
-
-    private static func runBlocking(_ executable: String, _ arguments: [String], environment extra: [String: String?]) throws -> (Int32, String, String) {
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: executable)
-        process.arguments = arguments
-        var environment = ProcessInfo.processInfo.environment
-        for (name, value) in extra { environment[name] = value }
-        process.environment = environment
-        let out = Pipe()
-        let err = Pipe()
-        process.standardOutput = out
-        process.standardError = err
-        process.standardInput = FileHandle.nullDevice
-        try process.run()
-        // stderr is read on another thread, so that neither pipe can fill up and stall the child.
-        let stderrData = NIOLockedValueBox(Data())
-        let stderrRead = DispatchGroup()
-        stderrRead.enter()
-        Thread {
-            let data = err.fileHandleForReading.readDataToEndOfFile()
-            stderrData.withLockedValue { $0 = data }
-            stderrRead.leave()
-        }.start()
-        let stdout = out.fileHandleForReading.readDataToEndOfFile()
-        stderrRead.wait()
-        process.waitUntilExit()
-        let stderr = stderrData.withLockedValue { $0 }
-        return (process.terminationStatus, String(decoding: stdout, as: UTF8.self), String(decoding: stderr, as: UTF8.self))
+        let process = try RunningProcess(executable, arguments, environment: extra)
+        let status = await process.exitStatus()
+        return (status, process.stdout, process.stderr)
     }
 }
 
