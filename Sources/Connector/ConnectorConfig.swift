@@ -147,14 +147,16 @@ public struct ConnectorConfig: Sendable {
     /// Where a connector started from `configPath` keeps its state (`state_dir`), read on its own:
     /// the customer's commands find the control socket and the audit log through it even while
     /// another part of the file is broken (a typo must never block the kill switch).
-    public static func stateDirectory(configPath: String) -> String {
-        if let text = try? ConfigMap.readFile(configPath), let root = try? ConfigMap(yaml: text, file: configPath),
-            let directory = try? root.filePath("state_dir")
-        {
-            return directory
-        }
+    /// `unread` says why `state_dir` could not be read from the file (the default was taken).
+    public static func stateDirectory(configPath: String) -> (path: String, unread: String?) {
         let base = (configPath as NSString).deletingLastPathComponent
-        return base.isEmpty ? Self.defaultStateFolder : (base as NSString).appendingPathComponent(Self.defaultStateFolder)
+        let fallback = base.isEmpty ? Self.defaultStateFolder : (base as NSString).appendingPathComponent(Self.defaultStateFolder)
+        guard let text = try? ConfigMap.readFile(configPath) else { return (fallback, nil) }
+        guard let root = try? ConfigMap(yaml: text, file: configPath) else {
+            return (fallback, "\(configPath) is not valid YAML, so its state_dir could not be read")
+        }
+        guard let directory = try? root.filePath("state_dir") else { return (fallback, nil) }
+        return (directory, nil)
     }
 
     static let defaultStateFolder = "connector-state"

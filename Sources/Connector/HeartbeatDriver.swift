@@ -110,6 +110,8 @@ public final class HeartbeatDriver: Sendable {
                 self.tunnels.withLockedValue { $0 }?.keep(parsed)
             case .closeTunnels(let reason):
                 self.logger.info("closing tunnels", metadata: ["reason": "\(reason)"])
+                // The tunnels close first: the relay ended the access and tells the engineer why
+                // itself; this connector's own words ("the access request ended") would be vaguer.
                 self.tunnels.withLockedValue { $0 }?.keep([], reason: reason)
                 self.privacy.endAllSessions(reason: reason)
             }
@@ -130,7 +132,7 @@ public final class HeartbeatDriver: Sendable {
             defer { self.answers.withLockedValue { $0 += 1 } }
             self.privacy.heartbeatAnswered(pending: answer.pendingApprovals, sent: decisions)
             // Requests the relay ended, before any tunnel closes for them: sessions end with the relay's reason.
-            for ended in answer.endedRequests ?? [] {
+            for ended in (answer.endedRequests ?? []).prefix(50) {
                 self.privacy.relaySaid(
                     ControlEvent(
                         event: ControlEvent.requestEnded, accessRequest: ended.requestID, expert: ended.expert, state: ended.state,

@@ -20,14 +20,19 @@ extension PrivacyGuard {
                 cuts.add(Self.endSession(id, reason: "ended at the relay: \(reason)", now: now, inner: &inner))
             case ControlEvent.requestEnded:
                 guard let id = event.accessRequest, !inner.persisted.relayEnded.contains(where: { $0.requestID == id }) else { break }
+                // Only requests this connector knows (approved here, or served): a relay cannot
+                // grow the customer's state or audit log with made-up ones.
                 var keys = Set(inner.sessions.values.filter { $0.accessRequest == id }.map(\.grantKey))
                 keys.formUnion(inner.grants.keys.filter { $0.accessRequest == id })
-                if let expert = event.expert { keys.insert(GrantKey(accessRequest: id, expert: expert)) }
+                let approval = inner.persisted.approvals.first { $0.requestID == id }
+                guard !keys.isEmpty || approval != nil else { break }
+                if let approval { keys.insert(GrantKey(accessRequest: id, expert: approval.expert)) }
                 for key in keys { cuts.add(Self.endGrant(key, reason: reason, now: now, inner: &inner)) }
-                let record = RelayEndedRequest(requestID: id, state: event.state ?? "ended", reason: reason, at: now)
+                let record = RelayEndedRequest(requestID: id, state: String((event.state ?? "ended").prefix(16)), reason: reason, at: now)
                 inner.persisted.relayEnded.append(record)
-                // A month of them is plenty for `requests list`.
+                // A month of them, at most 500, is plenty for `requests list`.
                 inner.persisted.relayEnded.removeAll { now.timeIntervalSince($0.at) > 30 * 86_400 }
+                inner.persisted.relayEnded = Array(inner.persisted.relayEnded.suffix(500))
                 ended = record
             default:
                 break

@@ -112,10 +112,20 @@ public final class TunnelConnector: Sendable {
         WebSocketDialer.dial(url: url, headers: headers, tls: self.tls, limits: limits, group: self.group) { channel in
             let tunnelID = ObjectIdentifier(channel)
             channel.closeFuture.whenComplete { _ in _ = controls.withLockedValue { $0.removeValue(forKey: tunnelID) } }
-            // The relay's control stream: what it ends (sessions, requests), this connector records at once.
-            let openControl: @Sendable (ControlStreamHandler) -> Bool = { handler in
-                controls.withLockedValue { $0.updateValue(handler, forKey: tunnelID) }?.close()
-                return true
+            // The relay's control stream: what it ends (sessions, requests), this connector records
+            // at once. Only the tunnel's first stream, once: any other (an expert's request that got
+            // the header through, a relay that misbehaves) is reset.
+            let openControl: @Sendable (ControlStreamHandler, Channel) -> Bool = { handler, stream in
+                guard (try? stream.syncOptions?.getOption(HTTP2StreamChannelOptions.streamID)) == HTTP2StreamID(1) else { return false }
+                return controls.withLockedValue { controls in
+                    guard controls[tunnelID] == nil else { return false }
+                    controls[tunnelID] = handler
+                    return true
+                }
+            }
+            let controlClosed: @Sendable (ControlStreamHandler) -> Void = { handler in
+                controls.withLockedValue { if $0[tunnelID] === handler { $0[tunnelID] = nil } }
+                logger.warning("the relay's control stream closed; session ends are no longer pushed on this tunnel")
             }
             return try TunnelPipeline.configure(
                 channel: channel, websocketRole: .client, http2Mode: .server, link: .tunnel, limits: limits, logger: logger
@@ -124,7 +134,9 @@ public final class TunnelConnector: Sendable {
                     // Every request is decided and audited by the customer's PrivacyGuard.
                     let ticket = privacy.ticket(for: stream)
                     try stream.pipeline.syncOperations.addHandlers([
-                        ControlStreamHandler(role: .answerer(onOpen: openControl), loop: stream.eventLoop) { privacy.relaySaid($0) },
+                        ControlStreamHandler(role: .answerer(onOpen: { openControl($0, stream) }), loop: stream.eventLoop, onClosed: controlClosed) {
+                            privacy.relaySaid($0)
+                        },
                         HTTP2FramePayloadToHTTP1ServerCodec(),
                         ProxyServerHandler(
                             opener: { privacy.open($0, $1, ticket: ticket, opener: opener) },

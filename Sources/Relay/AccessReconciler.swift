@@ -77,10 +77,7 @@ extension AccessReconciler {
     /// Requests in force at the last tick that are not now: revoked, expired or rejected.
     private func requestsEnded(cluster: String, approved: [AccessRequestRecord], now: Date) async throws -> [ControlEvent] {
         let current = Set(approved.filter { $0.isActive(at: now) }.map(\.id))
-        let gone = self.inForce.withLockedValue { seen -> Set<Int64> in
-            defer { seen[cluster] = current }
-            return (seen[cluster] ?? []).subtracting(current)
-        }
+        let gone = self.inForce.withLockedValue { ($0[cluster] ?? []).subtracting(current) }
         var events: [ControlEvent] = []
         for id in gone.sorted() {
             guard let request = try await self.control.store.request(id: id), request.state.isFinal else { continue }
@@ -89,6 +86,8 @@ extension AccessReconciler {
                     event: ControlEvent.requestEnded, accessRequest: id, expert: request.expert, state: request.state.rawValue,
                     reason: AccessPolicy.endReason(of: request, now: now) ?? "request \(id) \(request.state.rawValue)"))
         }
+        // Only once every lookup worked: a failed tick tells the connectors on the next one.
+        self.inForce.withLockedValue { $0[cluster] = current }
         return events
     }
 }

@@ -10,7 +10,9 @@ enum ConnectorEvents {
     static func apply(
         _ event: ControlEvent, cluster: String, node: String, sessions: LiveSessions, registry: TunnelRegistry, control: MissionControl
     ) {
-        let reason = "ended by the customer's connector: \(event.reason)"
+        // A connector's words, shown to an engineer and stored: cut to a sensible length.
+        let said = String(event.reason.prefix(500))
+        let reason = "ended by the customer's connector: \(said)"
         let ofCluster = sessions.all.filter { $0.record.clusterID == cluster }
         let ending: [LiveSession]
         switch event.event {
@@ -19,7 +21,8 @@ enum ConnectorEvents {
         case ControlEvent.grantEnded:
             ending = ofCluster.filter { $0.record.requestID == event.accessRequest && $0.record.expert == event.expert }
             if let request = event.accessRequest, let expert = event.expert {
-                Task { await control.customerEnded(request: request, expert: expert, cluster: cluster, node: node, by: event.by, reason: event.reason) }
+                let by = event.by.map { String($0.prefix(64)) }
+                Task { await control.customerEnded(request: request, expert: expert, cluster: cluster, node: node, by: by, reason: said) }
             }
         case ControlEvent.accessOff:
             // Sessions this node served alone: those pinned to it, or all when no other node of

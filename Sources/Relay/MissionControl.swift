@@ -218,8 +218,7 @@ public final class MissionControl: Sendable {
             ? [] : requests.filter { $0.state == .pending || ($0.isActive(at: now) && $0.changedBy.hasPrefix(Self.automaticApproval)) }
         var interval = self.settings.heartbeatIntervalSeconds
         if !waiting.isEmpty { interval = min(interval ?? Int.max, self.settings.approvalHeartbeatSeconds) }
-        let ended = try await self.store.requests(clusterID: cluster, states: [.revoked, .expired, .rejected])
-            .filter { now.timeIntervalSince($0.changedAt) < 86_400 }.sorted { $0.changedAt > $1.changedAt }.prefix(50)
+        let ended = try await self.store.endedRequests(clusterID: cluster, since: now.addingTimeInterval(-86_400), limit: 50)
         return HeartbeatResponse(
             remoteUIRequested: flag, websocketURLs: self.tunnelURLs, nextHeartbeatSeconds: interval,
             pendingApprovals: waiting.map(PendingApproval.init), activeRole: active.map(\.role).max(),

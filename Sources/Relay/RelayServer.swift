@@ -182,8 +182,16 @@ public final class RelayServer: Sendable {
             channel: channel, websocketRole: .server, http2Mode: .client, link: .tunnel, limits: self.config.limits,
             logger: self.logger, inboundStreamInitializer: TunnelPipeline.refuseInboundStreams)
         // The control stream: the connector says at once which sessions the customer ended.
-        let controlStream = ControlStreamHandler(role: .opener, loop: channel.eventLoop) {
-            [sessions = self.sessions, registry = self.registry, control = self.control] event in
+        let logger = self.logger
+        let controlStream = ControlStreamHandler(
+            role: .opener, loop: channel.eventLoop,
+            onClosed: { _ in
+                // Without it the tunnel still works: the connector refuses what it ended, and says why.
+                if channel.isActive {
+                    logger.warning("control stream closed; session ends are no longer pushed on this tunnel", metadata: ["cluster": "\(cluster)", "node": "\(node)"])
+                }
+            }
+        ) { [sessions = self.sessions, registry = self.registry, control = self.control] event in
             ConnectorEvents.apply(event, cluster: cluster, node: node, sessions: sessions, registry: registry, control: control)
         }
         multiplexer.createStreamChannel(promise: nil) { stream in
@@ -193,7 +201,6 @@ public final class RelayServer: Sendable {
             id: ObjectIdentifier(channel), cluster: cluster, node: node, channel: channel, multiplexer: multiplexer,
             connectedAt: .now(), control: controlStream)
         self.registry.register(tunnel)
-        let logger = self.logger
         let control = self.control
         logger.info("tunnel up", metadata: ["cluster": "\(cluster)", "node": "\(node)", "peer": "\(channel.remoteAddress?.display ?? "?")"])
         Task { await control.audit(actor: "node:\(cluster)/\(node)", "tunnel.open", cluster: cluster, subject: node) }

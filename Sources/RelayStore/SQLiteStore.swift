@@ -239,6 +239,16 @@ public final class SQLiteStore: Store {
         }
     }
 
+    public func endedRequests(clusterID: String, since: Date, limit: Int) async throws -> [AccessRequestRecord] {
+        try await self.pool.read { db in
+            try AccessRequestRecord.all()
+                .filter(Column("clusterID") == clusterID)
+                .filter([RequestState.expired, .revoked, .rejected].map(\.rawValue).contains(Column("state")))
+                .filter(Column("changedAt") >= since)
+                .order(Column("changedAt").desc).limit(limit).fetchAll(db)
+        }
+    }
+
     public func updateRequest(_ request: AccessRequestRecord, expecting expected: RequestState) async throws -> Bool {
         try await self.pool.write { db in
             guard let current = try AccessRequestRecord.fetchOne(db, key: request.id), current.state == expected else { return false }

@@ -32,6 +32,8 @@ public protocol Store: Sendable {
     func createRequest(_ request: AccessRequestRecord) async throws -> AccessRequestRecord
     func request(id: Int64) async throws -> AccessRequestRecord?
     func requests(clusterID: String?, states: Set<RequestState>?) async throws -> [AccessRequestRecord]
+    /// The cluster's requests that ended (expired, revoked, rejected) at or after `since`, newest first, at most `limit`.
+    func endedRequests(clusterID: String, since: Date, limit: Int) async throws -> [AccessRequestRecord]
     /// Replaces the request if its state is still `expected` (compare and set); false otherwise.
     func updateRequest(_ request: AccessRequestRecord, expecting expected: RequestState) async throws -> Bool
 

@@ -43,10 +43,11 @@ public struct ControlEvent: Codable, Sendable, Equatable {
 }
 
 /// The control stream's framing: the relay opens one HTTP/2 stream per tunnel (`POST /` with
-/// `x-relay-control: v1`) right after the upgrade and never ends it; the connector answers `200`
-/// and never ends it either. Each side writes events as JSON lines in DATA frames. A line over
-/// `maxLineBytes`, or one that is not JSON, resets the stream (the tunnel goes on; the relay opens
-/// a new one).
+/// `x-relay-control: v1`), its first, right after the upgrade and never ends it; the connector
+/// answers `200` and never ends it either. Each side writes events as JSON lines in DATA frames. A
+/// line over `maxLineBytes`, one that is not JSON, or more than `maxEventsPerSecond` resets the
+/// stream; the tunnel goes on without pushes (each side still enforces, and the relay still learns
+/// ends from refusals and heartbeats), and `onClosed` says so.
 public final class ControlStreamHandler: ChannelInboundHandler, @unchecked Sendable {
     public typealias InboundIn = HTTP2Frame.FramePayload
     public typealias OutboundOut = HTTP2Frame.FramePayload
@@ -55,28 +56,39 @@ public final class ControlStreamHandler: ChannelInboundHandler, @unchecked Senda
         /// The relay: sends the request head at once.
         case opener
         /// The connector: first in every inbound stream's pipeline. A stream whose head is not a
-        /// control head passes on untouched (an expert request).
+        /// control head passes on untouched (an expert request). Only the tunnel's first stream may
+        /// be the control stream, and only if `onOpen` accepts it (once per tunnel).
         case answerer(onOpen: @Sendable (ControlStreamHandler) -> Bool)
     }
 
-    public static let header = "x-relay-control"
+    public static let header = WireHeader.control
     public static let version = "v1"
     public static let maxLineBytes = 16 * 1024
+    /// More events than this in one second resets the stream (a flood, not a peer telling news).
+    public static let maxEventsPerSecond = 500
 
     private let role: Role
     private let loop: EventLoop
     private let onEvent: @Sendable (ControlEvent) -> Void
+    private let onClosed: (@Sendable (ControlStreamHandler) -> Void)?
     private var context: ChannelHandlerContext?
     private var mode: Mode = .waiting
     private var pending = ByteBuffer()
     private var queued: [ControlEvent] = []
+    private var second: (start: NIODeadline, events: Int) = (.now(), 0)
 
-    private enum Mode { case waiting, control, passThrough }
+    private enum Mode { case waiting, control, passThrough, closed }
 
-    /// - Parameter loop: the stream channel's event loop (everything here runs on it).
-    public init(role: Role, loop: EventLoop, onEvent: @escaping @Sendable (ControlEvent) -> Void) {
+    /// - Parameters:
+    ///   - loop: the stream channel's event loop (everything here runs on it).
+    ///   - onClosed: the control stream closed (not for a stream that passed through).
+    public init(
+        role: Role, loop: EventLoop, onClosed: (@Sendable (ControlStreamHandler) -> Void)? = nil,
+        onEvent: @escaping @Sendable (ControlEvent) -> Void
+    ) {
         self.role = role
         self.loop = loop
+        self.onClosed = onClosed
         self.onEvent = onEvent
     }
 
@@ -85,7 +97,28 @@ public final class ControlStreamHandler: ChannelInboundHandler, @unchecked Senda
         if case .opener = self.role, context.channel.isActive { self.openAsRelay(context) }
     }
 
-    public func handlerRemoved(context: ChannelHandlerContext) { self.context = nil }
+    public func handlerRemoved(context: ChannelHandlerContext) {
+        self.context = nil
+        self.closed()
+    }
+
+    public func channelInactive(context: ChannelHandlerContext) {
+        self.closed()
+        context.fireChannelInactive()
+    }
+
+    /// Nothing is sent or queued any more.
+    private func closed() {
+        let wasControl = self.mode == .control || (self.mode == .waiting && self.isOpener)
+        self.mode = .closed
+        self.queued.removeAll()
+        if wasControl { self.onClosed?(self) }
+    }
+
+    private var isOpener: Bool {
+        if case .opener = self.role { return true }
+        return false
+    }
 
     public func channelActive(context: ChannelHandlerContext) {
         if case .opener = self.role, self.mode == .waiting { self.openAsRelay(context) }
@@ -107,6 +140,8 @@ public final class ControlStreamHandler: ChannelInboundHandler, @unchecked Senda
         switch self.mode {
         case .passThrough:
             context.fireChannelRead(data)
+        case .closed:
+            break
         case .waiting:
             guard case .answerer(let onOpen) = self.role, case .headers(let headers) = payload,
                 headers.headers.first(name: Self.header) == Self.version
@@ -115,8 +150,9 @@ public final class ControlStreamHandler: ChannelInboundHandler, @unchecked Senda
                 context.fireChannelRead(data)
                 return
             }
-            // At most one control stream per tunnel: a second one is reset.
+            // Only what `onOpen` accepts (the relay's first stream, once per tunnel): any other is reset.
             guard onOpen(self) else {
+                self.mode = .closed
                 context.close(promise: nil)
                 return
             }
@@ -137,7 +173,7 @@ public final class ControlStreamHandler: ChannelInboundHandler, @unchecked Senda
                 let line = self.pending.readSlice(length: length)!
                 self.pending.moveReaderIndex(forwardBy: 1)
                 guard line.readableBytes > 0 else { continue }
-                guard let event = try? JSONDecoder().decode(ControlEvent.self, from: Data(line.readableBytesView)) else {
+                guard let event = try? JSONDecoder().decode(ControlEvent.self, from: Data(line.readableBytesView)), self.withinRate() else {
                     context.close(promise: nil)
                     return
                 }
@@ -153,11 +189,20 @@ public final class ControlStreamHandler: ChannelInboundHandler, @unchecked Senda
         }
     }
 
-    /// Sends events (call from any thread); queued until the stream is open. On the stream's loop
+    /// Counts one event against `maxEventsPerSecond`.
+    private func withinRate() -> Bool {
+        let now = NIODeadline.now()
+        if now - self.second.start >= .seconds(1) { self.second = (now, 0) }
+        self.second.events += 1
+        return self.second.events <= Self.maxEventsPerSecond
+    }
+
+    /// Sends events (call from any thread); queued until the stream is open, dropped once it closed. On the stream's loop
     /// the write happens now, so a tunnel closed right after still carries them first.
     public func send(_ events: [ControlEvent]) {
         guard !events.isEmpty else { return }
         self.onLoop {
+            guard self.mode != .closed else { return }
             self.queued += events
             if self.mode == .control { self.writeQueued() }
         }

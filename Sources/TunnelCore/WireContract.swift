@@ -43,8 +43,12 @@ public enum WireHeader {
     public static let error = "x-relay-error"
 
     /// Every header the relay owns; any copy that arrives from an expert is removed before the relay sets its own.
+    /// Marks the tunnel's control stream (docs/PROTOCOL.md); never from an expert.
+    public static let control = "x-relay-control"
+
     public static let relayOwned = [
         cluster, node, component, expert, session, requestID, role, accessRequest, accessExpires, clientAddress, sessionEnded, error, privacyMode,
+        control,
     ]
 
     /// Hop-by-hop headers (RFC 9110 7.6.1) never forwarded across a hop.

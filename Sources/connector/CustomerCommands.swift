@@ -32,15 +32,19 @@ struct CustomerOptions: ParsableArguments {
     }
 
     /// Flag, environment, then `state_dir` read on its own from the config file, then the default.
-    var stateDirectory: String {
-        if let directory = self.stateDir, !directory.isEmpty { return directory }
-        if let directory = ProcessInfo.processInfo.environment["CONNECTOR_STATE_DIR"], !directory.isEmpty { return directory }
+    var stateDirectory: String { self.stateDirectoryLookup.path }
+
+    private var stateDirectoryLookup: (path: String, unread: String?) {
+        if let directory = self.stateDir, !directory.isEmpty { return (directory, nil) }
+        if let directory = ProcessInfo.processInfo.environment["CONNECTOR_STATE_DIR"], !directory.isEmpty { return (directory, nil) }
         return ConnectorConfig.stateDirectory(configPath: self.config)
     }
 
     func client() throws -> APIClient {
-        let path = ControlServer.socketPath(stateDirectory: self.stateDirectory)
-        return try APIClient(socketPath: path, peer: "the connector's control socket \(path) (is the connector running?)", group: MultiThreadedEventLoopGroup.singleton)
+        let lookup = self.stateDirectoryLookup
+        let path = ControlServer.socketPath(stateDirectory: lookup.path)
+        let hint = lookup.unread.map { "is the connector running? \($0): pass --state-dir" } ?? "is the connector running?"
+        return try APIClient(socketPath: path, peer: "the connector's control socket \(path) (\(hint))", group: MultiThreadedEventLoopGroup.singleton)
     }
 
     /// Where the connector writes its audit log, as it noted in its state directory; for a

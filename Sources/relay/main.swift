@@ -37,14 +37,16 @@ struct RelayCommand: AsyncParsableCommand {
         let control = try RelayServer.openEmbeddedControl(config: config, logger: logger)
         let bootstrapPath = config.dataDirectory + "/bootstrap-ops-token"
         let firstStart = try await control.createBootstrapToken(at: bootstrapPath)
+        if firstStart {
+            // The path only, and before anything can fail: the token itself never goes to a log.
+            print("first start: an ops token named \"bootstrap\" is in \(bootstrapPath) (mode 0600);")
+        }
         let server = try RelayServer(config: config, control: control, group: MultiThreadedEventLoopGroup.singleton, logger: logger)
         let address = try await server.start()
         print("relay listening on \(address.display)")
         if firstStart {
-            // The path only: the token itself never goes to a log.
             let ip = address.ipAddress ?? "127.0.0.1"
             let host = ["0.0.0.0", "::"].contains(ip) ? "127.0.0.1" : ip.contains(":") ? "[\(ip)]" : ip
-            print("first start: an ops token named \"bootstrap\" is in \(bootstrapPath) (mode 0600);")
             print(
                 "use it to create your own: relayctl tokens create --relay https://\(host):\(address.port ?? config.listenPort) --ca CA_FILE --token-file \(bootstrapPath) --name NAME --role ops")
             print("(CA_FILE: the CA certificate that signed \(config.certificateFile); then revoke bootstrap: relayctl tokens revoke bootstrap)")

@@ -203,4 +203,29 @@ import TunnelCore
         await watched.close()
         await stack.stop()
     }
+
+    /// Nobody but the relay, and only on the tunnel's first stream, speaks on the control stream:
+    /// an engineer's header is dropped by the relay, a second control stream is reset by the
+    /// connector, and the real one keeps working.
+    @Test func onlyTheRelaysFirstStreamIsTheControlStream() async throws {
+        let stack = try await TestStack.start()
+        let watched = try await WatchedSession(stack)
+        let forged = #"{"event":"session.ended","session":"x","reason":"forged"}"# + "\n"
+        let upload = try await TestHTTPConnection.request(
+            port: watched.port, .POST, "/upload", headers: [(WireHeader.control, "v1")], body: Array(forged.utf8))
+        #expect(upload.status == .ok, "an ordinary request, the header dropped by the relay")
+        let request = try #require(try await stack.control.store.requests(clusterID: "demo", states: [.approved]).first)
+        let second = try await RogueRelay.send(
+            stack, method: .POST, target: "/", headers: RogueRelay.identity(request: request.id) + [(WireHeader.control, "v1")], body: Array(forged.utf8))
+        #expect(second.status == nil, "a second control stream is reset: \(second)")
+        #expect(stack.privacy.sessions.allSatisfy { $0.endReason == nil }, "nothing forged was taken")
+        // The relay's own control stream still carries the customer's kill at once.
+        let live: [ConnectorSession] = try await CustomerControlTests.control(stack).get(ControlPath.sessions)
+        let killed = ContinuousClock.now
+        let _: ConnectorSession = try await CustomerControlTests.control(stack).post(ControlPath.kill(live[0].id), CustomerActor(by: "carol"))
+        let end = try await watched.end(since: killed)
+        #expect(end.code == .unknown(WireCloseCode.endedByCustomer) && end.after <= Self.pushBound)
+        await watched.close()
+        await stack.stop()
+    }
 }

@@ -99,4 +99,18 @@ import Testing
         try channel.writeInbound(Self.controlHead)
         #expect(!channel.isActive)
     }
+
+    @Test func aFloodOfEventsResetsTheStreamAndAClosedStreamSendsNothing() throws {
+        let received = Received()
+        let (channel, _) = try self.answerer(received)
+        try channel.writeInbound(Self.controlHead)
+        _ = try channel.readOutbound(as: HTTP2Frame.FramePayload.self)
+        let line = #"{"event":"session.ended","session":"s","reason":"r"}"# + "\n"
+        try channel.writeInbound(Self.data(String(repeating: line, count: ControlStreamHandler.maxEventsPerSecond + 1)))
+        #expect(!channel.isActive, "more than the budget in a second closes the stream")
+        #expect(received.events.withLockedValue { $0 }.count == ControlStreamHandler.maxEventsPerSecond)
+        let handler = try? channel.pipeline.syncOperations.handler(type: ControlStreamHandler.self)
+        handler?.send([ControlEvent(event: ControlEvent.accessOff, reason: "x")])
+        #expect(try channel.readOutbound(as: HTTP2Frame.FramePayload.self) == nil)
+    }
 }
