@@ -103,6 +103,9 @@ public struct ConnectorConfig: Sendable {
     /// Customer approvals, the CLI's settings and the control socket live here (mode 0700).
     public var stateDirectory: String
     public var audit: AuditSettings
+    /// Idle kept-alive connections to components are closed after this many milliseconds (below
+    /// common server keep-alive timeouts, so a connection is never reused as the server closes it).
+    public var componentIdleMilliseconds: Int64 = 2000
 
     public init(
         nodeID: String, sourceType: String = "server", credentialFile: String, relayURL: WebSocketURL, caFile: String,

@@ -15,7 +15,7 @@ public final class TunnelConnector: Sendable {
     private let group: EventLoopGroup
     private let logger: Logger
     private let tls: NIOSSLContext
-    private let opener = ComponentOpener()
+    private let opener: ComponentOpener
     private let privacy: PrivacyGuard
     private let state = NIOLockedValueBox(State())
     /// Each tunnel's control stream (opened by the relay), by tunnel channel.
@@ -41,6 +41,7 @@ public final class TunnelConnector: Sendable {
         self.group = group
         self.logger = logger
         self.tls = try TLSFiles.clientContext(caFile: config.caFile)
+        self.opener = ComponentOpener(pool: ComponentConnectionPool(idleTimeout: .milliseconds(config.componentIdleMilliseconds)))
         self.onTunnelLost = onTunnelLost
     }
 

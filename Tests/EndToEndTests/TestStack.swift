@@ -152,6 +152,8 @@ struct TestStack {
             nodeID: "node-1", credentialFile: temporaryDirectory("connector") + "/credential.json",
             relayURL: try WebSocketURL(parsing: "https://127.0.0.1:\(port)", acceptHTTPS: true), caFile: TestCerts.trusted + "/ca.pem",
             components: components, limits: limits, backoff: backoff, heartbeat: heartbeat, privacyMode: mode, masterNode: true)
+        // Reuse must not depend on how fast a loaded machine runs a test's next request.
+        connectorConfig.componentIdleMilliseconds = 60_000
         configure(&connectorConfig)
         let credential = try await ConnectorRegistration.register(
             config: connectorConfig, enrollmentToken: enrollment.enrollmentToken, group: group, logger: quietLogger)
