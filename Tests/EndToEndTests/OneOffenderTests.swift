@@ -67,7 +67,7 @@ import TunnelCore
         let flooding = try await stack.openSession(component: "trickle")
         let other = try await stack.openSession()
         // Another engineer's download, read slowly, stays in flight for the whole flood.
-        let size = 48 << 20  // a minute at the slow pace
+        let size = 48 << 20  // read slowly to 4 MiB, then held until the flood is over
         let download = try await PacedDownload.start(port: other.localAddress!.port!, path: "/bytes/\(size)")
         try await stack.waitUntil("the other download to be running") { download.received > 0 }
 
@@ -283,7 +283,7 @@ enum CancelledDownload {
     }
 }
 
-/// A download read 16 KiB every 20 ms until `readFreely`, hashing the body (HTTP/1.1, Content-Length).
+/// A download read 16 KiB every 20 ms up to 4 MiB, then held, until `readFreely`; hashes the body (HTTP/1.1, Content-Length).
 final class PacedDownload: @unchecked Sendable {
     struct Result: Sendable {
         var status: Int
@@ -374,8 +374,13 @@ final class PacedDownload: @unchecked Sendable {
             if case .success(let result) = outcome { self.done.succeed(result) }
         }
 
+        /// Paced reading stops here until `readFreely`: the download stays in flight however long
+        /// the test takes on a loaded machine (the pace alone made that a race with the clock).
+        let holdAt = 4 << 20
+
         func channelReadComplete(context: ChannelHandlerContext) {
             if self.paced {
+                guard self.state.withLockedValue({ $0.body }) < self.holdAt else { return }
                 context.eventLoop.scheduleTask(in: .milliseconds(20)) { context.read() }
             } else {
                 context.read()
