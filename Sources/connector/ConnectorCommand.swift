@@ -46,6 +46,7 @@ struct Run: AsyncParsableCommand {
             print("\(self.options.config): OK (\(credential), \(config.components.count) components, mode \(config.privacyMode.rawValue))")
             return
         }
+        let termination = TerminationSignal.install()
         let runtime = try await ConnectorRuntime.start(
             config: config, credential: credential, configPath: self.options.config, group: MultiThreadedEventLoopGroup.singleton,
             logger: logger)
@@ -56,7 +57,7 @@ struct Run: AsyncParsableCommand {
                 "cluster": "\(credential.clusterID)", "node": "\(credential.nodeID)", "relay": "\(config.relayURL.httpsBase)",
                 "mode": "\(runtime.privacy.mode.rawValue)", "control": "\(runtime.control.path)", "audit": "\(config.audit.directory)",
             ])
-        let signal = await TerminationSignal.wait()
+        let signal = await termination.wait()
         logger.info("shutting down", metadata: ["signal": "\(signal)"])
         hangup.cancel()
         await runtime.stop()

@@ -42,6 +42,8 @@ struct RelayCommand: AsyncParsableCommand {
             print("first start: an ops token named \"bootstrap\" is in \(bootstrapPath) (mode 0600);")
         }
         let server = try RelayServer(config: config, control: control, group: MultiThreadedEventLoopGroup.singleton, logger: logger)
+        // Watching for SIGTERM before saying "listening": a stop right after it is kept.
+        let termination = TerminationSignal.install()
         let address = try await server.start()
         print("relay listening on \(address.display)")
         if firstStart {
@@ -51,7 +53,7 @@ struct RelayCommand: AsyncParsableCommand {
                 "use it to create your own: relayctl tokens create --relay https://\(host):\(address.port ?? config.listenPort) --ca CA_FILE --token-file \(bootstrapPath) --name NAME --role ops")
             print("(CA_FILE: the CA certificate that signed \(config.certificateFile); then revoke bootstrap: relayctl tokens revoke bootstrap)")
         }
-        let signal = await TerminationSignal.wait()
+        let signal = await termination.wait()
         logger.info("shutting down", metadata: ["signal": "\(signal)"])
         try await server.stop()
     }

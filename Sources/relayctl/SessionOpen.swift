@@ -66,6 +66,8 @@ struct Open: AsyncParsableCommand {
         }
         try await Self.connect(session, waitSeconds: waitSeconds, cluster: self.cluster)
         let listener = try await LocalListener.start(host: listen.host, port: listen.port, session: session, group: group)
+        // Watching for Ctrl-C / SIGTERM before saying "ready": a stop right after the banner is kept.
+        let termination = TerminationSignal.install()
         let grant = session.grant
         let runsUnder = grant.map { grant in
             let readOnly = grant.customerMode == "readOnly" && grant.role != "viewer" ? " (the customer's privacy mode readOnly allows reading only)" : ""
@@ -76,7 +78,7 @@ struct Open: AsyncParsableCommand {
         fflush(stdout)
         // Ends on Ctrl-C, or when the relay closes the session with a reason (revoked, expired, killed).
         let signalTask = Task {
-            _ = await TerminationSignal.wait()
+            _ = await termination.wait()
             ended.continuation.finish()
         }
         var outcome: WebSocketPeerClosed?

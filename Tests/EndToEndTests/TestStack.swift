@@ -266,6 +266,7 @@ final class RunningProcess: Sendable {
     private let out = NIOLockedValueBox(Data())
     private let err = NIOLockedValueBox(Data())
     private let done = DispatchGroup()
+    private let exited = DispatchGroup()
 
     init(_ executable: String, _ arguments: [String], environment extra: [String: String?] = [:]) throws {
         let process = Process()
@@ -280,6 +281,9 @@ final class RunningProcess: Sendable {
         process.standardError = errPipe
         process.standardInput = FileHandle.nullDevice
         self.process = process
+        // Told by the termination handler: Foundation's waitUntilExit spins a run loop on Linux.
+        self.exited.enter()
+        process.terminationHandler = { [exited] _ in exited.leave() }
         try process.run()
         for (pipe, box) in [(outPipe, self.out), (errPipe, self.err)] {
             self.done.enter()
@@ -301,10 +305,15 @@ final class RunningProcess: Sendable {
     func terminate() { if self.process.isRunning { self.process.terminate() } }
 
     /// Waits for the exit on a thread of its own (never one of Swift concurrency's few threads).
-    func exitStatus() async -> Int32 {
+    /// Bounded: a program still running after `seconds` is killed (SIGKILL, status 9), so a test
+    /// fails instead of hanging the suite.
+    func exitStatus(seconds: Int = 120) async -> Int32 {
         await withCheckedContinuation { continuation in
             Thread {
-                self.process.waitUntilExit()
+                if self.exited.wait(timeout: .now() + .seconds(seconds)) == .timedOut {
+                    kill(self.process.processIdentifier, SIGKILL)
+                    self.exited.wait()
+                }
                 self.done.wait()
                 continuation.resume(returning: self.process.terminationStatus)
             }.start()
