@@ -1,6 +1,7 @@
 import Foundation
 import Logging
 import NIOConcurrencyHelpers
+import NIOCore
 import RelayModel
 import TunnelCore
 
@@ -41,12 +42,15 @@ struct AccessReconciler: Sendable {
         _ = try await self.control.expireDue(now: now)
         let clusters = self.registry.clusterIDs
         for cluster in clusters {
+            // Tunnels accepted after this read were allowed by a newer one (a request created
+            // meanwhile): they are left to the next tick, which reads again.
+            let readAt = NIODeadline.now()
             let approved = try await self.control.store.requests(clusterID: cluster, states: [.approved])
             // The connectors learn at once which requests ended (and why), before any tunnel closes.
             self.registry.tell(cluster: cluster, try await self.requestsEnded(cluster: cluster, approved: approved, now: now))
             guard !AccessPolicy.flag(requests: approved, now: now) else { continue }
             let reason = try await self.control.accessEndReason(cluster: cluster)
-            for tunnel in self.registry.tunnels(cluster: cluster) {
+            for tunnel in self.registry.tunnels(cluster: cluster) where tunnel.connectedAt < readAt {
                 self.control.logger.info("closing tunnel", metadata: ["cluster": "\(cluster)", "node": "\(tunnel.node)", "reason": "\(reason)"])
                 await self.control.audit(actor: "relay", "tunnel.close", cluster: cluster, subject: tunnel.node, reason: reason)
                 tunnel.channel.triggerUserOutboundEvent(WebSocketCloseRequest(code: WireCloseCode.accessEnded, reason: reason), promise: nil)

@@ -57,6 +57,9 @@ public final class SessionClient: Sendable {
     private let connection = NIOLockedValueBox<EventLoopFuture<NIOHTTP2Handler.StreamMultiplexer>?>(nil)
     private let onEnded: (@Sendable (WebSocketPeerClosed) -> Void)?
     private let grantBox = NIOLockedValueBox<SessionGrantInfo?>(nil)
+    /// Why the relay ended the session for good (4001-4004): later requests are refused with it
+    /// instead of redialing (a relay node shutting down, 1001, is redialed).
+    private let endedBox = NIOLockedValueBox<WebSocketPeerClosed?>(nil)
 
     /// The role, access request and expiry of the last connection's grant.
     public var grant: SessionGrantInfo? { self.grantBox.withLockedValue { $0 } }
@@ -104,7 +107,14 @@ public final class SessionClient: Sendable {
         headers.add(name: WireHeader.component, value: self.target.component)
         if let node = self.target.node { headers.add(name: WireHeader.node, value: node) }
         if let role = self.target.role { headers.add(name: WireHeader.role, value: role.rawValue) }
-        let onEnded = self.onEnded
+        let endedBox = self.endedBox
+        let userOnEnded = self.onEnded
+        let onEnded: @Sendable (WebSocketPeerClosed) -> Void = { closed in
+            if case .unknown(let code) = closed.code, (4000..<5000).contains(code) {
+                endedBox.withLockedValue { $0 = $0 ?? closed }
+            }
+            userOnEnded?(closed)
+        }
         let limits = self.target.limits
         let logger = self.logger
         let grantBox = self.grantBox
@@ -137,6 +147,8 @@ public final class SessionClient: Sendable {
     func open(_ head: HTTPRequestHead, _ upstream: ProxyUpstreamHandler) -> EventLoopFuture<HTTPRequestHead> {
         var head = head
         head.headers.removeRelayOwned()
+        if let refusal = self.endedRefusal { return upstream.downstreamEventLoop.makeFailedFuture(refusal) }
+        let endedBox = self.endedBox
         return self.multiplexer().flatMap { multiplexer in
             // The connection future completes on the connection's own loop, as openRequestStream needs.
             TunnelPipeline.openRequestStream(on: multiplexer, loop: upstream.downstreamEventLoop, upstream: upstream).map { head }
@@ -150,7 +162,18 @@ public final class SessionClient: Sendable {
                     throw ProxyRefusal.badGateway("cannot reach the relay: \(error.message)")
                 }
             }
-            throw error as? ProxyRefusal ?? ProxyRefusal.badGateway("relay stream failed: \(error)")
+            if let refusal = Self.refusal(endedBox.withLockedValue({ $0 })) { throw refusal }
+            throw error as? ProxyRefusal ?? ProxyRefusal.badGateway("the connection to the relay failed: \(describeConnectionError(error))")
         }
+    }
+
+    /// The refusal for requests after the relay ended the session (nil while it has not).
+    var endedRefusal: ProxyRefusal? { Self.refusal(self.endedBox.withLockedValue { $0 }) }
+
+    private static func refusal(_ closed: WebSocketPeerClosed?) -> ProxyRefusal? {
+        guard let closed else { return nil }
+        return ProxyRefusal(
+            .forbidden, code: "session_ended",
+            message: "the relay ended this session: \(closed.reason.isEmpty ? "\(closed.code)" : closed.reason); open a new one if you still have access")
     }
 }
