@@ -218,13 +218,16 @@ public final class MissionControl: Sendable {
             ? [] : requests.filter { $0.state == .pending || ($0.isActive(at: now) && $0.changedBy.hasPrefix(Self.automaticApproval)) }
         var interval = self.settings.heartbeatIntervalSeconds
         if !waiting.isEmpty { interval = min(interval ?? Int.max, self.settings.approvalHeartbeatSeconds) }
-        let ended = try await self.store.endedRequests(clusterID: cluster, since: now.addingTimeInterval(-86_400), limit: 50)
+        // Approved requests past their window count as ended now, whether or not the reconciler
+        // has marked them yet: the connector ends their sessions with the real reason.
+        let lapsed = requests.filter { $0.state == .approved && !$0.isActive(at: now) }
+        let ended = try await self.store.endedRequests(clusterID: cluster, since: now.addingTimeInterval(-86_400), limit: 50) + lapsed
         return HeartbeatResponse(
             remoteUIRequested: flag, websocketURLs: self.tunnelURLs, nextHeartbeatSeconds: interval,
             pendingApprovals: waiting.map(PendingApproval.init), activeRole: active.map(\.role).max(),
             endedRequests: ended.map {
                 EndedAccessRequest(
-                    requestID: $0.id, expert: $0.expert, state: $0.state.rawValue,
+                    requestID: $0.id, expert: $0.expert, state: $0.state == .approved ? RequestState.expired.rawValue : $0.state.rawValue,
                     reason: AccessPolicy.endReason(of: $0, now: now) ?? $0.state.rawValue)
             })
     }
