@@ -89,7 +89,8 @@ import TunnelCore
         let short = try await stack.createRequest(cluster: "demo", role: .viewer, seconds: 60)
         try await stack.waitForTunnels(1)
         let second = try await self.openObservedSession(stack)
-        #expect(try await TestHTTPConnection.request(port: second.port, .GET, "/").status == .ok)
+        let first = try await TestHTTPConnection.request(port: second.port, .GET, "/")
+        #expect(first.status == .ok, "\(first.status) \(first.headers.first(name: WireHeader.error) ?? "-"): \(first.text)")
         let expiredAt = ContinuousClock.now
         stack.clock.advance(seconds: 61)
         try await stack.waitForTunnels(0)
