@@ -399,9 +399,7 @@ import TunnelCore
     @Test func aKilledSessionStaysKilledUnderANewSessionID() async throws {
         let stack = try await TestStack.start()
         // Another expert's request keeps the cluster's tunnel up after alice's ends.
-        let ops = try await stack.control.authenticateUser(bearer: stack.opsToken, action: "test")
-        _ = try await stack.control.createToken(CreateTokenRequest(name: "bob", role: .expert, ttlSeconds: nil), by: ops)
-        _ = try await stack.createRequest(cluster: "demo", role: .viewer, expert: "bob")
+        try await stack.addAnotherExpertsRequest()
         let first = try await stack.openSession()
         #expect(try await TestHTTPConnection.request(port: first.localAddress!.port!, .GET, "/").status == .ok)
         let live = try #require(stack.privacy.sessions.first)

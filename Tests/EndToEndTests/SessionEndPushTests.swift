@@ -82,9 +82,7 @@ import TunnelCore
     @Test func aCustomerKillReachesTheEngineerWithoutAnotherRequest() async throws {
         let stack = try await TestStack.start()
         // Another expert's request: the cluster's tunnel stays up for everyone else throughout.
-        let ops = try await stack.control.authenticateUser(bearer: stack.opsToken, action: "test")
-        _ = try await stack.control.createToken(CreateTokenRequest(name: "bob", role: .expert, ttlSeconds: nil), by: ops)
-        _ = try await stack.createRequest(cluster: "demo", role: .viewer, expert: "bob")
+        try await stack.addAnotherExpertsRequest()
         let watched = try await WatchedSession(stack)
         #expect(try await TestHTTPConnection.request(port: watched.port, .GET, "/").status == .ok)
         let live: [ConnectorSession] = try await CustomerControlTests.control(stack).get(ControlPath.sessions)

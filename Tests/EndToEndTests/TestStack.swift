@@ -185,6 +185,14 @@ struct TestStack {
             CreateAccessRequest(clusterID: cluster, expert: expert, reason: "test", role: role, durationSeconds: seconds), by: ops)
     }
 
+    /// bob (a second expert) with an approved viewer request for cluster demo: the cluster keeps
+    /// its flag, and so its tunnel, when alice's access ends.
+    func addAnotherExpertsRequest() async throws {
+        let ops = try await self.control.authenticateUser(bearer: self.opsToken, action: "test")
+        _ = try await self.control.createToken(CreateTokenRequest(name: "bob", role: .expert, ttlSeconds: nil), by: ops)
+        _ = try await self.createRequest(cluster: "demo", role: .viewer, expert: "bob")
+    }
+
     /// Polls `condition` every 20 ms, at most 10 s.
     func waitUntil(_ what: String, _ condition: () async throws -> Bool) async throws {
         guard try await TestWait.poll(condition) else { throw TestFailure("timed out waiting for \(what)") }
