@@ -8,7 +8,8 @@ import TunnelCore
 /// Every `interval`, on every relay node: expires requests past their window, closes tunnels of
 /// clusters whose flag went away and sessions whose request ended, whose token was revoked or that an
 /// operator killed, each with a reason the engineer sees. Also saves live sessions' counts.
-/// Polling the shared store (rather than messaging nodes) keeps this correct with several relay nodes.
+/// Polling the shared store (rather than messaging nodes) keeps this correct with several relay nodes;
+/// a change made on this node wakes it at once.
 struct AccessReconciler: Sendable {
     let control: MissionControl
     let registry: TunnelRegistry
@@ -22,16 +23,28 @@ struct AccessReconciler: Sendable {
         self.sessions = sessions
     }
 
+    /// Ticks every `interval`, and at once when this node changes access (`MissionControl.onReconcileNeeded`).
+    /// One consumer runs the ticks, so they never overlap; wake-ups during a tick fold into one more.
     func run(every interval: Duration) async {
-        while !Task.isCancelled {
-            try? await Task.sleep(for: interval)
-            do {
-                try await self.tick()
-            } catch is CancellationError {
-                return  // the relay is stopping
-            } catch {
-                self.control.logger.error("reconcile failed", metadata: ["error": "\(error)"])
+        let (wakeups, wake) = AsyncStream.makeStream(of: Void.self, bufferingPolicy: .bufferingNewest(1))
+        self.control.onReconcileNeeded { wake.yield() }
+        await withTaskGroup(of: Void.self) { group in
+            group.addTask {
+                while !Task.isCancelled {
+                    try? await Task.sleep(for: interval)
+                    wake.yield()
+                }
             }
+            for await _ in wakeups {
+                do {
+                    try await self.tick()
+                } catch is CancellationError {
+                    break  // the relay is stopping
+                } catch {
+                    self.control.logger.error("reconcile failed", metadata: ["error": "\(error)"])
+                }
+            }
+            group.cancelAll()
         }
     }
 

@@ -68,6 +68,7 @@ extension MissionControl {
         guard try await self.store.updateRequest(revoked, expecting: request.state) else {
             throw ProxyRefusal(.conflict, code: "request_changed", message: "request \(id) changed meanwhile; list it and try again")
         }
+        self.reconcileNow()
         await self.audit(actor: Self.actor(caller), "request.revoke", cluster: request.clusterID, subject: String(id), reason: reason)
         return revoked
     }
@@ -142,6 +143,7 @@ extension MissionControl {
         guard let session = try await self.store.requestKill(sessionID: id, by: Self.actor(caller)) else {
             throw ProxyRefusal(.notFound, code: "unknown_session", message: "no live session \(id); see relayctl sessions list")
         }
+        self.reconcileNow()
         await self.audit(actor: Self.actor(caller), "session.kill", cluster: session.clusterID, subject: id)
         return session
     }
@@ -176,6 +178,7 @@ extension MissionControl {
         guard let token = try await self.store.revokeToken(name: name, by: Self.actor(caller), at: self.now) else {
             throw ProxyRefusal(.notFound, code: "unknown_token", message: "no token named \"\(name)\"; see relayctl tokens list")
         }
+        self.reconcileNow()
         await self.audit(actor: Self.actor(caller), "token.revoke", subject: name)
         return TokenView(token)
     }

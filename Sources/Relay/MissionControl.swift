@@ -37,6 +37,7 @@ public final class MissionControl: Sendable {
     private let tunnelURLBox = NIOLockedValueBox<[String]>([])
     private let denials = NIOLockedValueBox(DenialAggregator())
     private let lastPrune = NIOLockedValueBox<Date?>(nil)
+    private let accessChangeObservers = NIOLockedValueBox<[@Sendable () -> Void]>([])
 
     /// Every relay node's tunnel URL, sent to connectors in heartbeat answers (set once the port is known).
     public var tunnelURLs: [String] {
@@ -53,6 +54,17 @@ public final class MissionControl: Sendable {
     }
 
     public var now: Date { self.clock() }
+
+    /// Calls `observer` whenever access changes on this node (a request approved or ended, a session
+    /// killed, a token revoked, a tunnel attached), so that this node's reconciler acts at once and
+    /// knows what is in force; other nodes learn changes from their next poll of the store.
+    func onReconcileNeeded(_ observer: @escaping @Sendable () -> Void) {
+        self.accessChangeObservers.withLockedValue { $0.append(observer) }
+    }
+
+    func reconcileNow() {
+        for observer in self.accessChangeObservers.withLockedValue({ $0 }) { observer() }
+    }
 
     /// One answer for every credential problem (unknown, wrong cluster, revoked, expired, malformed),
     /// so a caller learns nothing about which part was wrong.
@@ -292,6 +304,7 @@ public final class MissionControl: Sendable {
         ended.changedBy = by
         ended.endReason = reason
         if try await self.store.updateRequest(ended, expecting: request.state) {
+            self.reconcileNow()
             await self.audit(
                 actor: by, state == .revoked ? "request.revoke" : "request.reject", cluster: request.clusterID, subject: String(request.id), reason: reason)
         }
@@ -308,6 +321,7 @@ public final class MissionControl: Sendable {
             // Someone else decided first (a heartbeat's automatic approval, say): what is stored is the answer.
             return try await self.store.request(id: request.id) ?? request
         }
+        self.reconcileNow()
         await self.audit(actor: by, "request.approve", cluster: request.clusterID, subject: String(request.id))
         return approved
     }

@@ -202,6 +202,7 @@ public final class RelayServer: Sendable {
             connectedAt: .now(), control: controlStream)
         self.registry.register(tunnel)
         let control = self.control
+        control.reconcileNow()  // the reconciler tells connectors only of ends it saw in force: let it look now
         logger.info("tunnel up", metadata: ["cluster": "\(cluster)", "node": "\(node)", "peer": "\(channel.remoteAddress?.display ?? "?")"])
         Task { await control.audit(actor: "node:\(cluster)/\(node)", "tunnel.open", cluster: cluster, subject: node) }
         channel.closeFuture.whenComplete { _ in

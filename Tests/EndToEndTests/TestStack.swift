@@ -101,10 +101,11 @@ struct TestStack {
         return path
     }
 
-    static func relayConfig(dataDirectory: String, limits: TunnelLimits = TestStack.limits) -> RelayConfig {
+    static func relayConfig(dataDirectory: String, limits: TunnelLimits = TestStack.limits, reconcileMilliseconds: Int64 = 100) -> RelayConfig {
         RelayConfig(
             listenHost: "127.0.0.1", listenPort: 0, certificateFile: TestCerts.trusted + "/relay.pem",
-            privateKeyFile: TestCerts.trusted + "/relay.key", dataDirectory: dataDirectory, reconcileIntervalMilliseconds: 100, limits: limits)
+            privateKeyFile: TestCerts.trusted + "/relay.key", dataDirectory: dataDirectory, reconcileIntervalMilliseconds: reconcileMilliseconds,
+            limits: limits)
     }
 
     /// A relay alone (no connector: its requests would have to beat short test deadlines too).
@@ -124,12 +125,13 @@ struct TestStack {
     ///   - approve: create and (with mode `all`) auto-approve alice's admin request, then wait for the tunnel.
     static func start(
         extraComponents: [String: String] = [:], limits: TunnelLimits = TestStack.limits, mode: PrivacyMode = .all, approve: Bool = true,
-        handshakeDeadlines: HandshakeDeadlines = .eventLoop, configure: (inout ConnectorConfig) -> Void = { _ in }, configPath: String? = nil
+        handshakeDeadlines: HandshakeDeadlines = .eventLoop, reconcileMilliseconds: Int64 = 100,
+        configure: (inout ConnectorConfig) -> Void = { _ in }, configPath: String? = nil
     ) async throws -> TestStack {
         let component = try await DemoComponent.start(name: "ui", group: group)
         let clock = TestClock()
         let dataDirectory = temporaryDirectory("relay")
-        let config = relayConfig(dataDirectory: dataDirectory, limits: limits)
+        let config = relayConfig(dataDirectory: dataDirectory, limits: limits, reconcileMilliseconds: reconcileMilliseconds)
         let control = try RelayServer.openEmbeddedControl(config: config, logger: quietLogger, clock: { clock.now() })
         let relay = try RelayServer(config: config, control: control, group: group, logger: quietLogger, handshakeDeadlines: handshakeDeadlines)
         let port = try await relay.start().port!
