@@ -180,7 +180,7 @@ import TunnelCore
 
     /// Refusals in the audit trail: a record each, or one for the first of a minute and a summary
     /// ("N more like this ...") for the rest, written once the minute is over. Moves the clock past
-    /// the minute and waits (bounded: 10 s) for the reconciler to account for `expected` refusals.
+    /// the minute and waits (bounded) for the reconciler to account for `expected` refusals.
     static func refusalsAccountedFor(_ stack: TestStack, after: Int64, expected: Int) async throws -> Int {
         stack.clock.advance(seconds: 61)
         var accounted = 0

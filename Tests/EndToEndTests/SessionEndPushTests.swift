@@ -35,7 +35,7 @@ import TunnelCore
 
         var port: Int { self.listener.localAddress!.port! }
 
-        /// How the relay closed the session, and how long after `since` (waits up to 10 s).
+        /// How the relay closed the session, and how long after `since` (waits up to 30 s).
         func end(since: ContinuousClock.Instant) async throws -> (code: WebSocketErrorCode, reason: String, after: Duration) {
             guard try await TestWait.poll({ self.closed.withLockedValue { $0 } != nil }), let (peer, at) = self.closed.withLockedValue({ $0 }) else {
                 throw TestFailure("the relay never closed the session")

@@ -195,14 +195,19 @@ struct TestStack {
         _ = try await self.createRequest(cluster: "demo", role: .viewer, expert: "bob")
     }
 
-    /// Polls `condition` every 20 ms, at most 10 s.
+    /// Polls `condition` every 20 ms, at most 30 s.
     func waitUntil(_ what: String, _ condition: () async throws -> Bool) async throws {
         guard try await TestWait.poll(condition) else { throw TestFailure("timed out waiting for \(what)") }
     }
 
-    /// Waits (bounded: 10 s) until the relay has `count` tunnels for cluster demo.
+    /// Waits (bounded) until the relay has `count` tunnels for cluster demo; says what the connector saw if not.
     func waitForTunnels(_ count: Int) async throws {
-        try await self.waitUntil("\(count) tunnels") { self.relay.registry.tunnels(cluster: "demo").count == count }
+        guard try await TestWait.poll({ self.relay.registry.tunnels(cluster: "demo").count == count }) else {
+            throw TestFailure(
+                "timed out waiting for \(count) tunnels: the relay has \(self.relay.registry.tunnels(cluster: "demo").count); "
+                    + "the connector wants \(self.connector.wantedURLs), has \(self.connector.connectedURLs), last errors \(self.connector.lastErrors), "
+                    + "\(self.driver.answersReceived) heartbeat answers, the last with the flag \(String(describing: self.driver.lastAnswer?.remoteUIRequested))")
+        }
     }
 
     func sessionTarget(
@@ -238,7 +243,9 @@ struct TestStack {
 enum TestWait {
     /// Polls `condition` every 20 ms until it holds (true) or `seconds` pass (false).
     @discardableResult
-    static func poll(seconds: Int = 10, _ condition: () async throws -> Bool) async throws -> Bool {
+    /// 30 s by default: generous, for a machine loaded by a second build beside the suite (seen:
+    /// a tunnel taking over 10 s to come up while the 100-concurrent-requests test ran).
+    static func poll(seconds: Int = 30, _ condition: () async throws -> Bool) async throws -> Bool {
         let deadline = ContinuousClock.now + .seconds(seconds)
         while true {
             if try await condition() { return true }
