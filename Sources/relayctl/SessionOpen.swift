@@ -108,19 +108,22 @@ struct Open: AsyncParsableCommand {
                 if case .rejected(let status) = error.kind {
                     if status == 503 {
                         let waited = ContinuousClock.now - start
-                        if waited >= .seconds(waitSeconds) {
+                        let givingUp = waited >= .seconds(waitSeconds)
+                        // Always said at least once, even when the first answer came after the wait
+                        // (a slow relay): a terminal gets one line redrawn; a file or pipe a line at
+                        // the start and every 30 s.
+                        if isatty(STDERR_FILENO) == 1 {
+                            let line = announced ? "\r" : "relayctl: \(error.relayMessage ?? error.message)\n"
+                            FileHandle.standardError.write(Data("\(line)waiting for the connector to dial in... \(waited.components.seconds) s".utf8))
+                        } else if !announced || (!givingUp && waited.components.seconds % 30 == 0) {
+                            FileHandle.standardError.write(
+                                Data("relayctl: \(error.relayMessage ?? error.message); waiting for the connector to dial in (\(waited.components.seconds) s of \(waitSeconds) s)\n".utf8))
+                        }
+                        if givingUp {
                             let start = isatty(STDERR_FILENO) == 1 ? "\n" : ""
                             FileHandle.standardError.write(
                                 Data("\(start)relayctl: gave up after \(waitSeconds) s: \(error.message); check the cluster's connector (relayctl clusters show \(cluster)), then retry\n".utf8))
                             throw ExitCode(RelayCtlExit.timedOut)
-                        }
-                        // A terminal gets one line redrawn; a file or pipe a line at the start and every 30 s.
-                        if isatty(STDERR_FILENO) == 1 {
-                            let line = announced ? "\r" : "relayctl: \(error.relayMessage ?? error.message)\n"
-                            FileHandle.standardError.write(Data("\(line)waiting for the connector to dial in... \(waited.components.seconds) s".utf8))
-                        } else if !announced || waited.components.seconds % 30 == 0 {
-                            FileHandle.standardError.write(
-                                Data("relayctl: \(error.relayMessage ?? error.message); waiting for the connector to dial in (\(waited.components.seconds) s of \(waitSeconds) s)\n".utf8))
                         }
                         announced = true
                         try await Task.sleep(for: .seconds(1))
