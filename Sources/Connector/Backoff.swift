@@ -1,11 +1,16 @@
-/// Jittered exponential backoff for redialing a relay (no I/O, no clock: the caller sleeps).
+/// Exponential backoff with full jitter for redialing a relay (no I/O, no clock: the caller sleeps,
+/// and says how long each tunnel stayed up).
 ///
-/// Delay n is drawn uniformly from [base/2, base] with base = min(initial * 2^n, maximum)
-/// ("equal jitter"), so many connectors that lost the same relay do not redial in lockstep.
+/// Delay n is drawn uniformly from [0, min(initial * 2^n, maximum)] ("full jitter"): connectors
+/// that lost the same relay spread over the whole window instead of redialing together. A tunnel
+/// starts the sequence again only once it has stayed up for `grace`, so a relay that accepts and
+/// then drops at once is redialled ever more slowly, not every few hundred milliseconds.
 public struct Backoff: Sendable {
     public struct Policy: Sendable, Equatable {
         public var initialMilliseconds: Int64 = 500
         public var maximumMilliseconds: Int64 = 30_000
+        /// How long a tunnel must stay up before a drop counts as a first failure again.
+        public var graceMilliseconds: Int64 = 10_000
         public init() {}
     }
 
@@ -14,13 +19,19 @@ public struct Backoff: Sendable {
 
     public init(policy: Policy) { self.policy = policy }
 
+    /// Delays drawn since the last reset: the number of the next attempt.
+    public var attempts: Int { self.attempt }
+
+    /// The upper end of the next delay's window.
+    public var ceilingMilliseconds: Int64 {
+        min(self.policy.initialMilliseconds << min(self.attempt, 30), self.policy.maximumMilliseconds)
+    }
+
     /// The delay before the next attempt, in milliseconds.
     public mutating func next<R: RandomNumberGenerator>(using random: inout R) -> Int64 {
-        let exponent = min(self.attempt, 30)
+        let ceiling = self.ceilingMilliseconds
         self.attempt += 1
-        let base = min(self.policy.initialMilliseconds << exponent, self.policy.maximumMilliseconds)
-        let low = max(base / 2, 1)
-        return Int64.random(in: low...max(base, low), using: &random)
+        return Int64.random(in: 0...max(ceiling, 0), using: &random)
     }
 
     public mutating func next() -> Int64 {
@@ -28,6 +39,9 @@ public struct Backoff: Sendable {
         return self.next(using: &random)
     }
 
-    /// A tunnel stayed up: the next failure starts from the initial delay again.
-    public mutating func reset() { self.attempt = 0 }
+    /// A tunnel closed after being up this long: past the grace period the next failure starts
+    /// from the initial delay again; a shorter one counts as a failed attempt.
+    public mutating func tunnelClosed(afterMilliseconds up: Int64) {
+        if up >= self.policy.graceMilliseconds { self.attempt = 0 }
+    }
 }

@@ -106,6 +106,9 @@ public struct ConnectorConfig: Sendable {
     /// Idle kept-alive connections to components are closed after this many milliseconds (below
     /// common server keep-alive timeouts, so a connection is never reused as the server closes it).
     public var componentIdleMilliseconds: Int64 = 2000
+    /// When the connector stops, requests in flight get this long to finish before the tunnels
+    /// close (`relay.drain_timeout`).
+    public var drainMilliseconds: Int64 = 10_000
 
     public init(
         nodeID: String, sourceType: String = "server", credentialFile: String, relayURL: WebSocketURL, caFile: String,
@@ -195,6 +198,9 @@ public struct ConnectorConfig: Sendable {
             "reconnect_initial", default: backoff.initialMilliseconds, range: 10...60_000)
         backoff.maximumMilliseconds = try relay.durationMilliseconds(
             "reconnect_max", default: backoff.maximumMilliseconds, range: backoff.initialMilliseconds...3_600_000)
+        backoff.graceMilliseconds = try relay.durationMilliseconds(
+            "reconnect_grace", default: backoff.graceMilliseconds, range: 0...3_600_000)
+        let drain = try relay.durationMilliseconds("drain_timeout", default: 10_000, range: 0...600_000)
         try relay.finish()
 
         var heartbeat = HeartbeatStateMachine.Configuration()
@@ -272,11 +278,13 @@ public struct ConnectorConfig: Sendable {
         if components.isEmpty { throw root.error("components", "needs at least one component") }
         let limits = try TunnelLimits.read(from: try root.map("limits"))
         try root.finish()
-        return ConnectorConfig(
+        var config = ConnectorConfig(
             nodeID: node, sourceType: sourceType, credentialFile: credentialFile, relayURL: relayURL, caFile: caFile,
             components: components, limits: limits, backoff: backoff, heartbeat: heartbeat, privacyMode: mode, masterNode: master,
             deniedPathPrefixes: denied, maxSessionMilliseconds: maxSession, idleTimeoutMilliseconds: idle, stateDirectory: state, audit: audit,
             allowedRelayHosts: allowedHosts)
+        config.drainMilliseconds = drain
+        return config
     }
 
     /// `pass_headers`: names from the stripped list only, so a typo cannot pass silently.

@@ -4,27 +4,40 @@ import Logging
 import NIOCore
 import PrivacyPolicy
 import RelayModel
+import ServiceLifecycle
+import UnixSignals
 
-/// A running connector: privacy guard and audit log, heartbeat driver, tunnels, the customer's
-/// control socket and the once-a-second sweep of session limits and no-longer-allowed streams.
+/// A connector's parts, wired: privacy guard and audit log, heartbeat driver, tunnels, the customer's
+/// control socket and the once-a-second sweep of session limits and no-longer-allowed streams. Nothing
+/// runs until `services` run under a `ServiceGroup` (`connector run`, or a test).
 public final class ConnectorRuntime: Sendable {
     public let privacy: PrivacyGuard
     public let driver: HeartbeatDriver
     public let tunnels: TunnelConnector
     public let control: ControlServer
     public let configPath: String?
-    private let sweepTask: RepeatedTask
+    private let sweep: SweepService
     private let logger: Logger
 
-    /// - Parameter configPath: the file `reload` (SIGHUP, `connector reload`) reads again; nil: no reload.
-    public static func start(
+    /// In start order. A `ServiceGroup` stops them in reverse: heartbeats first (an answer in flight
+    /// can no longer redial), then the tunnels (requests in flight finish, then close with 1000), the
+    /// sweep, the control socket, and the audit log last, once every end is recorded.
+    public var services: [any Service] { [self.privacy, self.control, self.sweep, self.tunnels, self.driver] }
+
+    /// Builds every part and binds the control socket (so the CLI works as soon as this returns).
+    /// - Parameters:
+    ///   - configPath: the file `reload` (SIGHUP, `connector reload`) reads again; nil: no reload.
+    ///   - clock: wall time for records and decisions; `timers`: what every wait sleeps on.
+    public init(
         config: ConnectorConfig, credential: ConnectorCredential, configPath: String?, group: EventLoopGroup, logger: Logger,
-        clock: @escaping @Sendable () -> Date = { Date() }, sweepInterval: TimeAmount = .seconds(1)
-    ) async throws -> ConnectorRuntime {
+        clock: @escaping @Sendable () -> Date = { Date() }, timers: any Clock<Duration> = ContinuousClock(),
+        sweepInterval: Duration = .seconds(1)
+    ) async throws {
         let privacy = try PrivacyGuard(config: config, clock: clock, logger: logger)
-        let driver = try HeartbeatDriver(config: config, credential: credential, privacy: privacy, group: group, logger: logger)
+        let driver = try HeartbeatDriver(config: config, credential: credential, privacy: privacy, group: group, clock: timers, logger: logger)
         let tunnels = try TunnelConnector(
-            config: config, credential: credential, privacy: privacy, group: group, logger: logger, onTunnelLost: { driver.heartbeatNow() })
+            config: config, credential: credential, privacy: privacy, group: group, clock: timers, logger: logger,
+            onTunnelLost: { driver.heartbeatNow() })
         driver.attach(tunnels)
         privacy.onEnded { tunnels.tellRelay($0) }
         let api = ControlAPI(
@@ -32,23 +45,12 @@ public final class ConnectorRuntime: Sendable {
             lastAnswer: { (driver.lastAnswerAt, driver.lastAnswer?.remoteUIRequested) },
             reload: { actor, mode in try Self.reload(privacy: privacy, path: configPath, actor: actor, mode: mode, logger: logger) },
             configFile: { configPath.map(Self.check) }, decided: { driver.relayMustLearn() }, refresh: { driver.heartbeatNow() })
-        let control = try await ControlServer.start(api: api, config: config, group: group)
-        let sweep = group.next().scheduleRepeatedTask(initialDelay: sweepInterval, delay: sweepInterval) { _ in privacy.sweep() }
-        driver.start()
-        return ConnectorRuntime(
-            privacy: privacy, driver: driver, tunnels: tunnels, control: control, configPath: configPath, sweepTask: sweep, logger: logger)
-    }
-
-    private init(
-        privacy: PrivacyGuard, driver: HeartbeatDriver, tunnels: TunnelConnector, control: ControlServer, configPath: String?,
-        sweepTask: RepeatedTask, logger: Logger
-    ) {
+        self.control = try await ControlServer.start(api: api, config: config, group: group)
         self.privacy = privacy
         self.driver = driver
         self.tunnels = tunnels
-        self.control = control
         self.configPath = configPath
-        self.sweepTask = sweepTask
+        self.sweep = SweepService(privacy: privacy, interval: sweepInterval, clock: timers)
         self.logger = logger
     }
 
@@ -83,12 +85,44 @@ public final class ConnectorRuntime: Sendable {
         return privacy.apply(config: config, mode: mode, actor: actor)
     }
 
-    public func stop() async {
-        self.sweepTask.cancel()
-        self.driver.stop()
-        await self.tunnels.stop()
-        self.privacy.endAllSessions(reason: "the connector stopped")
-        await self.control.close()
-        self.privacy.audit.sync()
+}
+
+/// Every `interval`: ends sessions past the customer's limits and resets streams the settings no
+/// longer allow (`PrivacyGuard.sweep`).
+struct SweepService: Service {
+    let privacy: PrivacyGuard
+    let interval: Duration
+    let clock: any Clock<Duration>
+
+    func run() async {
+        while !Task.isShuttingDownGracefully && !Task.isCancelled {
+            do {
+                try await cancelWhenGracefulShutdown { [clock, interval] in try await clock.sleep(for: interval, tolerance: nil) }
+            } catch {
+                return  // shutting down
+            }
+            self.privacy.sweep()
+        }
+    }
+}
+
+/// Reads the config file again on every SIGHUP, until shutdown. Says the connector has started once
+/// its signals are trapped (a `ServiceGroup` traps SIGTERM and SIGINT before any service runs), so
+/// a supervisor that signals right after that line is never ignored.
+public struct ReloadOnHangup: Service {
+    let runtime: ConnectorRuntime
+    let started: @Sendable () -> Void
+
+    public init(runtime: ConnectorRuntime, started: @escaping @Sendable () -> Void) {
+        self.runtime = runtime
+        self.started = started
+    }
+
+    public func run() async {
+        let hangups = await UnixSignalsSequence(trapping: .sighup)
+        self.started()
+        for await _ in hangups.cancelOnGracefulShutdown() {
+            _ = try? self.runtime.reload(actor: "sighup")
+        }
     }
 }

@@ -6,12 +6,13 @@ import NIOPosix
 import PrivacyPolicy
 import RelayAPI
 import RelayModel
+import ServiceLifecycle
 import TunnelCore
 
 /// The customer CLI's endpoint: HTTP/1.1 + JSON on a Unix socket in `state_dir` (socket 0600 in a
 /// 0700 folder, so only the connector's user and root can use it). The connector has no network
 /// listener; this socket is not reachable from the network.
-public final class ControlServer: Sendable {
+public final class ControlServer: Service, Sendable {
     public let channel: Channel
     public let path: String
 
@@ -50,6 +51,12 @@ public final class ControlServer: Sendable {
     public func close() async {
         try? await self.channel.close()
         unlink(self.path)
+    }
+
+    /// Serves until graceful shutdown (bound already by `start`), then closes the socket.
+    public func run() async {
+        try? await gracefulShutdown()
+        await self.close()
     }
 }
 

@@ -4,34 +4,50 @@ import NIOConcurrencyHelpers
 import NIOCore
 import RelayAPI
 import RelayModel
+import ServiceLifecycle
 import TunnelCore
 
 /// Runs `HeartbeatStateMachine` against the real world: sends heartbeats to the relay's API, keeps
-/// timers on an event loop, and opens or closes tunnels through `TunnelConnector`.
-public final class HeartbeatDriver: Sendable {
+/// its timer on an injected clock, and opens or closes tunnels through `TunnelConnector`. A
+/// `Service`: `run()` owns the heartbeats in flight and the timer; on graceful shutdown the machine
+/// stops, so an answer still in flight can neither reschedule nor redial.
+public final class HeartbeatDriver: Service, Sendable {
     private let config: ConnectorConfig
     private let credential: ConnectorCredential
     private let client: APIClient
-    private let loop: EventLoop
+    private let clock: any Clock<Duration>
     private let logger: Logger
     private let health: NodeHealthProbe
     private let machine: NIOLockedValueBox<HeartbeatStateMachine>
-    private let timer = NIOLockedValueBox<Scheduled<Void>?>(nil)
+    /// The pending timer: rung (ended early) when a new one is set.
+    private let timer = NIOLockedValueBox<Alarm?>(nil)
+    /// Work for `run()`: heartbeats to send and timers to run.
+    private let jobs: AsyncStream<Job>
+    private let jobsContinuation: AsyncStream<Job>.Continuation
+
+    private enum Job: Sendable {
+        case send
+        case timer(Alarm, milliseconds: Int64)
+    }
     private let last = NIOLockedValueBox<(answer: HeartbeatResponse, at: Date)?>(nil)
     private let tunnels = NIOLockedValueBox<TunnelConnector?>(nil)
     /// The tunnel URLs last ignored (logged once, not on every heartbeat).
     private let lastDropped = NIOLockedValueBox<[String]>([])
     private let privacy: PrivacyGuard
 
-    public init(config: ConnectorConfig, credential: ConnectorCredential, privacy: PrivacyGuard, group: EventLoopGroup, logger: Logger) throws {
+    public init(
+        config: ConnectorConfig, credential: ConnectorCredential, privacy: PrivacyGuard, group: EventLoopGroup,
+        clock: any Clock<Duration> = ContinuousClock(), logger: Logger
+    ) throws {
         self.config = config
         self.privacy = privacy
         self.credential = credential
         self.client = try APIClient(base: config.relayURL, caFile: config.caFile, bearer: credential.credential, group: group)
-        self.loop = group.next()
+        self.clock = clock
         self.logger = logger
+        (self.jobs, self.jobsContinuation) = AsyncStream.makeStream(of: Job.self)
         let folder = (config.credentialFile as NSString).deletingLastPathComponent
-        self.health = NodeHealthProbe(masterNode: config.masterNode, startedAt: Date(), diskPath: folder.isEmpty ? "." : folder)
+        self.health = NodeHealthProbe(masterNode: config.masterNode, startedAt: privacy.clock(), diskPath: folder.isEmpty ? "." : folder)
         self.machine = NIOLockedValueBox(
             HeartbeatStateMachine(configuration: config.heartbeat, remoteAccessEnabled: privacy.mode != .disabled))
         privacy.onModeChange { [weak self] mode in self?.remoteAccessChanged(enabled: mode != .disabled) }
@@ -57,12 +73,25 @@ public final class HeartbeatDriver: Sendable {
         self.tunnels.withLockedValue { $0 = connector }
     }
 
-    public func start() {
-        self.perform(self.machine.withLockedValue { $0.start() })
-    }
-
-    public func stop() {
-        self.timer.withLockedValue { $0?.cancel() }
+    /// Heartbeats at once, then as the machine says, until graceful shutdown.
+    public func run() async {
+        await withDiscardingTaskGroup { group in
+            self.perform(self.machine.withLockedValue { $0.start() })
+            for await job in self.jobs.cancelOnGracefulShutdown() {
+                switch job {
+                case .send:
+                    group.addTask { await self.send() }
+                case .timer(let alarm, let milliseconds):
+                    group.addTask {
+                        guard await alarm.sleep(for: .milliseconds(milliseconds), on: self.clock) else { return }
+                        self.perform(self.machine.withLockedValue { $0.timerFired() })
+                    }
+                }
+            }
+            self.machine.withLockedValue { $0.stop() }
+            self.timer.withLockedValue { $0 }?.ring()
+            group.cancelAll()  // a heartbeat in flight: its answer no longer matters
+        }
     }
 
     /// Ask the relay now (a tunnel was closed or refused: the access may have ended).
@@ -96,14 +125,14 @@ public final class HeartbeatDriver: Sendable {
         for action in actions {
             switch action {
             case .sendHeartbeat:
-                Task { await self.send() }
+                self.jobsContinuation.yield(.send)
             case .scheduleHeartbeat(let milliseconds):
+                let alarm = Alarm()
                 self.timer.withLockedValue { timer in
-                    timer?.cancel()
-                    timer = self.loop.scheduleTask(in: .milliseconds(milliseconds)) {
-                        self.perform(self.machine.withLockedValue { $0.timerFired() })
-                    }
+                    timer?.ring()
+                    timer = alarm
                 }
+                self.jobsContinuation.yield(.timer(alarm, milliseconds: milliseconds))
             case .openTunnels(let urls):
                 let parsed = urls.compactMap { try? WebSocketURL(parsing: $0) }
                 self.logger.info("access requested: opening tunnels", metadata: ["relays": "\(parsed.count)"])
@@ -128,7 +157,7 @@ public final class HeartbeatDriver: Sendable {
                 Self.makeRequest(
                     config: config, credential: self.credential, health: self.health.sample(), mode: self.privacy.mode,
                     decisions: decisions))
-            self.last.withLockedValue { $0 = (answer, Date()) }
+            self.last.withLockedValue { $0 = (answer, self.privacy.clock()) }
             defer { self.answers.withLockedValue { $0 += 1 } }
             self.privacy.heartbeatAnswered(pending: answer.pendingApprovals, sent: decisions)
             // Requests the relay ended, before any tunnel closes for them: sessions end with the relay's reason.
@@ -152,6 +181,7 @@ public final class HeartbeatDriver: Sendable {
                 nextIntervalMilliseconds: HeartbeatStateMachine.Answer.milliseconds(fromSeconds: answer.nextHeartbeatSeconds))
             self.perform(self.machine.withLockedValue { $0.received(state, jitter: jitter) })
         } catch {
+            guard !Task.isCancelled else { return }  // shutting down
             self.logger.warning("heartbeat failed", metadata: ["error": "\(error)"])
             self.perform(self.machine.withLockedValue { $0.failed(jitter: jitter) })
         }

@@ -50,7 +50,8 @@ public struct HeartbeatStateMachine: Sendable {
         case closeTunnels(reason: String)
     }
 
-    private enum Phase: Sendable, Equatable { case stopped, awaitingAnswer, waiting }
+    /// `stopped`: not started yet; `finished`: the connector is shutting down, nothing more happens.
+    private enum Phase: Sendable, Equatable { case stopped, awaitingAnswer, waiting, finished }
 
     public let configuration: Configuration
     public private(set) var remoteAccessEnabled: Bool
@@ -74,6 +75,13 @@ public struct HeartbeatStateMachine: Sendable {
         return [.sendHeartbeat]
     }
 
+    /// The connector is shutting down: no more heartbeats, and an answer still in flight changes
+    /// nothing (its tunnels close with the connector, not by this machine).
+    public mutating func stop() {
+        self.phase = .finished
+        self.heartbeatOwed = false
+    }
+
     /// The timer set by `.scheduleHeartbeat` fired.
     public mutating func timerFired() -> [Action] {
         guard self.phase == .waiting else { return [] }
@@ -93,7 +101,7 @@ public struct HeartbeatStateMachine: Sendable {
     /// heartbeat is in flight, right after its answer.
     public mutating func relayMustLearn() -> [Action] {
         switch self.phase {
-        case .stopped:
+        case .stopped, .finished:
             return []
         case .awaitingAnswer:
             self.heartbeatOwed = true
@@ -141,7 +149,7 @@ public struct HeartbeatStateMachine: Sendable {
 
     /// The customer switched remote access on or off (config reload or CLI).
     public mutating func remoteAccessChanged(enabled: Bool, jitter: Double) -> [Action] {
-        guard enabled != self.remoteAccessEnabled else { return [] }
+        guard enabled != self.remoteAccessEnabled, self.phase != .finished else { return [] }
         self.remoteAccessEnabled = enabled
         var actions: [Action] = []
         if !enabled && !self.tunnelURLs.isEmpty {
@@ -149,7 +157,7 @@ public struct HeartbeatStateMachine: Sendable {
             actions.append(.closeTunnels(reason: "remote access is disabled"))
         }
         switch self.phase {
-        case .stopped:
+        case .stopped, .finished:
             break
         case .awaitingAnswer:
             // The heartbeat in flight may carry the old mode: tell the relay again once it is answered.

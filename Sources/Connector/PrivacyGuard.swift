@@ -7,6 +7,7 @@ import NIOHTTP1
 import PrivacyPolicy
 import RelayAPI
 import RelayModel
+import ServiceLifecycle
 import TunnelCore
 
 /// The customer's side of every tunnel stream: decides each request with `StreamPolicy` before any
@@ -22,6 +23,8 @@ public final class PrivacyGuard: Sendable {
     /// Held while state.json is written (never while `inner` is held).
     let saving = NIOLockedValueBox(())
     let endObservers = NIOLockedValueBox<[@Sendable ([ControlEvent]) -> Void]>([])
+    /// Rung when the streams running as the drain began have all closed.
+    let drained = Alarm()
 
     struct Inner {
         var config: ConnectorConfig
@@ -38,6 +41,8 @@ public final class PrivacyGuard: Sendable {
         /// Session limits are kept per access request and expert: a relay that picks new session
         /// IDs gets no new session length, idle time, or way around a customer's kill.
         var grants: [GrantKey: Grant] = [:]
+        /// The connector is stopping: new streams are refused, running ones finish.
+        var draining = false
     }
 
     struct GrantKey: Hashable, Sendable {
@@ -125,6 +130,7 @@ public final class PrivacyGuard: Sendable {
         var entries: [AuditEntry] = []
         var events: [ControlEvent] = []
         let outcome = self.inner.withLockedValue { inner -> Result<(StreamPermit, Component), ProxyRefusal> in
+            if inner.draining { return .failure(Self.stopping) }
             if let id = facts.session, let session = inner.sessions[id], let reason = session.endReason {
                 inner.sessions[id]?.refused += 1
                 return .failure(Self.sessionEndedRefusal(reason))
@@ -210,6 +216,25 @@ public final class PrivacyGuard: Sendable {
     static let auditUnavailable = ProxyRefusal(
         .serviceUnavailable, code: "audit_unavailable",
         message: "the customer's audit log cannot be written, so the connector refuses requests until it can (the customer sees why in `connector status`)")
+
+    static let stopping = ProxyRefusal(
+        .serviceUnavailable, code: "connector_stopping",
+        message: "the customer's connector on this node is shutting down; retry (another node of the cluster may answer)")
+
+    /// Stops letting new streams in and waits, at most `bound` on `clock`, for the running ones to
+    /// finish: true if they all did. A stream is finished when its channel closed, that is when its
+    /// last byte left (a response still held by flow control is not), so closing the tunnel then
+    /// loses nothing.
+    func streamsFinished(within bound: Duration, on clock: any Clock<Duration>) async -> Bool {
+        let running = self.inner.withLockedValue { inner -> [Channel] in
+            inner.draining = true
+            return inner.streams.values.map(\.channel)
+        }
+        guard let loop = running.first?.eventLoop else { return true }
+        EventLoopFuture.andAllComplete(running.map(\.closeFuture), on: loop).whenComplete { _ in self.drained.ring() }
+        _ = await self.drained.sleep(for: bound, on: clock)
+        return running.allSatisfy { !$0.isActive }
+    }
 
     private static func sessionEndedRefusal(_ reason: String) -> ProxyRefusal {
         ProxyRefusal(
@@ -315,4 +340,14 @@ public final class PrivacyGuard: Sendable {
 
     /// Requests running through the connector right now.
     public var runningRequests: Int { self.inner.withLockedValue { $0.streams.count } }
+}
+
+/// The customer's audit log as a service: it stops last, after the tunnels, and records the end of
+/// every session still open before the process exits.
+extension PrivacyGuard: Service {
+    public func run() async {
+        try? await gracefulShutdown()
+        _ = self.endAllSessions(reason: "the connector stopped")
+        self.audit.sync()
+    }
 }

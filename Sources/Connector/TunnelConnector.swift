@@ -5,11 +5,14 @@ import NIOHTTP1
 import NIOHTTP2
 import NIOPosix
 import NIOSSL
+import ServiceLifecycle
 import TunnelCore
 
 /// Keeps one outbound tunnel to each wanted relay URL (the heartbeat answer says which, and when),
-/// redialing with jittered backoff. The connector never listens: every tunnel is a websocket it dialed.
-public final class TunnelConnector: Sendable {
+/// redialing with full-jitter backoff on an injected clock. The connector never listens: every tunnel
+/// is a websocket it dialed. A `Service`: `run()` owns one dial loop per wanted URL and, on graceful
+/// shutdown, lets requests in flight finish (bounded) before closing every tunnel with 1000.
+public final class TunnelConnector: Service, Sendable {
     public let config: ConnectorConfig
     private let credential: ConnectorCredential
     private let group: EventLoopGroup
@@ -17,71 +20,119 @@ public final class TunnelConnector: Sendable {
     private let tls: NIOSSLContext
     private let opener: ComponentOpener
     private let privacy: PrivacyGuard
+    private let clock: any Clock<Duration>
     private let state = NIOLockedValueBox(State())
     /// Each tunnel's control stream (opened by the relay), by tunnel channel.
     private let controls = NIOLockedValueBox<[ObjectIdentifier: ControlStreamHandler]>([:])
     /// Called when a tunnel goes down or a dial is refused: the access may have ended, so the
     /// heartbeat driver asks the relay at once.
     private let onTunnelLost: @Sendable () -> Void
+    /// URLs newly wanted, for `run()` to start their dial loops.
+    private let added: AsyncStream<Wanted>
+    private let addedContinuation: AsyncStream<Wanted>.Continuation
+
+    /// One wanted relay URL: its tunnel when up, and the alarm that ends its loop.
+    private final class Wanted: Sendable {
+        let url: WebSocketURL
+        let stop = Alarm()
+        let reason = NIOLockedValueBox("no longer wanted")
+        let channel = NIOLockedValueBox<Channel?>(nil)
+        init(url: WebSocketURL) { self.url = url }
+
+        /// Ends the loop; an open tunnel is closed with 1000 and `reason`.
+        func end(reason: String) {
+            self.reason.withLockedValue { $0 = reason }
+            self.stop.ring()
+            self.channel.withLockedValue { $0 }?.triggerUserOutboundEvent(WebSocketCloseRequest(code: 1000, reason: reason), promise: nil)
+        }
+    }
+
+    /// A relay URL waiting to be dialed again: which attempt comes next, after how long.
+    public struct Redial: Sendable, Equatable {
+        public var attempt: Int
+        public var delay: Duration
+    }
 
     private struct State {
-        var wanted: Set<String> = []
+        var wanted: [String: Wanted] = [:]
         var tunnels: [String: Channel] = [:]
         var lastErrors: [String: String] = [:]
-        var retryTasks: [String: Scheduled<Void>] = [:]
+        var redials: [String: Redial] = [:]
+        /// Set once shutdown began: nothing new is dialed.
+        var stopping = false
     }
 
     public init(
         config: ConnectorConfig, credential: ConnectorCredential, privacy: PrivacyGuard, group: EventLoopGroup,
-        logger: Logger = Logger(label: "connector"), onTunnelLost: @escaping @Sendable () -> Void = {}
+        clock: any Clock<Duration> = ContinuousClock(), logger: Logger = Logger(label: "connector"),
+        onTunnelLost: @escaping @Sendable () -> Void = {}
     ) throws {
         self.config = config
         self.credential = credential
         self.privacy = privacy
         self.group = group
+        self.clock = clock
         self.logger = logger
         self.tls = try TLSFiles.clientContext(caFile: config.caFile)
         self.opener = ComponentOpener(pool: ComponentConnectionPool(idleTimeout: .milliseconds(config.componentIdleMilliseconds)))
         self.onTunnelLost = onTunnelLost
+        (self.added, self.addedContinuation) = AsyncStream.makeStream(of: Wanted.self)
     }
 
     /// Keeps exactly these tunnels: dials the missing ones, closes the others telling the relay why.
     public func keep(_ urls: [WebSocketURL], reason: String = "no longer wanted") {
-        let wanted = Set(urls.map(\.description))
-        let (toDial, toClose, toCancel) = self.state.withLockedValue { state -> ([WebSocketURL], [Channel], [Scheduled<Void>]) in
-            let added = urls.filter { !state.wanted.contains($0.description) }
-            let removed = state.wanted.subtracting(wanted)
-            state.wanted = wanted
-            var channels: [Channel] = []
-            var tasks: [Scheduled<Void>] = []
-            for url in removed {
-                if let channel = state.tunnels.removeValue(forKey: url) { channels.append(channel) }
-                if let task = state.retryTasks.removeValue(forKey: url) { tasks.append(task) }
-                state.lastErrors[url] = nil
+        let keys = Set(urls.map(\.description))
+        let (added, removed) = self.state.withLockedValue { state -> ([Wanted], [Wanted]) in
+            guard !state.stopping else { return ([], []) }
+            var removed: [Wanted] = []
+            for (key, wanted) in state.wanted where !keys.contains(key) {
+                removed.append(wanted)
+                state.wanted[key] = nil
+                state.lastErrors[key] = nil
+                state.redials[key] = nil
             }
-            return (added, channels, tasks)
+            var added: [Wanted] = []
+            for url in urls where state.wanted[url.description] == nil {
+                let wanted = Wanted(url: url)
+                state.wanted[url.description] = wanted
+                added.append(wanted)
+            }
+            return (added, removed)
         }
-        toCancel.forEach { $0.cancel() }
-        for channel in toClose {
-            channel.triggerUserOutboundEvent(WebSocketCloseRequest(code: 1000, reason: reason), promise: nil)
-        }
-        for url in toDial { self.dial(url, backoff: Backoff(policy: self.config.backoff)) }
+        for wanted in removed { wanted.end(reason: reason) }
+        for wanted in added { self.addedContinuation.yield(wanted) }
     }
 
-    /// Closes every tunnel and stops redialing.
-    public func stop() async {
+    /// Runs the dial loops until graceful shutdown, then drains and closes every tunnel.
+    public func run() async {
+        await withDiscardingTaskGroup { group in
+            for await wanted in self.added.cancelOnGracefulShutdown() {
+                group.addTask { await self.keepDialing(wanted) }
+            }
+            await self.shutDown()
+        }
+    }
+
+    /// No new dials; requests in flight get `drainTimeout` to finish; then every tunnel closes with
+    /// 1000, so the relay knows the connector stopped on purpose.
+    private func shutDown() async {
+        let all = self.state.withLockedValue { state -> [Wanted] in
+            state.stopping = true
+            return Array(state.wanted.values)
+        }
+        for wanted in all { wanted.stop.ring() }
+        let bound = Duration.milliseconds(self.config.drainMilliseconds)
+        if !(await self.privacy.streamsFinished(within: bound, on: self.clock)) {
+            self.logger.warning("requests still running at shutdown are cut", metadata: ["waited": "\(bound)"])
+        }
         let channels = self.state.withLockedValue { Array($0.tunnels.values) }
-        self.keep([], reason: "the connector is shutting down")
+        for wanted in all { wanted.end(reason: "the connector is shutting down") }
         for channel in channels { try? await channel.closeFuture.get() }
     }
 
     /// Tells the relay, on every tunnel's control stream, what the customer's side ended.
     public func tellRelay(_ events: [ControlEvent]) {
         for control in self.controls.withLockedValue({ Array($0.values) }) { control.send(events) }
-    }
-
-    private func isWanted(_ url: WebSocketURL) -> Bool {
-        self.state.withLockedValue { $0.wanted.contains(url.description) }
     }
 
     /// Relay URLs with a tunnel up right now.
@@ -91,7 +142,12 @@ public final class TunnelConnector: Sendable {
 
     /// Relay URLs this connector keeps a tunnel to, or redials (none: nothing will be dialed).
     public var wantedURLs: [String] {
-        self.state.withLockedValue { Array($0.wanted).sorted() }
+        self.state.withLockedValue { Array($0.wanted.keys).sorted() }
+    }
+
+    /// Relay URLs waiting to be dialed again, and when (for status output and tests).
+    public var redials: [String: Redial] {
+        self.state.withLockedValue { $0.redials }
     }
 
     /// The last dial error per relay URL (for status output and tests).
@@ -99,8 +155,61 @@ public final class TunnelConnector: Sendable {
         self.state.withLockedValue { $0.lastErrors }
     }
 
-    private func dial(_ url: WebSocketURL, backoff: Backoff) {
-        guard self.isWanted(url) else { return }
+    /// One relay URL's loop: dial, hold the tunnel until it closes, wait out the backoff, again;
+    /// until the URL is no longer wanted or the connector stops.
+    private func keepDialing(_ wanted: Wanted) async {
+        let url = wanted.url
+        var backoff = Backoff(policy: self.config.backoff)
+        while !wanted.stop.hasRung {
+            do {
+                let channel = try await self.dial(url)
+                let attached = wanted.channel.withLockedValue { slot -> Bool in
+                    guard !wanted.stop.hasRung else { return false }
+                    slot = channel
+                    return true
+                }
+                guard attached else {
+                    channel.triggerUserOutboundEvent(WebSocketCloseRequest(code: 1000, reason: wanted.reason.withLockedValue { $0 }), promise: nil)
+                    return
+                }
+                let upFor = Self.stopwatch(self.clock)  // started before the tunnel shows as up
+                self.state.withLockedValue { state in
+                    state.tunnels[url.description] = channel
+                    state.lastErrors[url.description] = nil
+                    state.redials[url.description] = nil
+                }
+                self.logger.info("tunnel up", metadata: ["relay": "\(url)"])
+                try? await channel.closeFuture.get()
+                let up = upFor()
+                wanted.channel.withLockedValue { $0 = nil }
+                self.state.withLockedValue { state in
+                    if state.tunnels[url.description] === channel { state.tunnels[url.description] = nil }
+                }
+                self.logger.info("tunnel down", metadata: ["relay": "\(url)", "up": "\(up)"])
+                guard !wanted.stop.hasRung else { return }
+                backoff.tunnelClosed(afterMilliseconds: up.milliseconds)
+                self.onTunnelLost()
+            } catch {
+                guard !wanted.stop.hasRung else { return }
+                self.state.withLockedValue { $0.lastErrors[url.description] = "\(error)" }
+                self.logger.warning("cannot open tunnel", metadata: ["relay": "\(url)", "error": "\(error)"])
+                if let dial = error as? DialError, case .rejected = dial.kind { self.onTunnelLost() }
+            }
+            let delay = Duration.milliseconds(backoff.next())
+            self.state.withLockedValue { $0.redials[url.description] = Redial(attempt: backoff.attempts, delay: delay) }
+            _ = await wanted.stop.sleep(for: delay, on: self.clock)
+        }
+    }
+
+    /// Time on `clock` from now until the returned closure is called.
+    private static func stopwatch<C: Clock<Duration>>(_ clock: C) -> @Sendable () -> Duration {
+        let start = clock.now
+        return { start.duration(to: clock.now) }
+    }
+
+    /// One websocket dial to `url`, with the tunnel's streams set up: each decided and audited by
+    /// the customer's `PrivacyGuard`.
+    private func dial(_ url: WebSocketURL) async throws -> Channel {
         var headers = HTTPHeaders()
         headers.add(name: "authorization", value: "Bearer \(self.credential.credential)")
         headers.add(name: WireHeader.cluster, value: self.credential.clusterID)
@@ -110,7 +219,7 @@ public final class TunnelConnector: Sendable {
         let privacy = self.privacy
         let logger = self.logger
         let controls = self.controls
-        WebSocketDialer.dial(url: url, headers: headers, tls: self.tls, limits: limits, group: self.group) { channel in
+        return try await WebSocketDialer.dial(url: url, headers: headers, tls: self.tls, limits: limits, group: self.group) { channel in
             let tunnelID = ObjectIdentifier(channel)
             channel.closeFuture.whenComplete { _ in _ = controls.withLockedValue { $0.removeValue(forKey: tunnelID) } }
             // The relay's control stream: what it ends (sessions, requests), this connector records
@@ -158,49 +267,13 @@ public final class TunnelConnector: Sendable {
                     ])
                 }
             }
-        }.whenComplete { result in
-            var backoff = backoff
-            switch result {
-            case .success(let (channel, _)):
-                backoff.reset()
-                let keep = self.state.withLockedValue { state -> Bool in
-                    guard state.wanted.contains(url.description) else { return false }
-                    state.tunnels[url.description] = channel
-                    state.lastErrors[url.description] = nil
-                    return true
-                }
-                guard keep else {
-                    channel.close(promise: nil)
-                    return
-                }
-                logger.info("tunnel up", metadata: ["relay": "\(url)"])
-                channel.closeFuture.whenComplete { _ in
-                    let wasWanted = self.state.withLockedValue { state -> Bool in
-                        if state.tunnels[url.description] === channel { state.tunnels[url.description] = nil }
-                        return state.wanted.contains(url.description)
-                    }
-                    logger.info("tunnel down", metadata: ["relay": "\(url)"])
-                    guard wasWanted else { return }
-                    self.onTunnelLost()
-                    self.scheduleRedial(url, backoff: backoff)
-                }
-            case .failure(let error):
-                self.state.withLockedValue { $0.lastErrors[url.description] = "\(error)" }
-                logger.warning("cannot open tunnel", metadata: ["relay": "\(url)", "error": "\(error)"])
-                if let dial = error as? DialError, case .rejected = dial.kind { self.onTunnelLost() }
-                self.scheduleRedial(url, backoff: backoff)
-            }
-        }
+        }.get().0
     }
+}
 
-    private func scheduleRedial(_ url: WebSocketURL, backoff: Backoff) {
-        var backoff = backoff
-        let delay = backoff.next()
-        self.state.withLockedValue { state in
-            guard state.wanted.contains(url.description) else { return }
-            state.retryTasks[url.description] = self.group.next().scheduleTask(in: .milliseconds(delay)) {
-                self.dial(url, backoff: backoff)
-            }
-        }
+extension Duration {
+    /// Whole milliseconds (rounded down).
+    var milliseconds: Int64 {
+        self.components.seconds * 1000 + self.components.attoseconds / 1_000_000_000_000_000
     }
 }

@@ -3,6 +3,7 @@ import Logging
 import NIOConcurrencyHelpers
 import NIOCore
 import RelayModel
+import ServiceLifecycle
 import TunnelCore
 
 /// Every `interval`, on every relay node: expires requests past their window, closes tunnels of
@@ -10,32 +11,37 @@ import TunnelCore
 /// operator killed, each with a reason the engineer sees. Also saves live sessions' counts.
 /// Polling the shared store (rather than messaging nodes) keeps this correct with several relay nodes;
 /// a change made on this node wakes it at once.
-struct AccessReconciler: Sendable {
+public struct AccessReconciler: Service {
     let control: MissionControl
     let registry: TunnelRegistry
     let sessions: LiveSessions
+    let interval: Duration
+    let clock: any Clock<Duration>
     /// Per cluster with tunnels here: the access requests that were in force at the last tick.
     private let inForce = NIOLockedValueBox<[String: Set<Int64>]>([:])
+    /// One per interval, and one whenever this node changes access (`MissionControl.onReconcileNeeded`).
+    private let wakeups: AsyncStream<Void>
+    private let wake: AsyncStream<Void>.Continuation
 
-    init(control: MissionControl, registry: TunnelRegistry, sessions: LiveSessions) {
+    init(control: MissionControl, registry: TunnelRegistry, sessions: LiveSessions, interval: Duration, clock: any Clock<Duration>) {
         self.control = control
         self.registry = registry
         self.sessions = sessions
+        self.interval = interval
+        self.clock = clock
+        (self.wakeups, self.wake) = AsyncStream.makeStream(of: Void.self, bufferingPolicy: .bufferingNewest(1))
+        control.onReconcileNeeded { [wake] in wake.yield() }
     }
 
-    /// Ticks every `interval`, and at once when this node changes access (`MissionControl.onReconcileNeeded`).
-    /// One consumer runs the ticks, so they never overlap; wake-ups during a tick fold into one more.
-    func run(every interval: Duration) async {
-        let (wakeups, wake) = AsyncStream.makeStream(of: Void.self, bufferingPolicy: .bufferingNewest(1))
-        self.control.onReconcileNeeded { wake.yield() }
-        await withTaskGroup(of: Void.self) { group in
-            group.addTask {
-                while !Task.isCancelled {
-                    try? await Task.sleep(for: interval)
-                    wake.yield()
-                }
+    /// Ticks every `interval` on the clock, and at once when this node changes access, until
+    /// graceful shutdown. One consumer runs the ticks, so they never overlap; wake-ups during a
+    /// tick fold into one more.
+    public func run() async {
+        await withDiscardingTaskGroup { group in
+            group.addTask { [clock, interval, wake] in
+                while (try? await clock.sleep(for: interval, tolerance: nil)) != nil { wake.yield() }
             }
-            for await _ in wakeups {
+            for await _ in self.wakeups.cancelOnGracefulShutdown() {
                 do {
                     try await self.tick()
                 } catch is CancellationError {

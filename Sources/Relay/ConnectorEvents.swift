@@ -1,4 +1,5 @@
 import Foundation
+import NIOCore
 import RelayModel
 import TunnelCore
 
@@ -8,7 +9,8 @@ import TunnelCore
 /// request here too, so that the engineer's next session is not opened under it again.
 enum ConnectorEvents {
     static func apply(
-        _ event: ControlEvent, cluster: String, node: String, sessions: LiveSessions, registry: TunnelRegistry, control: MissionControl
+        _ event: ControlEvent, cluster: String, node: String, sessions: LiveSessions, registry: TunnelRegistry, control: MissionControl,
+        tasks: OwnedTasks, loop: EventLoop
     ) {
         // A connector's words, shown to an engineer and stored: cut to a sensible length.
         let said = String(event.reason.prefix(500))
@@ -22,7 +24,9 @@ enum ConnectorEvents {
             ending = ofCluster.filter { $0.record.requestID == event.accessRequest && $0.record.expert == event.expert }
             if let request = event.accessRequest, let expert = event.expert {
                 let by = event.by.map { String($0.prefix(64)) }
-                Task { await control.customerEnded(request: request, expert: expert, cluster: cluster, node: node, by: by, reason: said) }
+                _ = tasks.submit(on: loop) {
+                    await control.customerEnded(request: request, expert: expert, cluster: cluster, node: node, by: by, reason: said)
+                }
             }
         case ControlEvent.accessOff:
             // Sessions this node served alone: those pinned to it, or all when no other node of

@@ -9,7 +9,7 @@ public final class LiveSession: Sendable {
     public let channel: Channel
     private let state: NIOLockedValueBox<SessionRecord>
     /// Completes once the session's start is recorded, so its end is never written first.
-    let started: NIOLockedValueBox<Task<Void, Never>?> = NIOLockedValueBox(nil)
+    let started: NIOLockedValueBox<EventLoopFuture<Void>?> = NIOLockedValueBox(nil)
 
     init(channel: Channel, record: SessionRecord) {
         self.channel = channel

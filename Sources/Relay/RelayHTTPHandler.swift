@@ -23,6 +23,7 @@ final class RelayHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
     static let maxBodyBytes = 1 << 20
 
     private let router: RelayAPIRouter
+    private let tasks: OwnedTasks
     private let handshake: ConnectionHandshake
     private let idleTimeout: TimeAmount
     private let logger: Logger
@@ -33,7 +34,8 @@ final class RelayHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
     private var queued: [(HTTPRequestHead, Data, Bool)] = []
     private var idleTask: Scheduled<Void>?
 
-    init(router: RelayAPIRouter, handshake: ConnectionHandshake, idleTimeout: TimeAmount, logger: Logger) {
+    init(router: RelayAPIRouter, tasks: OwnedTasks, handshake: ConnectionHandshake, idleTimeout: TimeAmount, logger: Logger) {
+        self.tasks = tasks
         self.router = router
         self.handshake = handshake
         self.idleTimeout = idleTimeout
@@ -100,13 +102,16 @@ final class RelayHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
             let request = APIRequest(
                 method: head.method, uri: head.uri, bearer: head.bearer, body: body, source: context.channel.remoteAddress?.ipAddress)
             let router = self.router
-            let promise = context.eventLoop.makePromise(of: APIResponse.self)
-            promise.completeWithTask { await router.handle(request) }
-            promise.futureResult.whenSuccess { response in
+            self.tasks.submit(on: context.eventLoop) { await router.handle(request) }.whenComplete { result in
                 self.busy = false
-                var extra = HTTPHeaders()
-                if let code = response.errorCode { extra.add(name: WireHeader.error, value: code) }
-                self.write(context: context, head: head, status: response.status, body: response.body, extra: extra)
+                switch result {
+                case .success(let response):
+                    var extra = HTTPHeaders()
+                    if let code = response.errorCode { extra.add(name: WireHeader.error, value: code) }
+                    self.write(context: context, head: head, status: response.status, body: response.body, extra: extra)
+                case .failure:
+                    self.refuse(context: context, head, OwnedTasks.stopping, close: true)
+                }
             }
         }
     }

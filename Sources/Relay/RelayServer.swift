@@ -9,12 +9,13 @@ import NIOHTTP2
 import NIOPosix
 import NIOSSL
 import NIOWebSocket
+import ServiceLifecycle
 import TunnelCore
 
 /// The relay node: one TLS listener for connector tunnels (`/v1/tunnel`), expert sessions
 /// (`/v1/session`), the JSON API (`/v1/...`) and the health probe (`/healthz`). Expert streams are
 /// switched into tunnels; `AccessReconciler` closes what access no longer allows.
-public final class RelayServer: Sendable {
+public final class RelayServer: Service, Sendable {
     public let config: RelayConfig
     public let control: MissionControl
     public let registry = TunnelRegistry()
@@ -28,12 +29,14 @@ public final class RelayServer: Sendable {
     /// Connections held open right now, capped in total and per address.
     public let connections: ConnectionLimiter
     private let handshakeDeadlines: HandshakeDeadlines
-    private let reconcileTask = NIOLockedValueBox<Task<Void, Never>?>(nil)
+    public let reconciler: AccessReconciler
+    /// Where the work this node's event loops start runs (decisions, API calls, records).
+    public let tasks = OwnedTasks()
 
     /// - Parameter handshakeDeadlines: when new connections' handshake deadlines pass (real time by default).
     public init(
         config: RelayConfig, control: MissionControl, group: EventLoopGroup, logger: Logger = Logger(label: "relay"),
-        handshakeDeadlines: HandshakeDeadlines = .eventLoop
+        handshakeDeadlines: HandshakeDeadlines = .eventLoop, timers: any Clock<Duration> = ContinuousClock()
     ) throws {
         self.handshakeDeadlines = handshakeDeadlines
         self.config = config
@@ -44,6 +47,21 @@ public final class RelayServer: Sendable {
         self.router = RelayAPIRouter(control: control, registry: self.registry)
         self.tls = try TLSFiles.serverContext(certificateFile: config.certificateFile, privateKeyFile: config.privateKeyFile)
         self.connections = ConnectionLimiter(limits: config.connectionLimits, logger: logger)
+        self.reconciler = AccessReconciler(
+            control: control, registry: self.registry, sessions: self.sessions,
+            interval: .milliseconds(config.reconcileIntervalMilliseconds), clock: timers)
+    }
+
+    /// In start order; a `ServiceGroup` stops them in reverse: the listener first (sessions and
+    /// tunnels told why), then the reconciler, the work already started (records of the ends), and
+    /// the store last, once they are written.
+    /// `start()` binds before they run.
+    public var services: [any Service] { [StoreService(store: self.control.store), self.tasks, self.reconciler, self] }
+
+    /// Serves (bound by `start()`) until graceful shutdown, then stops.
+    public func run() async throws {
+        try? await gracefulShutdown()
+        try await self.stop()
     }
 
     /// Opens the embedded SQLite store in `config.dataDirectory` (created 0700 if missing) and the
@@ -84,16 +102,12 @@ public final class RelayServer: Sendable {
         self.serverChannel.set(channel)
         let address = channel.localAddress!
         self.control.tunnelURLs = self.config.effectiveTunnelURLs(boundPort: address.port ?? self.config.listenPort)
-        let reconciler = AccessReconciler(control: self.control, registry: self.registry, sessions: self.sessions)
-        let interval = Duration.milliseconds(self.config.reconcileIntervalMilliseconds)
-        self.reconcileTask.withLockedValue { $0 = Task { await reconciler.run(every: interval) } }
         self.logger.info("relay listening", metadata: ["address": "\(address.display)", "tunnel_urls": "\(self.control.tunnelURLs)"])
         return address
     }
 
     /// Stops accepting, then closes every session and tunnel, telling each why.
     public func stop() async throws {
-        self.reconcileTask.withLockedValue { $0?.cancel() }
         try await self.serverChannel.get()?.close()
         for session in self.sessions.all {
             session.end(code: WireCloseCode.relayShutdown, reason: "the relay node is shutting down")
@@ -119,7 +133,7 @@ public final class RelayServer: Sendable {
             pace: RequestPace(grace: self.config.limits.handshakeTimeout, minBodyBytesPerSecond: self.config.connectionLimits.minBodyBytesPerSecond),
             logger: self.logger)
         let fallback = RelayHTTPHandler(
-            router: self.router, handshake: handshake, idleTimeout: .milliseconds(self.config.apiIdleTimeoutMilliseconds),
+            router: self.router, tasks: self.tasks, handshake: handshake, idleTimeout: .milliseconds(self.config.apiIdleTimeoutMilliseconds),
             logger: self.logger)
         // handshake_timeout: TLS and the websocket upgrade (or a first plain request) must come by
         // then, or the connection is closed.
@@ -128,16 +142,15 @@ public final class RelayServer: Sendable {
         }
         channel.closeFuture.whenComplete { _ in handshake.deadline?.cancel() }
         let gate = self.gate
+        let tasks = self.tasks
         let upgrader = NIOWebSocketServerUpgrader(
             maxFrameSize: self.config.limits.maxWebSocketFrameSize,
             automaticErrorHandling: true,
             shouldUpgrade: { channel, head in
                 // The client has done its part; the time the relay takes to decide is not its fault.
                 handshake.deadline?.cancel()
-                let promise = channel.eventLoop.makePromise(of: HandshakeDecision.self)
                 let source = channel.remoteAddress?.ipAddress
-                promise.completeWithTask { await gate.decide(head, source: source) }
-                return promise.futureResult.map { decision -> HTTPHeaders? in
+                return tasks.submit(on: channel.eventLoop) { await gate.decide(head, source: source) }.map { decision -> HTTPHeaders? in
                     handshake.decision = decision
                     if case .refuse = decision { return nil }  // not upgraded: RelayHTTPHandler answers why
                     var headers = HTTPHeaders()
@@ -154,7 +167,7 @@ public final class RelayServer: Sendable {
                     return headers
                 }
             },
-            upgradePipelineHandler: { channel, _ in
+            upgradePipelineHandler: { channel, head in
                 channel.eventLoop.makeCompletedFuture {
                     handshake.deadline?.cancel()
                     // The HTTP codecs are gone; the fallback handler must go too, before tunnel bytes flow.
@@ -162,7 +175,7 @@ public final class RelayServer: Sendable {
                     channel.pipeline.syncOperations.removeHandler(slow).whenComplete { _ in }
                     switch handshake.decision {
                     case .tunnel(let cluster, let node):
-                        try self.acceptTunnel(channel, cluster: cluster, node: node)
+                        try self.acceptTunnel(channel, cluster: cluster, node: node, dialedAs: head.headers.first(name: "host") ?? "")
                     case .session(let plan):
                         try self.acceptSession(channel, plan: plan)
                     case .refuse, nil:
@@ -177,7 +190,8 @@ public final class RelayServer: Sendable {
         try sync.addHandler(fallback)
     }
 
-    private func acceptTunnel(_ channel: Channel, cluster: String, node: String) throws {
+    /// - Parameter dialedAs: the Host the connector dialed: it keeps one tunnel per relay URL.
+    private func acceptTunnel(_ channel: Channel, cluster: String, node: String, dialedAs: String) throws {
         let multiplexer = try TunnelPipeline.configure(
             channel: channel, websocketRole: .server, http2Mode: .client, link: .tunnel, limits: self.config.limits,
             logger: self.logger, inboundStreamInitializer: TunnelPipeline.refuseInboundStreams)
@@ -191,20 +205,26 @@ public final class RelayServer: Sendable {
                     logger.warning("control stream closed; session ends are no longer pushed on this tunnel", metadata: ["cluster": "\(cluster)", "node": "\(node)"])
                 }
             }
-        ) { [sessions = self.sessions, registry = self.registry, control = self.control] event in
-            ConnectorEvents.apply(event, cluster: cluster, node: node, sessions: sessions, registry: registry, control: control)
+        ) { [sessions = self.sessions, registry = self.registry, control = self.control, tasks = self.tasks] event in
+            ConnectorEvents.apply(event, cluster: cluster, node: node, sessions: sessions, registry: registry, control: control, tasks: tasks, loop: channel.eventLoop)
         }
         multiplexer.createStreamChannel(promise: nil) { stream in
             stream.eventLoop.makeCompletedFuture { try stream.pipeline.syncOperations.addHandler(controlStream) }
         }
         let tunnel = TunnelHandle(
             id: ObjectIdentifier(channel), cluster: cluster, node: node, channel: channel, multiplexer: multiplexer,
-            connectedAt: .now(), control: controlStream)
-        self.registry.register(tunnel)
+            connectedAt: .now(), control: controlStream, dialedAs: dialedAs)
+        for older in self.registry.register(tunnel) {
+            // Half-open, or from a connector that restarted: the newer tunnel is the live one.
+            logger.notice(
+                "a newer tunnel from the same node replaces the older one", metadata: ["cluster": "\(cluster)", "node": "\(node)", "dialed": "\(dialedAs)"])
+            older.channel.triggerUserOutboundEvent(
+                WebSocketCloseRequest(code: WireCloseCode.replaced, reason: "a newer tunnel from node \(node) replaced this one"), promise: nil)
+        }
         let control = self.control
         control.reconcileNow()  // the reconciler tells connectors only of ends it saw in force: let it look now
         logger.info("tunnel up", metadata: ["cluster": "\(cluster)", "node": "\(node)", "peer": "\(channel.remoteAddress?.display ?? "?")"])
-        Task { await control.audit(actor: "node:\(cluster)/\(node)", "tunnel.open", cluster: cluster, subject: node) }
+        _ = self.tasks.submit(on: channel.eventLoop) { await control.audit(actor: "node:\(cluster)/\(node)", "tunnel.open", cluster: cluster, subject: node) }
         channel.closeFuture.whenComplete { _ in
             self.registry.unregister(tunnel)
             logger.info("tunnel down", metadata: ["cluster": "\(cluster)", "node": "\(node)"])
@@ -252,7 +272,7 @@ public final class RelayServer: Sendable {
             }
         }
         self.sessions.add(live)
-        live.started.withLockedValue { $0 = Task { await control.sessionStarted(record) } }
+        live.started.withLockedValue { $0 = self.tasks.submit(on: channel.eventLoop) { await control.sessionStarted(record) } }
         logger.info("session opened", metadata: record.metadata)
         channel.closeFuture.whenComplete { _ in
             self.sessions.remove(record.id)
@@ -264,8 +284,8 @@ public final class RelayServer: Sendable {
                     event: ControlEvent.sessionEnded, session: final.id, accessRequest: final.requestID, expert: final.expert,
                     reason: final.endReason ?? "closed")])
             let started = live.started.withLockedValue { $0 }
-            Task {
-                await started?.value
+            _ = self.tasks.submit(on: channel.eventLoop) {
+                try? await started?.get()
                 await control.sessionEnded(final)
             }
             logger.info("session closed", metadata: final.metadata.merging(["reason": "\(final.endReason ?? "-")"]) { $1 })
@@ -286,4 +306,14 @@ func randomIdentifier() -> String {
     let high = String(generator.next() as UInt64, radix: 16)
     let low = String(generator.next() as UInt64, radix: 16)
     return String(repeating: "0", count: 16 - high.count) + high + String(repeating: "0", count: 16 - low.count) + low
+}
+
+/// The store as a service: it stops last and closes the database once nothing writes to it.
+struct StoreService: Service {
+    let store: any Store
+
+    func run() async throws {
+        try? await gracefulShutdown()
+        try await self.store.close()
+    }
 }

@@ -13,6 +13,8 @@ public struct TunnelHandle: Sendable {
     public var connectedAt: NIODeadline
     /// The tunnel's control stream: what the relay ends, the connector learns at once.
     public var control: ControlStreamHandler
+    /// The Host the connector dialed (a connector keeps one tunnel per relay URL).
+    public var dialedAs: String = ""
 }
 
 /// Which tunnels are up, by cluster. Expert streams are switched into one of them.
@@ -25,8 +27,17 @@ public final class TunnelRegistry: Sendable {
 
     public init() {}
 
-    public func register(_ tunnel: TunnelHandle) {
-        self.state.withLockedValue { $0.tunnels[tunnel.cluster, default: []].append(tunnel) }
+    /// Adds `tunnel`; returns the older tunnels it replaces, from the same node dialed under the
+    /// same name (a connector that redialed before this node noticed its old tunnel was gone),
+    /// for the caller to close.
+    public func register(_ tunnel: TunnelHandle) -> [TunnelHandle] {
+        self.state.withLockedValue { state in
+            let replaces: (TunnelHandle) -> Bool = { $0.node == tunnel.node && $0.dialedAs == tunnel.dialedAs }
+            let older = (state.tunnels[tunnel.cluster] ?? []).filter(replaces)
+            state.tunnels[tunnel.cluster, default: []].removeAll(where: replaces)
+            state.tunnels[tunnel.cluster, default: []].append(tunnel)
+            return older
+        }
     }
 
     public func unregister(_ tunnel: TunnelHandle) {

@@ -139,9 +139,19 @@ public struct APIClient: Sendable {
             channel.close(promise: nil)
         }
         do {
-            return try await collector.result.get()
+            // A cancelled caller (a connector shutting down) gives up the exchange at once.
+            return try await withTaskCancellationHandler {
+                try await collector.result.get()
+            } onCancel: {
+                channel.eventLoop.execute {
+                    collector.fail(CancellationError())
+                    channel.close(promise: nil)
+                }
+            }
         } catch let error as APIError {
             throw error
+        } catch is CancellationError {
+            throw CancellationError()
         } catch {
             throw APIError(kind: .unreachable, message: "the connection to \(peer) failed: \(describeConnectionError(error))")
         }

@@ -110,7 +110,7 @@ public final class SessionClient: Sendable {
         let endedBox = self.endedBox
         let userOnEnded = self.onEnded
         let onEnded: @Sendable (WebSocketPeerClosed) -> Void = { closed in
-            if case .unknown(let code) = closed.code, (4000..<5000).contains(code) {
+            if closed.endsTheSession {
                 endedBox.withLockedValue { $0 = $0 ?? closed }
             }
             userOnEnded?(closed)
@@ -175,5 +175,15 @@ public final class SessionClient: Sendable {
         return ProxyRefusal(
             .forbidden, code: "session_ended",
             message: "the relay ended this session: \(closed.reason.isEmpty ? "\(closed.code)" : closed.reason); open a new one if you still have access")
+    }
+}
+
+extension WebSocketPeerClosed {
+    /// The relay ended the session for good (4001-4004: access ended, killed, ended by the customer,
+    /// flood). Any other close (a relay node shutting down, a dropped connection) is redialed by
+    /// the next request.
+    public var endsTheSession: Bool {
+        if case .unknown(let code) = self.code { return (4000..<5000).contains(code) }
+        return false
     }
 }

@@ -14,6 +14,10 @@ public final class SQLiteStore: Store {
         try Self.migrator.migrate(self.pool)
     }
 
+    public func close() async throws {
+        try self.pool.close()
+    }
+
     /// Versioned schema. Never edit a shipped migration: add the next one.
     static var migrator: DatabaseMigrator {
         var migrator = DatabaseMigrator()

@@ -4,6 +4,9 @@ import RelayModel
 /// The relay's persistent state, behind a small protocol so that several relay nodes can share a
 /// PostgreSQL backend later; `SQLiteStore` is the embedded default. Every method is one transaction.
 public protocol Store: Sendable {
+    /// Closes the database; nothing may call the store afterwards (the relay stops it last).
+    func close() async throws
+
     // Clusters and registration
     /// Fails with `StoreError.conflict` when the cluster exists.
     func createCluster(_ cluster: ClusterRecord, enrollment: EnrollmentRecord) async throws

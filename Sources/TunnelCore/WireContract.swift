@@ -86,6 +86,9 @@ public enum WireCloseCode {
     /// The peer flooded (cancelled requests beyond the session's reset budget, malformed frames):
     /// this session or tunnel alone is closed.
     public static let flood: UInt16 = 4004
+    /// A newer tunnel from the same connector node replaced this one (the node redialed before
+    /// the relay noticed the old tunnel was gone).
+    public static let replaced: UInt16 = 4005
     /// The relay node is shutting down; redial (another node may answer).
     public static let relayShutdown: UInt16 = 1001
 }

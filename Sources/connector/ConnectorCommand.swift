@@ -2,6 +2,7 @@ import ArgumentParser
 import Connector
 import Foundation
 import Logging
+import ServiceLifecycle
 import NIOPosix
 import TunnelCore
 
@@ -46,21 +47,23 @@ struct Run: AsyncParsableCommand {
             print("\(self.options.config): OK (\(credential), \(config.components.count) components, mode \(config.privacyMode.rawValue))")
             return
         }
-        let termination = TerminationSignal.install()
-        let runtime = try await ConnectorRuntime.start(
+        let runtime = try await ConnectorRuntime(
             config: config, credential: credential, configPath: self.options.config, group: MultiThreadedEventLoopGroup.singleton,
             logger: logger)
-        let hangup = HangupSignal { _ = try? runtime.reload(actor: "sighup") }
-        logger.info(
-            "connector started",
-            metadata: [
-                "cluster": "\(credential.clusterID)", "node": "\(credential.nodeID)", "relay": "\(config.relayURL.httpsBase)",
-                "mode": "\(runtime.privacy.mode.rawValue)", "control": "\(runtime.control.path)", "audit": "\(config.audit.directory)",
-            ])
-        let signal = await termination.wait()
-        logger.info("shutting down", metadata: ["signal": "\(signal)"])
-        hangup.cancel()
-        await runtime.stop()
+        let started = ReloadOnHangup(runtime: runtime) {
+            logger.info(
+                "connector started",
+                metadata: [
+                    "cluster": "\(credential.clusterID)", "node": "\(credential.nodeID)", "relay": "\(config.relayURL.httpsBase)",
+                    "mode": "\(runtime.privacy.mode.rawValue)", "control": "\(runtime.control.path)", "audit": "\(config.audit.directory)",
+                ])
+        }
+        var services = ServiceGroupConfiguration(
+            services: runtime.services + [started], gracefulShutdownSignals: [.sigterm, .sigint], logger: logger)
+        // Requests in flight get the configured drain; past that and a margin, the group is cancelled.
+        services.maximumGracefulShutdownDuration = .milliseconds(config.drainMilliseconds) + .seconds(10)
+        try await ServiceGroup(configuration: services).run()
+        logger.info("connector stopped")
     }
 }
 

@@ -3,6 +3,7 @@ import ConfigKit
 import DemoComponentKit
 import NIOPosix
 import TunnelCore
+import UnixSignals
 
 @main
 struct DemoComponentCommand: AsyncParsableCommand {
@@ -20,8 +21,9 @@ struct DemoComponentCommand: AsyncParsableCommand {
         guard let address = parseHostPort(self.listen) else { throw ValidationError("--listen must be host:port") }
         let component = try await DemoComponent.start(
             host: address.host, port: address.port, name: self.name, group: MultiThreadedEventLoopGroup.singleton)
+        let signals = await UnixSignalsSequence(trapping: .sigint, .sigterm)
         print("demo component \(self.name) on \(component.url)")
-        _ = await TerminationSignal.wait()
+        for await _ in signals { break }
         try await component.close()
     }
 }

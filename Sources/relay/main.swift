@@ -3,7 +3,9 @@ import Foundation
 import Logging
 import NIOPosix
 import Relay
+import ServiceLifecycle
 import TunnelCore
+import UnixSignals
 
 @main
 struct RelayCommand: AsyncParsableCommand {
@@ -42,20 +44,28 @@ struct RelayCommand: AsyncParsableCommand {
             print("first start: an ops token named \"bootstrap\" is in \(bootstrapPath) (mode 0600);")
         }
         let server = try RelayServer(config: config, control: control, group: MultiThreadedEventLoopGroup.singleton, logger: logger)
-        // Watching for SIGTERM before saying "listening": a stop right after it is kept.
-        let termination = TerminationSignal.install()
         let address = try await server.start()
-        print("relay listening on \(address.display)")
-        if firstStart {
-            let ip = address.ipAddress ?? "127.0.0.1"
-            let host = ["0.0.0.0", "::"].contains(ip) ? "127.0.0.1" : ip.contains(":") ? "[\(ip)]" : ip
-            print(
-                "use it to create your own: relayctl tokens create --relay https://\(host):\(address.port ?? config.listenPort) --ca CA_FILE --token-file \(bootstrapPath) --name NAME --role ops")
-            print("(CA_FILE: the CA certificate that signed \(config.certificateFile); then revoke bootstrap: relayctl tokens revoke bootstrap)")
+        // Said once the group traps SIGTERM and SIGINT (before any service runs): a stop right after
+        // "listening" is kept. SIGHUP is trapped too: the relay reads its config at start only.
+        let announceLogger = logger
+        let announce = ClosureService {
+            let hangups = await UnixSignalsSequence(trapping: .sighup)
+            print("relay listening on \(address.display)")
+            if firstStart {
+                let ip = address.ipAddress ?? "127.0.0.1"
+                let host = ["0.0.0.0", "::"].contains(ip) ? "127.0.0.1" : ip.contains(":") ? "[\(ip)]" : ip
+                print(
+                    "use it to create your own: relayctl tokens create --relay https://\(host):\(address.port ?? config.listenPort) --ca CA_FILE --token-file \(bootstrapPath) --name NAME --role ops")
+                print("(CA_FILE: the CA certificate that signed \(config.certificateFile); then revoke bootstrap: relayctl tokens revoke bootstrap)")
+            }
+            for await _ in hangups.cancelOnGracefulShutdown() {
+                announceLogger.notice("SIGHUP: the relay reads relay.yaml at start only; restart it to apply changes")
+            }
         }
-        let signal = await termination.wait()
-        logger.info("shutting down", metadata: ["signal": "\(signal)"])
-        try await server.stop()
+        let services = ServiceGroupConfiguration(
+            services: server.services + [announce], gracefulShutdownSignals: [.sigterm, .sigint], logger: logger)
+        try await ServiceGroup(configuration: services).run()
+        logger.info("relay stopped")
     }
 }
 

@@ -6,6 +6,7 @@ import NIOPosix
 import RelayCtlKit
 import RelayModel
 import TunnelCore
+import UnixSignals
 
 struct Session: AsyncParsableCommand {
     static let configuration = CommandConfiguration(abstract: "Your sessions to cluster components.", subcommands: [Open.self])
@@ -67,7 +68,7 @@ struct Open: AsyncParsableCommand {
         try await Self.connect(session, waitSeconds: waitSeconds, cluster: self.cluster)
         let listener = try await LocalListener.start(host: listen.host, port: listen.port, session: session, group: group)
         // Watching for Ctrl-C / SIGTERM before saying "ready": a stop right after the banner is kept.
-        let termination = TerminationSignal.install()
+        let signals = await UnixSignalsSequence(trapping: .sigint, .sigterm)
         let grant = session.grant
         let runsUnder = grant.map { grant in
             let readOnly = grant.customerMode == "readOnly" && grant.role != "viewer" ? " (the customer's privacy mode readOnly allows reading only)" : ""
@@ -76,17 +77,28 @@ struct Open: AsyncParsableCommand {
         print("session open: cluster \(self.cluster), component \(self.component)\(runsUnder)")
         print("open \(listener.url) in your browser (Ctrl-C to end the session)")
         fflush(stdout)
-        // Ends on Ctrl-C, or when the relay closes the session with a reason (revoked, expired, killed).
-        let signalTask = Task {
-            _ = await termination.wait()
-            ended.continuation.finish()
+        // Ends on Ctrl-C, or when the relay ends the session with a reason (revoked, expired,
+        // killed). A relay node going away (1001) or a dropped connection is not an end: the next
+        // request redials.
+        let outcome = await withTaskGroup(of: WebSocketPeerClosed?.self) { group in
+            group.addTask {
+                for await _ in signals { break }
+                return nil
+            }
+            group.addTask {
+                for await closed in ended.stream {
+                    if closed.endsTheSession { return closed }
+                    if closed.code != .normalClosure {
+                        FileHandle.standardError.write(
+                            Data("relayctl: the relay closed the connection (\(closed.reason.isEmpty ? "\(closed.code)" : closed.reason)); the next request reconnects\n".utf8))
+                    }
+                }
+                return nil
+            }
+            let first = await group.next() ?? nil
+            group.cancelAll()
+            return first
         }
-        var outcome: WebSocketPeerClosed?
-        for await closed in ended.stream where closed.code != .normalClosure {
-            outcome = closed
-            break
-        }
-        signalTask.cancel()
         try? await listener.close()
         if let outcome {
             FileHandle.standardError.write(Data("relayctl: session ended by the relay: \(outcome.reason.isEmpty ? "\(outcome.code)" : outcome.reason)\n".utf8))

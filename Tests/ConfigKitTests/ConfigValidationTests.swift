@@ -139,6 +139,12 @@ private func edit(_ yaml: String, replace old: String? = nil, with new: String) 
         #expect(config.privacyMode == .approvedOnly)
         #expect(config.heartbeat.enabledIntervalMilliseconds == 60_000)
         #expect(config.heartbeat.disabledIntervalMilliseconds == 300_000)
+        #expect(config.backoff == Backoff.Policy() && config.backoff.graceMilliseconds == 10_000, "reconnect defaults")
+        #expect(config.drainMilliseconds == 10_000)
+        let tuned = try ConnectorConfig.parse(
+            yaml: edit(goodConnector, replace: "  ca_file: ca.pem", with: "  ca_file: ca.pem\n  reconnect_grace: 30s\n  drain_timeout: 1m"),
+            file: "/opt/c/connector.yaml")
+        #expect(tuned.backoff.graceMilliseconds == 30_000 && tuned.drainMilliseconds == 60_000)
         #expect(config.caFile == "/opt/c/ca.pem")
         #expect(config.components.map(\.name) == ["ui", "api", "db"])
         #expect(config.deniedPathPrefixes == ["/secrets", "/api/certs/"], "normalised like request paths")
@@ -183,6 +189,8 @@ private func edit(_ yaml: String, replace old: String? = nil, with new: String) 
         BadConfig(edit(goodConnector, replace: "  ca_file: ca.pem", with: ""), "relay.ca_file", "required"),
         BadConfig(edit(goodConnector, replace: "  ca_file: ca.pem", with: "  ca_file: ca.pem\n  reconnect_initial: 5s\n  reconnect_max: 1s"),
          "relay.reconnect_max", "between"),
+        BadConfig(edit(goodConnector, replace: "  ca_file: ca.pem", with: "  ca_file: ca.pem\n  drain_timeout: 2h"), "relay.drain_timeout", "between"),
+        BadConfig(edit(goodConnector, replace: "  ca_file: ca.pem", with: "  ca_file: ca.pem\n  reconnect_grace: later"), "relay.reconnect_grace", "duration"),
         BadConfig(edit(goodConnector, replace: "  ui: http://127.0.0.1:8080", with: "  ui: https://127.0.0.1:8080"), "components.ui", "http://"),
         BadConfig(edit(goodConnector, replace: "  ui: http://127.0.0.1:8080", with: "  ui: http://user:pw@127.0.0.1:8080"), "components.ui", "no credentials"),
         BadConfig(edit(goodConnector, replace: "  ui: http://127.0.0.1:8080", with: "  ui: http://127.0.0.1:notaport"), "components.ui", "bad host or port"),
@@ -214,20 +222,5 @@ private func edit(_ yaml: String, replace old: String? = nil, with new: String) 
         #expect(parseDurationMilliseconds("8h") == 28_800_000)
         #expect(parseDurationMilliseconds("7") == 7000)
         #expect(parseDurationMilliseconds("ten") == nil)
-    }
-
-    @Test func backoffGrowsWithJitterAndResets() {
-        var policy = Backoff.Policy()
-        policy.initialMilliseconds = 100
-        policy.maximumMilliseconds = 1000
-        var backoff = Backoff(policy: policy)
-        var random = SystemRandomNumberGenerator()
-        let bounds: [ClosedRange<Int64>] = [50...100, 100...200, 200...400, 400...800, 500...1000, 500...1000]
-        for range in bounds {
-            let delay = backoff.next(using: &random)
-            #expect(range.contains(delay), "\(delay) not in \(range)")
-        }
-        backoff.reset()
-        #expect((50...100).contains(backoff.next(using: &random)))
     }
 }

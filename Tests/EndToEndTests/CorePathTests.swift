@@ -242,9 +242,11 @@ import TunnelCore
 
 /// Handshake refusals: credentials and certificates.
 @Suite(.serialized) struct HandshakeTests {
-    func dialTunnel(port: Int, cluster: String, node: String = "node-1", secret: String, caDir: String = TestCerts.trusted) async throws -> Channel {
+    func dialTunnel(
+        host: String = "127.0.0.1", port: Int, cluster: String, node: String = "node-1", secret: String, caDir: String = TestCerts.trusted
+    ) async throws -> Channel {
         try await RogueSession.dial(
-            port: port, path: WirePath.tunnel, link: .tunnel,
+            host: host, port: port, path: WirePath.tunnel, link: .tunnel,
             headers: [("authorization", "Bearer \(secret)"), (WireHeader.cluster, cluster), (WireHeader.node, node)], caDirectory: caDir
         ).0
     }
@@ -261,9 +263,10 @@ import TunnelCore
         }
     }
 
+    /// Under another relay URL (the same relay by another name): a node keeps one tunnel per URL.
     @Test func aSecondTunnelWithTheNodeCredentialIsAccepted() async throws {
         let stack = try await TestStack.start()
-        let good = try await self.dialTunnel(port: stack.relayPort, cluster: "demo", secret: stack.credential.credential)
+        let good = try await self.dialTunnel(host: "localhost", port: stack.relayPort, cluster: "demo", secret: stack.credential.credential)
         try await stack.waitForTunnels(2)
         try await good.close()
         try await stack.waitForTunnels(1)
@@ -301,7 +304,7 @@ import TunnelCore
     /// The handshake deadline is driven by the test (`HandshakeDeadlines.Manual`), not waited for.
     @Test func connectionsThatNeverUpgradeAreClosedAtTheHandshakeTimeout() async throws {
         let deadlines = HandshakeDeadlines.Manual()
-        let (relay, port) = try await TestStack.relayAlone(handshakeDeadlines: deadlines.deadlines)
+        let (_, port, services) = try await TestStack.relayAlone(handshakeDeadlines: deadlines.deadlines)
         // A peer that connects and says nothing: no TLS, no upgrade.
         let silent = try await ClientBootstrap(group: TestStack.group).connect(host: "127.0.0.1", port: port).get()
         try await TestWait.poll { deadlines.armed > 0 }
@@ -310,7 +313,7 @@ import TunnelCore
         try await TestWait.poll { !silent.isActive }
         #expect(!silent.isActive, "the relay kept a silent connection open past its deadline")
         try? await silent.close()
-        try await relay.stop()
+        await services.stop()
     }
 
     @Test func upgradedTunnelsOutliveTheHandshakeTimeout() async throws {
@@ -361,7 +364,8 @@ func runCurl(_ arguments: [String]) async throws -> String {
         headers.add(name: WireHeader.node, value: "node-1")
         let tls = try TLSFiles.clientContext(caFile: TestCerts.trusted + "/ca.pem")
         let (channel, _) = try await WebSocketDialer.dial(
-            url: try WebSocketURL(parsing: "wss://127.0.0.1:\(port)/v1/tunnel"), headers: headers, tls: tls, limits: TestStack.limits,
+            // Another relay URL (the same relay by another name): it does not replace the connector's tunnel.
+            url: try WebSocketURL(parsing: "wss://localhost:\(port)/v1/tunnel"), headers: headers, tls: tls, limits: TestStack.limits,
             group: TestStack.group
         ) { _ in () }.get()
         return channel

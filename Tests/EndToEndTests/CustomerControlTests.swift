@@ -82,10 +82,11 @@ import TunnelCore
 
     /// A stack whose connector reads `folder/connector.yaml` (state in `folder/state`).
     static func startFromFile(_ folder: String) async throws -> TestStack {
-        try await TestStack.start(configPath: folder + "/connector.yaml") { config in
-            config.stateDirectory = folder + "/state"
-            config.audit = AuditSettings(directory: folder + "/state/audit")
-        }
+        try await TestStack.start(
+            configure: { config in
+                config.stateDirectory = folder + "/state"
+                config.audit = AuditSettings(directory: folder + "/state/audit")
+            }, configPath: folder + "/connector.yaml")
     }
 
     static func writeConfig(_ stack: TestStack, folder: String, denied: [String] = [], mode: String = "all") throws {

@@ -30,6 +30,26 @@ import TunnelCore
         await stack.stop()
     }
 
+    /// A node that dials again while the relay still holds its old tunnel (half-open, or a
+    /// connector that restarted) replaces it at once, not when keepalive notices.
+    @Test func aNewerTunnelFromTheSameNodeReplacesTheOlderAtOnce() async throws {
+        let stack = try await TestStack.start()
+        let original = try #require(stack.relay.registry.tunnels(cluster: "demo").first)
+        // The same node again: a restarted connector (same credential, its own state).
+        var config = stack.connectorConfig
+        config.stateDirectory = TestStack.temporaryDirectory("restarted-state")
+        config.audit = AuditSettings(directory: config.stateDirectory + "/audit")
+        let restarted = try await TestStack.startConnector(config: config, credential: stack.credential, clock: stack.clock)
+        try await stack.waitUntil("the newer tunnel to replace the older") {
+            let tunnels = stack.relay.registry.tunnels(cluster: "demo")
+            return tunnels.count == 1 && tunnels[0].id != original.id
+        }
+        try await original.channel.closeFuture.get()
+        #expect(stack.relay.registry.tunnels(cluster: "demo").count == 1, "one tunnel per node and relay URL")
+        await restarted.services.stop()
+        await stack.stop()
+    }
+
     /// A relay (or whoever took it over) cannot send the tunnels anywhere the customer did not allow.
     @Test func tunnelURLsOfOtherHostsAreNotDialed() async throws {
         let stack = try await TestStack.start()
@@ -80,7 +100,7 @@ import TunnelCore
         #expect(try await components(node: nil) == ["node-1", "node-2"], "round robin over the cluster's nodes")
         #expect(try await components(node: "node-2") == ["node-2"])
         #expect(try await components(node: "node-1") == ["node-1"])
-        await node2.stop()
+        await node2.services.stop()
         try await component.close()
         await stack.stop()
     }

@@ -32,7 +32,7 @@ import TunnelCore
     @Test func aLargeContentLengthThenNothingIsClosedAtTheDeadline() async throws {
         var limits = TestStack.limits
         limits.handshakeTimeout = .seconds(2)
-        let (relay, port) = try await TestStack.relayAlone(limits: limits)
+        let (relay, port, services) = try await TestStack.relayAlone(limits: limits)
         // The head comes at once (inside the handshake deadline), the promised body never does.
         var silent: [Channel] = []
         for _ in 0..<50 {
@@ -44,13 +44,13 @@ import TunnelCore
         try await Self.waitUntilHeld(relay, 0)
         let health = try await runCurl(["-s", "--max-time", "10", "--cacert", TestCerts.trusted + "/ca.pem", "https://127.0.0.1:\(port)/healthz"])
         #expect(health.contains("ok"), "the relay still serves")
-        try await relay.stop()
+        await services.stop()
     }
 
     @Test func connectionsFromOneAddressAreCapped() async throws {
         var limits = TestStack.limits
         limits.handshakeTimeout = .seconds(120)  // the held connections say nothing; they must outlive the test
-        let (relay, port) = try await TestStack.relayAlone(limits: limits) { config in
+        let (relay, port, services) = try await TestStack.relayAlone(limits: limits) { config in
             config.connectionLimits.maxPerAddress = 10
         }
         var held: [Channel] = []
@@ -68,7 +68,7 @@ import TunnelCore
         try await Self.waitUntilHeld(relay, 10)
         #expect(admitted.isActive, "a closed connection makes room")
         for channel in held + [admitted] { try? await channel.close() }
-        try await relay.stop()
+        await services.stop()
     }
 
     static func waitUntilHeld(_ relay: RelayServer, _ count: Int) async throws {
@@ -78,7 +78,7 @@ import TunnelCore
 
     /// TLS 1.3 first; on TLS 1.2 only forward-secret AEAD suites (Mozilla "intermediate").
     @Test func tlsOffersOnlyModernSuites() async throws {
-        let (relay, port) = try await TestStack.relayAlone()
+        let (relay, port, services) = try await TestStack.relayAlone()
         func handshake(_ arguments: [String]) async throws -> String {
             let (_, out, err) = try await TestProcess.run(
                 "/usr/bin/openssl", ["s_client", "-connect", "127.0.0.1:\(port)", "-CAfile", TestCerts.trusted + "/ca.pem"] + arguments)
@@ -93,7 +93,7 @@ import TunnelCore
             let refused = try await handshake(["-tls1_2", "-cipher", weak])
             #expect(!refused.contains("Cipher is \(weak)"), "\(weak): \(refused.suffix(300))")
         }
-        try await relay.stop()
+        await services.stop()
     }
 }
 
@@ -102,7 +102,7 @@ extension PublicEndpointTests {
     /// of an idle connection (Linux shows it in /proc/net/tcp: timer 2), not on the client's.
     @Test func acceptedConnectionsHaveTCPKeepalive() async throws {
         let deadlines = HandshakeDeadlines.Manual()  // the silent connection stays until the test is done
-        let (relay, port) = try await TestStack.relayAlone(handshakeDeadlines: deadlines.deadlines)
+        let (relay, port, services) = try await TestStack.relayAlone(handshakeDeadlines: deadlines.deadlines)
         let client = try await ClientBootstrap(group: TestStack.group).connect(host: "127.0.0.1", port: port).get()
         let clientPort = try #require(client.localAddress?.port)
         func timers() throws -> (relaySide: [String], clientSide: [String]) {
@@ -133,6 +133,6 @@ extension PublicEndpointTests {
         #expect(seen.relaySide == ["02"], "the relay's socket runs a keepalive timer: \(seen)")
         #expect(seen.clientSide == ["00"], "a socket without keepalive runs none (so the check can tell): \(seen)")
         try? await client.close()
-        try await relay.stop()
+        await services.stop()
     }
 }

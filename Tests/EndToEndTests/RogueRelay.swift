@@ -86,12 +86,13 @@ enum RogueSession {
             headers: [("authorization", "Bearer \(stack.expertToken)"), (WireHeader.cluster, "demo"), (WireHeader.component, "ui")])
     }
 
+    /// - Parameter host: the relay's name to dial; `localhost` is another relay URL to the same relay.
     static func dial(
-        port: Int, path: String, link: TunnelLink, headers: [(String, String)], caDirectory: String = TestCerts.trusted
+        host: String = "127.0.0.1", port: Int, path: String, link: TunnelLink, headers: [(String, String)], caDirectory: String = TestCerts.trusted
     ) async throws -> (Channel, NIOHTTP2Handler.StreamMultiplexer) {
         let tls = try TLSFiles.clientContext(caFile: caDirectory + "/ca.pem")
         return try await WebSocketDialer.dial(
-            url: try WebSocketURL(parsing: "wss://127.0.0.1:\(port)\(path)"), headers: HTTPHeaders(headers), tls: tls, limits: TestStack.limits,
+            url: try WebSocketURL(parsing: "wss://\(host):\(port)\(path)"), headers: HTTPHeaders(headers), tls: tls, limits: TestStack.limits,
             group: TestStack.group
         ) { channel in
             try TunnelPipeline.configure(

@@ -10,6 +10,7 @@ import Relay
 import RelayAPI
 import RelayCtlKit
 import RelayModel
+import TestSupport
 import TunnelCore
 
 /// Development certificates made once per test run with Certs/make-dev-certs.sh (the openssl CLI).
@@ -80,7 +81,11 @@ struct TestStack {
     let expertToken: String
     let credential: ConnectorCredential
     let runtime: ConnectorRuntime
+    /// The connector's services, running as `connector run` runs them.
+    let connectorServices: RunningServices
     let connectorConfig: ConnectorConfig
+    /// The relay's services (store, reconciler, listener), running as `relay` runs them.
+    let relayServices: RunningServices
 
     var connector: TunnelConnector { self.runtime.tunnels }
     var driver: HeartbeatDriver { self.runtime.driver }
@@ -108,16 +113,18 @@ struct TestStack {
             limits: limits)
     }
 
-    /// A relay alone (no connector: its requests would have to beat short test deadlines too).
+    /// A relay alone (no connector: its requests would have to beat short test deadlines too),
+    /// its services running as `relay` runs them; `services.stop()` stops it.
     static func relayAlone(
         limits: TunnelLimits = TestStack.limits, handshakeDeadlines: HandshakeDeadlines = .eventLoop,
         configure: (inout RelayConfig) -> Void = { _ in }
-    ) async throws -> (relay: RelayServer, port: Int) {
+    ) async throws -> (relay: RelayServer, port: Int, services: RunningServices) {
         var config = relayConfig(dataDirectory: temporaryDirectory("relay"), limits: limits)
         configure(&config)
         let control = try RelayServer.openEmbeddedControl(config: config, logger: quietLogger)
         let relay = try RelayServer(config: config, control: control, group: group, logger: quietLogger, handshakeDeadlines: handshakeDeadlines)
-        return (relay, try await relay.start().port!)
+        let port = try await relay.start().port!
+        return (relay, port, RunningServices(relay.services, logger: quietLogger))
     }
 
     /// - Parameters:
@@ -126,7 +133,7 @@ struct TestStack {
     static func start(
         extraComponents: [String: String] = [:], limits: TunnelLimits = TestStack.limits, mode: PrivacyMode = .all, approve: Bool = true,
         handshakeDeadlines: HandshakeDeadlines = .eventLoop, reconcileMilliseconds: Int64 = 100,
-        configure: (inout ConnectorConfig) -> Void = { _ in }, configPath: String? = nil
+        timers: any Clock<Duration> = ContinuousClock(), configure: (inout ConnectorConfig) -> Void = { _ in }, configPath: String? = nil
     ) async throws -> TestStack {
         let component = try await DemoComponent.start(name: "ui", group: group)
         let clock = TestClock()
@@ -135,6 +142,7 @@ struct TestStack {
         let control = try RelayServer.openEmbeddedControl(config: config, logger: quietLogger, clock: { clock.now() })
         let relay = try RelayServer(config: config, control: control, group: group, logger: quietLogger, handshakeDeadlines: handshakeDeadlines)
         let port = try await relay.start().port!
+        let relayServices = RunningServices(relay.services, logger: quietLogger)
 
         let ops = try await control.createToken(CreateTokenRequest(name: "root", role: .ops, ttlSeconds: nil), by: nil)
         let opsRecord = try await control.authenticateUser(bearer: ops.secret, action: "test")
@@ -159,10 +167,11 @@ struct TestStack {
         configure(&connectorConfig)
         let credential = try await ConnectorRegistration.register(
             config: connectorConfig, enrollmentToken: enrollment.enrollmentToken, group: group, logger: quietLogger)
-        let runtime = try await startConnector(config: connectorConfig, credential: credential, configPath: configPath, clock: clock)
+        let connector = try await startConnector(config: connectorConfig, credential: credential, configPath: configPath, clock: clock, timers: timers)
         let stack = TestStack(
             component: component, relay: relay, relayPort: port, clock: clock, dataDirectory: dataDirectory, opsToken: ops.secret,
-            expertToken: expert.secret, credential: credential, runtime: runtime, connectorConfig: connectorConfig)
+            expertToken: expert.secret, credential: credential, runtime: connector.runtime, connectorServices: connector.services,
+            connectorConfig: connectorConfig, relayServices: relayServices)
         if approve {
             try await stack.waitUntil("the first heartbeat") { try await control.store.cluster(id: "demo")?.lastHeartbeatAt != nil }
             _ = try await stack.createRequest(cluster: "demo", role: .admin)
@@ -171,13 +180,16 @@ struct TestStack {
         return stack
     }
 
-    /// A connector as `connector run` starts it (sweep every 100 ms, the test clock).
+    /// A connector as `connector run` starts it (sweep every 100 ms, the test clock; its waits on
+    /// `timers`, real time unless a test drives them).
     static func startConnector(
-        config: ConnectorConfig, credential: ConnectorCredential, configPath: String? = nil, clock: TestClock
-    ) async throws -> ConnectorRuntime {
-        try await ConnectorRuntime.start(
+        config: ConnectorConfig, credential: ConnectorCredential, configPath: String? = nil, clock: TestClock,
+        timers: any Clock<Duration> = ContinuousClock()
+    ) async throws -> (runtime: ConnectorRuntime, services: RunningServices) {
+        let runtime = try await ConnectorRuntime(
             config: config, credential: credential, configPath: configPath, group: group, logger: quietLogger, clock: { clock.now() },
-            sweepInterval: .milliseconds(100))
+            timers: timers, sweepInterval: .milliseconds(100))
+        return (runtime, RunningServices(runtime.services, logger: quietLogger))
     }
 
     /// An access request for alice, created by the ops token (auto-approved when the cluster's mode allows).
@@ -233,18 +245,18 @@ struct TestStack {
     }
 
     func stop() async {
-        await self.runtime.stop()
-        try? await self.relay.stop()
+        await self.connectorServices.stop()
+        await self.relayServices.stop()
         try? await self.component.close()
     }
 }
 
 /// The one way tests wait: for an observable event, polled, with a generous bound (never a fixed sleep).
 enum TestWait {
-    /// Polls `condition` every 20 ms until it holds (true) or `seconds` pass (false).
+    /// Polls `condition` every 20 ms until it holds (true) or `seconds` pass (false). 30 s by
+    /// default: generous, for a machine loaded by a second build beside the suite (seen: a tunnel
+    /// taking over 10 s to come up while the 100-concurrent-requests test ran).
     @discardableResult
-    /// 30 s by default: generous, for a machine loaded by a second build beside the suite (seen:
-    /// a tunnel taking over 10 s to come up while the 100-concurrent-requests test ran).
     static func poll(seconds: Int = 30, _ condition: () async throws -> Bool) async throws -> Bool {
         let deadline = ContinuousClock.now + .seconds(seconds)
         while true {

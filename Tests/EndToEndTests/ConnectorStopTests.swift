@@ -1,0 +1,68 @@
+@testable import CustomerAudit
+import Connector
+import DemoComponentKit
+import Foundation
+import NIOCore
+import NIOPosix
+import Testing
+import TunnelCore
+
+/// Stopping a connector (SIGTERM: a graceful shutdown of its services) lets the requests in
+/// flight finish, refuses new ones with a reason, closes its tunnels, and leaves a complete audit.
+@Suite(.serialized) struct ConnectorStopTests {
+    @Test func aStoppedConnectorFinishesTheDownloadInFlightThenClosesItsTunnels() async throws {
+        // A drain long enough for a loaded machine: this test is about finishing, the next one about the bound.
+        let stack = try await TestStack.start { config in config.drainMilliseconds = 120_000 }
+        let session = try await stack.openSession()
+        let port = session.localAddress!.port!
+        let size = 6 << 20
+        let download = try await PacedDownload.start(port: port, path: "/bytes/\(size)")
+        try await stack.waitUntil("the download to start") { download.received > 0 }
+
+        async let stopped: Void = stack.connectorServices.stop()
+        // While it drains: new requests are refused with the reason, the download goes on.
+        var refusal: TestResponse?
+        try await stack.waitUntil("a new request to be refused") {
+            refusal = try await TestHTTPConnection.request(port: port, .GET, "/api/status")
+            return refusal?.status == .serviceUnavailable
+        }
+        #expect(refusal?.headers.first(name: WireHeader.error) == "connector_stopping", "\(refusal?.text ?? "")")
+        #expect(stack.relay.registry.tunnels(cluster: "demo").count == 1, "the tunnel stays while a request runs")
+        download.readFreely()
+        let result = try await download.result()
+        #expect(result.status == 200 && result.bodyBytes == size && result.sha256 == DemoComponent.sha256OfPattern(size: size))
+        await stopped
+        try await stack.waitForTunnels(0)
+
+        let records = try AuditVerifier.tail(directory: stack.connectorConfig.audit.directory, count: 500)
+        let downloaded = try #require(records.last { $0.event == "request" && $0.path == "/bytes/\(size)" })
+        #expect(downloaded.status == 200 && downloaded.bytesOut == Int64(size) && downloaded.decision == "allow")
+        #expect(records.contains { $0.event == "session.end" && $0.reason == "the connector stopped" })
+        #expect(records.contains { $0.event == "request" && $0.reason?.contains("connector_stopping") == true })
+        try? await session.close()
+        await stack.stop()
+    }
+
+    /// A request that never finishes holds the stop for `relay.drain_timeout` at most.
+    @Test func theDrainIsBounded() async throws {
+        let trickle = try await ServerBootstrap(group: TestStack.group)
+            .childChannelInitializer { channel in channel.pipeline.addHandler(TrickleComponent()) }
+            .bind(host: "127.0.0.1", port: 0).get()
+        let stack = try await TestStack.start(extraComponents: ["trickle": "http://127.0.0.1:\(trickle.localAddress!.port!)"]) { config in
+            config.drainMilliseconds = 300
+        }
+        let session = try await stack.openSession(component: "trickle")
+        // 1 MiB at 50 KiB/s: still running long after the drain timeout.
+        let download = try await PacedDownload.start(port: session.localAddress!.port!, path: "/slow")
+        try await stack.waitUntil("the slow download to start") { download.received > 0 }
+        let started = ContinuousClock.now
+        await stack.connectorServices.stop()
+        #expect(ContinuousClock.now - started < .seconds(10), "stopped after the drain timeout, not when the download ended")
+        try await stack.waitForTunnels(0)
+        let records = try AuditVerifier.tail(directory: stack.connectorConfig.audit.directory, count: 500)
+        #expect(records.contains { $0.event == "request" && $0.path == "/slow" }, "the cut request is recorded too")
+        try? await session.close()
+        await stack.stop()
+        try await trickle.close()
+    }
+}
