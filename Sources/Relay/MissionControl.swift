@@ -37,7 +37,7 @@ public final class MissionControl: Sendable {
     private let tunnelURLBox = NIOLockedValueBox<[String]>([])
     private let denials = NIOLockedValueBox(DenialAggregator())
     private let lastPrune = NIOLockedValueBox<Date?>(nil)
-    private let accessChangeObservers = NIOLockedValueBox<[@Sendable () -> Void]>([])
+    private let reconcileObservers = NIOLockedValueBox<[@Sendable () -> Void]>([])
 
     /// Every relay node's tunnel URL, sent to connectors in heartbeat answers (set once the port is known).
     public var tunnelURLs: [String] {
@@ -59,11 +59,11 @@ public final class MissionControl: Sendable {
     /// killed, a token revoked, a tunnel attached), so that this node's reconciler acts at once and
     /// knows what is in force; other nodes learn changes from their next poll of the store.
     func onReconcileNeeded(_ observer: @escaping @Sendable () -> Void) {
-        self.accessChangeObservers.withLockedValue { $0.append(observer) }
+        self.reconcileObservers.withLockedValue { $0.append(observer) }
     }
 
     func reconcileNow() {
-        for observer in self.accessChangeObservers.withLockedValue({ $0 }) { observer() }
+        for observer in self.reconcileObservers.withLockedValue({ $0 }) { observer() }
     }
 
     /// One answer for every credential problem (unknown, wrong cluster, revoked, expired, malformed),

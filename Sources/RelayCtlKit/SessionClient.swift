@@ -174,12 +174,15 @@ public final class SessionClient: Sendable {
         guard let closed else { return nil }
         return ProxyRefusal(
             .forbidden, code: "session_ended",
-            message: "the relay ended this session: \(closed.reason.isEmpty ? "\(closed.code)" : closed.reason); open a new one if you still have access")
+            message: "the relay ended this session: \(closed.why); open a new one if you still have access")
     }
 }
 
 extension WebSocketPeerClosed {
-    /// The relay ended the session for good (4001-4004: access ended, killed, ended by the customer,
+    /// The close's reason as the relay said it, or its code when it gave none.
+    public var why: String { self.reason.isEmpty ? "\(self.code)" : self.reason }
+
+    /// The relay ended the session for good (4xxx: access ended, killed, ended by the customer,
     /// flood). Any other close (a relay node shutting down, a dropped connection) is redialed by
     /// the next request.
     public var endsTheSession: Bool {

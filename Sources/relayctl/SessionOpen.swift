@@ -90,7 +90,7 @@ struct Open: AsyncParsableCommand {
                     if closed.endsTheSession { return closed }
                     if closed.code != .normalClosure {
                         FileHandle.standardError.write(
-                            Data("relayctl: the relay closed the connection (\(closed.reason.isEmpty ? "\(closed.code)" : closed.reason)); the next request reconnects\n".utf8))
+                            Data("relayctl: the relay closed the connection (\(closed.why)); the next request reconnects\n".utf8))
                     }
                 }
                 return nil
@@ -101,7 +101,7 @@ struct Open: AsyncParsableCommand {
         }
         try? await listener.close()
         if let outcome {
-            FileHandle.standardError.write(Data("relayctl: session ended by the relay: \(outcome.reason.isEmpty ? "\(outcome.code)" : outcome.reason)\n".utf8))
+            FileHandle.standardError.write(Data("relayctl: session ended by the relay: \(outcome.why)\n".utf8))
             throw ExitCode(RelayCtlExit.sessionEnded)
         }
     }

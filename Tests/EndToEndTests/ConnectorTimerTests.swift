@@ -36,6 +36,7 @@ import TunnelCore
         let first = try await Self.nextWait(clock)
         #expect(first >= .seconds(54) && first <= .seconds(66), "60 s ± 10%: \(first)")
         clock.advance(by: first - .milliseconds(1))
+        #expect(clock.deadlines.contains { clock.now.duration(to: $0) == .milliseconds(1) }, "the heartbeat timer still waits: \(clock.pendingSleeps)")
         #expect(stack.driver.answersReceived == 1, "nothing before the interval is over")
         clock.advance(by: .milliseconds(1))
         try await stack.waitUntil("the second heartbeat's answer") { stack.driver.answersReceived == 2 }
