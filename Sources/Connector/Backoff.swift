@@ -16,6 +16,8 @@ public struct Backoff: Sendable {
 
     public let policy: Policy
     private var attempt = 0
+    /// The smallest window while set: the spread the relay asked for after a tunnel dropped.
+    private var floorMilliseconds: Int64 = 0
 
     public init(policy: Policy) { self.policy = policy }
 
@@ -24,7 +26,7 @@ public struct Backoff: Sendable {
 
     /// The upper end of the next delay's window.
     public var ceilingMilliseconds: Int64 {
-        min(self.policy.initialMilliseconds << min(self.attempt, 30), self.policy.maximumMilliseconds)
+        max(min(self.policy.initialMilliseconds << min(self.attempt, 30), self.policy.maximumMilliseconds), self.floorMilliseconds)
     }
 
     /// The delay before the next attempt, in milliseconds.
@@ -42,6 +44,16 @@ public struct Backoff: Sendable {
     /// A tunnel closed after being up this long: past the grace period the next failure starts
     /// from the initial delay again; a shorter one counts as a failed attempt.
     public mutating func tunnelClosed(afterMilliseconds up: Int64) {
-        if up >= self.policy.graceMilliseconds { self.attempt = 0 }
+        if up >= self.policy.graceMilliseconds {
+            self.attempt = 0
+            self.floorMilliseconds = 0
+        }
+    }
+
+    /// The relay node vanished or drained: every connector it held redials now, so each waits a
+    /// random part of `window` at least (until a tunnel stays up for the grace period again),
+    /// and a restarted node sees its connectors come back spread over the window, not at once.
+    public mutating func spread(overMilliseconds window: Int64) {
+        self.floorMilliseconds = max(window, 0)
     }
 }

@@ -170,6 +170,10 @@ public final class HeartbeatDriver: Service, Sendable {
             if !answer.pendingApprovals.isEmpty {
                 self.logger.notice("access requests wait for the customer's approval", metadata: ["count": "\(answer.pendingApprovals.count)"])
             }
+            if let spread = answer.reconnectSpreadMilliseconds {
+                // At most 10 minutes, whatever the relay says: a tunnel must come back in bounded time.
+                self.tunnels.withLockedValue { $0 }?.reconnectSpreadMilliseconds = min(spread, 600_000)
+            }
             // Only relay nodes the customer allowed are dialed, whatever the answer lists.
             let (urls, dropped) = self.config.tunnelURLPolicy.filter(answer.websocketURLs)
             if !dropped.isEmpty, self.lastDropped.withLockedValue({ old in defer { old = dropped.map(\.url) }; return old != dropped.map(\.url) }) {

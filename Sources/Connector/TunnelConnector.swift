@@ -60,6 +60,8 @@ public final class TunnelConnector: Service, Sendable {
         var redials: [String: Redial] = [:]
         /// Set once shutdown began: nothing new is dialed.
         var stopping = false
+        /// After a drop the relay did not announce (or a drain), redials spread over this window.
+        var reconnectSpreadMilliseconds: Int64 = 10_000
     }
 
     public init(
@@ -101,6 +103,12 @@ public final class TunnelConnector: Service, Sendable {
         }
         for wanted in removed { wanted.end(reason: reason) }
         for wanted in added { self.addedContinuation.yield(wanted) }
+    }
+
+    /// The window the relay asks its connectors to spread their redials over (heartbeat answers).
+    public var reconnectSpreadMilliseconds: Int64 {
+        get { self.state.withLockedValue { $0.reconnectSpreadMilliseconds } }
+        set { self.state.withLockedValue { $0.reconnectSpreadMilliseconds = max(0, newValue) } }
     }
 
     /// Runs the dial loops until graceful shutdown, then drains and closes every tunnel.
@@ -162,7 +170,7 @@ public final class TunnelConnector: Service, Sendable {
         var backoff = Backoff(policy: self.config.backoff)
         while !wanted.stop.hasRung {
             do {
-                let channel = try await self.dial(url)
+                let (channel, peerClose) = try await self.dial(url)
                 let attached = wanted.channel.withLockedValue { slot -> Bool in
                     guard !wanted.stop.hasRung else { return false }
                     slot = channel
@@ -188,6 +196,9 @@ public final class TunnelConnector: Service, Sendable {
                 self.logger.info("tunnel down", metadata: ["relay": "\(url)", "up": "\(up)"])
                 guard !wanted.stop.hasRung else { return }
                 backoff.tunnelClosed(afterMilliseconds: up.milliseconds)
+                if Self.relayWentAway(peerClose.withLockedValue { $0 }) {
+                    backoff.spread(overMilliseconds: self.reconnectSpreadMilliseconds)
+                }
                 self.onTunnelLost()
             } catch {
                 guard !wanted.stop.hasRung else { return }
@@ -201,6 +212,14 @@ public final class TunnelConnector: Service, Sendable {
         }
     }
 
+    /// The relay node went away with its connectors, not this tunnel alone: it vanished (no close
+    /// frame: killed, or the network between dropped) or drained (1012, or 1001 from older
+    /// relays). A 4xxx close or a plain 1000 concerns this tunnel only.
+    static func relayWentAway(_ close: WebSocketPeerClosed?) -> Bool {
+        guard let close else { return true }
+        return close.code == .unknown(WireCloseCode.relayDraining) || close.code == .goingAway
+    }
+
     /// Time on `clock` from now until the returned closure is called.
     private static func stopwatch<C: Clock<Duration>>(_ clock: C) -> @Sendable () -> Duration {
         let start = clock.now
@@ -209,7 +228,8 @@ public final class TunnelConnector: Service, Sendable {
 
     /// One websocket dial to `url`, with the tunnel's streams set up: each decided and audited by
     /// the customer's `PrivacyGuard`.
-    private func dial(_ url: WebSocketURL) async throws -> Channel {
+    /// Also returns where the relay's close frame lands (nil while none came).
+    private func dial(_ url: WebSocketURL) async throws -> (Channel, NIOLockedValueBox<WebSocketPeerClosed?>) {
         var headers = HTTPHeaders()
         headers.add(name: "authorization", value: "Bearer \(self.credential.credential)")
         headers.add(name: WireHeader.cluster, value: self.credential.clusterID)
@@ -219,7 +239,8 @@ public final class TunnelConnector: Service, Sendable {
         let privacy = self.privacy
         let logger = self.logger
         let controls = self.controls
-        return try await WebSocketDialer.dial(url: url, headers: headers, tls: self.tls, limits: limits, group: self.group) { channel in
+        let peerClose = NIOLockedValueBox<WebSocketPeerClosed?>(nil)
+        let channel = try await WebSocketDialer.dial(url: url, headers: headers, tls: self.tls, limits: limits, group: self.group) { channel in
             let tunnelID = ObjectIdentifier(channel)
             channel.closeFuture.whenComplete { _ in _ = controls.withLockedValue { $0.removeValue(forKey: tunnelID) } }
             // The relay's control stream: what it ends (sessions, requests), this connector records
@@ -238,7 +259,9 @@ public final class TunnelConnector: Service, Sendable {
                 logger.warning("the relay's control stream closed; session ends are no longer pushed on this tunnel")
             }
             return try TunnelPipeline.configure(
-                channel: channel, websocketRole: .client, http2Mode: .server, link: .tunnel, limits: limits, logger: logger
+                channel: channel, websocketRole: .client, http2Mode: .server, link: .tunnel, limits: limits, logger: logger,
+                onPeerClosed: { close in peerClose.withLockedValue { $0 = close } },
+                onGoAway: { logger.notice("the relay node is draining this tunnel; requests in flight finish, then it redials", metadata: ["relay": "\(url)"]) }
             ) { stream in
                 stream.eventLoop.makeCompletedFuture {
                     // Every request is decided and audited by the customer's PrivacyGuard.
@@ -268,6 +291,7 @@ public final class TunnelConnector: Service, Sendable {
                 }
             }
         }.get().0
+        return (channel, peerClose)
     }
 }
 

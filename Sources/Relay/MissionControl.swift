@@ -23,6 +23,9 @@ public final class MissionControl: Sendable {
         /// While a request of the cluster waits for the customer, heartbeats come at least this
         /// often (docs/API.md), so the customer's decision reaches the engineer within seconds.
         public var approvalHeartbeatSeconds = 5
+        /// Sent in heartbeat answers: connectors spread their redials over this window after a
+        /// tunnel drops (`reconnect_spread`).
+        public var reconnectSpreadMilliseconds: Int64 = 10_000
 
         public init(nodeName: String) {
             self.nodeName = nodeName
@@ -241,7 +244,7 @@ public final class MissionControl: Sendable {
                 EndedAccessRequest(
                     requestID: $0.id, expert: $0.expert, state: $0.state == .approved ? RequestState.expired.rawValue : $0.state.rawValue,
                     reason: AccessPolicy.endReason(of: $0, now: now) ?? $0.state.rawValue)
-            })
+            }, reconnectSpreadMilliseconds: self.settings.reconnectSpreadMilliseconds)
     }
 
     /// Approvals the relay gave on its own (modes `all`, `readOnly`) are recorded as by this prefix.

@@ -26,6 +26,10 @@ public struct RelayConfig: Sendable {
     public var connectionLimits: ConnectionLimits
     /// Audit records older than this are pruned (`audit_retention`, default 400 days).
     public var auditRetentionSeconds: Int64 = 400 * 86_400
+    /// On SIGTERM, how long streams in flight get to finish before connections close (`drain_timeout`).
+    public var drainTimeoutMilliseconds: Int64 = 30_000
+    /// Connectors spread their redials over this window after a tunnel drops (`reconnect_spread`).
+    public var reconnectSpreadMilliseconds: Int64 = 10_000
 
     public init(
         listenHost: String = "127.0.0.1", listenPort: Int = 8443, certificateFile: String, privateKeyFile: String,
@@ -85,6 +89,8 @@ public struct RelayConfig: Sendable {
         let reconcile = try root.durationMilliseconds("reconcile_interval", default: 1000, range: 50...5000)
         let apiIdle = try root.durationMilliseconds("api_idle_timeout", default: 60_000, range: 1000...3_600_000)
         let retention = try root.durationMilliseconds("audit_retention", default: 400 * 86_400_000, range: 86_400_000...(3650 * 86_400_000)) / 1000
+        let drain = try root.durationMilliseconds("drain_timeout", default: 30_000, range: 0...3_600_000)
+        let spread = try root.durationMilliseconds("reconnect_spread", default: 10_000, range: 0...600_000)
         let limits = try TunnelLimits.read(from: try root.map("limits"))
         var connections = ConnectionLimits()
         if let map = try root.map("connections") {
@@ -96,11 +102,14 @@ public struct RelayConfig: Sendable {
             try map.finish()
         }
         try root.finish()
-        return RelayConfig(
+        var config = RelayConfig(
             listenHost: listen.host, listenPort: listen.port, certificateFile: certificate, privateKeyFile: key,
             dataDirectory: dataDirectory, nodeName: nodeName, tunnelURLs: tunnelURLs, heartbeatIntervalSeconds: heartbeat,
             enrollmentTTLSeconds: enrollmentTTL, maxRequestSeconds: maxRequest, reconcileIntervalMilliseconds: reconcile,
             apiIdleTimeoutMilliseconds: apiIdle, limits: limits, connectionLimits: connections, auditRetentionSeconds: retention)
+        config.drainTimeoutMilliseconds = drain
+        config.reconnectSpreadMilliseconds = spread
+        return config
     }
 
     /// The tunnel URLs sent to connectors: the configured list, or this node's own listen address.

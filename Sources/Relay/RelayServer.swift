@@ -76,6 +76,7 @@ public final class RelayServer: Service, Sendable {
         settings.maxRequestSeconds = config.maxRequestSeconds
         settings.heartbeatIntervalSeconds = config.heartbeatIntervalSeconds
         settings.auditRetentionSeconds = config.auditRetentionSeconds
+        settings.reconnectSpreadMilliseconds = config.reconnectSpreadMilliseconds
         return MissionControl(store: store, hasher: TokenHasher(key: key), settings: settings, clock: clock, logger: logger)
     }
 
@@ -106,19 +107,32 @@ public final class RelayServer: Service, Sendable {
         return address
     }
 
-    /// Stops accepting, then closes every session and tunnel, telling each why.
+    /// Drains, then closes (docs/PROTOCOL.md "Draining"): stops accepting; every session gets an
+    /// HTTP/2 GOAWAY (relayctl opens its next requests on a new connection) and its requests in
+    /// flight `drain_timeout` to finish, then closes with 1012; every tunnel gets a GOAWAY too and
+    /// carries those requests to the end, then closes with 1012 (connectors redial, spread).
     public func stop() async throws {
         try await self.serverChannel.get()?.close()
-        for session in self.sessions.all {
-            session.end(code: WireCloseCode.relayShutdown, reason: "the relay node is shutting down")
+        let reason = "the relay node is draining (restart or upgrade); reconnect"
+        let tunnels = self.registry.clusterIDs.flatMap { self.registry.tunnels(cluster: $0) }
+        for tunnel in tunnels {
+            tunnel.channel.eventLoop.execute { TunnelPipeline.sayGoingAway(tunnel.channel) }
         }
-        for cluster in self.registry.clusterIDs {
-            for tunnel in self.registry.tunnels(cluster: cluster) {
-                tunnel.channel.triggerUserOutboundEvent(
-                    WebSocketCloseRequest(code: WireCloseCode.relayShutdown, reason: "the relay node is shutting down"), promise: nil)
-            }
+        let sessions = self.sessions.all
+        if !sessions.isEmpty {
+            self.logger.notice("draining sessions", metadata: ["sessions": "\(sessions.count)", "drain_timeout_ms": "\(self.config.drainTimeoutMilliseconds)"])
         }
-        for session in self.sessions.all { try? await session.channel.closeFuture.get() }
+        let drain = TimeAmount.milliseconds(self.config.drainTimeoutMilliseconds)
+        for session in sessions { session.drain(code: WireCloseCode.relayDraining, reason: reason, within: drain) }
+        // Each session closes once its streams end, at drain_timeout at the latest.
+        for session in sessions { try? await session.channel.closeFuture.get() }
+        let closing = self.registry.clusterIDs.flatMap { self.registry.tunnels(cluster: $0) }
+        for tunnel in closing {
+            tunnel.channel.triggerUserOutboundEvent(WebSocketCloseRequest(code: WireCloseCode.relayDraining, reason: reason), promise: nil)
+            // A connector that reads nothing more cannot hold the stop: its socket is closed 5 s later.
+            tunnel.channel.eventLoop.scheduleTask(in: .seconds(5)) { tunnel.channel.close(promise: nil) }
+        }
+        for tunnel in closing { try? await tunnel.channel.closeFuture.get() }
     }
 
     public var closeFuture: EventLoopFuture<Void>? { self.serverChannel.get()?.closeFuture }
@@ -244,6 +258,7 @@ public final class RelayServer: Service, Sendable {
         let limits = self.config.limits
         _ = try TunnelPipeline.configure(
             channel: channel, websocketRole: .server, http2Mode: .server, link: .session, limits: limits, logger: logger,
+            drainGrace: .milliseconds(self.config.drainTimeoutMilliseconds),
             onFlood: { reason in
                 // This expert's session alone: the tunnel and everyone else's sessions go on.
                 logger.notice("closing a flooding session", metadata: record.metadata.merging(["reason": "\(reason)"]) { $1 })

@@ -158,11 +158,16 @@ public struct HeartbeatResponse: Codable, Sendable, Equatable {
     /// The cluster's requests that ended in the last day (revoked, expired, rejected) and why:
     /// what a connector without a tunnel up (or whose tunnel closed first) did not hear at once.
     public var endedRequests: [EndedAccessRequest]?
+    /// When a tunnel drops without warning or because its relay node drained, redial after a
+    /// random delay within this window, so that a relay node's connectors do not all come back in
+    /// the same second after it restarts (nil: the connector's own default).
+    public var reconnectSpreadMilliseconds: Int64?
 
     public init(
         remoteUIRequested: Bool, websocketURLs: [String], nextHeartbeatSeconds: Int?, pendingApprovals: [PendingApproval],
-        activeRole: AccessRole?, endedRequests: [EndedAccessRequest]? = nil
+        activeRole: AccessRole?, endedRequests: [EndedAccessRequest]? = nil, reconnectSpreadMilliseconds: Int64? = nil
     ) {
+        self.reconnectSpreadMilliseconds = reconnectSpreadMilliseconds
         self.remoteUIRequested = remoteUIRequested
         self.websocketURLs = websocketURLs
         self.nextHeartbeatSeconds = nextHeartbeatSeconds

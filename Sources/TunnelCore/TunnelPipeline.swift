@@ -15,8 +15,10 @@ public enum TunnelPipeline {
         link: TunnelLink,
         limits: TunnelLimits,
         logger: Logger? = nil,
+        drainGrace: TimeAmount? = nil,
         onPeerClosed: (@Sendable (WebSocketPeerClosed) -> Void)? = nil,
         onFlood: (@Sendable (String) -> Void)? = nil,
+        onGoAway: (@Sendable () -> Void)? = nil,
         inboundStreamInitializer: @escaping NIOChannelInitializer
     ) throws -> NIOHTTP2Handler.StreamMultiplexer {
         let sync = channel.pipeline.syncOperations
@@ -24,13 +26,32 @@ public enum TunnelPipeline {
             WebSocketByteStreamHandler(
                 role: websocketRole, maxOutboundFrameSize: limits.maxOutboundWebSocketFrameSize,
                 keepaliveInterval: limits.keepaliveInterval))
+        // A server's graceful drain (ChannelShouldQuiesceEvent): GOAWAY, a PING to learn which
+        // streams the peer opened meanwhile, a second GOAWAY naming the last one served, then close
+        // once they end, or `drainGrace` after the PING's answer. It counts streams through the
+        // stream delegate (the inline multiplexer fires no stream events down the pipeline).
+        let drainer = drainGrace.map { grace in
+            precondition(http2Mode == .server, "only the side that accepts streams drains them")
+            return NIOHTTP2ServerConnectionManagementHandler(
+                eventLoop: channel.eventLoop, configuration: .init(maxIdleTime: nil, maxAge: nil, maxGraceTime: grace, keepalive: nil))
+        }
         let multiplexer = try sync.configureHTTP2Pipeline(
             mode: http2Mode,
             connectionConfiguration: limits.connectionConfiguration(link),
             streamConfiguration: limits.streamConfiguration(link),
+            streamDelegate: drainer?.http2StreamDelegate,
             inboundStreamInitializer: inboundStreamInitializer)
-        try sync.addHandler(TunnelErrorHandler(link: link, logger: logger, onPeerClosed: onPeerClosed, onFlood: onFlood))
+        if let drainer { try sync.addHandler(drainer) }
+        try sync.addHandler(TunnelErrorHandler(link: link, logger: logger, onPeerClosed: onPeerClosed, onFlood: onFlood, onGoAway: onGoAway))
         return multiplexer
+    }
+
+    /// Tells the peer, with an HTTP/2 GOAWAY, that this side opens no more streams of its own
+    /// accord and takes none of the peer's: for the side that opens streams (the relay on a
+    /// tunnel), a notice that it is draining. Call on the channel's event loop.
+    public static func sayGoingAway(_ channel: Channel) {
+        let frame = HTTP2Frame(streamID: .rootStream, payload: .goAway(lastStreamID: .rootStream, errorCode: .noError, opaqueData: nil))
+        channel.writeAndFlush(frame, promise: nil)
     }
 
     /// Opens one request stream on an HTTP/2 client connection, carrying `upstream` (one proxied
@@ -67,12 +88,23 @@ final class TunnelErrorHandler: ChannelInboundHandler {
     private let logger: Logger?
     private let onPeerClosed: (@Sendable (WebSocketPeerClosed) -> Void)?
     private let onFlood: (@Sendable (String) -> Void)?
+    private let onGoAway: (@Sendable () -> Void)?
 
-    init(link: TunnelLink, logger: Logger?, onPeerClosed: (@Sendable (WebSocketPeerClosed) -> Void)?, onFlood: (@Sendable (String) -> Void)?) {
+    init(
+        link: TunnelLink, logger: Logger?, onPeerClosed: (@Sendable (WebSocketPeerClosed) -> Void)?, onFlood: (@Sendable (String) -> Void)?,
+        onGoAway: (@Sendable () -> Void)?
+    ) {
         self.link = link
         self.logger = logger
         self.onPeerClosed = onPeerClosed
         self.onFlood = onFlood
+        self.onGoAway = onGoAway
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        // Connection-level frames end here; a GOAWAY means the peer is draining this connection.
+        if let frame = self.unwrapInboundIn(data) as? HTTP2Frame, case .goAway = frame.payload { self.onGoAway?() }
+        context.fireChannelRead(data)
     }
 
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
@@ -130,7 +162,7 @@ extension TunnelErrorHandler {
             is NIOHTTP2Errors.ContentLengthHeadersMismatch, is NIOHTTP2Errors.ContentLengthViolated,
             is NIOHTTP2Errors.ContentLengthHeaderNegative, is NIOHTTP2Errors.ContentLengthHeaderMalformedValue,
             is NIOHTTP2Errors.TrailersWithoutEndStream, is NIOHTTP2Errors.StreamClosed, is NIOHTTP2Errors.NoSuchStream,
-            is NIOHTTP2Errors.MissingHostHeader:
+            is NIOHTTP2Errors.MissingHostHeader, is NIOHTTP2Errors.CreatedStreamAfterGoaway:
             return true
         default:
             return false

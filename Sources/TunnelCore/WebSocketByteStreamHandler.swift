@@ -34,6 +34,8 @@ public final class WebSocketByteStreamHandler: ChannelDuplexHandler, RemovableCh
     private var sawInbound = false
     private var pingOutstanding = false
     private var pongInFlight = false
+    /// The code and reason a plain `close()` sends (1000 unless a `WebSocketClosePlan` said otherwise).
+    private var plannedClose = WebSocketCloseRequest(code: 1000, reason: "")
 
     /// - Parameter keepaliveInterval: with no inbound frame for this long a ping is sent; with still
     ///   nothing one interval later the tunnel is closed as dead. `nil` turns keepalive off.
@@ -210,7 +212,7 @@ public final class WebSocketByteStreamHandler: ChannelDuplexHandler, RemovableCh
             return
         }
         self.state = .closeSent
-        self.sendClose(context: context, code: .normalClosure).whenComplete { _ in
+        self.sendClose(context: context, code: self.plannedClose.code, reason: self.plannedClose.reason).whenComplete { _ in
             context.close(mode: .all, promise: promise)
         }
     }
@@ -218,6 +220,11 @@ public final class WebSocketByteStreamHandler: ChannelDuplexHandler, RemovableCh
     /// `WebSocketCloseRequest` closes the connection with that code and reason (for example: the access
     /// request was revoked), so the peer can tell a person why.
     public func triggerUserOutboundEvent(context: ChannelHandlerContext, event: Any, promise: EventLoopPromise<Void>?) {
+        if let plan = event as? WebSocketClosePlan {
+            self.plannedClose = plan.close
+            promise?.succeed()
+            return
+        }
         guard let request = event as? WebSocketCloseRequest else {
             context.triggerUserOutboundEvent(event, promise: promise)
             return
@@ -280,6 +287,15 @@ public struct WebSocketCloseRequest: Sendable {
         }
         return out
     }
+}
+
+/// Sets the code and reason `WebSocketByteStreamHandler` sends when the connection is later closed
+/// by a handler that knows nothing of websockets (HTTP/2's graceful shutdown, for example)
+/// (`channel.triggerUserOutboundEvent`).
+public struct WebSocketClosePlan: Sendable {
+    public var close: WebSocketCloseRequest
+
+    public init(code: UInt16, reason: String) { self.close = WebSocketCloseRequest(code: code, reason: reason) }
 }
 
 /// Fired inbound when the peer's close frame arrives: its code and reason.

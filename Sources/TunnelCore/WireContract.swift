@@ -89,6 +89,8 @@ public enum WireCloseCode {
     /// A newer tunnel from the same connector node replaced this one (the node redialed before
     /// the relay noticed the old tunnel was gone).
     public static let replaced: UInt16 = 4005
-    /// The relay node is shutting down; redial (another node may answer).
-    public static let relayShutdown: UInt16 = 1001
+    /// The relay node drained (stopping for a restart or an upgrade): connectors redial, spread
+    /// over the window the relay announced; relayctl reconnects (another node may answer).
+    /// RFC 6455's "service restart".
+    public static let relayDraining: UInt16 = 1012
 }

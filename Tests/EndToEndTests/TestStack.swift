@@ -106,11 +106,14 @@ struct TestStack {
         return path
     }
 
+    /// Connectors redial within 100 ms of a drop (tests of the spread set their own window).
     static func relayConfig(dataDirectory: String, limits: TunnelLimits = TestStack.limits, reconcileMilliseconds: Int64 = 100) -> RelayConfig {
-        RelayConfig(
+        var config = RelayConfig(
             listenHost: "127.0.0.1", listenPort: 0, certificateFile: TestCerts.trusted + "/relay.pem",
             privateKeyFile: TestCerts.trusted + "/relay.key", dataDirectory: dataDirectory, reconcileIntervalMilliseconds: reconcileMilliseconds,
             limits: limits)
+        config.reconnectSpreadMilliseconds = 100
+        return config
     }
 
     /// A relay alone (no connector: its requests would have to beat short test deadlines too),
@@ -133,12 +136,14 @@ struct TestStack {
     static func start(
         extraComponents: [String: String] = [:], limits: TunnelLimits = TestStack.limits, mode: PrivacyMode = .all, approve: Bool = true,
         handshakeDeadlines: HandshakeDeadlines = .eventLoop, reconcileMilliseconds: Int64 = 100,
-        timers: any Clock<Duration> = ContinuousClock(), configure: (inout ConnectorConfig) -> Void = { _ in }, configPath: String? = nil
+        timers: any Clock<Duration> = ContinuousClock(), relay configureRelay: (inout RelayConfig) -> Void = { _ in },
+        configure: (inout ConnectorConfig) -> Void = { _ in }, configPath: String? = nil
     ) async throws -> TestStack {
         let component = try await DemoComponent.start(name: "ui", group: group)
         let clock = TestClock()
         let dataDirectory = temporaryDirectory("relay")
-        let config = relayConfig(dataDirectory: dataDirectory, limits: limits, reconcileMilliseconds: reconcileMilliseconds)
+        var config = relayConfig(dataDirectory: dataDirectory, limits: limits, reconcileMilliseconds: reconcileMilliseconds)
+        configureRelay(&config)
         let control = try RelayServer.openEmbeddedControl(config: config, logger: quietLogger, clock: { clock.now() })
         let relay = try RelayServer(config: config, control: control, group: group, logger: quietLogger, handshakeDeadlines: handshakeDeadlines)
         let port = try await relay.start().port!
@@ -190,6 +195,17 @@ struct TestStack {
             config: config, credential: credential, configPath: configPath, group: group, logger: quietLogger, clock: { clock.now() },
             timers: timers, sweepInterval: .milliseconds(100))
         return (runtime, RunningServices(runtime.services, logger: quietLogger))
+    }
+
+    /// A relay node started again on the same port and store (after this stack's relay stopped),
+    /// its services running. Its tunnels and sessions are its own: `relay` still names the old one.
+    func restartRelay() async throws -> (relay: RelayServer, services: RunningServices) {
+        var config = self.relay.config
+        config.listenPort = self.relayPort
+        let control = try RelayServer.openEmbeddedControl(config: config, logger: Self.quietLogger, clock: { self.clock.now() })
+        let relay = try RelayServer(config: config, control: control, group: Self.group, logger: Self.quietLogger)
+        try await relay.start()
+        return (relay, RunningServices(relay.services, logger: Self.quietLogger))
     }
 
     /// An access request for alice, created by the ops token (auto-approved when the cluster's mode allows).
