@@ -61,7 +61,7 @@ public final class TunnelConnector: Service, Sendable {
         /// Set once shutdown began: nothing new is dialed.
         var stopping = false
         /// After a drop the relay did not announce (or a drain), redials spread over this window.
-        var reconnectSpreadMilliseconds: Int64 = 10_000
+        var reconnectSpreadMilliseconds: Int64 = 15_000
     }
 
     public init(

@@ -94,9 +94,10 @@ struct HandshakeGate: Sendable {
         // Authorized, but the connector has not dialed this relay node yet: relayctl waits and retries.
         guard self.registry.pick(cluster: cluster, node: node) != nil else {
             let target = node.map { "node \"\($0)\" of cluster \"\(cluster)\"" } ?? "cluster \"\(cluster)\""
+            let why = self.registry.absence(cluster: cluster, node: node).map { "; \($0)" } ?? ""
             throw ProxyRefusal(
                 .serviceUnavailable, code: "no_tunnel",
-                message: "request \(grant.request.id) is approved, but \(target) has no connector connected to this relay yet; it dials at its next heartbeat")
+                message: "request \(grant.request.id) is approved, but \(target) has no connector connected to this relay yet\(why); it dials at its next heartbeat")
         }
         let modes = Set(reported.map(\.mode))
         return .session(

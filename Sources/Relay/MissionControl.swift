@@ -25,7 +25,7 @@ public final class MissionControl: Sendable {
         public var approvalHeartbeatSeconds = 5
         /// Sent in heartbeat answers: connectors spread their redials over this window after a
         /// tunnel drops (`reconnect_spread`).
-        public var reconnectSpreadMilliseconds: Int64 = 10_000
+        public var reconnectSpreadMilliseconds: Int64 = 15_000
 
         public init(nodeName: String) {
             self.nodeName = nodeName

@@ -29,7 +29,7 @@ public struct RelayConfig: Sendable {
     /// On SIGTERM, how long streams in flight get to finish before connections close (`drain_timeout`).
     public var drainTimeoutMilliseconds: Int64 = 30_000
     /// Connectors spread their redials over this window after a tunnel drops (`reconnect_spread`).
-    public var reconnectSpreadMilliseconds: Int64 = 10_000
+    public var reconnectSpreadMilliseconds: Int64 = 15_000
 
     public init(
         listenHost: String = "127.0.0.1", listenPort: Int = 8443, certificateFile: String, privateKeyFile: String,
@@ -90,7 +90,7 @@ public struct RelayConfig: Sendable {
         let apiIdle = try root.durationMilliseconds("api_idle_timeout", default: 60_000, range: 1000...3_600_000)
         let retention = try root.durationMilliseconds("audit_retention", default: 400 * 86_400_000, range: 86_400_000...(3650 * 86_400_000)) / 1000
         let drain = try root.durationMilliseconds("drain_timeout", default: 30_000, range: 0...3_600_000)
-        let spread = try root.durationMilliseconds("reconnect_spread", default: 10_000, range: 0...600_000)
+        let spread = try root.durationMilliseconds("reconnect_spread", default: 15_000, range: 0...600_000)
         let limits = try TunnelLimits.read(from: try root.map("limits"))
         var connections = ConnectionLimits()
         if let map = try root.map("connections") {

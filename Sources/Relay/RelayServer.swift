@@ -206,9 +206,11 @@ public final class RelayServer: Service, Sendable {
 
     /// - Parameter dialedAs: the Host the connector dialed: it keeps one tunnel per relay URL.
     private func acceptTunnel(_ channel: Channel, cluster: String, node: String, dialedAs: String) throws {
+        let peerClose = NIOLockedValueBox<WebSocketPeerClosed?>(nil)
         let multiplexer = try TunnelPipeline.configure(
             channel: channel, websocketRole: .server, http2Mode: .client, link: .tunnel, limits: self.config.limits,
-            logger: self.logger, inboundStreamInitializer: TunnelPipeline.refuseInboundStreams)
+            logger: self.logger, onPeerClosed: { close in peerClose.withLockedValue { $0 = $0 ?? close } },
+            inboundStreamInitializer: TunnelPipeline.refuseInboundStreams)
         // The control stream: the connector says at once which sessions the customer ended.
         let logger = self.logger
         let controlStream = ControlStreamHandler(
@@ -240,8 +242,11 @@ public final class RelayServer: Service, Sendable {
         logger.info("tunnel up", metadata: ["cluster": "\(cluster)", "node": "\(node)", "peer": "\(channel.remoteAddress?.display ?? "?")"])
         _ = self.tasks.submit(on: channel.eventLoop) { await control.audit(actor: "node:\(cluster)/\(node)", "tunnel.open", cluster: cluster, subject: node) }
         channel.closeFuture.whenComplete { _ in
-            self.registry.unregister(tunnel)
-            logger.info("tunnel down", metadata: ["cluster": "\(cluster)", "node": "\(node)"])
+            let close: WebSocketPeerClosed? = peerClose.withLockedValue { $0 }
+            let how = close.map { "the connector closed it (\($0.why))" }
+                ?? "the connection ended without a close from the connector (stopped abruptly, host down or network lost)"
+            self.registry.unregister(tunnel, how: how)
+            logger.info("tunnel down", metadata: ["cluster": "\(cluster)", "node": "\(node)", "how": "\(how)"])
         }
     }
 

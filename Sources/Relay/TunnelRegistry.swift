@@ -22,6 +22,15 @@ public final class TunnelRegistry: Sendable {
     private struct State {
         var tunnels: [String: [TunnelHandle]] = [:]
         var nextPick: [String: Int] = [:]
+        /// The last tunnel that went down, per cluster: what `no_tunnel` tells the engineer.
+        var lastLoss: [String: Loss] = [:]
+    }
+
+    /// A tunnel that went down: which node, when, and how.
+    struct Loss {
+        var node: String
+        var at: NIODeadline
+        var how: String
     }
     private let state = NIOLockedValueBox(State())
 
@@ -40,11 +49,20 @@ public final class TunnelRegistry: Sendable {
         }
     }
 
-    public func unregister(_ tunnel: TunnelHandle) {
+    /// - Parameter how: how it went down, for a person ("the connector closed it: ...").
+    public func unregister(_ tunnel: TunnelHandle, how: String = "closed") {
         self.state.withLockedValue { state in
             state.tunnels[tunnel.cluster]?.removeAll { $0.id == tunnel.id }
             if state.tunnels[tunnel.cluster]?.isEmpty == true { state.tunnels[tunnel.cluster] = nil }
+            state.lastLoss[tunnel.cluster] = Loss(node: tunnel.node, at: .now(), how: how)
         }
+    }
+
+    /// Why the cluster (or its node) has no tunnel here, when one was up before: for `no_tunnel`.
+    public func absence(cluster: String, node: String? = nil) -> String? {
+        guard let loss = self.state.withLockedValue({ $0.lastLoss[cluster] }), node == nil || loss.node == node else { return nil }
+        let seconds = max(0, (NIODeadline.now() - loss.at).nanoseconds / 1_000_000_000)
+        return "its last tunnel (node \(loss.node)) went down \(seconds) s ago: \(loss.how)"
     }
 
     /// One tunnel of the cluster (round robin over its nodes), or of the given node.

@@ -32,7 +32,9 @@ struct TunnelStreamOpener: Sendable {
             return upstream.downstreamEventLoop.makeFailedFuture(
                 ProxyRefusal(
                     .serviceUnavailable, code: "no_tunnel",
-                    message: "\(target) has no connector connected to this relay; wait for it to dial in and retry"))
+                    message: "\(target) has no connector connected to this relay"
+                        + (self.registry.absence(cluster: self.session.clusterID, node: self.session.node).map { "; \($0)" } ?? "")
+                        + "; wait for it to dial in and retry"))
         }
         var head = head
         head.headers.removeRelayOwned()

@@ -267,9 +267,6 @@ public final class SessionClient: Sendable {
 }
 
 extension WebSocketPeerClosed {
-    /// The close's reason as the relay said it, or its code when it gave none.
-    public var why: String { self.reason.isEmpty ? "\(self.code)" : self.reason }
-
     /// The relay ended the session for good (4xxx: access ended, killed, ended by the customer,
     /// flood). Any other close (a relay node shutting down, a dropped connection) is redialed by
     /// the next request.

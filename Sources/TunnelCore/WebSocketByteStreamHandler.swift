@@ -308,6 +308,9 @@ public struct WebSocketPeerClosed: Sendable, Equatable {
         self.code = data.readWebSocketErrorCode() ?? .normalClosure
         self.reason = data.readString(length: data.readableBytes) ?? ""
     }
+
+    /// The close's reason as the peer said it, or its code when it gave none.
+    public var why: String { self.reason.isEmpty ? "\(self.code)" : self.reason }
 }
 
 /// Why the websocket layer closed a tunnel.

@@ -62,8 +62,10 @@ struct RelayCommand: AsyncParsableCommand {
                 announceLogger.notice("SIGHUP: the relay reads relay.yaml at start only; restart it to apply changes")
             }
         }
-        let services = ServiceGroupConfiguration(
+        var services = ServiceGroupConfiguration(
             services: server.services + [announce], gracefulShutdownSignals: [.sigterm, .sigint], logger: logger)
+        // The drain (drain_timeout) and closing the tunnels after it; past that, the stop is forced.
+        services.maximumGracefulShutdownDuration = .milliseconds(config.drainTimeoutMilliseconds) + .seconds(15)
         try await ServiceGroup(configuration: services).run()
         logger.info("relay stopped")
     }

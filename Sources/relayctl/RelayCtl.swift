@@ -16,7 +16,7 @@ struct RelayCtl: AsyncParsableCommand {
 }
 
 struct RelayOptions: ParsableArguments {
-    @Option(help: "Relay URL, https://host:port (env RELAYCTL_RELAY).")
+    @Option(help: "Relay URL, https://host:port, or several relay nodes' URLs separated by commas (env RELAYCTL_RELAY).")
     var relay: String = ProcessInfo.processInfo.environment["RELAYCTL_RELAY"] ?? "https://127.0.0.1:8443"
 
     @Option(help: "CA certificate that signed the relay's certificate (env RELAYCTL_CA; default ~/.config/relayctl/ca.pem if present, else the system's trust store).")
@@ -53,11 +53,21 @@ struct RelayOptions: ParsableArguments {
         return Secret(text)
     }
 
+    /// The first relay URL (API calls go there).
     func relayURL() throws -> WebSocketURL {
-        do {
-            return try WebSocketURL(parsing: self.relay, acceptHTTPS: true)
-        } catch {
-            throw ValidationError("--relay \(self.relay): \(error)")
+        try self.relayURLs()[0]
+    }
+
+    /// Every relay node given, in order (a session tries the next when one cannot be reached).
+    func relayURLs() throws -> [WebSocketURL] {
+        let texts = self.relay.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty }
+        guard !texts.isEmpty else { throw ValidationError("--relay is empty") }
+        return try texts.map { text in
+            do {
+                return try WebSocketURL(parsing: text, acceptHTTPS: true)
+            } catch {
+                throw ValidationError("--relay \(text): \(error)")
+            }
         }
     }
 

@@ -50,11 +50,15 @@ struct Open: AsyncParsableCommand {
             role = parsed
         }
         let waitSeconds = try parseDurationSeconds(self.wait, option: "--wait")
-        var url = try self.relayOptions.relayURL()
-        url.path = WirePath.session
-        let target = SessionTarget(
-            relay: url, token: try self.relayOptions.token(), cluster: self.cluster, component: self.component, node: self.node,
+        let urls = try self.relayOptions.relayURLs().map { url in
+            var url = url
+            url.path = WirePath.session
+            return url
+        }
+        var target = SessionTarget(
+            relay: urls[0], token: try self.relayOptions.token(), cluster: self.cluster, component: self.component, node: self.node,
             role: role, caFile: self.relayOptions.caFile)
+        target.otherRelays = Array(urls.dropFirst())
         // One event loop for the local listener and the relay connection: every hop between them is
         // then a direct call, not a cross-thread wakeup (one engineer's traffic needs no more than a core).
         let group = MultiThreadedEventLoopGroup.singleton.next()
@@ -78,7 +82,7 @@ struct Open: AsyncParsableCommand {
         print("open \(listener.url) in your browser (Ctrl-C to end the session)")
         fflush(stdout)
         // Ends on Ctrl-C, or when the relay ends the session with a reason (revoked, expired,
-        // killed). A relay node going away (1001) or a dropped connection is not an end: the next
+        // killed). A relay node draining (1012) or a dropped connection is not an end: the next
         // request redials.
         let outcome = await withTaskGroup(of: WebSocketPeerClosed?.self) { group in
             group.addTask {

@@ -48,4 +48,61 @@ import Testing
         backoff.tunnelClosed(afterMilliseconds: 10_000)
         #expect(backoff.ceilingMilliseconds == 100)
     }
+
+    /// After the relay node went away with every tunnel: a random phase within the window, then
+    /// the window, doubling up to the cap (or the window, if larger), until a tunnel stays up.
+    @Test func afterTheRelayWentAwayRedialsFollowAGridWithARandomPhase() {
+        var backoff = Backoff(policy: Self.policy)
+        var random = SplitMix64(seed: 7)
+        backoff.spread(overMilliseconds: 15_000, using: &random)
+        let phase = backoff.next(using: &random)
+        #expect((0..<15_000).contains(phase))
+        #expect((0..<4).map { _ in backoff.next(using: &random) } == [15_000, 15_000, 15_000, 15_000], "the cap (1 s) is below the window")
+        backoff.tunnelClosed(afterMilliseconds: 10_000)
+        #expect(backoff.ceilingMilliseconds == 100, "a tunnel that stayed up ends the grid")
+
+        var wide = Backoff(policy: Backoff.Policy())  // cap 30 s
+        wide.spread(overMilliseconds: 5_000, using: &random)
+        _ = wide.next(using: &random)
+        #expect((0..<4).map { _ in wide.next(using: &random) } == [5_000, 10_000, 20_000, 30_000])
+    }
+
+    /// 200 connectors lose their relay node at once; it is back after 0.5 to 40 s. Whenever that
+    /// is, no one-second window holds more than 20% of their redials (a grid with random phases
+    /// spreads them evenly; full jitter would bunch those that failed before the restart).
+    @Test func connectorsThatLostTheSameRelayReturnSpreadWheneverItComesBack() {
+        var random = SplitMix64(seed: 11)
+        for downMilliseconds: Int64 in [500, 1_500, 3_000, 7_000, 15_000, 40_000] {
+            var arrivals: [Int64] = []
+            for _ in 0..<200 {
+                var backoff = Backoff(policy: Backoff.Policy())
+                backoff.spread(overMilliseconds: 15_000, using: &random)
+                var at: Int64 = 0
+                repeat { at += backoff.next(using: &random) } while at < downMilliseconds
+                arrivals.append(at - downMilliseconds)
+            }
+            arrivals.sort()
+            var busiest = 0
+            var start = 0
+            for end in arrivals.indices {
+                while arrivals[start] <= arrivals[end] - 1_000 { start += 1 }
+                busiest = max(busiest, end - start + 1)
+            }
+            #expect(busiest <= 40, "down \(downMilliseconds) ms: \(busiest) of 200 in one second")
+            #expect(arrivals.last! <= 30_000, "down \(downMilliseconds) ms: all back within 30 s (\(arrivals.last!) ms)")
+        }
+    }
+}
+
+/// A seeded generator: the same draws on every run.
+struct SplitMix64: RandomNumberGenerator {
+    var state: UInt64
+    init(seed: UInt64) { self.state = seed }
+    mutating func next() -> UInt64 {
+        self.state &+= 0x9E37_79B9_7F4A_7C15
+        var z = self.state
+        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
+        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
+        return z ^ (z >> 31)
+    }
 }

@@ -348,6 +348,8 @@ final class RunningProcess: Sendable {
 
     /// Sends SIGTERM (a polite stop, as an operator's `kill`).
     func terminate() { if self.process.isRunning { self.process.terminate() } }
+    /// SIGKILL: no drain, no goodbye (its sockets are closed by the kernel).
+    func killNow() { if self.process.isRunning { _ = kill(self.process.processIdentifier, SIGKILL) } }
 
     /// Waits for the exit on a thread of its own (never one of Swift concurrency's few threads).
     /// Bounded: a program still running after `seconds` is killed (SIGKILL, status 9), so a test

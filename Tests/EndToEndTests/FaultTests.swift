@@ -1,0 +1,143 @@
+import Connector
+import DemoComponentKit
+import Foundation
+import NIOConcurrencyHelpers
+import NIOCore
+import NIOPosix
+import Relay
+import RelayAPI
+import RelayCtlKit
+import RelayModel
+import TestSupport
+import Testing
+import TunnelCore
+
+/// Faults as an operator meets them, with real processes: a relay node killed with many tunnels
+/// attached, a connector killed under an engineer. Each prints its figures.
+@Suite(.serialized) struct FaultTests {
+    /// 200 connector nodes of one cluster (heartbeat 2 s, an approved request), the relay killed
+    /// with SIGKILL and started again on the same store and port: every tunnel is back within 30 s
+    /// of the restart, and no one-second window holds more than 20% of them.
+    @Test func afterARelayIsKilledAndRestartedTwoHundredTunnelsReturnSpread() async throws {
+        let nodes = 200
+        let folder = TestStack.temporaryDirectory("relay-kill")
+        let port = try await Self.freePort()
+        let configPath = try Self.writeRelayConfig(folder: folder, port: port)
+        var relay = try await Self.startRelay(configPath)
+        defer { relay.terminate() }
+        let ops = try String(contentsOfFile: folder + "/data/bootstrap-ops-token", encoding: .utf8).trimmingCharacters(in: .whitespacesAndNewlines)
+        let api = try APIClient(
+            base: try WebSocketURL(parsing: "https://127.0.0.1:\(port)", acceptHTTPS: true), caFile: TestCerts.trusted + "/ca.pem",
+            bearer: ops, group: TestStack.group)
+        let cluster: EnrollmentResponse = try await api.post(APIPath.clusters, CreateClusterRequest(id: "fleet", description: "200 nodes"))
+        let component = try await DemoComponent.start(name: "ui", group: TestStack.group)
+
+        var connectors: [(runtime: ConnectorRuntime, services: RunningServices)] = []
+        let clock = TestClock()
+        for index in 1...nodes {
+            let config = try Self.connectorConfig(node: String(format: "node-%03d", index), port: port, component: component, master: index == 1)
+            // One enrollment token per node, as an operator enrolls each.
+            let enrollment = index == 1 ? cluster : try await api.post("\(APIPath.clusters)/fleet/enroll", [String: String](), as: EnrollmentResponse.self)
+            let credential = try await ConnectorRegistration.register(
+                config: config, enrollmentToken: enrollment.enrollmentToken, group: TestStack.group, logger: TestStack.quietLogger)
+            connectors.append(try await TestStack.startConnector(config: config, credential: credential, clock: clock))
+        }
+        defer { for connector in connectors { Task { await connector.services.stop() } } }
+        let _: TokenCreated = try await api.post(APIPath.tokens, CreateTokenRequest(name: "alice", role: .expert, ttlSeconds: nil))
+        try await Self.waitFor("the first heartbeats", seconds: 60) {
+            let detail: ClusterDetail? = try? await api.get(APIPath.clusters + "/fleet")
+            return detail?.nodes.count == nodes
+        }
+        let _: AccessRequestRecord = try await api.post(
+            APIPath.requests, CreateAccessRequest(clusterID: "fleet", expert: "alice", reason: "fault test", role: .admin, durationSeconds: 3600))
+        func up() -> Int { connectors.filter { !$0.runtime.tunnels.connectedURLs.isEmpty }.count }
+        try await Self.waitFor("\(nodes) tunnels", seconds: 90) { up() == nodes }
+
+        relay.killNow()
+        _ = await relay.exitStatus()
+        try await Self.waitFor("every connector to see its tunnel drop", seconds: 60) { up() == 0 }
+        relay = try await Self.startRelay(configPath)
+        let restarted = ContinuousClock.now
+        var back: [Int: Duration] = [:]
+        _ = try await TestWait.poll(seconds: 45) {
+            for (index, connector) in connectors.enumerated() where back[index] == nil && !connector.runtime.tunnels.connectedURLs.isEmpty {
+                back[index] = ContinuousClock.now - restarted
+            }
+            return back.count == nodes
+        }
+        let times = back.values.map { Double($0.components.seconds) + Double($0.components.attoseconds) / 1e18 }.sorted()
+        var busiest = 0
+        var start = 0
+        for end in times.indices {
+            while times[start] <= times[end] - 1.0 { start += 1 }
+            busiest = max(busiest, end - start + 1)
+        }
+        let perSecond = Dictionary(grouping: times, by: { Int($0) }).mapValues(\.count)
+        let histogram = (0...Int(times.last ?? 0)).map { "\($0)s:\(perSecond[$0] ?? 0)" }.joined(separator: " ")
+        print(
+            "FAULT relay SIGKILL + restart, \(nodes) tunnels: \(times.count) back, the last \(String(format: "%.1f", times.last ?? -1)) s after the restart; "
+                + "busiest one-second window \(busiest) (\(busiest * 100 / nodes)%); per second after the restart: \(histogram)")
+        #expect(times.count == nodes, "every tunnel is back")
+        #expect((times.last ?? 99) <= 30, "all back within 30 s of the restart")
+        #expect(busiest * 5 <= nodes, "no one-second window holds more than 20%: \(busiest) of \(nodes)")
+
+        for connector in connectors { await connector.services.stop() }
+        connectors = []
+        relay.terminate()
+        _ = await relay.exitStatus()
+        try await component.close()
+    }
+
+    // MARK: helpers
+
+    static func freePort() async throws -> Int {
+        let channel = try await ServerBootstrap(group: TestStack.group).bind(host: "127.0.0.1", port: 0).get()
+        let port = channel.localAddress!.port!
+        try await channel.close()
+        return port
+    }
+
+    static func writeRelayConfig(folder: String, port: Int) throws -> String {
+        let path = folder + "/relay.yaml"
+        try """
+            listen: 127.0.0.1:\(port)
+            tls:
+              certificate_file: \(TestCerts.trusted)/relay.pem
+              private_key_file: \(TestCerts.trusted)/relay.key
+            data_dir: \(folder)/data
+            heartbeat_interval: 2s
+            limits:
+              handshake_timeout: 60s
+            """.write(toFile: path, atomically: true, encoding: .utf8)
+        return path
+    }
+
+    /// The relay program, started and listening.
+    static func startRelay(_ configPath: String) async throws -> RunningProcess {
+        let relay = try RunningProcess(TestProcess.binary("relay"), ["--config", configPath, "--log-level", "warning"])
+        guard try await TestWait.poll(seconds: 60, { relay.stdout.contains("relay listening on") }) else {
+            relay.terminate()
+            throw TestFailure("the relay did not start: \(relay.stdout) \(relay.stderr)")
+        }
+        return relay
+    }
+
+    static func connectorConfig(node: String, port: Int, component: DemoComponent, master: Bool) throws -> ConnectorConfig {
+        let folder = TestStack.temporaryDirectory("c")
+        var heartbeat = HeartbeatStateMachine.Configuration()
+        heartbeat.enabledIntervalMilliseconds = 2000
+        heartbeat.retryMilliseconds = 2000
+        var config = ConnectorConfig(
+            nodeID: node, credentialFile: folder + "/credential.json",
+            relayURL: try WebSocketURL(parsing: "https://127.0.0.1:\(port)", acceptHTTPS: true), caFile: TestCerts.trusted + "/ca.pem",
+            components: [try Component(name: "ui", url: component.url)], limits: TestStack.limits, heartbeat: heartbeat, privacyMode: .all,
+            masterNode: master)
+        config.stateDirectory = folder + "/state"
+        config.audit = AuditSettings(directory: folder + "/state/audit")
+        return config
+    }
+
+    static func waitFor(_ what: String, seconds: Int, _ condition: () async throws -> Bool) async throws {
+        guard try await TestWait.poll(seconds: seconds, condition) else { throw TestFailure("timed out waiting for \(what)") }
+    }
+}
