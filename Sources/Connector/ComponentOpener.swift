@@ -8,10 +8,18 @@ import TunnelCore
 struct ComponentOpener: Sendable {
     let connectTimeout: TimeAmount
     let pool: ComponentConnectionPool
+    /// How long a component may take to start answering a request it accepted.
+    let responseTimeout: TimeAmount
+    let deadlines: Deadlines
 
-    init(connectTimeout: TimeAmount = .seconds(5), pool: ComponentConnectionPool = ComponentConnectionPool()) {
+    init(
+        connectTimeout: TimeAmount = .seconds(5), pool: ComponentConnectionPool = ComponentConnectionPool(),
+        responseTimeout: TimeAmount = .seconds(60), deadlines: Deadlines = .eventLoop
+    ) {
         self.connectTimeout = connectTimeout
         self.pool = pool
+        self.responseTimeout = responseTimeout
+        self.deadlines = deadlines
     }
 
     /// `head.uri` is the policy's normalised origin-form target.
@@ -27,6 +35,7 @@ struct ComponentOpener: Sendable {
         let pool = self.pool
         upstream.whenDone = .release { channel in pool.release(channel, component: poolKey) }
         upstream.stripsRelayOwnedResponseHeaders = true
+        upstream.responseDeadline = .init(deadlines: self.deadlines, timeout: self.responseTimeout, what: "component \"\(name)\"")
 
         if let idle = pool.take(component: poolKey, loop: loop) {
             do {

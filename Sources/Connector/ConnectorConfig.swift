@@ -109,6 +109,9 @@ public struct ConnectorConfig: Sendable {
     /// When the connector stops, requests in flight get this long to finish before the tunnels
     /// close (`relay.drain_timeout`).
     public var drainMilliseconds: Int64 = 10_000
+    /// A component's response head must come within this long of the request's end, or the
+    /// request fails with 504 `upstream_timeout` (`upstream_timeout`; read at start).
+    public var upstreamTimeoutMilliseconds: Int64 = 60_000
 
     public init(
         nodeID: String, sourceType: String = "server", credentialFile: String, relayURL: WebSocketURL, caFile: String,
@@ -277,6 +280,7 @@ public struct ConnectorConfig: Sendable {
         }
         if components.isEmpty { throw root.error("components", "needs at least one component") }
         let limits = try TunnelLimits.read(from: try root.map("limits"))
+        let upstreamTimeout = try root.durationMilliseconds("upstream_timeout", default: 60_000, range: 1000...3_600_000)
         try root.finish()
         var config = ConnectorConfig(
             nodeID: node, sourceType: sourceType, credentialFile: credentialFile, relayURL: relayURL, caFile: caFile,
@@ -284,6 +288,7 @@ public struct ConnectorConfig: Sendable {
             deniedPathPrefixes: denied, maxSessionMilliseconds: maxSession, idleTimeoutMilliseconds: idle, stateDirectory: state, audit: audit,
             allowedRelayHosts: allowedHosts)
         config.drainMilliseconds = drain
+        config.upstreamTimeoutMilliseconds = upstreamTimeout
         return config
     }
 

@@ -4,6 +4,7 @@ import Logging
 import NIOCore
 import PrivacyPolicy
 import RelayModel
+import TunnelCore
 import ServiceLifecycle
 import UnixSignals
 
@@ -27,17 +28,18 @@ public final class ConnectorRuntime: Sendable {
     /// Builds every part and binds the control socket (so the CLI works as soon as this returns).
     /// - Parameters:
     ///   - configPath: the file `reload` (SIGHUP, `connector reload`) reads again; nil: no reload.
-    ///   - clock: wall time for records and decisions; `timers`: what every wait sleeps on.
+    ///   - clock: wall time for records and decisions; `timers`: what every wait sleeps on;
+    ///     `upstreamDeadlines`: when components' response deadlines pass (real time by default).
     public init(
         config: ConnectorConfig, credential: ConnectorCredential, configPath: String?, group: EventLoopGroup, logger: Logger,
         clock: @escaping @Sendable () -> Date = { Date() }, timers: any Clock<Duration> = ContinuousClock(),
-        sweepInterval: Duration = .seconds(1)
+        upstreamDeadlines: Deadlines = .eventLoop, sweepInterval: Duration = .seconds(1)
     ) async throws {
         let privacy = try PrivacyGuard(config: config, clock: clock, logger: logger)
         let driver = try HeartbeatDriver(config: config, credential: credential, privacy: privacy, group: group, clock: timers, logger: logger)
         let tunnels = try TunnelConnector(
-            config: config, credential: credential, privacy: privacy, group: group, clock: timers, logger: logger,
-            onTunnelLost: { driver.heartbeatNow() })
+            config: config, credential: credential, privacy: privacy, group: group, clock: timers, upstreamDeadlines: upstreamDeadlines,
+            logger: logger, onTunnelLost: { driver.heartbeatNow() })
         driver.attach(tunnels)
         privacy.onEnded { tunnels.tellRelay($0) }
         let api = ControlAPI(

@@ -66,7 +66,7 @@ public final class TunnelConnector: Service, Sendable {
 
     public init(
         config: ConnectorConfig, credential: ConnectorCredential, privacy: PrivacyGuard, group: EventLoopGroup,
-        clock: any Clock<Duration> = ContinuousClock(), logger: Logger = Logger(label: "connector"),
+        clock: any Clock<Duration> = ContinuousClock(), upstreamDeadlines: Deadlines = .eventLoop, logger: Logger = Logger(label: "connector"),
         onTunnelLost: @escaping @Sendable () -> Void = {}
     ) throws {
         self.config = config
@@ -76,7 +76,9 @@ public final class TunnelConnector: Service, Sendable {
         self.clock = clock
         self.logger = logger
         self.tls = try TLSFiles.clientContext(caFile: config.caFile)
-        self.opener = ComponentOpener(pool: ComponentConnectionPool(idleTimeout: .milliseconds(config.componentIdleMilliseconds)))
+        self.opener = ComponentOpener(
+            pool: ComponentConnectionPool(idleTimeout: .milliseconds(config.componentIdleMilliseconds)),
+            responseTimeout: .milliseconds(config.upstreamTimeoutMilliseconds), deadlines: upstreamDeadlines)
         self.onTunnelLost = onTunnelLost
         (self.added, self.addedContinuation) = AsyncStream.makeStream(of: Wanted.self)
     }

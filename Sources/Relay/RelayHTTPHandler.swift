@@ -9,7 +9,7 @@ final class ConnectionHandshake: @unchecked Sendable {
     /// The gate's verdict on this connection's upgrade request, once decided.
     var decision: HandshakeDecision?
     /// Closes the connection if it neither upgrades nor sends a plain request in time.
-    var deadline: HandshakeDeadlines.Armed?
+    var deadline: Deadlines.Armed?
 }
 
 /// Answers every request that was not upgraded: the health probe, the JSON API (kept alive, one

@@ -28,7 +28,7 @@ public final class RelayServer: Service, Sendable {
     private let serverChannel = NIOLockedValueBoxChannel()
     /// Connections held open right now, capped in total and per address.
     public let connections: ConnectionLimiter
-    private let handshakeDeadlines: HandshakeDeadlines
+    private let handshakeDeadlines: Deadlines
     public let reconciler: AccessReconciler
     /// Where the work this node's event loops start runs (decisions, API calls, records).
     public let tasks = OwnedTasks()
@@ -36,7 +36,7 @@ public final class RelayServer: Service, Sendable {
     /// - Parameter handshakeDeadlines: when new connections' handshake deadlines pass (real time by default).
     public init(
         config: RelayConfig, control: MissionControl, group: EventLoopGroup, logger: Logger = Logger(label: "relay"),
-        handshakeDeadlines: HandshakeDeadlines = .eventLoop, timers: any Clock<Duration> = ContinuousClock()
+        handshakeDeadlines: Deadlines = .eventLoop, timers: any Clock<Duration> = ContinuousClock()
     ) throws {
         self.handshakeDeadlines = handshakeDeadlines
         self.config = config

@@ -319,6 +319,8 @@ public final class ProxyServerHandler: ChannelDuplexHandler {
             self.report(exchange)
             self.exchange = nil
             self.context?.close(promise: nil)
+        } else if let timedOut = error as? UpstreamTimedOut {
+            self.refuse(exchange, ProxyRefusal(.gatewayTimeout, code: "upstream_timeout", message: "\(timedOut); it may be busy or stuck"))
         } else {
             self.refuse(exchange, .badGateway("the next hop closed before answering: \(describe(error))"))
         }

@@ -21,6 +21,7 @@ public final class ProxyUpstreamHandler: ChannelDuplexHandler, RemovableChannelH
     private var responseEnded = false
     private var lastError: Error?
     private var closedEarly = false
+    private var responseStarted = false
 
     /// What happens to the channel once request and response are complete.
     public enum Completion: Sendable {
@@ -41,6 +42,22 @@ public final class ProxyUpstreamHandler: ChannelDuplexHandler, RemovableChannelH
     /// not speak for the connector (a forged `x-relay-session-ended` would end the expert's session).
     public var stripsRelayOwnedResponseHeaders = false
     private var reusable = false
+    /// Set by the opener: the response head must come within `timeout` of the request's end, or
+    /// the request fails with 504 `upstream_timeout` (the next hop accepted but never answered).
+    public var responseDeadline: ResponseDeadline?
+    private var armedDeadline: Deadlines.Armed?
+
+    public struct ResponseDeadline: Sendable {
+        public var deadlines: Deadlines
+        public var timeout: TimeAmount
+        /// Who failed to answer, for the message: `component "ui"`.
+        public var what: String
+        public init(deadlines: Deadlines, timeout: TimeAmount, what: String) {
+            self.deadlines = deadlines
+            self.timeout = timeout
+            self.what = what
+        }
+    }
 
     init(server: ProxyServerHandler, serverLoop: EventLoop) {
         self.server = server
@@ -48,6 +65,7 @@ public final class ProxyUpstreamHandler: ChannelDuplexHandler, RemovableChannelH
     }
 
     public func handlerRemoved(context: ChannelHandlerContext) {
+        self.armedDeadline?.cancel()
         self.context = nil
     }
 
@@ -74,7 +92,10 @@ public final class ProxyUpstreamHandler: ChannelDuplexHandler, RemovableChannelH
     func send(_ part: HTTPClientRequestPart) {
         self.onOwnLoop {
             guard let context = self.context else { return }
-            if case .end = part { self.requestEnded = true }
+            if case .end = part {
+                self.requestEnded = true
+                if !self.responseStarted { self.armResponseDeadline(context: context) }
+            }
             context.write(self.wrapOutboundOut(part), promise: nil)
             if self.requestEnded && self.responseEnded { self.done() }
         }
@@ -111,6 +132,8 @@ public final class ProxyUpstreamHandler: ChannelDuplexHandler, RemovableChannelH
         var part = self.unwrapInboundIn(data)
         switch part {
         case .head(var head):
+            self.responseStarted = true
+            self.armedDeadline?.cancel()
             self.reusable = head.isKeepAlive
             if self.stripsRelayOwnedResponseHeaders {
                 head.headers.removeRelayOwned()
@@ -147,6 +170,7 @@ public final class ProxyUpstreamHandler: ChannelDuplexHandler, RemovableChannelH
     }
 
     public func channelInactive(context: ChannelHandlerContext) {
+        self.armedDeadline?.cancel()
         let error = self.lastError
         self.onServerLoop { self.server.upstreamClosed(from: self, error: error) }
         context.fireChannelInactive()
@@ -155,6 +179,19 @@ public final class ProxyUpstreamHandler: ChannelDuplexHandler, RemovableChannelH
     public func errorCaught(context: ChannelHandlerContext, error: Error) {
         self.lastError = error
         context.close(promise: nil)
+    }
+
+    private func armResponseDeadline(context: ChannelHandlerContext) {
+        guard let deadline = self.responseDeadline else { return }
+        let channel = context.channel
+        let loop = context.eventLoop
+        self.armedDeadline = deadline.deadlines.arm(loop, deadline.timeout) {
+            loop.execute {
+                guard !self.responseStarted, self.context != nil else { return }
+                self.lastError = UpstreamTimedOut(what: deadline.what, after: deadline.timeout)
+                channel.close(promise: nil)
+            }
+        }
     }
 
     /// Both directions are complete: this hop carries one request only.
@@ -185,4 +222,11 @@ public final class ProxyUpstreamHandler: ChannelDuplexHandler, RemovableChannelH
             }
         }
     }
+}
+
+/// The next hop accepted the request but sent no response head in time.
+public struct UpstreamTimedOut: Error, CustomStringConvertible {
+    public var what: String
+    public var after: TimeAmount
+    public var description: String { "\(self.what) did not answer within \(self.after.nanoseconds / 1_000_000_000) s" }
 }

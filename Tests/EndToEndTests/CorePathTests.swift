@@ -301,9 +301,9 @@ import TunnelCore
         await stack.stop()
     }
 
-    /// The handshake deadline is driven by the test (`HandshakeDeadlines.Manual`), not waited for.
+    /// The handshake deadline is driven by the test (`Deadlines.Manual`), not waited for.
     @Test func connectionsThatNeverUpgradeAreClosedAtTheHandshakeTimeout() async throws {
-        let deadlines = HandshakeDeadlines.Manual()
+        let deadlines = Deadlines.Manual()
         let (_, port, services) = try await TestStack.relayAlone(handshakeDeadlines: deadlines.deadlines)
         // A peer that connects and says nothing: no TLS, no upgrade.
         let silent = try await ClientBootstrap(group: TestStack.group).connect(host: "127.0.0.1", port: port).get()
@@ -317,7 +317,7 @@ import TunnelCore
     }
 
     @Test func upgradedTunnelsOutliveTheHandshakeTimeout() async throws {
-        let deadlines = HandshakeDeadlines.Manual()
+        let deadlines = Deadlines.Manual()
         let stack = try await TestStack.start(handshakeDeadlines: deadlines.deadlines)
         let session = try await stack.openSession()
         let tunnel = try #require(stack.relay.registry.tunnels(cluster: "demo").first)

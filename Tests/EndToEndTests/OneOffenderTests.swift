@@ -1,4 +1,5 @@
 import Crypto
+@testable import CustomerAudit
 import DemoComponentKit
 import Foundation
 import NIOConcurrencyHelpers
@@ -188,6 +189,40 @@ import TunnelCore
 }
 
 extension OneOffenderTests {
+    /// A component that accepts a request and never answers: that request alone gets 504
+    /// `upstream_timeout` once `upstream_timeout` passes (driven by the test); a download running
+    /// beside it on the same tunnel goes on, and the customer's audit records the timeout.
+    @Test func aComponentThatNeverAnswersFailsThatRequestAloneWith504() async throws {
+        let silent = try await ServerBootstrap(group: TestStack.group)
+            .childChannelInitializer { channel in channel.pipeline.addHandler(SilentComponent()) }
+            .bind(host: "127.0.0.1", port: 0).get()
+        let deadlines = Deadlines.Manual()
+        let stack = try await TestStack.start(
+            extraComponents: ["silent": "http://127.0.0.1:\(silent.localAddress!.port!)"], upstreamDeadlines: deadlines.deadlines)
+        let ui = try await stack.openSession()
+        let size = 4 << 20
+        let download = try await PacedDownload.start(port: ui.localAddress!.port!, path: "/bytes/\(size)")
+        try await stack.waitUntil("the download's response to start") { download.received > 0 }
+        let stuckSession = try await stack.openSession(component: "silent")
+        let stuck = Task { try await TestHTTPConnection.request(port: stuckSession.localAddress!.port!, .GET, "/never") }
+        try await stack.waitUntil("the silent component's deadline to be armed") { deadlines.armed == 1 }
+        deadlines.expireAll()
+        let answer = try await stuck.value
+        #expect(answer.status == .gatewayTimeout && answer.headers.first(name: WireHeader.error) == "upstream_timeout", "\(answer.status) \(answer.text)")
+        #expect(answer.text.contains("silent") && answer.text.contains("did not answer within 60 s"), "\(answer.text)")
+        download.readFreely()
+        let result = try await download.result()
+        #expect(result.status == 200 && result.bodyBytes == size && result.sha256 == DemoComponent.sha256OfPattern(size: size))
+        #expect(try await TestHTTPConnection.request(port: ui.localAddress!.port!, .GET, "/api/status").status == .ok)
+        stack.privacy.audit.sync()
+        let records = try AuditVerifier.tail(directory: stack.connectorConfig.audit.directory, count: 500)
+        #expect(records.contains { $0.event == "request" && $0.path == "/never" && $0.status == 504 && $0.reason?.contains("upstream_timeout") == true })
+        try await stuckSession.close()
+        try await ui.close()
+        await stack.stop()
+        try await silent.close()
+    }
+
     /// A cookie whose HPACK encoding (as NIOHTTP2 sends it) is about `encodedSize` bytes.
     static func cookie(encodedSize: Int) -> String {
         func encoded(_ value: String) -> Int {
@@ -200,6 +235,12 @@ extension OneOffenderTests {
         while encoded(value + String(repeating: "z", count: 64)) < encodedSize { value += String(repeating: "z", count: 64) }
         return value
     }
+}
+
+/// Reads requests and never answers (a component that is stuck).
+final class SilentComponent: ChannelInboundHandler, Sendable {
+    typealias InboundIn = ByteBuffer
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {}
 }
 
 /// Answers every request with 1 MiB of Content-Length, sending 1 KiB at once and 1 KiB every 20 ms.

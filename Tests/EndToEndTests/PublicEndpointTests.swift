@@ -101,7 +101,7 @@ extension PublicEndpointTests {
     /// TCP keepalive on accepted connections: the kernel's keepalive timer runs on the relay's side
     /// of an idle connection (Linux shows it in /proc/net/tcp: timer 2), not on the client's.
     @Test func acceptedConnectionsHaveTCPKeepalive() async throws {
-        let deadlines = HandshakeDeadlines.Manual()  // the silent connection stays until the test is done
+        let deadlines = Deadlines.Manual()  // the silent connection stays until the test is done
         let (relay, port, services) = try await TestStack.relayAlone(handshakeDeadlines: deadlines.deadlines)
         let client = try await ClientBootstrap(group: TestStack.group).connect(host: "127.0.0.1", port: port).get()
         let clientPort = try #require(client.localAddress?.port)

@@ -64,7 +64,7 @@ struct TestStack {
 
     /// The limits of test stacks: the defaults, but 60 s for a TLS handshake and upgrade on both
     /// sides (a machine loaded with a build beside the tests took over 10 s once). Tests of the
-    /// handshake deadline drive it with `HandshakeDeadlines.Manual` instead.
+    /// handshake deadline drive it with `Deadlines.Manual` instead.
     static var limits: TunnelLimits {
         var limits = TunnelLimits()
         limits.handshakeTimeout = .seconds(60)
@@ -119,7 +119,7 @@ struct TestStack {
     /// A relay alone (no connector: its requests would have to beat short test deadlines too),
     /// its services running as `relay` runs them; `services.stop()` stops it.
     static func relayAlone(
-        limits: TunnelLimits = TestStack.limits, handshakeDeadlines: HandshakeDeadlines = .eventLoop,
+        limits: TunnelLimits = TestStack.limits, handshakeDeadlines: Deadlines = .eventLoop,
         configure: (inout RelayConfig) -> Void = { _ in }
     ) async throws -> (relay: RelayServer, port: Int, services: RunningServices) {
         var config = relayConfig(dataDirectory: temporaryDirectory("relay"), limits: limits)
@@ -135,7 +135,7 @@ struct TestStack {
     ///   - approve: create and (with mode `all`) auto-approve alice's admin request, then wait for the tunnel.
     static func start(
         extraComponents: [String: String] = [:], limits: TunnelLimits = TestStack.limits, mode: PrivacyMode = .all, approve: Bool = true,
-        handshakeDeadlines: HandshakeDeadlines = .eventLoop, reconcileMilliseconds: Int64 = 100,
+        handshakeDeadlines: Deadlines = .eventLoop, upstreamDeadlines: Deadlines = .eventLoop, reconcileMilliseconds: Int64 = 100,
         timers: any Clock<Duration> = ContinuousClock(), relay configureRelay: (inout RelayConfig) -> Void = { _ in },
         configure: (inout ConnectorConfig) -> Void = { _ in }, configPath: String? = nil
     ) async throws -> TestStack {
@@ -172,7 +172,8 @@ struct TestStack {
         configure(&connectorConfig)
         let credential = try await ConnectorRegistration.register(
             config: connectorConfig, enrollmentToken: enrollment.enrollmentToken, group: group, logger: quietLogger)
-        let connector = try await startConnector(config: connectorConfig, credential: credential, configPath: configPath, clock: clock, timers: timers)
+        let connector = try await startConnector(
+            config: connectorConfig, credential: credential, configPath: configPath, clock: clock, timers: timers, upstreamDeadlines: upstreamDeadlines)
         let stack = TestStack(
             component: component, relay: relay, relayPort: port, clock: clock, dataDirectory: dataDirectory, opsToken: ops.secret,
             expertToken: expert.secret, credential: credential, runtime: connector.runtime, connectorServices: connector.services,
@@ -189,11 +190,11 @@ struct TestStack {
     /// `timers`, real time unless a test drives them).
     static func startConnector(
         config: ConnectorConfig, credential: ConnectorCredential, configPath: String? = nil, clock: TestClock,
-        timers: any Clock<Duration> = ContinuousClock()
+        timers: any Clock<Duration> = ContinuousClock(), upstreamDeadlines: Deadlines = .eventLoop
     ) async throws -> (runtime: ConnectorRuntime, services: RunningServices) {
         let runtime = try await ConnectorRuntime(
             config: config, credential: credential, configPath: configPath, group: group, logger: quietLogger, clock: { clock.now() },
-            timers: timers, sweepInterval: .milliseconds(100))
+            timers: timers, upstreamDeadlines: upstreamDeadlines, sweepInterval: .milliseconds(100))
         return (runtime, RunningServices(runtime.services, logger: quietLogger))
     }
 

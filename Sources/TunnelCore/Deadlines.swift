@@ -1,24 +1,25 @@
 import NIOConcurrencyHelpers
 import NIOCore
 
-/// Arms the handshake deadline of each new connection (TLS and the first request head, or the
-/// websocket upgrade, must come by then). A parameter of `RelayServer`, so that tests decide when
-/// deadlines pass instead of waiting for them: the clock is injected, as everywhere else.
-public struct HandshakeDeadlines: Sendable {
+/// Arms per-connection deadlines on event loops: the relay's handshake deadline (TLS and the first
+/// request head, or the websocket upgrade, must come by then), the connector's upstream timeout (a
+/// component's response head must come by then). A parameter of the programs, so that tests decide
+/// when deadlines pass instead of waiting for them: the clock is injected, as everywhere else.
+public struct Deadlines: Sendable {
     /// A deadline that has been armed; cancelling it is idempotent.
     public struct Armed: Sendable {
         let cancelAction: @Sendable () -> Void
         public func cancel() { self.cancelAction() }
     }
 
-    let arm: @Sendable (_ loop: EventLoop, _ after: TimeAmount, _ expire: @escaping @Sendable () -> Void) -> Armed
+    public let arm: @Sendable (_ loop: EventLoop, _ after: TimeAmount, _ expire: @escaping @Sendable () -> Void) -> Armed
 
     public init(arm: @escaping @Sendable (EventLoop, TimeAmount, @escaping @Sendable () -> Void) -> Armed) {
         self.arm = arm
     }
 
     /// Real time, on the connection's event loop.
-    public static let eventLoop = HandshakeDeadlines { loop, after, expire in
+    public static let eventLoop = Deadlines { loop, after, expire in
         let task = loop.scheduleTask(in: after) { expire() }
         return Armed { task.cancel() }
     }
@@ -30,8 +31,8 @@ public struct HandshakeDeadlines: Sendable {
 
         public init() {}
 
-        public var deadlines: HandshakeDeadlines {
-            HandshakeDeadlines { loop, _, expire in
+        public var deadlines: Deadlines {
+            Deadlines { loop, _, expire in
                 let id = self.next.withLockedValue { value -> Int in
                     value += 1
                     return value
