@@ -88,6 +88,98 @@ import TunnelCore
         try await component.close()
     }
 
+    /// The connector killed (SIGKILL) under an engineer's open session: the relay frees the tunnel
+    /// at once (the kernel closes the socket), and the engineer's next request gets 503 `no_tunnel`
+    /// saying which node's tunnel went down, when, and how.
+    @Test func aKilledConnectorLeavesTheEngineerANoTunnelAnswerThatSaysWhy() async throws {
+        let folder = TestStack.temporaryDirectory("connector-kill")
+        let stack = try await CustomerControlTests.startFromFile(folder)
+        try CustomerControlTests.writeConfig(stack, folder: folder)
+        // The same node, run as the customer runs it: the program, from connector.yaml.
+        await stack.connectorServices.stop()
+        try await stack.waitForTunnels(0)
+        let connector = try RunningProcess(TestProcess.binary("connector"), ["run", "--config", folder + "/connector.yaml"])
+        defer { connector.terminate() }
+        try await Self.waitFor("the connector program's tunnel", seconds: 60) { stack.relay.registry.tunnels(cluster: "demo").count == 1 }
+        let session = try await stack.openSession()
+        let port = session.localAddress!.port!
+        #expect(try await TestHTTPConnection.request(port: port, .GET, "/api/status").status == .ok)
+
+        connector.killNow()
+        let killed = ContinuousClock.now
+        try await Self.waitFor("the relay to free the tunnel", seconds: 30) { stack.relay.registry.tunnels(cluster: "demo").isEmpty }
+        let freedAfter = ContinuousClock.now - killed
+        let answer = try await TestHTTPConnection.request(port: port, .GET, "/api/status")
+        print("FAULT connector SIGKILL: the relay freed its tunnel \(freedAfter) after the kill; the engineer's next request: \(answer.status.code) \(answer.text)")
+        #expect(freedAfter < .seconds(30), "within the liveness deadline")
+        #expect(answer.status == .serviceUnavailable && answer.headers.first(name: WireHeader.error) == "no_tunnel")
+        #expect(answer.text.contains("node-1") && answer.text.contains("without a close from the connector"), "\(answer.text)")
+        try await session.close()
+        await stack.stop()
+    }
+
+    /// The relay program stopped with SIGTERM while a download runs through `relayctl session
+    /// open`: the download completes (drain), relayctl stays up, and once the relay is started
+    /// again the same local port works, as an engineer's browser would use it.
+    @Test func aRelayStoppedWithSIGTERMFinishesTheDownloadAndRelayctlCarriesOn() async throws {
+        let folder = TestStack.temporaryDirectory("relay-term")
+        let port = try await Self.freePort()
+        let configPath = try Self.writeRelayConfig(folder: folder, port: port, extra: "reconnect_spread: 2s")
+        var relay = try await Self.startRelay(configPath)
+        defer { relay.terminate() }
+        let ops = try String(contentsOfFile: folder + "/data/bootstrap-ops-token", encoding: .utf8).trimmingCharacters(in: .whitespacesAndNewlines)
+        let api = try APIClient(
+            base: try WebSocketURL(parsing: "https://127.0.0.1:\(port)", acceptHTTPS: true), caFile: TestCerts.trusted + "/ca.pem",
+            bearer: ops, group: TestStack.group)
+        let enrollment: EnrollmentResponse = try await api.post(APIPath.clusters, CreateClusterRequest(id: "fleet", description: "one node"))
+        let expert: TokenCreated = try await api.post(APIPath.tokens, CreateTokenRequest(name: "alice", role: .expert, ttlSeconds: nil))
+        let component = try await DemoComponent.start(name: "ui", group: TestStack.group)
+        let config = try Self.connectorConfig(node: "node-1", port: port, component: component, master: true)
+        let credential = try await ConnectorRegistration.register(
+            config: config, enrollmentToken: enrollment.enrollmentToken, group: TestStack.group, logger: TestStack.quietLogger)
+        let connector = try await TestStack.startConnector(config: config, credential: credential, clock: TestClock())
+        try await Self.waitFor("the first heartbeat", seconds: 30) {
+            let detail: ClusterDetail? = try? await api.get(APIPath.clusters + "/fleet")
+            return detail?.nodes.count == 1
+        }
+        let _: AccessRequestRecord = try await api.post(
+            APIPath.requests, CreateAccessRequest(clusterID: "fleet", expert: "alice", reason: "fault test", role: .admin, durationSeconds: 3600))
+        try await Self.waitFor("the tunnel", seconds: 30) { !connector.runtime.tunnels.connectedURLs.isEmpty }
+
+        let relayctl = try RunningProcess(
+            TestProcess.binary("relayctl"), ["session", "open", "--cluster", "fleet", "--component", "ui"],
+            environment: [
+                "RELAYCTL_TOKEN": expert.secret, "RELAYCTL_RELAY": "https://127.0.0.1:\(port)", "RELAYCTL_CA": TestCerts.trusted + "/ca.pem",
+            ])
+        defer { relayctl.terminate() }
+        try await Self.waitFor("relayctl's banner", seconds: 60) { relayctl.stdout.contains("in your browser") }
+        let local = try #require(
+            relayctl.stdout.split(separator: " ").first { $0.hasPrefix("http://127.0.0.1:") }.flatMap { Int($0.split(separator: ":").last!.filter(\.isNumber)) })
+        let size = 6 << 20
+        let download = try await PacedDownload.start(port: local, path: "/bytes/\(size)")
+        try await Self.waitFor("the download to start", seconds: 30) { download.received > 0 }
+
+        relay.terminate()  // SIGTERM
+        try await Self.waitFor("the relay to stop accepting", seconds: 30) { !(await RelayDrainTests.accepts(port: port)) }
+        download.readFreely()
+        let result = try await download.result()
+        #expect(result.status == 200 && result.bodyBytes == size && result.sha256 == DemoComponent.sha256OfPattern(size: size))
+        #expect(await relay.exitStatus() == 0, "the relay drained and exited: \(relay.stderr)")
+        #expect(relayctl.isRunning, "relayctl carries on: \(relayctl.stderr)")
+
+        relay = try await Self.startRelay(configPath)
+        let restarted = ContinuousClock.now
+        let after = try await TestHTTPConnection.request(port: local, .GET, "/api/status")
+        print("FAULT relay SIGTERM: the 6 MiB download completed during the drain; after the restart the next request took \(ContinuousClock.now - restarted): \(after.status.code)")
+        #expect(after.status == .ok, "the same local port works after the restart: \(after.status) \(after.text)")
+        #expect(relayctl.stderr.contains("draining"), "relayctl said why the connection closed: \(relayctl.stderr)")
+        relayctl.terminate()
+        await connector.services.stop()
+        relay.terminate()
+        _ = await relay.exitStatus()
+        try await component.close()
+    }
+
     // MARK: helpers
 
     static func freePort() async throws -> Int {
@@ -97,7 +189,7 @@ import TunnelCore
         return port
     }
 
-    static func writeRelayConfig(folder: String, port: Int) throws -> String {
+    static func writeRelayConfig(folder: String, port: Int, extra: String = "") throws -> String {
         let path = folder + "/relay.yaml"
         try """
             listen: 127.0.0.1:\(port)
@@ -108,6 +200,7 @@ import TunnelCore
             heartbeat_interval: 2s
             limits:
               handshake_timeout: 60s
+            \(extra)
             """.write(toFile: path, atomically: true, encoding: .utf8)
         return path
     }
