@@ -6,7 +6,8 @@
 #
 # Files written (keys are 0600):
 #   ca.pem ca.key                 the development CA; connectors and relayctl trust only this
-#   relay.pem relay.key           relay server certificate, SANs localhost, 127.0.0.1, ::1
+#   relay.pem relay.key           relay server certificate, SANs localhost, 127.0.0.1, ::1 and any in
+#                                 env EXTRA_SAN (for example EXTRA_SAN=IP:10.0.0.5,DNS:relay.lan)
 #   client.pem client.key         client certificate (CN=dev-connector) for mTLS
 set -euo pipefail
 out="${1:-$(dirname "$0")/dev}"
@@ -28,7 +29,7 @@ issue() { # name cn extensions
     -extfile "$name.ext" -out "$name.pem" 2>/dev/null
   rm -f "$name.csr" "$name.ext"
 }
-issue relay localhost "basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth\nsubjectAltName=DNS:localhost,IP:127.0.0.1,IP:::1\n"
+issue relay localhost "basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth\nsubjectAltName=DNS:localhost,IP:127.0.0.1,IP:::1${EXTRA_SAN:+,$EXTRA_SAN}\n"
 issue client dev-connector "basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=clientAuth\n"
 rm -f ca.srl
 chmod 600 ./*.key

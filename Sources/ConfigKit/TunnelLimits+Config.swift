@@ -19,6 +19,11 @@ extension TunnelLimits {
             try map.durationMilliseconds("handshake_timeout", default: limits.handshakeTimeout.nanoseconds / 1_000_000, range: 100...600_000))
         limits.keepaliveInterval = .milliseconds(
             try map.durationMilliseconds("keepalive_interval", default: limits.keepaliveInterval.nanoseconds / 1_000_000, range: 100...3_600_000))
+        limits.keepaliveTimeout = .milliseconds(
+            try map.durationMilliseconds("keepalive_timeout", default: limits.keepaliveTimeout.nanoseconds / 1_000_000, range: 200...7_200_000))
+        guard limits.keepaliveTimeout > limits.keepaliveInterval else {
+            throw map.error("keepalive_timeout", "must be longer than keepalive_interval (the ping needs time to be answered)")
+        }
         limits.tunnelResetBudget = try map.int("tunnel_reset_budget", default: limits.tunnelResetBudget, range: 200...1_000_000)
         limits.sessionResetBudget = try map.int("session_reset_budget", default: limits.sessionResetBudget, range: 10...1_000_000)
         limits.refusedBodyDrainLimit = try map.size("refused_body_drain_limit", default: limits.refusedBodyDrainLimit, range: 0...(1 << 30))

@@ -35,6 +35,7 @@ struct ComponentOpener: Sendable {
         let pool = self.pool
         upstream.whenDone = .release { channel in pool.release(channel, component: poolKey) }
         upstream.stripsRelayOwnedResponseHeaders = true
+        upstream.nextHop = "component \"\(name)\""
         upstream.responseDeadline = .init(deadlines: self.deadlines, timeout: self.responseTimeout, what: "component \"\(name)\"")
 
         if let idle = pool.take(component: poolKey, loop: loop) {

@@ -44,7 +44,12 @@ public final class DemoComponent: Sendable {
     }
 
     public var port: Int { self.channel.localAddress?.port ?? 0 }
-    public var url: String { "http://127.0.0.1:\(self.port)" }
+    /// Where it listens (loopback unless started on another address; an address it listens on
+    /// every interface with stays loopback here).
+    public var url: String {
+        let host = self.channel.localAddress?.ipAddress.flatMap { ["0.0.0.0", "::"].contains($0) ? nil : $0 } ?? "127.0.0.1"
+        return host.contains(":") ? "http://[\(host)]:\(self.port)" : "http://\(host):\(self.port)"
+    }
     public var counters: Counters { self.countersBox.withLockedValue { $0 } }
 
     public func close() async throws { try await self.channel.close() }

@@ -50,6 +50,7 @@ struct TunnelStreamOpener: Sendable {
             return upstream.downstreamEventLoop.makeFailedFuture(ProxyRefusal.requestHeadersTooLarge(self.headerBudget))
         }
         let cluster = self.session.clusterID
+        upstream.nextHop = "the tunnel to cluster \"\(cluster)\" (node \(tunnel.node))"
         let loop = tunnel.channel.eventLoop
         return loop.flatSubmit {
             TunnelPipeline.openRequestStream(on: tunnel.multiplexer, loop: loop, upstream: upstream).map { head }

@@ -246,7 +246,8 @@ public final class SessionClient: Sendable {
     /// does: a connection that said GOAWAY before this point takes no new stream, and the request
     /// goes to a new connection (it has not been sent, so any method may go).
     private func openStream(_ upstream: ProxyUpstreamHandler, retries: Int) -> EventLoopFuture<Void> {
-        self.connected().flatMap { connection in
+        upstream.nextHop = "the relay connection"
+        return self.connected().flatMap { connection in
             if connection.goingAway.isSet && retries > 0 {
                 self.forgetConnection(whose: connection.goingAway)
                 return self.openStream(upstream, retries: retries - 1)

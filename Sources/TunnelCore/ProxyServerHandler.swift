@@ -322,7 +322,7 @@ public final class ProxyServerHandler: ChannelDuplexHandler {
         } else if let timedOut = error as? UpstreamTimedOut {
             self.refuse(exchange, ProxyRefusal(.gatewayTimeout, code: "upstream_timeout", message: "\(timedOut); it may be busy or stuck"))
         } else {
-            self.refuse(exchange, .badGateway("the next hop closed before answering: \(describe(error))"))
+            self.refuse(exchange, .badGateway("\(upstream.nextHop) closed before answering: \(describe(error))"))
         }
     }
 

@@ -41,6 +41,9 @@ public final class ProxyUpstreamHandler: ChannelDuplexHandler, RemovableChannelH
     /// Drop `x-relay-*` from the response head: set where the next hop is a component, which must
     /// not speak for the connector (a forged `x-relay-session-ended` would end the expert's session).
     public var stripsRelayOwnedResponseHeaders = false
+    /// The next hop in words, for the engineer's error when it closes before answering
+    /// (`component "ui"`, `the tunnel to cluster "demo"`).
+    public var nextHop = "the next hop"
     private var reusable = false
     /// Set by the opener: the response head must come within `timeout` of the request's end, or
     /// the request fails with 504 `upstream_timeout` (the next hop accepted but never answered).

@@ -20,8 +20,12 @@ public struct TunnelLimits: Sendable, Equatable {
     public var maxHeaderListSize: Int = 64 * 1024
     /// Time allowed for TCP connect + TLS + websocket upgrade.
     public var handshakeTimeout: TimeAmount = .seconds(10)
-    /// A tunnel with no traffic sends an HTTP/2 PING after this long; no answer within the same time closes it.
-    public var keepaliveInterval: TimeAmount = .seconds(20)
+    /// A tunnel or session with no inbound frame for this long sends a websocket ping.
+    public var keepaliveInterval: TimeAmount = .seconds(10)
+    /// With no inbound frame for this long (the pong included) the peer is taken for gone (a
+    /// half-open connection: it vanished without FIN or RST) and the connection closes (1001):
+    /// its streams fail, the connector redials.
+    public var keepaliveTimeout: TimeAmount = .seconds(25)
     /// Stream resets (RST_STREAM) a tunnel accepts from its peer per `resetWindow`. A tunnel carries
     /// every expert of a cluster and both ends are authenticated, so this is sized for several
     /// sessions cancelling at full rate at once (NIOHTTP2's own default, 200, let one engineer's

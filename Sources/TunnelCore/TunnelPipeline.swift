@@ -25,7 +25,7 @@ public enum TunnelPipeline {
         try sync.addHandler(
             WebSocketByteStreamHandler(
                 role: websocketRole, maxOutboundFrameSize: limits.maxOutboundWebSocketFrameSize,
-                keepaliveInterval: limits.keepaliveInterval))
+                keepaliveInterval: limits.keepaliveInterval, keepaliveTimeout: limits.keepaliveTimeout))
         // A server's graceful drain (ChannelShouldQuiesceEvent): GOAWAY, a PING to learn which
         // streams the peer opened meanwhile, a second GOAWAY naming the last one served, then close
         // once they end, or `drainGrace` after the PING's answer. It counts streams through the

@@ -1,4 +1,5 @@
 import NIOCore
+import NIOSSL
 import NIOWebSocket
 
 /// Carries a byte stream (the HTTP/2 connection) in websocket binary messages.
@@ -30,20 +31,26 @@ public final class WebSocketByteStreamHandler: ChannelDuplexHandler, RemovableCh
     private var pending: ByteBuffer?
     private var pendingPromise: EventLoopPromise<Void>?
     private let keepaliveInterval: TimeAmount?
-    private var keepaliveTask: RepeatedTask?
-    private var sawInbound = false
-    private var pingOutstanding = false
+    private let keepaliveTimeout: TimeAmount
+    private var keepaliveTask: Scheduled<Void>?
+    /// When the peer last sent a frame (the event loop's clock), and whether a ping went out since.
+    private var lastInbound = NIODeadline.uptimeNanoseconds(0)
+    private var pinged = false
     private var pongInFlight = false
     /// The code and reason a plain `close()` sends (1000 unless a `WebSocketClosePlan` said otherwise).
     private var plannedClose = WebSocketCloseRequest(code: 1000, reason: "")
 
-    /// - Parameter keepaliveInterval: with no inbound frame for this long a ping is sent; with still
-    ///   nothing one interval later the tunnel is closed as dead. `nil` turns keepalive off.
-    public init(role: Role, maxOutboundFrameSize: Int = 1 << 16, keepaliveInterval: TimeAmount? = nil) {
+    /// - Parameters:
+    ///   - keepaliveInterval: with no inbound frame for this long a ping is sent. `nil` turns keepalive off.
+    ///   - keepaliveTimeout: with no inbound frame for this long (the pong included) the peer is
+    ///     taken for gone (a half-open connection: it vanished without FIN or RST) and the tunnel
+    ///     closes with 1001. At least twice the interval by default.
+    public init(role: Role, maxOutboundFrameSize: Int = 1 << 16, keepaliveInterval: TimeAmount? = nil, keepaliveTimeout: TimeAmount? = nil) {
         precondition(maxOutboundFrameSize > 0)
         self.role = role
         self.maxOutboundFrameSize = maxOutboundFrameSize
         self.keepaliveInterval = keepaliveInterval
+        self.keepaliveTimeout = keepaliveTimeout ?? (keepaliveInterval.map { $0 * 2 } ?? .seconds(60))
     }
 
     // MARK: keepalive
@@ -64,23 +71,44 @@ public final class WebSocketByteStreamHandler: ChannelDuplexHandler, RemovableCh
 
     private func startKeepalive(context: ChannelHandlerContext) {
         guard let interval = self.keepaliveInterval, self.keepaliveTask == nil else { return }
-        self.keepaliveTask = context.eventLoop.scheduleRepeatedTask(initialDelay: interval, delay: interval) { _ in
-            self.keepaliveTick(context: context)
-        }
+        self.lastInbound = context.eventLoop.now
+        self.checkKeepalive(context: context, at: self.lastInbound + interval)
+    }
+
+    /// One timer, re-armed at each check for the next moment that matters; frames only note the
+    /// time they came (no timer work per frame).
+    private func checkKeepalive(context: ChannelHandlerContext, at deadline: NIODeadline) {
+        self.keepaliveTask = context.eventLoop.scheduleTask(deadline: deadline) { self.keepaliveTick(context: context) }
     }
 
     private func keepaliveTick(context: ChannelHandlerContext) {
-        guard self.state == .open else { return }
-        if self.sawInbound {
-            self.sawInbound = false
-            self.pingOutstanding = false
-        } else if self.pingOutstanding {
-            self.fail(context: context, code: .goingAway, reason: "peer did not answer the keepalive ping")
-        } else {
-            self.pingOutstanding = true
+        guard self.state == .open, let interval = self.keepaliveInterval else { return }
+        let silence = context.eventLoop.now - self.lastInbound
+        if silence >= self.keepaliveTimeout {
+            // No close frame and no TLS goodbye: the peer is gone, and TLS would wait 5 s more for
+            // its close_notify before letting the socket go.
+            let seconds = self.keepaliveTimeout.nanoseconds / 1_000_000_000
+            self.state = .closed
+            context.fireErrorCaught(
+                WebSocketByteStreamError(code: .goingAway, reason: "no frame from the peer for \(seconds) s (keepalive_timeout): taken for gone"))
+            return Self.closeWithoutGoodbye(context)
+        }
+        if silence >= interval && !self.pinged {
+            self.pinged = true
             let ping = WebSocketFrame(
                 fin: true, opcode: .ping, maskKey: self.maskKey(), data: context.channel.allocator.buffer(string: "ka"))
             context.writeAndFlush(self.wrapOutboundOut(ping), promise: nil)
+        }
+        self.checkKeepalive(context: context, at: self.lastInbound + (self.pinged ? self.keepaliveTimeout : interval))
+    }
+
+    /// Closes the socket under TLS (from the TLS handler's place in the pipeline), skipping its
+    /// close_notify exchange.
+    static func closeWithoutGoodbye(_ context: ChannelHandlerContext) {
+        if let tls = try? context.pipeline.syncOperations.context(handlerType: NIOSSLHandler.self) {
+            tls.close(promise: nil)
+        } else {
+            context.close(promise: nil)
         }
     }
 
@@ -89,7 +117,10 @@ public final class WebSocketByteStreamHandler: ChannelDuplexHandler, RemovableCh
     public func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         let frame = self.unwrapInboundIn(data)
         guard self.state != .closed else { return }
-        self.sawInbound = true
+        if self.keepaliveInterval != nil {
+            self.lastInbound = context.eventLoop.now
+            self.pinged = false
+        }
         if frame.rsv1 || frame.rsv2 || frame.rsv3 {
             return self.fail(context: context, code: .protocolError, reason: "reserved bits set without an extension")
         }

@@ -23,11 +23,13 @@ enum TestCerts {
     /// An unrelated CA, with its own relay certificate.
     static let other: String = make("other")
 
-    private static func make(_ name: String) -> String {
+    /// - Parameter extraSAN: more names for the relay's certificate (`IP:10.0.0.1`).
+    static func make(_ name: String, extraSAN: String? = nil) -> String {
         let dir = FileManager.default.temporaryDirectory.appendingPathComponent("relay-test-certs-\(getpid())-\(name)").path
         let process = Process()
         process.executableURL = URL(fileURLWithPath: "/bin/bash")
         process.arguments = [repoRoot.appendingPathComponent("Certs/make-dev-certs.sh").path, dir]
+        if let extraSAN { process.environment = ProcessInfo.processInfo.environment.merging(["EXTRA_SAN": extraSAN]) { $1 } }
         process.standardOutput = FileHandle.nullDevice
         try! process.run()
         process.waitUntilExit()

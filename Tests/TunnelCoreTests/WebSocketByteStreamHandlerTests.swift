@@ -9,13 +9,13 @@ import Testing
 @Suite struct WebSocketByteStreamHandlerTests {
     /// A server-side tunnel end: raw bytes in, frames decoded by NIO's decoder, bytes out of the adapter.
     func makeChannel(maxFrameSize: Int = 1 << 16, outbound: Int = 1 << 16, role: WebSocketByteStreamHandler.Role = .server,
-                     keepalive: TimeAmount? = nil) throws -> EmbeddedChannel {
+                     keepalive: TimeAmount? = nil, keepaliveTimeout: TimeAmount? = nil) throws -> EmbeddedChannel {
         let channel = EmbeddedChannel()
         try channel.pipeline.syncOperations.addHandlers([
             ByteToMessageHandler(WebSocketFrameDecoder(maxFrameSize: maxFrameSize)),
             WebSocketFrameEncoder(),
             WebSocketProtocolErrorHandler(isServer: role == .server),
-            WebSocketByteStreamHandler(role: role, maxOutboundFrameSize: outbound, keepaliveInterval: keepalive),
+            WebSocketByteStreamHandler(role: role, maxOutboundFrameSize: outbound, keepaliveInterval: keepalive, keepaliveTimeout: keepaliveTimeout),
         ])
         try channel.connect(to: SocketAddress(ipAddress: "127.0.0.1", port: 1)).wait()
         return channel
@@ -179,18 +179,36 @@ import Testing
         #expect(self.closeCode(frames.last) == .normalClosure)
     }
 
-    @Test func silentPeerIsPingedThenDroppedAfterTwoIntervals() throws {
-        let channel = try self.makeChannel(keepalive: .seconds(20))
+    /// The defaults: a ping after 10 s of silence, the peer taken for gone after 25 s.
+    @Test func aSilentPeerIsPingedAfterTheIntervalAndDroppedAtTheTimeout() throws {
+        let limits = TunnelLimits()
+        let channel = try self.makeChannel(keepalive: limits.keepaliveInterval, keepaliveTimeout: limits.keepaliveTimeout)
         let loop = channel.embeddedEventLoop
-        loop.advanceTime(by: .seconds(19))
+        loop.advanceTime(by: .milliseconds(9_999))
         #expect(try self.outboundFrames(channel).isEmpty)
-        loop.advanceTime(by: .seconds(1))
+        loop.advanceTime(by: .milliseconds(1))
         #expect(try self.outboundFrames(channel).map(\.opcode) == [.ping])
+        loop.advanceTime(by: .milliseconds(14_999))
+        #expect(try self.outboundFrames(channel).isEmpty, "one ping per silence")
         #expect(channel.isActive)
-        loop.advanceTime(by: .seconds(20))
-        let frames = try self.outboundFrames(channel)
-        #expect(frames.last?.opcode == .connectionClose)
-        #expect(self.closeCode(frames.last) == .goingAway)
+        loop.advanceTime(by: .milliseconds(1))
+        #expect(try self.outboundFrames(channel).isEmpty, "no close frame to a peer taken for gone: the socket just closes")
+        #expect(!channel.isActive)
+    }
+
+    /// The timeout counts from the peer's last frame: a pong (any frame) starts it again.
+    @Test func aFrameFromThePeerStartsTheSilenceAgain() throws {
+        let channel = try self.makeChannel(keepalive: .seconds(10), keepaliveTimeout: .seconds(25))
+        let loop = channel.embeddedEventLoop
+        loop.advanceTime(by: .seconds(10))
+        #expect(try self.outboundFrames(channel).map(\.opcode) == [.ping])
+        loop.advanceTime(by: .seconds(5))
+        try channel.writeInbound(try self.wire([self.frame(.pong, "ka")]))
+        loop.advanceTime(by: .seconds(10))
+        #expect(try self.outboundFrames(channel).map(\.opcode) == [.ping], "a new silence, a new ping")
+        loop.advanceTime(by: .milliseconds(14_999))
+        #expect(channel.isActive)
+        loop.advanceTime(by: .milliseconds(1))
         #expect(!channel.isActive)
     }
 
