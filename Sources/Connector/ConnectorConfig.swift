@@ -112,6 +112,8 @@ public struct ConnectorConfig: Sendable {
     /// A component's response head must come within this long of the request's end, or the
     /// request fails with 504 `upstream_timeout` (`upstream_timeout`; read at start).
     public var upstreamTimeoutMilliseconds: Int64 = 60_000
+    /// The HTTP proxy every connection to the relay goes through (CONNECT), if any (`relay.proxy`).
+    public var proxy: OutboundProxy?
 
     public init(
         nodeID: String, sourceType: String = "server", credentialFile: String, relayURL: WebSocketURL, caFile: String,
@@ -204,6 +206,7 @@ public struct ConnectorConfig: Sendable {
         backoff.graceMilliseconds = try relay.durationMilliseconds(
             "reconnect_grace", default: backoff.graceMilliseconds, range: 0...3_600_000)
         let drain = try relay.durationMilliseconds("drain_timeout", default: 10_000, range: 0...600_000)
+        let proxy = try Self.proxy(relay)
         try relay.finish()
 
         var heartbeat = HeartbeatStateMachine.Configuration()
@@ -289,7 +292,65 @@ public struct ConnectorConfig: Sendable {
             allowedRelayHosts: allowedHosts)
         config.drainMilliseconds = drain
         config.upstreamTimeoutMilliseconds = upstreamTimeout
+        config.proxy = proxy
         return config
+    }
+
+    /// `relay.proxy`: `http://host:port`, or `{url, username, password_file, no_proxy}`; url
+    /// `environment` takes HTTPS_PROXY and NO_PROXY. The password comes from password_file or env
+    /// CONNECTOR_PROXY_PASSWORD, never from connector.yaml itself.
+    static func proxy(_ relay: ConfigMap, environment: [String: String] = ProcessInfo.processInfo.environment) throws -> OutboundProxy? {
+        guard relay.has("proxy") else { return nil }
+        var url: String
+        var username: String?
+        var passwordFile: String?
+        var noProxy: [String] = []
+        var scope = relay
+        var key = "proxy"
+        if let map = try? relay.map("proxy") {
+            url = try map.requiredString("url")
+            username = try map.string("username")
+            passwordFile = try map.filePath("password_file")
+            noProxy = try map.strings("no_proxy")
+            try map.finish()
+            scope = map
+            key = "url"
+        } else {
+            url = try relay.requiredString("proxy")
+        }
+        var proxy: OutboundProxy
+        do {
+            if url == "environment" {
+                guard let found = try OutboundProxy.fromEnvironment(environment) else {
+                    throw OutboundProxyError(message: "is environment, but HTTPS_PROXY is not set")
+                }
+                proxy = found
+                proxy.noProxy += noProxy
+            } else {
+                proxy = try OutboundProxy(url: url, noProxy: noProxy)
+                if proxy.password != nil {
+                    throw OutboundProxyError(message: "must not hold a password: give it in password_file or env CONNECTOR_PROXY_PASSWORD")
+                }
+            }
+        } catch let error as OutboundProxyError {
+            throw scope.error(key, error.message)
+        }
+        if let username {
+            proxy.username = username
+            if let passwordFile {
+                guard let data = FileManager.default.contents(atPath: passwordFile), let text = String(data: data, encoding: .utf8) else {
+                    throw scope.error("password_file", "cannot read \(passwordFile)")
+                }
+                proxy.password = text.trimmingCharacters(in: .whitespacesAndNewlines)
+            } else if let text = environment["CONNECTOR_PROXY_PASSWORD"] {
+                proxy.password = text
+            } else {
+                throw scope.error("username", "needs a password: password_file, or env CONNECTOR_PROXY_PASSWORD")
+            }
+        } else if passwordFile != nil {
+            throw scope.error("password_file", "needs a username")
+        }
+        return proxy
     }
 
     /// `pass_headers`: names from the stripped list only, so a typo cannot pass silently.

@@ -54,7 +54,7 @@ public enum ConnectorRegistration {
     public static func register(
         config: ConnectorConfig, enrollmentToken: String, group: EventLoopGroup, logger: Logger
     ) async throws -> ConnectorCredential {
-        let client = try APIClient(base: config.relayURL, caFile: config.caFile, bearer: nil, group: group)
+        let client = try APIClient(base: config.relayURL, caFile: config.caFile, bearer: nil, group: group, proxy: config.proxy)
         let answer: RegisterResponse = try await client.post(
             APIPath.register, RegisterRequest(enrollmentToken: enrollmentToken, nodeID: config.nodeID))
         let credential = ConnectorCredential(clusterID: answer.clusterID, nodeID: answer.nodeID, credential: answer.credential)

@@ -44,7 +44,7 @@ public final class ConnectorRuntime: Sendable {
         privacy.onEnded { tunnels.tellRelay($0) }
         let api = ControlAPI(
             privacy: privacy, credential: credential, tunnels: { tunnels.connectedURLs },
-            lastAnswer: { (driver.lastAnswerAt, driver.lastAnswer?.remoteUIRequested) },
+            lastAnswer: { (driver.lastAnswerAt, driver.lastAnswer?.remoteUIRequested, driver.lastFailure) },
             reload: { actor, mode in try Self.reload(privacy: privacy, path: configPath, actor: actor, mode: mode, logger: logger) },
             configFile: { configPath.map(Self.check) }, decided: { driver.relayMustLearn() }, refresh: { driver.heartbeatNow() })
         self.control = try await ControlServer.start(api: api, config: config, group: group)

@@ -28,6 +28,8 @@ public struct ConnectorStatus: Codable, Sendable, Equatable {
     public var tunnels: [String]
     public var remoteUIRequested: Bool?
     public var lastHeartbeatAt: Date?
+    /// Why the last heartbeat failed (a proxy refusing, the relay unreachable); nil once one is answered.
+    public var heartbeatFailure: String?
     public var liveSessions: Int
     public var pendingRequests: Int
     public var auditDirectory: String

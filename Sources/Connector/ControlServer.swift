@@ -65,7 +65,7 @@ public struct ControlAPI: Sendable {
     let privacy: PrivacyGuard
     let credential: ConnectorCredential
     let tunnels: @Sendable () -> [String]
-    let lastAnswer: @Sendable () -> (at: Date?, flag: Bool?)
+    let lastAnswer: @Sendable () -> (at: Date?, flag: Bool?, failure: String?)
     let reload: @Sendable (_ actor: String, _ mode: ModeChange?) throws -> SettingsApplied
     let configFile: @Sendable () -> ConfigFileCheck?
     let decided: @Sendable () -> Void
@@ -78,7 +78,7 @@ public struct ControlAPI: Sendable {
     ///   - refresh: asks the relay now (`requests list --watch`).
     public init(
         privacy: PrivacyGuard, credential: ConnectorCredential, tunnels: @escaping @Sendable () -> [String],
-        lastAnswer: @escaping @Sendable () -> (at: Date?, flag: Bool?),
+        lastAnswer: @escaping @Sendable () -> (at: Date?, flag: Bool?, failure: String?),
         reload: @escaping @Sendable (_ actor: String, _ mode: ModeChange?) throws -> SettingsApplied,
         configFile: @escaping @Sendable () -> ConfigFileCheck?, decided: @escaping @Sendable () -> Void, refresh: @escaping @Sendable () -> Void
     ) {
@@ -107,7 +107,7 @@ public struct ControlAPI: Sendable {
                 ConnectorStatus(
                     cluster: self.credential.clusterID, node: self.credential.nodeID, mode: self.privacy.mode, modeSource: source,
                     components: config.components.map(\.name).sorted(), tunnels: self.tunnels(), remoteUIRequested: last.flag,
-                    lastHeartbeatAt: last.at, liveSessions: self.privacy.sessions.filter { $0.endReason == nil }.count,
+                    lastHeartbeatAt: last.at, heartbeatFailure: last.failure, liveSessions: self.privacy.sessions.filter { $0.endReason == nil }.count,
                     pendingRequests: self.privacy.requests.pending.count, auditDirectory: config.audit.directory,
                     auditFailure: self.privacy.audit.failure.map { "failing since \(Timestamp.text($0.since)): \($0.message)" },
                     modeOverride: self.privacy.modeOverride, configFile: file?.path, configFileMode: file?.mode, configProblem: file?.problem,

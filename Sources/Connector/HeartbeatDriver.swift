@@ -30,6 +30,7 @@ public final class HeartbeatDriver: Service, Sendable {
         case timer(Alarm, milliseconds: Int64)
     }
     private let last = NIOLockedValueBox<(answer: HeartbeatResponse, at: Date)?>(nil)
+    private let failure = NIOLockedValueBox<String?>(nil)
     private let tunnels = NIOLockedValueBox<TunnelConnector?>(nil)
     /// The tunnel URLs last ignored (logged once, not on every heartbeat).
     private let lastDropped = NIOLockedValueBox<[String]>([])
@@ -42,7 +43,7 @@ public final class HeartbeatDriver: Service, Sendable {
         self.config = config
         self.privacy = privacy
         self.credential = credential
-        self.client = try APIClient(base: config.relayURL, caFile: config.caFile, bearer: credential.credential, group: group)
+        self.client = try APIClient(base: config.relayURL, caFile: config.caFile, bearer: credential.credential, group: group, proxy: config.proxy)
         self.clock = clock
         self.logger = logger
         (self.jobs, self.jobsContinuation) = AsyncStream.makeStream(of: Job.self)
@@ -108,6 +109,9 @@ public final class HeartbeatDriver: Service, Sendable {
     /// The relay's last answer (for status output and tests).
     public var lastAnswer: HeartbeatResponse? { self.last.withLockedValue { $0?.answer } }
 
+    /// Why the last heartbeat failed; nil once one is answered (for `connector status`).
+    public var lastFailure: String? { self.failure.withLockedValue { $0 } }
+
     /// Exactly what leaves the connector in a heartbeat: identifiers, version, the privacy settings
     /// (component names, never addresses) and the node's health.
     /// and the customer's decisions the relay has not taken yet.
@@ -158,6 +162,7 @@ public final class HeartbeatDriver: Service, Sendable {
                     config: config, credential: self.credential, health: self.health.sample(), mode: self.privacy.mode,
                     decisions: decisions))
             self.last.withLockedValue { $0 = (answer, self.privacy.clock()) }
+            self.failure.withLockedValue { $0 = nil }
             defer { self.answers.withLockedValue { $0 += 1 } }
             self.privacy.heartbeatAnswered(pending: answer.pendingApprovals, sent: decisions)
             // Requests the relay ended, before any tunnel closes for them: sessions end with the relay's reason.
@@ -187,6 +192,7 @@ public final class HeartbeatDriver: Service, Sendable {
         } catch {
             guard !Task.isCancelled else { return }  // shutting down
             self.logger.warning("heartbeat failed", metadata: ["error": "\(error)"])
+            self.failure.withLockedValue { $0 = "\(error)" }
             self.perform(self.machine.withLockedValue { $0.failed(jitter: jitter) })
         }
     }

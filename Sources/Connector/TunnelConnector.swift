@@ -242,7 +242,7 @@ public final class TunnelConnector: Service, Sendable {
         let logger = self.logger
         let controls = self.controls
         let peerClose = NIOLockedValueBox<WebSocketPeerClosed?>(nil)
-        let channel = try await WebSocketDialer.dial(url: url, headers: headers, tls: self.tls, limits: limits, group: self.group) { channel in
+        let channel = try await WebSocketDialer.dial(url: url, headers: headers, tls: self.tls, limits: limits, group: self.group, proxy: self.config.proxy) { channel in
             let tunnelID = ObjectIdentifier(channel)
             channel.closeFuture.whenComplete { _ in _ = controls.withLockedValue { $0.removeValue(forKey: tunnelID) } }
             // The relay's control stream: what it ends (sessions, requests), this connector records

@@ -41,9 +41,15 @@ public struct APIClient: Sendable {
     private let timeout: TimeAmount
     /// How errors name the other side.
     private let peer: String
+    private let proxy: OutboundProxy?
 
     /// - Parameter base: `https://host:port` (a `wss://` URL of the same relay works too).
-    public init(base: WebSocketURL, caFile: String?, caSetting: String = "relay.ca_file", bearer: String?, group: EventLoopGroup, timeout: TimeAmount = .seconds(15)) throws {
+    /// - Parameter proxy: the HTTP proxy to reach the relay through (CONNECT), if any.
+    public init(
+        base: WebSocketURL, caFile: String?, caSetting: String = "relay.ca_file", bearer: String?, group: EventLoopGroup,
+        timeout: TimeAmount = .seconds(15), proxy: OutboundProxy? = nil
+    ) throws {
+        self.proxy = proxy
         self.base = base
         self.tls = try TLSFiles.clientContext(caFile: caFile, setting: caSetting)
         self.socketPath = nil
@@ -55,6 +61,7 @@ public struct APIClient: Sendable {
 
     /// A client of the HTTP/1.1 JSON endpoint on the Unix socket at `socketPath`.
     public init(socketPath: String, peer: String, group: EventLoopGroup, timeout: TimeAmount = .seconds(15)) throws {
+        self.proxy = nil
         self.base = try WebSocketURL(parsing: "https://localhost:1", acceptHTTPS: true)
         self.tls = nil
         self.socketPath = socketPath
@@ -96,24 +103,25 @@ public struct APIClient: Sendable {
         let peer = self.peer
         let channel: Channel
         do {
-            let bootstrap = ClientBootstrap(group: self.group)
-                .connectTimeout(self.timeout)
-                .channelInitializer { channel in
-                    channel.eventLoop.makeCompletedFuture {
-                        if let tls {
-                            try channel.pipeline.syncOperations.addHandler(NIOSSLClientHandler(context: tls, serverHostname: url.serverHostname))
-                        }
-                        try channel.pipeline.syncOperations.addHTTPClientHandlers()
-                        try channel.pipeline.syncOperations.addHandler(collector)
-                    }
+            let configure: @Sendable (Channel) throws -> Void = { channel in
+                if let tls {
+                    try channel.pipeline.syncOperations.addHandler(NIOSSLClientHandler(context: tls, serverHostname: url.serverHostname))
                 }
+                try channel.pipeline.syncOperations.addHTTPClientHandlers()
+                try channel.pipeline.syncOperations.addHandler(collector)
+            }
             if let socketPath = self.socketPath {
-                channel = try await bootstrap.connect(unixDomainSocketPath: socketPath).get()
+                channel = try await ClientBootstrap(group: self.group).connectTimeout(self.timeout)
+                    .channelInitializer { channel in channel.eventLoop.makeCompletedFuture { try configure(channel) } }
+                    .connect(unixDomainSocketPath: socketPath).get()
             } else {
-                channel = try await bootstrap.connect(host: url.host, port: url.port).get()
+                channel = try await OutboundConnection.open(
+                    host: url.host, port: url.port, proxy: self.proxy, loop: self.group.next(), timeout: self.timeout, configure: configure
+                ).get()
             }
         } catch {
-            let failure = APIError(kind: .unreachable, message: "cannot reach \(peer): \(describeConnectionError(error))")
+            let why = (error as? OutboundProxyError)?.message ?? describeConnectionError(error)
+            let failure = APIError(kind: .unreachable, message: "cannot reach \(peer): \(why)")
             collector.fail(failure)  // its promise must complete even though no channel ever used it
             throw failure
         }

@@ -110,6 +110,7 @@ public enum WebSocketDialer {
         tls: NIOSSLContext,
         limits: TunnelLimits,
         group: EventLoopGroup,
+        proxy: OutboundProxy? = nil,
         upgraded: (@Sendable (HTTPHeaders) -> Void)? = nil,
         afterUpgrade: @escaping @Sendable (Channel) throws -> Result
     ) -> EventLoopFuture<(Channel, Result)> {
@@ -126,24 +127,22 @@ public enum WebSocketDialer {
         requestHeaders.replaceOrAdd(name: "content-length", value: "0")
         let head = HTTPRequestHead(version: .http1_1, method: .GET, uri: url.path, headers: requestHeaders)
 
-        let bootstrap = ClientBootstrap(group: loop)
-            .connectTimeout(limits.handshakeTimeout)
-            .channelOption(ChannelOptions.socketOption(.so_keepalive), value: 1)
-            .channelInitializer { channel in
-                channel.eventLoop.makeCompletedFuture {
-                    try channel.pipeline.syncOperations.addHandler(
-                        NIOSSLClientHandler(context: tls, serverHostname: url.serverHostname))
-                    try Self.configureUpgrade(
-                        channel: channel, head: head, url: url, limits: limits, promise: promise, upgraded: upgraded, afterUpgrade: afterUpgrade)
-                }
-            }
-        bootstrap.connect(host: url.host, port: url.port).whenComplete { result in
+        OutboundConnection.open(
+            host: url.host, port: url.port, proxy: proxy, loop: loop, timeout: limits.handshakeTimeout,
+            options: { $0.channelOption(ChannelOptions.socketOption(.so_keepalive), value: 1) }
+        ) { channel in
+            try channel.pipeline.syncOperations.addHandler(NIOSSLClientHandler(context: tls, serverHostname: url.serverHostname))
+            try Self.configureUpgrade(
+                channel: channel, head: head, url: url, limits: limits, promise: promise, upgraded: upgraded, afterUpgrade: afterUpgrade)
+        }.whenComplete { result in
             switch result {
             case .success(let channel):
                 promise.futureResult.whenFailure { _ in channel.close(promise: nil) }
                 channel.closeFuture.whenComplete { _ in
                     promise.fail(DialError(kind: .failed, message: "\(url): connection closed during the handshake"))
                 }
+            case .failure(let error as OutboundProxyError):
+                promise.fail(DialError(kind: .failed, message: "\(url): \(error.message)"))
             case .failure(let error):
                 promise.fail(DialError(kind: .failed, message: "\(url): \(describeConnectionError(error))"))
             }
@@ -198,10 +197,23 @@ private final class UpgradeRequester: ChannelInboundHandler, RemovableChannelHan
         self.url = url
     }
 
+    func handlerAdded(context: ChannelHandlerContext) {
+        // Added to a connection that is already up (through a proxy): send now.
+        if context.channel.isActive { self.sendRequest(context: context) }
+    }
+
     func channelActive(context: ChannelHandlerContext) {
+        self.sendRequest(context: context)
+        context.fireChannelActive()
+    }
+
+    private var sent = false
+
+    private func sendRequest(context: ChannelHandlerContext) {
+        guard !self.sent else { return }
+        self.sent = true
         context.write(self.wrapOutboundOut(.head(self.head)), promise: nil)
         context.writeAndFlush(self.wrapOutboundOut(.end(nil)), promise: nil)
-        context.fireChannelActive()
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {

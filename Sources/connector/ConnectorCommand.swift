@@ -44,7 +44,8 @@ struct Run: AsyncParsableCommand {
         let config = try ConnectorConfig.load(path: self.options.config)
         let credential = try ConnectorCredential.load(path: config.credentialFile)
         if self.checkConfig {
-            print("\(self.options.config): OK (\(credential), \(config.components.count) components, mode \(config.privacyMode.rawValue))")
+            let proxy = config.proxy.map { ", through the proxy \($0)" } ?? ""
+            print("\(self.options.config): OK (\(credential), \(config.components.count) components, mode \(config.privacyMode.rawValue)\(proxy))")
             return
         }
         let runtime = try await ConnectorRuntime(
@@ -56,6 +57,7 @@ struct Run: AsyncParsableCommand {
                 metadata: [
                     "cluster": "\(credential.clusterID)", "node": "\(credential.nodeID)", "relay": "\(config.relayURL.httpsBase)",
                     "mode": "\(runtime.privacy.mode.rawValue)", "control": "\(runtime.control.path)", "audit": "\(config.audit.directory)",
+                    "proxy": "\(config.proxy.map { "\($0)" } ?? "none")",
                 ])
         }
         var services = ServiceGroupConfiguration(

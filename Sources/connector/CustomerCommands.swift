@@ -90,6 +90,7 @@ struct Status: AsyncParsableCommand {
         }
         print("components: \(status.components.joined(separator: ", "))")
         print("last heartbeat: \(HumanFormat.time(status.lastHeartbeatAt)), access requested: \(status.remoteUIRequested.map { $0 ? "yes" : "no" } ?? "-")")
+        if let failure = status.heartbeatFailure { print("HEARTBEATS FAIL: \(failure)") }
         print("tunnels: \(status.tunnels.isEmpty ? "none" : status.tunnels.joined(separator: ", "))")
         print("live sessions: \(status.liveSessions), requests waiting for approval: \(status.pendingRequests)")
         print("audit log: \(status.auditDirectory)")

@@ -168,6 +168,26 @@ private func edit(_ yaml: String, replace old: String? = nil, with new: String) 
         #expect(try ConnectorConfig.parse(yaml: noMode, file: "/c.yaml").privacyMode == .approvedOnly)
     }
 
+    /// `relay.proxy`: a URL, or a map with credentials from a file and a no_proxy list.
+    @Test func theProxyIsReadWithItsPasswordFromAFile() throws {
+        let folder = FileManager.default.temporaryDirectory.appendingPathComponent("proxy-config-\(UUID().uuidString)").path
+        try FileManager.default.createDirectory(atPath: folder, withIntermediateDirectories: true)
+        try "s3cret-proxy-password\n".write(toFile: folder + "/proxy.pass", atomically: true, encoding: .utf8)
+        let short = try ConnectorConfig.parse(
+            yaml: edit(goodConnector, replace: "  ca_file: ca.pem", with: "  ca_file: ca.pem\n  proxy: http://proxy.corp:3128"), file: folder + "/c.yaml")
+        #expect(short.proxy == OutboundProxy(host: "proxy.corp", port: 3128))
+        let full = try ConnectorConfig.parse(
+            yaml: edit(
+                goodConnector, replace: "  ca_file: ca.pem",
+                with: "  ca_file: ca.pem\n  proxy:\n    url: http://proxy.corp:8080\n    username: svc\n    password_file: proxy.pass\n    no_proxy: [relay.lan]"),
+            file: folder + "/c.yaml")
+        let proxy = try #require(full.proxy)
+        #expect(proxy.username == "svc" && proxy.password == "s3cret-proxy-password" && proxy.noProxy == ["relay.lan"])
+        #expect("\(proxy)" == "http://proxy.corp:8080 (basic auth as svc)", "the password never prints")
+        #expect(!proxy.applies(to: "relay.lan") && !proxy.applies(to: "a.relay.lan") && proxy.applies(to: "relay.example.com"))
+        #expect(!OutboundProxy(host: "p", port: 1, noProxy: ["*"]).applies(to: "anything"))
+    }
+
     @Test func shippedExampleIsValid() throws {
         let path = repoRoot.appendingPathComponent("Config/connector.yaml").path
         let text = try String(contentsOfFile: path, encoding: .utf8)
@@ -190,6 +210,10 @@ private func edit(_ yaml: String, replace old: String? = nil, with new: String) 
         BadConfig(edit(goodConnector, replace: "  ca_file: ca.pem", with: "  ca_file: ca.pem\n  reconnect_initial: 5s\n  reconnect_max: 1s"),
          "relay.reconnect_max", "between"),
         BadConfig(edit(goodConnector, replace: "  ca_file: ca.pem", with: "  ca_file: ca.pem\n  drain_timeout: 2h"), "relay.drain_timeout", "between"),
+        BadConfig(edit(goodConnector, replace: "  ca_file: ca.pem", with: "  ca_file: ca.pem\n  proxy: https://proxy:3128"), "relay.proxy", "http:// URL"),
+        BadConfig(edit(goodConnector, replace: "  ca_file: ca.pem", with: "  ca_file: ca.pem\n  proxy: http://svc:hunter2hunter2@proxy:3128"), "relay.proxy", "password_file"),
+        BadConfig(edit(goodConnector, replace: "  ca_file: ca.pem", with: "  ca_file: ca.pem\n  proxy:\n    url: http://proxy:3128\n    username: svc"), "relay.proxy.username", "needs a password"),
+        BadConfig(edit(goodConnector, replace: "  ca_file: ca.pem", with: "  ca_file: ca.pem\n  proxy:\n    url: http://proxy:3128\n    password_file: pw"), "relay.proxy.password_file", "needs a username"),
         BadConfig(edit(goodConnector, replace: "  ca_file: ca.pem", with: "  ca_file: ca.pem\n  reconnect_grace: later"), "relay.reconnect_grace", "duration"),
         BadConfig(edit(goodConnector, replace: "  ui: http://127.0.0.1:8080", with: "  ui: https://127.0.0.1:8080"), "components.ui", "http://"),
         BadConfig(edit(goodConnector, replace: "  ui: http://127.0.0.1:8080", with: "  ui: http://user:pw@127.0.0.1:8080"), "components.ui", "no credentials"),
