@@ -64,7 +64,8 @@ class Stack:
                                  f"  private_key_file: relay.key\ndata_dir: relay-data\n{limits_block}")
         self.write("connector.yaml", f"node_id: n1\ncredential_file: credential.json\nrelay:\n"
                                      f"  url: https://127.0.0.1:{self.relay_port}\n  ca_file: ca.pem\n"
-                                     f"heartbeat:\n  interval: {heartbeat}\ncomponents:\n  ui: http://127.0.0.1:{component_port}\n"
+                                     f"heartbeat:\n  interval: {heartbeat}\nprivacy:\n  mode: all\n"
+                                     f"components:\n  ui: http://127.0.0.1:{component_port}\n"
                                      f"{limits_block}")
         self.start("relay", [f"{bin_dir}/relay", "--config", f"{work}/relay.yaml", "--log-level", "warning"])
         wait_port(self.relay_port)

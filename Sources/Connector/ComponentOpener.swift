@@ -25,28 +25,46 @@ struct ComponentOpener: Sendable {
     /// `head.uri` is the policy's normalised origin-form target.
     func open(_ head: HTTPRequestHead, _ upstream: ProxyUpstreamHandler, component: Component) -> EventLoopFuture<HTTPRequestHead> {
         let loop = upstream.downstreamEventLoop
-        let name = component.name
-        // Pooled connections are per address: a reload that moves a component never reuses the old one.
-        let poolKey = "\(name) \(component.authority)"
         var forwarded = head
         forwarded.version = .http1_1
         forwarded.uri = component.basePath + head.uri
         forwarded.headers.replaceOrAdd(name: "host", value: component.authority)
-        let pool = self.pool
-        upstream.whenDone = .release { channel in pool.release(channel, component: poolKey) }
-        upstream.stripsRelayOwnedResponseHeaders = true
-        upstream.nextHop = "component \"\(name)\""
-        upstream.responseDeadline = .init(deadlines: self.deadlines, timeout: self.responseTimeout, what: "component \"\(name)\"")
-
-        if let idle = pool.take(component: poolKey, loop: loop) {
+        self.prepare(upstream, component: component)
+        if let idle = self.pool.take(component: Self.poolKey(component), loop: loop) {
             do {
                 try idle.pipeline.syncOperations.addHandler(upstream)
+                // The component may be closing this idle connection right now (its keep-alive
+                // timeout): a request it never answers goes once more on a fresh one.
+                let sent = forwarded
+                upstream.freshRetry = { fresh in
+                    self.prepare(fresh, component: component)
+                    return self.connect(sent, fresh, component: component)
+                }
                 return loop.makeSucceededFuture(forwarded)
             } catch {
                 idle.close(promise: nil)
             }
         }
-        return ClientBootstrap(group: loop)
+        return self.connect(forwarded, upstream, component: component)
+    }
+
+    /// Pooled connections are per address: a reload that moves a component never reuses the old one.
+    private static func poolKey(_ component: Component) -> String { "\(component.name) \(component.authority)" }
+
+    /// What every connection to a component does with its request's end, its response and its errors.
+    private func prepare(_ upstream: ProxyUpstreamHandler, component: Component) {
+        let pool = self.pool
+        let key = Self.poolKey(component)
+        upstream.whenDone = .release { channel in pool.release(channel, component: key) }
+        upstream.stripsRelayOwnedResponseHeaders = true
+        upstream.nextHop = "component \"\(component.name)\""
+        upstream.responseDeadline = .init(deadlines: self.deadlines, timeout: self.responseTimeout, what: "component \"\(component.name)\"")
+    }
+
+    /// A new connection to the component, carrying `upstream`.
+    private func connect(_ forwarded: HTTPRequestHead, _ upstream: ProxyUpstreamHandler, component: Component) -> EventLoopFuture<HTTPRequestHead> {
+        let name = component.name
+        return ClientBootstrap(group: upstream.downstreamEventLoop)
             .connectTimeout(self.connectTimeout)
             .channelOption(ChannelOptions.socketOption(.tcp_nodelay), value: 1)
             .channelInitializer { channel in

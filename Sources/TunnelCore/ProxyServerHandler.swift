@@ -26,6 +26,8 @@ public struct ProxyExchangeRecord: Sendable {
     public var responseBodyBytes: Int
     public var duration: TimeAmount
     public var outcome: Outcome
+    /// The reused connection closed before answering, and the request was sent again on a fresh one.
+    public var retried = false
 }
 
 /// The client-facing half of a proxy hop, used at every hop of the product: relayctl's local listener,
@@ -46,7 +48,9 @@ public final class ProxyServerHandler: ChannelDuplexHandler {
 
     private final class Exchange {
         let head: HTTPRequestHead
-        let upstream: ProxyUpstreamHandler
+        var upstream: ProxyUpstreamHandler
+        /// Sent once more on a fresh connection after the reused one closed before answering.
+        var retried = false
         let started = NIODeadline.now()
         var phase = Phase.opening
         var buffered: [HTTPClientRequestPart] = []
@@ -319,10 +323,40 @@ public final class ProxyServerHandler: ChannelDuplexHandler {
             self.report(exchange)
             self.exchange = nil
             self.context?.close(promise: nil)
+        } else if let retry = upstream.freshRetry, !exchange.retried, exchange.requestEnded, exchange.requestBytes == 0,
+            exchange.head.method.isIdempotent
+        {
+            self.retry(exchange, with: retry)
         } else if let timedOut = error as? UpstreamTimedOut {
             self.refuse(exchange, ProxyRefusal(.gatewayTimeout, code: "upstream_timeout", message: "\(timedOut); it may be busy or stuck"))
         } else {
             self.refuse(exchange, .badGateway("\(upstream.nextHop) closed before answering: \(describe(error))"))
+        }
+    }
+
+    /// Sends the request again on a fresh connection: it has no body and nothing of the answer
+    /// came, so nothing is lost or done twice by an idempotent method.
+    private func retry(_ exchange: Exchange, with open: @Sendable (ProxyUpstreamHandler) -> EventLoopFuture<HTTPRequestHead>) {
+        guard let context = self.context else { return }
+        let fresh = ProxyUpstreamHandler(server: self, serverLoop: context.eventLoop)
+        exchange.retried = true
+        exchange.upstream = fresh
+        let failed = exchange.upstream.nextHop
+        open(fresh).hop(to: context.eventLoop).whenComplete { [self] result in
+            guard self.exchange === exchange, exchange.upstream === fresh else {
+                if case .success = result { fresh.abort() }
+                return
+            }
+            switch result {
+            case .success(var head):
+                head.headers.removeHopByHop()
+                fresh.send(.head(head))
+                fresh.send(.end(nil))
+                fresh.flush()
+                fresh.downstreamWritabilityChanged(self.context?.channel.isWritable ?? true)
+            case .failure(let error):
+                self.refuse(exchange, error as? ProxyRefusal ?? .badGateway("\(failed) closed before answering, and a fresh connection failed: \(error)"))
+            }
         }
     }
 
@@ -371,7 +405,17 @@ public final class ProxyServerHandler: ChannelDuplexHandler {
     private func record(_ exchange: Exchange) -> ProxyExchangeRecord {
         ProxyExchangeRecord(
             head: exchange.head, status: exchange.status, responseHeaders: exchange.responseHeaders, requestBodyBytes: exchange.requestBytes,
-            responseBodyBytes: exchange.responseBytes, duration: .now() - exchange.started, outcome: exchange.outcome)
+            responseBodyBytes: exchange.responseBytes, duration: .now() - exchange.started, outcome: exchange.outcome, retried: exchange.retried)
+    }
+}
+
+extension HTTPMethod {
+    /// RFC 9110 9.2.2: sending it twice has the effect of sending it once.
+    var isIdempotent: Bool {
+        switch self {
+        case .GET, .HEAD, .OPTIONS, .TRACE, .PUT, .DELETE: true
+        default: false
+        }
     }
 }
 

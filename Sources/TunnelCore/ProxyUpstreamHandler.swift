@@ -44,6 +44,11 @@ public final class ProxyUpstreamHandler: ChannelDuplexHandler, RemovableChannelH
     /// The next hop in words, for the engineer's error when it closes before answering
     /// (`component "ui"`, `the tunnel to cluster "demo"`).
     public var nextHop = "the next hop"
+    /// Set by an opener that reused an idle kept-alive connection: opens a fresh connection for
+    /// `upstream` (a new handler) and returns the head to send on it. A reused connection can close
+    /// under the request, the next hop having just given up on it (its keep-alive timeout); a
+    /// request with no body and no answer yet is then sent once more, on the fresh one.
+    public var freshRetry: (@Sendable (_ upstream: ProxyUpstreamHandler) -> EventLoopFuture<HTTPRequestHead>)?
     private var reusable = false
     /// Set by the opener: the response head must come within `timeout` of the request's end, or
     /// the request fails with 504 `upstream_timeout` (the next hop accepted but never answered).

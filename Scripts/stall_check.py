@@ -1,0 +1,98 @@
+#!/usr/bin/env python3
+"""Sustained load through one session, as an operator tried it (issue 11): rounds of `wrk -t2 -c64`
+through `relayctl session open` to an nginx component, and after each round one request that must be
+answered within 1 s. Prints each round's figures and how long the request after it took.
+
+    Scripts/stall_check.py [--rounds 5] [--duration 20] [--debug] [--no-build]
+
+Needs wrk, nginx and curl (Debian packages). Exits 1 if any request after a round took over 1 s or
+failed."""
+import argparse, os, re, shutil, subprocess, sys, tempfile, time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from benchlib import ROOT, Stack, free_port, release_bin, wait_port  # noqa: E402
+
+
+def wrk(url, connections, duration):
+    """requests/s, p99 ms, non-2xx responses, socket errors (connect, read, write, timeout)."""
+    out = subprocess.run(["wrk", "-t2", f"-c{connections}", f"-d{duration}s", "--latency", url],
+                         capture_output=True, text=True, timeout=duration + 60).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    m = re.search(r"^\s+99%\s+([\d.]+)(us|ms|s)\s*$", out, re.M)
+    p99 = float(m.group(1)) * {"us": 0.001, "ms": 1, "s": 1000}[m.group(2)]
+    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    sockets = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    return rps, p99, int(non2xx.group(1)) if non2xx else 0, sum(map(int, sockets.groups())) if sockets else 0
+
+
+def nginx(work, port):
+    os.makedirs(f"{work}/www", exist_ok=True)
+    with open(f"{work}/www/1k", "wb") as f:
+        f.write(b"x" * 1024)
+    conf = f"""daemon off; worker_processes 1; pid {work}/nginx.pid; error_log {work}/nginx-error.log;
+events {{ worker_connections 4096; }}
+http {{ access_log off; client_body_temp_path {work}; proxy_temp_path {work}; fastcgi_temp_path {work};
+  uwsgi_temp_path {work}; scgi_temp_path {work};
+  server {{ listen 127.0.0.1:{port}; root {work}/www; location / {{ }} }} }}
+"""
+    with open(f"{work}/nginx.conf", "w") as f:
+        f.write(conf)
+    return subprocess.Popen(["nginx", "-c", f"{work}/nginx.conf"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--duration", type=int, default=20)
+    parser.add_argument("--connections", type=int, default=64)
+    parser.add_argument("--debug", action="store_true", help="debug binaries (swift build) instead of release")
+    parser.add_argument("--no-build", action="store_true")
+    args = parser.parse_args()
+    for tool in ("wrk", "nginx", "curl"):
+        if not shutil.which(tool):
+            raise SystemExit(f"{tool} is missing: apt-get install {tool}")
+    if args.debug:
+        if not args.no_build:
+            subprocess.run(["swift", "build"], cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
+        bin_dir = subprocess.run(["swift", "build", "--show-bin-path"], cwd=ROOT, check=True, capture_output=True, text=True).stdout.strip()
+    else:
+        bin_dir = release_bin(args.no_build)
+    work = tempfile.mkdtemp(prefix="relay-stall-")
+    component_port, session_port = free_port(), free_port()
+    web = nginx(work, component_port)
+    stack = None
+    slow = 0
+    try:
+        wait_port(component_port)
+        stack = Stack(work, bin_dir, component_port)
+        stack.start("connector", [f"{bin_dir}/connector", "run", "--config", f"{work}/connector.yaml", "--log-level", "notice"])
+        stack.ctl(["requests", "create", "--cluster", "bench", "--role", "admin", "--duration", "2h", "--reason", "stall check"],
+                  stack.expert_token)
+        env = dict(os.environ, RELAYCTL_TOKEN=stack.expert_token)
+        stack.start("relayctl", [f"{bin_dir}/relayctl", "session", "open", "--relay", f"https://127.0.0.1:{stack.relay_port}",
+                                 "--ca", f"{work}/ca.pem", "--cluster", "bench", "--component", "ui",
+                                 "--listen", f"127.0.0.1:{session_port}"], env)
+        wait_port(session_port, timeout=60)
+        url = f"http://127.0.0.1:{session_port}/1k"
+        print(f"round  req/s     p99 ms  non-2xx  socket errors   the request after it")
+        for number in range(1, args.rounds + 1):
+            rps, p99, errors, socket_errors = wrk(url, args.connections, args.duration)
+            started = time.time()
+            answer = subprocess.run(["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "120", url],
+                                    capture_output=True, text=True)
+            took = time.time() - started
+            ok = answer.stdout == "200" and took <= 1
+            slow += 0 if ok else 1
+            print(f"{number:>5} {rps:>7.0f} {p99:>9.1f} {errors:>8} {socket_errors:>14}   {answer.stdout or 'no answer'} in {took:.2f} s{'' if ok else '   <-- STALL'}",
+                  flush=True)
+    finally:
+        if stack:
+            stack.stop()
+        web.terminate()
+    if slow:
+        print(f"{slow} of {args.rounds} rounds were followed by a request that took over 1 s or failed; logs in {work}")
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()
