@@ -1,0 +1,54 @@
+import Foundation
+import Logging
+import NIOConcurrencyHelpers
+@testable import Relay
+import RelayAPI
+import RelayModel
+import TestSupport
+import Testing
+
+/// The reconciler ticks on the clock it is given: a request past its window is expired on the
+/// first tick after it lapsed, not before, and the test drives the ticks instead of waiting.
+@Suite struct ReconcilerClockTests {
+    @Test func aLapsedRequestIsExpiredOnTheNextTickOfTheReconcilersClock() async throws {
+        let folder = FileManager.default.temporaryDirectory.appendingPathComponent("reconciler-\(UUID().uuidString.prefix(8))").path
+        let wall = NIOLockedValueBox(Date())
+        var logger = Logger(label: "test")
+        logger.logLevel = .critical
+        let config = RelayConfig(certificateFile: "unused.pem", privateKeyFile: "unused.key", dataDirectory: folder)
+        let control = try RelayServer.openEmbeddedControl(config: config, logger: logger, clock: { wall.withLockedValue { $0 } })
+        let ops = try await control.createToken(CreateTokenRequest(name: "root", role: .ops, ttlSeconds: nil), by: nil)
+        let operator_ = try await control.authenticateUser(bearer: ops.secret, action: "test")
+        _ = try await control.createToken(CreateTokenRequest(name: "alice", role: .expert, ttlSeconds: nil), by: operator_)
+        _ = try await control.addCluster(CreateClusterRequest(id: "demo", description: "test"), by: operator_)
+        let pending = try await control.createRequest(
+            CreateAccessRequest(clusterID: "demo", expert: "alice", reason: "test", role: .admin, durationSeconds: 60), by: operator_)
+        let request = try await control.approve(pending, by: "test", now: control.now)
+        wall.withLockedValue { $0 = $0.addingTimeInterval(61) }  // past its window
+
+        // Made after the approval, so no wake-up from it is waiting: only the clock makes it tick.
+        let clock = ManualClock()
+        let reconciler = AccessReconciler(
+            control: control, registry: TunnelRegistry(), sessions: LiveSessions(), interval: .seconds(1), clock: clock)
+        let services = RunningServices([reconciler], logger: logger)
+        func state() async throws -> RequestState? { try await control.store.request(id: request.id)?.state }
+        #expect(try await Self.poll { clock.pendingSleeps == [.seconds(1)] }, "the reconciler waits for its interval")
+        clock.advance(by: .milliseconds(999))
+        #expect(try await state() == .approved, "no tick before the interval")
+        clock.advance(by: .milliseconds(1))
+        #expect(try await Self.poll { try await state() == .expired }, "expired on the tick")
+        let audit = try await control.store.audit(since: nil, afterID: 0, limit: 100)
+        #expect(audit.contains { $0.action == "request.expire" && $0.subject == String(request.id) && $0.actor == "relay" })
+        await services.stop()
+    }
+
+    /// Polls every 10 ms for up to 30 s.
+    static func poll(_ condition: () async throws -> Bool) async throws -> Bool {
+        let deadline = ContinuousClock.now + .seconds(30)
+        while ContinuousClock.now < deadline {
+            if try await condition() { return true }
+            try await Task.sleep(for: .milliseconds(10))
+        }
+        return false
+    }
+}
