@@ -103,3 +103,23 @@ class Stack:
                 p.wait(timeout=5)
             except subprocess.TimeoutExpired:
                 p.kill()
+
+
+def nginx(work, port, status_port=None):
+    """nginx serving `work/www` (a 1 KiB file `1k`, a 10 MiB file `10m`) on `port`; with
+    `status_port`, its stub_status there (accepted connections and requests, for reuse figures)."""
+    os.makedirs(f"{work}/www", exist_ok=True)
+    with open(f"{work}/www/1k", "wb") as f:
+        f.write(b"x" * 1024)
+    with open(f"{work}/www/10m", "wb") as f:
+        f.write(os.urandom(10 << 20))
+    status = f"server {{ listen 127.0.0.1:{status_port}; location / {{ stub_status; }} }}" if status_port else ""
+    conf = f"""daemon off; worker_processes 1; pid {work}/nginx.pid; error_log {work}/nginx-error.log;
+events {{ worker_connections 4096; }}
+http {{ access_log off; client_body_temp_path {work}; proxy_temp_path {work}; fastcgi_temp_path {work};
+  uwsgi_temp_path {work}; scgi_temp_path {work};
+  server {{ listen 127.0.0.1:{port}; root {work}/www; location / {{ }} }} {status} }}
+"""
+    with open(f"{work}/nginx.conf", "w") as f:
+        f.write(conf)
+    return subprocess.Popen(["nginx", "-c", f"{work}/nginx.conf"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

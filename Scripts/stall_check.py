@@ -10,7 +10,7 @@ failed."""
 import argparse, os, re, shutil, subprocess, sys, tempfile, time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from benchlib import ROOT, Stack, free_port, release_bin, wait_port  # noqa: E402
+from benchlib import ROOT, Stack, free_port, nginx, release_bin, wait_port  # noqa: E402
 
 
 def wrk(url, connections, duration):
@@ -23,21 +23,6 @@ def wrk(url, connections, duration):
     non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     sockets = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
     return rps, p99, int(non2xx.group(1)) if non2xx else 0, sum(map(int, sockets.groups())) if sockets else 0
-
-
-def nginx(work, port):
-    os.makedirs(f"{work}/www", exist_ok=True)
-    with open(f"{work}/www/1k", "wb") as f:
-        f.write(b"x" * 1024)
-    conf = f"""daemon off; worker_processes 1; pid {work}/nginx.pid; error_log {work}/nginx-error.log;
-events {{ worker_connections 4096; }}
-http {{ access_log off; client_body_temp_path {work}; proxy_temp_path {work}; fastcgi_temp_path {work};
-  uwsgi_temp_path {work}; scgi_temp_path {work};
-  server {{ listen 127.0.0.1:{port}; root {work}/www; location / {{ }} }} }}
-"""
-    with open(f"{work}/nginx.conf", "w") as f:
-        f.write(conf)
-    return subprocess.Popen(["nginx", "-c", f"{work}/nginx.conf"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
 def main():

@@ -19,6 +19,11 @@ public final class WebSocketByteStreamHandler: ChannelDuplexHandler, RemovableCh
 
     public enum Role: Sendable { case client, server }
 
+    /// What inbound messages are. Production: a byte stream. `.echo`: each message (text or
+    /// binary) is sent back whole, for conformance tests of this layer (Autobahn's cases); never
+    /// used by the programs.
+    public enum Messages: Sendable { case byteStream, echo(maxMessageSize: Int) }
+
     private enum State { case open, closeSent, closed }
 
     /// Space left in front of an outbound message so the frame encoder can write the header in place.
@@ -39,14 +44,21 @@ public final class WebSocketByteStreamHandler: ChannelDuplexHandler, RemovableCh
     private var pongInFlight = false
     /// The code and reason a plain `close()` sends (1000 unless a `WebSocketClosePlan` said otherwise).
     private var plannedClose = WebSocketCloseRequest(code: 1000, reason: "")
+    private let messages: Messages
+    /// `.echo`: the message being received, and whether it is text.
+    private var echoed: (text: Bool, bytes: ByteBuffer)?
 
     /// - Parameters:
     ///   - keepaliveInterval: with no inbound frame for this long a ping is sent. `nil` turns keepalive off.
     ///   - keepaliveTimeout: with no inbound frame for this long (the pong included) the peer is
     ///     taken for gone (a half-open connection: it vanished without FIN or RST) and the tunnel
     ///     closes with 1001. At least twice the interval by default.
-    public init(role: Role, maxOutboundFrameSize: Int = 1 << 16, keepaliveInterval: TimeAmount? = nil, keepaliveTimeout: TimeAmount? = nil) {
+    public init(
+        role: Role, maxOutboundFrameSize: Int = 1 << 16, keepaliveInterval: TimeAmount? = nil, keepaliveTimeout: TimeAmount? = nil,
+        messages: Messages = .byteStream
+    ) {
         precondition(maxOutboundFrameSize > 0)
+        self.messages = messages
         self.role = role
         self.maxOutboundFrameSize = maxOutboundFrameSize
         self.keepaliveInterval = keepaliveInterval
@@ -130,6 +142,7 @@ public final class WebSocketByteStreamHandler: ChannelDuplexHandler, RemovableCh
                 return self.fail(context: context, code: .protocolError, reason: "new message before the previous one ended")
             }
             self.messageOpen = !frame.fin
+            if case .echo = self.messages { self.echoed = (false, context.channel.allocator.buffer(capacity: frame.length)) }
             self.deliver(context: context, frame: frame)
         case .continuation:
             if !self.messageOpen {
@@ -138,7 +151,15 @@ public final class WebSocketByteStreamHandler: ChannelDuplexHandler, RemovableCh
             self.messageOpen = !frame.fin
             self.deliver(context: context, frame: frame)
         case .text:
-            self.fail(context: context, code: .unacceptableData, reason: "text frames are not part of the tunnel protocol")
+            guard case .echo = self.messages else {
+                return self.fail(context: context, code: .unacceptableData, reason: "text frames are not part of the tunnel protocol")
+            }
+            if self.messageOpen {
+                return self.fail(context: context, code: .protocolError, reason: "new message before the previous one ended")
+            }
+            self.messageOpen = !frame.fin
+            self.echoed = (true, context.channel.allocator.buffer(capacity: frame.length))
+            self.deliver(context: context, frame: frame)
         case .ping:
             guard frame.fin else {
                 return self.fail(context: context, code: .protocolError, reason: "fragmented control frame")
@@ -162,14 +183,36 @@ public final class WebSocketByteStreamHandler: ChannelDuplexHandler, RemovableCh
     private func deliver(context: ChannelHandlerContext, frame: WebSocketFrame) {
         var bytes = frame.data
         if let key = frame.maskKey { bytes.xorWebSocketMask(key) }
+        if case .echo(let maxMessageSize) = self.messages {
+            return self.echo(context: context, bytes: &bytes, fin: frame.fin, limit: maxMessageSize)
+        }
         if bytes.readableBytes > 0 {
             context.fireChannelRead(self.wrapInboundOut(bytes))
         }
     }
 
+    private func echo(context: ChannelHandlerContext, bytes: inout ByteBuffer, fin: Bool, limit: Int) {
+        guard var message = self.echoed else { return }
+        guard message.bytes.readableBytes + bytes.readableBytes <= limit else {
+            return self.fail(context: context, code: .messageTooLarge, reason: "message larger than \(limit) bytes")
+        }
+        message.bytes.writeBuffer(&bytes)
+        self.echoed = message
+        guard fin else { return }
+        self.echoed = nil
+        if message.text, !message.bytes.readableBytesView.isValidUTF8 {
+            return self.fail(context: context, code: .dataInconsistentWithMessage, reason: "text message is not valid UTF-8")
+        }
+        let frame = WebSocketFrame(fin: true, opcode: message.text ? .text : .binary, maskKey: self.maskKey(), data: message.bytes)
+        context.writeAndFlush(self.wrapOutboundOut(frame), promise: nil)
+    }
+
     private func receivedClose(context: ChannelHandlerContext, frame: WebSocketFrame) {
         switch self.state {
         case .open:
+            if let problem = Self.closeProblem(frame) {
+                return self.fail(context: context, code: problem.code, reason: problem.reason)
+            }
             // Echo the peer's code, as RFC 6455 5.5.1 asks, then close the TCP connection.
             let closed = WebSocketPeerClosed(frame: frame)
             context.fireUserInboundEventTriggered(closed)
@@ -182,6 +225,19 @@ public final class WebSocketByteStreamHandler: ChannelDuplexHandler, RemovableCh
         case .closed:
             break
         }
+    }
+
+    /// RFC 6455 7.4: a close frame's body is empty, or a code a peer may send (1000-1003,
+    /// 1007-1011, 3000-4999) and a UTF-8 reason.
+    static func closeProblem(_ frame: WebSocketFrame) -> (code: WebSocketErrorCode, reason: String)? {
+        var data = frame.unmaskedData
+        guard data.readableBytes != 0 else { return nil }
+        guard let code = data.readInteger(as: UInt16.self) else { return (.protocolError, "a close frame with a one-byte body") }
+        guard (1000...1003).contains(code) || (1007...1011).contains(code) || (3000...4999).contains(code) else {
+            return (.protocolError, "close code \(code) may not be sent")
+        }
+        guard data.readableBytesView.isValidUTF8 else { return (.dataInconsistentWithMessage, "close reason is not valid UTF-8") }
+        return nil
     }
 
     private func fail(context: ChannelHandlerContext, code: WebSocketErrorCode, reason: String) {
@@ -349,4 +405,19 @@ public struct WebSocketByteStreamError: Error, CustomStringConvertible, Equatabl
     public var code: WebSocketErrorCode
     public var reason: String
     public var description: String { "websocket protocol violation (\(self.code)): \(self.reason)" }
+}
+
+extension Collection where Element == UInt8 {
+    /// Whether the bytes are well-formed UTF-8 (RFC 3629: no overlong forms, no surrogates, at most U+10FFFF).
+    var isValidUTF8: Bool {
+        var iterator = self.makeIterator()
+        var decoder = UTF8()
+        while true {
+            switch decoder.decode(&iterator) {
+            case .scalarValue: continue
+            case .emptyInput: return true
+            case .error: return false
+            }
+        }
+    }
 }
