@@ -62,7 +62,8 @@ def main():
     component_port, status_port, session_port, churn_port = free_port(), free_port(), free_port(), free_port()
     web = nginx(work, component_port, status_port)
     stack = None
-    samples = {"relay": [], "connector": [], "relayctl": []}
+    # relayctl is not sampled: turning remote access off ends its session, and it is started again.
+    samples = {"relay": [], "connector": []}
     try:
         wait_port(component_port)
         stack = Stack(work, bin_dir, component_port)
@@ -81,8 +82,13 @@ def main():
         next_sample = started
         cycle = 0
         reuse = []
+        requests_done = 0
         while time.time() < end:
             cycle += 1
+            if stack.procs["relayctl"].poll() is not None:
+                # The customer turned remote access off last cycle, which ended the session: open a new one.
+                stack.start("relayctl", session + ["--listen", f"127.0.0.1:{session_port}"], env)
+                wait_port(session_port, timeout=60)
             before = nginx_status(status_port)
             load = subprocess.Popen(["wrk", "-t1", "-c16", "-d10s", f"{url}/1k"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
             # Session churn beside the load: a second session, a few requests, stopped.
@@ -100,9 +106,11 @@ def main():
                 subprocess.run(["curl", "-s", "-o", "/dev/null", "--max-time", "0.05", f"{url}/10m"])
             out, _ = load.communicate(timeout=60)
             after = nginx_status(status_port)
-            rps = re.search(r"Requests/sec:\s+([\d.]+)", out)
-            if rps:
-                reuse.append((after[0] - before[0], after[1] - before[1]))
+            done = re.search(r"(\d+) requests in", out)
+            if not done or int(done.group(1)) == 0:
+                raise SystemExit(f"wrk got nothing through the session in cycle {cycle}: {out}")
+            requests_done += int(done.group(1))
+            reuse.append((after[0] - before[0], after[1] - before[1]))
             # Reconnects: remote access off and on again, every third cycle.
             if cycle % 3 == 0:
                 subprocess.run(connector("mode", "disabled", "--as", "soak"), stdout=subprocess.DEVNULL, check=True)
@@ -121,7 +129,8 @@ def main():
                 next_sample = now + 10
         failed = False
         print(f"soak: {args.minutes:g} min, {cycle} cycles (wrk 10 s at 16 connections, a churned session, 5 cancelled downloads; "
-              f"remote access off and on every third); slopes after a {args.warmup} s warm-up")
+              f"remote access off and on every third, which ends the session: a new one is opened); {requests_done} requests "
+              f"through the session; slopes after a {args.warmup} s warm-up")
         print(f"{'process':<10} {'RSS MiB':>16} {'slope/min':>9}   {'fds':>9} {'slope/min':>9}   {'threads':>9} {'slope/min':>9}")
         for name, points in samples.items():
             measured = [p for p in points if p[0] >= args.warmup]

@@ -34,15 +34,14 @@ public final class LiveSession: Sendable {
 
     /// Drains the session: GOAWAY now, so relayctl opens no new request on it; requests in flight
     /// finish, within `bound`; then it closes with `code` and `reason`.
-    func drain(code: UInt16, reason: String, within bound: TimeAmount) {
+    func drain(code: UInt16, reason: String, within bound: TimeAmount, deadlines: Deadlines) {
         self.state.withLockedValue { if $0.endReason == nil { $0.endReason = reason } }
         let channel = self.channel
         channel.eventLoop.execute {
             channel.triggerUserOutboundEvent(WebSocketClosePlan(code: code, reason: reason), promise: nil)
             channel.pipeline.fireUserInboundEventTriggered(ChannelShouldQuiesceEvent())
-            // NIOHTTP2's grace timer starts only once the peer answers the drain's PING: this one
-            // bounds a peer that never does.
-            let cut = channel.eventLoop.scheduleTask(in: bound) {
+            // The bound on the whole drain, whether or not the peer answered its PING.
+            let cut = deadlines.arm(channel.eventLoop, bound) {
                 channel.triggerUserOutboundEvent(WebSocketCloseRequest(code: code, reason: reason), promise: nil)
             }
             channel.closeFuture.whenComplete { _ in cut.cancel() }

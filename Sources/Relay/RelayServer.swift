@@ -29,16 +29,20 @@ public final class RelayServer: Service, Sendable {
     /// Connections held open right now, capped in total and per address.
     public let connections: ConnectionLimiter
     private let handshakeDeadlines: Deadlines
+    private let drainDeadlines: Deadlines
     public let reconciler: AccessReconciler
     /// Where the work this node's event loops start runs (decisions, API calls, records).
     public let tasks = OwnedTasks()
 
-    /// - Parameter handshakeDeadlines: when new connections' handshake deadlines pass (real time by default).
+    /// - Parameters:
+    ///   - handshakeDeadlines: when new connections' handshake deadlines pass (real time by default).
+    ///   - drainDeadlines: when a drain's `drain_timeout` passes, and the grace for closing tunnels after it.
     public init(
         config: RelayConfig, control: MissionControl, group: EventLoopGroup, logger: Logger = Logger(label: "relay"),
-        handshakeDeadlines: Deadlines = .eventLoop, timers: any Clock<Duration> = ContinuousClock()
+        handshakeDeadlines: Deadlines = .eventLoop, drainDeadlines: Deadlines = .eventLoop, timers: any Clock<Duration> = ContinuousClock()
     ) throws {
         self.handshakeDeadlines = handshakeDeadlines
+        self.drainDeadlines = drainDeadlines
         self.config = config
         self.control = control
         self.group = group
@@ -123,14 +127,17 @@ public final class RelayServer: Service, Sendable {
             self.logger.notice("draining sessions", metadata: ["sessions": "\(sessions.count)", "drain_timeout_ms": "\(self.config.drainTimeoutMilliseconds)"])
         }
         let drain = TimeAmount.milliseconds(self.config.drainTimeoutMilliseconds)
-        for session in sessions { session.drain(code: WireCloseCode.relayDraining, reason: reason, within: drain) }
+        for session in sessions {
+            session.drain(code: WireCloseCode.relayDraining, reason: reason, within: drain, deadlines: self.drainDeadlines)
+        }
         // Each session closes once its streams end, at drain_timeout at the latest.
         for session in sessions { try? await session.channel.closeFuture.get() }
         let closing = self.registry.clusterIDs.flatMap { self.registry.tunnels(cluster: $0) }
         for tunnel in closing {
             tunnel.channel.triggerUserOutboundEvent(WebSocketCloseRequest(code: WireCloseCode.relayDraining, reason: reason), promise: nil)
             // A connector that reads nothing more cannot hold the stop: its socket is closed 5 s later.
-            tunnel.channel.eventLoop.scheduleTask(in: .seconds(5)) { tunnel.channel.close(promise: nil) }
+            let cut = self.drainDeadlines.arm(tunnel.channel.eventLoop, .seconds(5)) { tunnel.channel.close(promise: nil) }
+            tunnel.channel.closeFuture.whenComplete { _ in cut.cancel() }
         }
         for tunnel in closing { try? await tunnel.channel.closeFuture.get() }
     }
@@ -263,7 +270,7 @@ public final class RelayServer: Service, Sendable {
         let limits = self.config.limits
         _ = try TunnelPipeline.configure(
             channel: channel, websocketRole: .server, http2Mode: .server, link: .session, limits: limits, logger: logger,
-            drainGrace: .milliseconds(self.config.drainTimeoutMilliseconds),
+            drains: true,
             onFlood: { reason in
                 // This expert's session alone: the tunnel and everyone else's sessions go on.
                 logger.notice("closing a flooding session", metadata: record.metadata.merging(["reason": "\(reason)"]) { $1 })

@@ -15,7 +15,7 @@ public enum TunnelPipeline {
         link: TunnelLink,
         limits: TunnelLimits,
         logger: Logger? = nil,
-        drainGrace: TimeAmount? = nil,
+        drains: Bool = false,
         onPeerClosed: (@Sendable (WebSocketPeerClosed) -> Void)? = nil,
         onFlood: (@Sendable (String) -> Void)? = nil,
         onGoAway: (@Sendable () -> Void)? = nil,
@@ -28,13 +28,11 @@ public enum TunnelPipeline {
                 keepaliveInterval: limits.keepaliveInterval, keepaliveTimeout: limits.keepaliveTimeout))
         // A server's graceful drain (ChannelShouldQuiesceEvent): GOAWAY, a PING to learn which
         // streams the peer opened meanwhile, a second GOAWAY naming the last one served, then close
-        // once they end, or `drainGrace` after the PING's answer. It counts streams through the
-        // stream delegate (the inline multiplexer fires no stream events down the pipeline).
-        let drainer = drainGrace.map { grace in
-            precondition(http2Mode == .server, "only the side that accepts streams drains them")
-            return NIOHTTP2ServerConnectionManagementHandler(
-                eventLoop: channel.eventLoop, configuration: .init(maxIdleTime: nil, maxAge: nil, maxGraceTime: grace, keepalive: nil))
-        }
+        // once they end. It counts streams through the stream delegate (the inline multiplexer
+        // fires no stream events down the pipeline). The bound on the drain is the caller's.
+        let drainer = drains ? NIOHTTP2ServerConnectionManagementHandler(
+            eventLoop: channel.eventLoop, configuration: .init(maxIdleTime: nil, maxAge: nil, maxGraceTime: nil, keepalive: nil)) : nil
+        precondition(!drains || http2Mode == .server, "only the side that accepts streams drains them")
         let multiplexer = try sync.configureHTTP2Pipeline(
             mode: http2Mode,
             connectionConfiguration: limits.connectionConfiguration(link),

@@ -228,12 +228,12 @@ public final class WebSocketByteStreamHandler: ChannelDuplexHandler, RemovableCh
     }
 
     /// RFC 6455 7.4: a close frame's body is empty, or a code a peer may send (1000-1003,
-    /// 1007-1011, 3000-4999) and a UTF-8 reason.
+    /// 1007-1011, IANA's 1012-1014 such as our 1012, 3000-4999) and a UTF-8 reason.
     static func closeProblem(_ frame: WebSocketFrame) -> (code: WebSocketErrorCode, reason: String)? {
         var data = frame.unmaskedData
         guard data.readableBytes != 0 else { return nil }
         guard let code = data.readInteger(as: UInt16.self) else { return (.protocolError, "a close frame with a one-byte body") }
-        guard (1000...1003).contains(code) || (1007...1011).contains(code) || (3000...4999).contains(code) else {
+        guard (1000...1003).contains(code) || (1007...1014).contains(code) || (3000...4999).contains(code) else {
             return (.protocolError, "close code \(code) may not be sent")
         }
         guard data.readableBytesView.isValidUTF8 else { return (.dataInconsistentWithMessage, "close reason is not valid UTF-8") }

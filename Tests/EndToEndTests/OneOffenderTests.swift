@@ -349,7 +349,8 @@ final class PacedDownload: @unchecked Sendable {
             .channelOption(ChannelOptions.socketOption(.so_rcvbuf), value: 16 << 10)
             .channelInitializer { channel in channel.eventLoop.makeCompletedFuture { try channel.pipeline.syncOperations.addHandler(reader) } }
             .connect(host: "127.0.0.1", port: port).get()
-        try await channel.writeAndFlush(ByteBuffer(string: "GET \(path) HTTP/1.1\r\nHost: ui\r\n\r\n"))
+        // The local port as the Host, as a browser sends it: relayctl names the session's component instead.
+        try await channel.writeAndFlush(ByteBuffer(string: "GET \(path) HTTP/1.1\r\nHost: 127.0.0.1:\(port)\r\n\r\n"))
         channel.read()
         return PacedDownload(reader: reader, channel: channel)
     }

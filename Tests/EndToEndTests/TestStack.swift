@@ -137,7 +137,8 @@ struct TestStack {
     ///   - approve: create and (with mode `all`) auto-approve alice's admin request, then wait for the tunnel.
     static func start(
         extraComponents: [String: String] = [:], limits: TunnelLimits = TestStack.limits, mode: PrivacyMode = .all, approve: Bool = true,
-        handshakeDeadlines: Deadlines = .eventLoop, upstreamDeadlines: Deadlines = .eventLoop, reconcileMilliseconds: Int64 = 100,
+        handshakeDeadlines: Deadlines = .eventLoop, upstreamDeadlines: Deadlines = .eventLoop, drainDeadlines: Deadlines = .eventLoop,
+        reconcileMilliseconds: Int64 = 100,
         timers: any Clock<Duration> = ContinuousClock(), relay configureRelay: (inout RelayConfig) -> Void = { _ in },
         configure: (inout ConnectorConfig) -> Void = { _ in }, configPath: String? = nil
     ) async throws -> TestStack {
@@ -147,7 +148,8 @@ struct TestStack {
         var config = relayConfig(dataDirectory: dataDirectory, limits: limits, reconcileMilliseconds: reconcileMilliseconds)
         configureRelay(&config)
         let control = try RelayServer.openEmbeddedControl(config: config, logger: quietLogger, clock: { clock.now() })
-        let relay = try RelayServer(config: config, control: control, group: group, logger: quietLogger, handshakeDeadlines: handshakeDeadlines)
+        let relay = try RelayServer(
+            config: config, control: control, group: group, logger: quietLogger, handshakeDeadlines: handshakeDeadlines, drainDeadlines: drainDeadlines)
         let port = try await relay.start().port!
         let relayServices = RunningServices(relay.services, logger: quietLogger)
 
