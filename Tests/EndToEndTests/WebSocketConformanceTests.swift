@@ -34,28 +34,40 @@ import TunnelCore
                 return channel.pipeline.configureHTTPServerPipeline(withServerUpgrade: (upgraders: [upgrader], completionHandler: { _ in }))
             }
             .bind(host: "127.0.0.1", port: 0).get()
+        let address = "127.0.0.1:\(server.localAddress!.port!)"
+        let (index, ran) = try await Self.run(python, cases: (1...7).map { "\($0).*" }, address: address)
+        // kosoku gives each answer half a second: on a machine loaded by the rest of the suite an
+        // echo can be late. A case that failed is run once more alone; a protocol fault fails again.
+        let firstFailed = index.filter { $0.value.failed }.map(\.key).sorted()
+        var failed: [String] = []
+        if !firstFailed.isEmpty {
+            let (again, _) = try await Self.run(python, cases: firstFailed, address: address, parallelism: 1)
+            failed = firstFailed.filter { again[$0]?.failed ?? true }
+        }
+        try await server.close()
+        var totals: [String: Int] = [:]
+        for result in index.values { totals[result.behavior, default: 0] += 1 }
+        print(
+            "AUTOBAHN cases 1-7 (kosoku): \(index.count) cases: \(totals.sorted { $0.key < $1.key }.map { "\($0.key) \($0.value)" }.joined(separator: ", "))"
+                + (firstFailed.isEmpty ? "" : "; failed at first, run again alone: \(firstFailed.joined(separator: ", ")), still failing: \(failed.isEmpty ? "none" : failed.joined(separator: ", "))"))
+        #expect(index.count >= 200, "kosoku ran the cases: \(ran)")
+        #expect(failed.isEmpty, "failed: \(failed.joined(separator: ", "))")
+    }
+
+    /// Runs kosoku on `cases` (ids or globs); the report index and what kosoku printed.
+    static func run(_ python: String, cases: [String], address: String, parallelism: Int = 4) async throws -> ([String: CaseResult], String) {
         let reports = TestStack.temporaryDirectory("autobahn")
-        let cases = (1...7).flatMap { ["-i", "\($0).*"] }
         // kosoku's command line, run by the python it is installed in (its script may not be on PATH).
         let cli = "import sys; from kosoku._cli import main; sys.argv[0] = 'kosoku'; sys.exit(main())"
         let (code, out, err) = try await TestProcess.run(
-            python, ["-c", cli] + cases + ["-p", "4", "-o", reports, "127.0.0.1:\(server.localAddress!.port!)"])
-        try await server.close()
-        let index = try Self.index(in: reports)
-        var totals: [String: Int] = [:]
-        var failed: [String] = []
-        for (id, result) in index {
-            totals[result.behavior, default: 0] += 1
-            if result.behavior == "FAILED" || result.behaviorClose == "FAILED" { failed.append("\(id) (\(result.behavior)/\(result.behaviorClose))") }
-        }
-        print("AUTOBAHN cases 1-7 (kosoku): \(index.count) cases: \(totals.sorted { $0.key < $1.key }.map { "\($0.key) \($0.value)" }.joined(separator: ", "))")
-        #expect(index.count >= 200, "kosoku ran the cases (exit \(code)): \(out.suffix(500)) \(err.suffix(500))")
-        #expect(failed.isEmpty, "failed: \(failed.sorted().joined(separator: ", "))")
+            python, ["-c", cli] + cases.flatMap { ["-i", $0] } + ["-p", "\(parallelism)", "-o", reports, address])
+        return (try Self.index(in: reports), "exit \(code): \(out.suffix(500)) \(err.suffix(500))")
     }
 
     struct CaseResult: Decodable {
         var behavior: String
         var behaviorClose: String
+        var failed: Bool { self.behavior == "FAILED" || self.behaviorClose == "FAILED" }
     }
 
     /// Autobahn's report index: agent -> case -> result.
