@@ -13,7 +13,7 @@ Needs wrk and curl (apt-get install wrk curl).
 import argparse, os, shutil, subprocess, sys, tempfile, time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from benchlib import Stack, free_port, release_bin, rss_kib, wait_port, wrk
+from benchlib import Stack, free_port, release_bin, require_tools, rss_kib, wait_port, wrk
 
 
 def download_mibs(url, size, tries=5):
@@ -37,9 +37,7 @@ def main():
                         help="a limits: entry for relay.yaml and connector.yaml, e.g. initial_window_size=1MiB")
     parser.add_argument("--skip-wrk", action="store_true")
     args = parser.parse_args()
-    for tool in ("wrk", "curl", "openssl"):
-        if not shutil.which(tool):
-            raise SystemExit(f"{tool} is missing: apt-get install {tool}")
+    require_tools("wrk", "curl", "openssl")
 
     bin_dir = release_bin(args.no_build)
     work = tempfile.mkdtemp(prefix="relay-bench-")

@@ -5,6 +5,14 @@ import json, os, re, socket, subprocess, time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+def require_tools(*names):
+    """Exits with the apt-get line when a Debian tool the script needs is missing."""
+    import shutil
+    for name in names:
+        if not shutil.which(name):
+            raise SystemExit(f"{name} is missing: apt-get install {name}")
+
+
 def free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

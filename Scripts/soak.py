@@ -16,10 +16,10 @@ What runs meanwhile, in a loop:
 
 Exits 1 if RSS grows faster than 1 MiB/min or file descriptors or threads by more than 1/min
 after the warm-up."""
-import argparse, json, os, re, shutil, signal, subprocess, sys, tempfile, time, urllib.request
+import argparse, json, os, re, signal, subprocess, sys, tempfile, time, urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from benchlib import Stack, free_port, nginx, release_bin, rss_kib, wait_port  # noqa: E402
+from benchlib import Stack, free_port, nginx, release_bin, require_tools, rss_kib, wait_port  # noqa: E402
 
 
 def fds(pid):
@@ -54,9 +54,7 @@ def main():
     parser.add_argument("--warmup", type=int, default=60, help="seconds left out of the slopes")
     parser.add_argument("--no-build", action="store_true")
     args = parser.parse_args()
-    for tool in ("wrk", "nginx", "curl"):
-        if not shutil.which(tool):
-            raise SystemExit(f"{tool} is missing: apt-get install {tool}")
+    require_tools("wrk", "nginx", "curl")
     bin_dir = release_bin(args.no_build)
     work = tempfile.mkdtemp(prefix="relay-soak-")
     component_port, status_port, session_port, churn_port = free_port(), free_port(), free_port(), free_port()

@@ -7,10 +7,10 @@ answered within 1 s. Prints each round's figures and how long the request after 
 
 Needs wrk, nginx and curl (Debian packages). Exits 1 if any request after a round took over 1 s or
 failed."""
-import argparse, os, re, shutil, subprocess, sys, tempfile, time
+import argparse, os, re, subprocess, sys, tempfile, time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from benchlib import ROOT, Stack, free_port, nginx, release_bin, wait_port  # noqa: E402
+from benchlib import ROOT, Stack, free_port, nginx, release_bin, require_tools, wait_port  # noqa: E402
 
 
 def wrk(url, connections, duration):
@@ -33,9 +33,7 @@ def main():
     parser.add_argument("--debug", action="store_true", help="debug binaries (swift build) instead of release")
     parser.add_argument("--no-build", action="store_true")
     args = parser.parse_args()
-    for tool in ("wrk", "nginx", "curl"):
-        if not shutil.which(tool):
-            raise SystemExit(f"{tool} is missing: apt-get install {tool}")
+    require_tools("wrk", "nginx", "curl")
     if args.debug:
         if not args.no_build:
             subprocess.run(["swift", "build"], cwd=ROOT, check=True, stdout=subprocess.DEVNULL)

@@ -1,4 +1,5 @@
 import Connector
+import TestSupport
 import Testing
 
 /// Redial delays: full jitter over a window that doubles up to a cap, reset only by a tunnel that
@@ -53,7 +54,7 @@ import Testing
     /// the window, doubling up to the cap (or the window, if larger), until a tunnel stays up.
     @Test func afterTheRelayWentAwayRedialsFollowAGridWithARandomPhase() {
         var backoff = Backoff(policy: Self.policy)
-        var random = SplitMix64(seed: 7)
+        var random = SeededGenerator(seed: 7)
         backoff.spread(overMilliseconds: 15_000, using: &random)
         let phase = backoff.next(using: &random)
         #expect((0..<15_000).contains(phase))
@@ -71,7 +72,7 @@ import Testing
     /// is, no one-second window holds more than 20% of their redials (a grid with random phases
     /// spreads them evenly; full jitter would bunch those that failed before the restart).
     @Test func connectorsThatLostTheSameRelayReturnSpreadWheneverItComesBack() {
-        var random = SplitMix64(seed: 11)
+        var random = SeededGenerator(seed: 11)
         for downMilliseconds: Int64 in [500, 1_500, 3_000, 7_000, 15_000, 40_000] {
             var arrivals: [Int64] = []
             for _ in 0..<200 {
@@ -91,18 +92,5 @@ import Testing
             #expect(busiest <= 40, "down \(downMilliseconds) ms: \(busiest) of 200 in one second")
             #expect(arrivals.last! <= 30_000, "down \(downMilliseconds) ms: all back within 30 s (\(arrivals.last!) ms)")
         }
-    }
-}
-
-/// A seeded generator: the same draws on every run.
-struct SplitMix64: RandomNumberGenerator {
-    var state: UInt64
-    init(seed: UInt64) { self.state = seed }
-    mutating func next() -> UInt64 {
-        self.state &+= 0x9E37_79B9_7F4A_7C15
-        var z = self.state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
     }
 }

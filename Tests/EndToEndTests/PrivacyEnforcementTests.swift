@@ -11,6 +11,7 @@ import Relay
 import RelayAPI
 import RelayCtlKit
 import RelayModel
+import TestSupport
 import Testing
 import TunnelCore
 
@@ -211,19 +212,6 @@ extension PrivacyEnforcementTests {
         }
         #expect(cells == 16)
         await stack.stop()
-    }
-}
-
-/// Deterministic numbers for randomised tests (SplitMix64).
-struct SeededGenerator: RandomNumberGenerator {
-    var state: UInt64
-    init(seed: UInt64) { self.state = seed }
-    mutating func next() -> UInt64 {
-        self.state &+= 0x9E37_79B9_7F4A_7C15
-        var z = self.state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
     }
 }
 
