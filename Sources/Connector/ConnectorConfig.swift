@@ -335,7 +335,7 @@ public struct ConnectorConfig: Sendable {
         } catch let error as OutboundProxyError {
             throw scope.error(key, error.message)
         }
-        if let username {
+        if let username = username ?? proxy.username {
             proxy.username = username
             if let passwordFile {
                 guard let data = FileManager.default.contents(atPath: passwordFile), let text = String(data: data, encoding: .utf8) else {
@@ -344,7 +344,7 @@ public struct ConnectorConfig: Sendable {
                 proxy.password = text.trimmingCharacters(in: .whitespacesAndNewlines)
             } else if let text = environment["CONNECTOR_PROXY_PASSWORD"] {
                 proxy.password = text
-            } else {
+            } else if proxy.password == nil {
                 throw scope.error("username", "needs a password: password_file, or env CONNECTOR_PROXY_PASSWORD")
             }
         } else if passwordFile != nil {

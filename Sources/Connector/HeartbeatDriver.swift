@@ -176,8 +176,9 @@ public final class HeartbeatDriver: Service, Sendable {
                 self.logger.notice("access requests wait for the customer's approval", metadata: ["count": "\(answer.pendingApprovals.count)"])
             }
             if let spread = answer.reconnectSpreadMilliseconds {
-                // At most 10 minutes, whatever the relay says: a tunnel must come back in bounded time.
-                self.tunnels.withLockedValue { $0 }?.reconnectSpreadMilliseconds = min(spread, 600_000)
+                // Between 100 ms and 10 minutes, whatever the relay says: a window too small to spread
+                // anything would herd, and a tunnel must come back in bounded time.
+                self.tunnels.withLockedValue { $0 }?.reconnectSpreadMilliseconds = min(max(spread, 100), 600_000)
             }
             // Only relay nodes the customer allowed are dialed, whatever the answer lists.
             let (urls, dropped) = self.config.tunnelURLPolicy.filter(answer.websocketURLs)

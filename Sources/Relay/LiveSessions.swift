@@ -40,11 +40,16 @@ public final class LiveSession: Sendable {
         channel.eventLoop.execute {
             channel.triggerUserOutboundEvent(WebSocketClosePlan(code: code, reason: reason), promise: nil)
             channel.pipeline.fireUserInboundEventTriggered(ChannelShouldQuiesceEvent())
-            // The bound on the whole drain, whether or not the peer answered its PING.
+            // The bound on the whole drain, whether or not the peer answered its PING; and 5 s
+            // later the socket itself, for a peer that reads nothing (its close frame cannot go out).
             let cut = deadlines.arm(channel.eventLoop, bound) {
                 channel.triggerUserOutboundEvent(WebSocketCloseRequest(code: code, reason: reason), promise: nil)
             }
-            channel.closeFuture.whenComplete { _ in cut.cancel() }
+            let hardCut = deadlines.arm(channel.eventLoop, bound + .seconds(5)) { channel.close(promise: nil) }
+            channel.closeFuture.whenComplete { _ in
+                cut.cancel()
+                hardCut.cancel()
+            }
         }
     }
 

@@ -90,7 +90,7 @@ public struct RelayConfig: Sendable {
         let apiIdle = try root.durationMilliseconds("api_idle_timeout", default: 60_000, range: 1000...3_600_000)
         let retention = try root.durationMilliseconds("audit_retention", default: 400 * 86_400_000, range: 86_400_000...(3650 * 86_400_000)) / 1000
         let drain = try root.durationMilliseconds("drain_timeout", default: 30_000, range: 0...3_600_000)
-        let spread = try root.durationMilliseconds("reconnect_spread", default: 15_000, range: 0...600_000)
+        let spread = try root.durationMilliseconds("reconnect_spread", default: 15_000, range: 1000...600_000)
         let limits = try TunnelLimits.read(from: try root.map("limits"))
         var connections = ConnectionLimits()
         if let map = try root.map("connections") {

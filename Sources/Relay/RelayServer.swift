@@ -33,6 +33,8 @@ public final class RelayServer: Service, Sendable {
     public let reconciler: AccessReconciler
     /// Where the work this node's event loops start runs (decisions, API calls, records).
     public let tasks = OwnedTasks()
+    /// Set when the drain begins: a session still upgrading then is closed at once (1012).
+    private let draining = NIOLockedValueBox(false)
 
     /// - Parameters:
     ///   - handshakeDeadlines: when new connections' handshake deadlines pass (real time by default).
@@ -117,6 +119,7 @@ public final class RelayServer: Service, Sendable {
     /// carries those requests to the end, then closes with 1012 (connectors redial, spread).
     public func stop() async throws {
         try await self.serverChannel.get()?.close()
+        self.draining.withLockedValue { $0 = true }
         let reason = "the relay node is draining (restart or upgrade); reconnect"
         let tunnels = self.registry.clusterIDs.flatMap { self.registry.tunnels(cluster: $0) }
         for tunnel in tunnels {
@@ -258,6 +261,16 @@ public final class RelayServer: Service, Sendable {
     }
 
     private func acceptSession(_ channel: Channel, plan: SessionPlan) throws {
+        if self.draining.withLockedValue({ $0 }) {
+            // Upgraded after the drain began: relayctl dials again, elsewhere or after the restart.
+            _ = try TunnelPipeline.configure(
+                channel: channel, websocketRole: .server, http2Mode: .server, link: .session, limits: self.config.limits,
+                inboundStreamInitializer: TunnelPipeline.refuseInboundStreams)
+            channel.triggerUserOutboundEvent(
+                WebSocketCloseRequest(code: WireCloseCode.relayDraining, reason: "the relay node is draining (restart or upgrade); reconnect"),
+                promise: nil)
+            return
+        }
         let record = SessionRecord(
             id: randomIdentifier(), expert: plan.expert.name, clusterID: plan.cluster, node: plan.node, component: plan.component,
             requestID: plan.grant.request.id, role: plan.grant.role, relayNode: self.config.nodeName, startedAt: self.control.now)

@@ -227,6 +227,11 @@ public final class SessionClient: Sendable {
         head.headers.removeRelayOwned()
         if let refusal = self.endedRefusal { return upstream.downstreamEventLoop.makeFailedFuture(refusal) }
         let endedBox = self.endedBox
+        // A stream that ends before any answer (the relay refused it unprocessed as a drain's
+        // GOAWAY crossed it, or the connection dropped) goes once more on a live connection;
+        // ProxyServerHandler does so only for requests without a body and idempotent methods.
+        let sent = head
+        upstream.freshRetry = { fresh in self.openStream(fresh, retries: 2).map { sent } }
         return self.openStream(upstream, retries: 2).map { head }.flatMapErrorThrowing { error in
             if let error = error as? DialError {
                 switch error.kind {

@@ -7,7 +7,7 @@ import NIOPosix
 
 /// An HTTP proxy that outbound connections go through with CONNECT (customers' networks often
 /// allow nothing else out). The credentials never appear in `description`.
-public struct OutboundProxy: Sendable, Equatable, CustomStringConvertible {
+public struct OutboundProxy: Sendable, Equatable, CustomStringConvertible, CustomReflectable {
     public var host: String
     public var port: Int
     public var username: String?
@@ -52,6 +52,11 @@ public struct OutboundProxy: Sendable, Equatable, CustomStringConvertible {
         "http://\(self.host):\(self.port)" + (self.username.map { " (basic auth as \($0))" } ?? "")
     }
 
+    /// `dump()` and debuggers show no password either.
+    public var customMirror: Mirror {
+        Mirror(self, children: ["host": self.host, "port": self.port, "username": self.username as Any, "noProxy": self.noProxy])
+    }
+
     /// Whether connections to `host` go through the proxy (false: `no_proxy` names it).
     public func applies(to host: String) -> Bool {
         let host = host.lowercased()
@@ -91,8 +96,6 @@ public enum OutboundConnection {
                 .channelInitializer { channel in channel.eventLoop.makeCompletedFuture { try configure(channel) } }
                 .connect(host: host, port: port)
         }
-        let answered = loop.makePromise(of: Void.self)
-        let status = NIOLockedValueBox<HTTPResponseStatus?>(nil)
         let target = "\(host):\(port)"
         var headers = HTTPHeaders()
         headers.add(name: "host", value: target)
@@ -101,10 +104,13 @@ public enum OutboundConnection {
         return options(ClientBootstrap(group: loop).connectTimeout(timeout))
             .channelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
+                    // One answer per connection attempt (a proxy name with several addresses is
+                    // tried on each; only the attempt that connects is used).
+                    let recorder = ProxyAnswerRecorder(answered: channel.eventLoop.makePromise())
                     try channel.pipeline.syncOperations.addHandlers([
-                        HTTPRequestEncoder(), ByteToMessageHandler(HTTPResponseDecoder(leftOverBytesStrategy: .forwardBytes)),
-                        ProxyAnswerRecorder(status: status),
-                        NIOHTTP1ProxyConnectHandler(targetHost: host, targetPort: port, headers: headers, deadline: deadline, promise: answered),
+                        HTTPRequestEncoder(), ByteToMessageHandler(HTTPResponseDecoder(leftOverBytesStrategy: .forwardBytes)), recorder,
+                        NIOHTTP1ProxyConnectHandler(
+                            targetHost: host, targetPort: port, headers: headers, deadline: deadline, promise: recorder.answered),
                     ])
                 }
             }
@@ -113,7 +119,14 @@ public enum OutboundConnection {
                 loop.makeFailedFuture(OutboundProxyError(message: "cannot reach the proxy \(proxy): \(describeConnectionError(error))"))
             }
             .flatMap { channel in
-                answered.futureResult.flatMap {
+                let recorder: ProxyAnswerRecorder
+                do {
+                    recorder = try channel.pipeline.syncOperations.handler(type: ProxyAnswerRecorder.self)
+                } catch {
+                    channel.close(promise: nil)
+                    return channel.eventLoop.makeFailedFuture(OutboundProxyError(message: "the proxy \(proxy) closed the connection at once"))
+                }
+                return recorder.answered.futureResult.flatMap {
                     // The proxy's HTTP is done: from here the bytes are the relay's. The HTTP
                     // decoder leaves once the read that ended the answer is over: wait for it.
                     let sync = channel.pipeline.syncOperations
@@ -129,7 +142,7 @@ public enum OutboundConnection {
                 }.flatMapError { error in
                     channel.close(promise: nil)
                     let message: String
-                    switch status.withLockedValue({ $0 }) {
+                    switch recorder.status {
                     case .some(let status) where status == .proxyAuthenticationRequired || status == .unauthorized:
                         // 407 by the standard; some proxies (tinyproxy) say 401 to wrong credentials.
                         message = proxy.username == nil
@@ -146,16 +159,20 @@ public enum OutboundConnection {
     }
 }
 
-/// Notes the status of the proxy's answer to CONNECT (NIOExtras' handler reports only that it failed).
-private final class ProxyAnswerRecorder: ChannelInboundHandler, RemovableChannelHandler {
+/// Notes the status of the proxy's answer to CONNECT (NIOExtras' handler reports only that it
+/// failed), and holds the promise of that answer for its connection.
+private final class ProxyAnswerRecorder: ChannelInboundHandler, RemovableChannelHandler, Sendable {
     typealias InboundIn = HTTPClientResponsePart
     typealias InboundOut = HTTPClientResponsePart
-    private let status: NIOLockedValueBox<HTTPResponseStatus?>
+    let answered: EventLoopPromise<Void>
+    private let box = NIOLockedValueBox<HTTPResponseStatus?>(nil)
 
-    init(status: NIOLockedValueBox<HTTPResponseStatus?>) { self.status = status }
+    init(answered: EventLoopPromise<Void>) { self.answered = answered }
+
+    var status: HTTPResponseStatus? { self.box.withLockedValue { $0 } }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        if case .head(let head) = self.unwrapInboundIn(data) { self.status.withLockedValue { $0 = head.status } }
+        if case .head(let head) = self.unwrapInboundIn(data) { self.box.withLockedValue { $0 = head.status } }
         context.fireChannelRead(data)
     }
 }

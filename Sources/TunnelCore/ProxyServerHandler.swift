@@ -323,12 +323,13 @@ public final class ProxyServerHandler: ChannelDuplexHandler {
             self.report(exchange)
             self.exchange = nil
             self.context?.close(promise: nil)
+        } else if let timedOut = error as? UpstreamTimedOut {
+            // Never retried: the next hop has the request and is still working on it, or stuck.
+            self.refuse(exchange, ProxyRefusal(.gatewayTimeout, code: "upstream_timeout", message: "\(timedOut); it may be busy or stuck"))
         } else if let retry = upstream.freshRetry, !exchange.retried, exchange.requestEnded, exchange.requestBytes == 0,
             exchange.head.method.isIdempotent
         {
             self.retry(exchange, with: retry)
-        } else if let timedOut = error as? UpstreamTimedOut {
-            self.refuse(exchange, ProxyRefusal(.gatewayTimeout, code: "upstream_timeout", message: "\(timedOut); it may be busy or stuck"))
         } else {
             self.refuse(exchange, .badGateway("\(upstream.nextHop) closed before answering: \(describe(error))"))
         }
@@ -338,10 +339,10 @@ public final class ProxyServerHandler: ChannelDuplexHandler {
     /// came, so nothing is lost or done twice by an idempotent method.
     private func retry(_ exchange: Exchange, with open: @Sendable (ProxyUpstreamHandler) -> EventLoopFuture<HTTPRequestHead>) {
         guard let context = self.context else { return }
+        let failed = exchange.upstream.nextHop
         let fresh = ProxyUpstreamHandler(server: self, serverLoop: context.eventLoop)
         exchange.retried = true
         exchange.upstream = fresh
-        let failed = exchange.upstream.nextHop
         open(fresh).hop(to: context.eventLoop).whenComplete { [self] result in
             guard self.exchange === exchange, exchange.upstream === fresh else {
                 if case .success = result { fresh.abort() }

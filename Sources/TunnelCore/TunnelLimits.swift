@@ -23,8 +23,8 @@ public struct TunnelLimits: Sendable, Equatable {
     /// A tunnel or session with no inbound frame for this long sends a websocket ping.
     public var keepaliveInterval: TimeAmount = .seconds(10)
     /// With no inbound frame for this long (the pong included) the peer is taken for gone (a
-    /// half-open connection: it vanished without FIN or RST) and the connection closes (1001):
-    /// its streams fail, the connector redials.
+    /// half-open connection: it vanished without FIN or RST) and the connection closes:
+    /// its streams fail, the connector redials. The socket just closes: no close frame, no TLS goodbye.
     public var keepaliveTimeout: TimeAmount = .seconds(25)
     /// Stream resets (RST_STREAM) a tunnel accepts from its peer per `resetWindow`. A tunnel carries
     /// every expert of a cluster and both ends are authenticated, so this is sized for several

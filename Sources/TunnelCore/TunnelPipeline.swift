@@ -123,6 +123,12 @@ final class TunnelErrorHandler: ChannelInboundHandler {
             context.close(promise: nil)
             return
         }
+        if let gone = error as? WebSocketByteStreamError, gone.code == .goingAway {
+            // The keepalive gave up on a silent peer (half-open): not a protocol error.
+            // WebSocketByteStreamHandler closes the socket itself, skipping TLS's goodbye.
+            self.logger?.notice("\(what) peer taken for gone", metadata: ["peer": "\(peer)", "why": "\(gone.reason)"])
+            return
+        }
         self.logger?.notice("closing \(what) after a protocol error", metadata: ["peer": "\(peer)", "error": "\(error)"])
         if let flood = Self.floodDescription(error) {
             // Say why in the close frame (4004), so the peer's user learns what they did.

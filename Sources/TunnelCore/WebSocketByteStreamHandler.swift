@@ -51,8 +51,8 @@ public final class WebSocketByteStreamHandler: ChannelDuplexHandler, RemovableCh
     /// - Parameters:
     ///   - keepaliveInterval: with no inbound frame for this long a ping is sent. `nil` turns keepalive off.
     ///   - keepaliveTimeout: with no inbound frame for this long (the pong included) the peer is
-    ///     taken for gone (a half-open connection: it vanished without FIN or RST) and the tunnel
-    ///     closes with 1001. At least twice the interval by default.
+    ///     taken for gone (a half-open connection: it vanished without FIN or RST) and the socket
+    ///     closes, without a close frame. Twice the interval by default.
     public init(
         role: Role, maxOutboundFrameSize: Int = 1 << 16, keepaliveInterval: TimeAmount? = nil, keepaliveTimeout: TimeAmount? = nil,
         messages: Messages = .byteStream

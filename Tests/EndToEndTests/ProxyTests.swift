@@ -14,9 +14,10 @@ import TunnelCore
     @Test func theConnectorReachesTheRelayThroughItsHTTPProxyForHeartbeatsAndTunnels() async throws {
         let proxy = try await TinyProxy.start()
         defer { proxy.stop() }
-        // As `relay.proxy: environment` reads it, with the relay not in NO_PROXY.
+        // As `relay.proxy: environment` reads it, with the relay not in NO_PROXY. By name: `localhost`
+        // is ::1 and 127.0.0.1, and tinyproxy listens on the second only (each attempt has its own answer).
         let fromEnvironment = try #require(
-            try OutboundProxy.fromEnvironment(["HTTPS_PROXY": "http://127.0.0.1:\(proxy.port)", "NO_PROXY": "relay.lan,.internal"]))
+            try OutboundProxy.fromEnvironment(["HTTPS_PROXY": "http://localhost:\(proxy.port)", "NO_PROXY": "relay.lan,.internal"]))
         #expect(fromEnvironment.noProxy == ["relay.lan", ".internal"] && fromEnvironment.applies(to: "127.0.0.1"))
         let stack = try await TestStack.start { config in config.proxy = fromEnvironment }
         let session = try await stack.openSession()
@@ -28,7 +29,7 @@ import TunnelCore
         proxy.kill()
         try await stack.waitForTunnels(0)
         try await stack.waitUntil("a redial that names the proxy") {
-            stack.connector.lastErrors.values.contains { $0.contains("cannot reach the proxy http://127.0.0.1:\(proxy.port)") }
+            stack.connector.lastErrors.values.contains { $0.contains("cannot reach the proxy http://localhost:\(proxy.port)") }
         }
         try await session.close()
         await stack.stop()

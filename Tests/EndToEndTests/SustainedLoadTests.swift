@@ -17,7 +17,7 @@ import TunnelCore
     @Test func aReusedConnectionTheComponentClosedIsRetriedOnceForARequestWithoutABody() async throws {
         let flaky = HangUpOnReuseComponent.Counts()
         let server = try await ServerBootstrap(group: TestStack.group)
-            .childChannelInitializer { channel in channel.pipeline.addHandler(HangUpOnReuseComponent(flaky)) }
+            .childChannelInitializer { channel in channel.pipeline.addHandler(HangUpOnReuseComponent(flaky, onReuse: .hangUp)) }
             .bind(host: "127.0.0.1", port: 0).get()
         let stack = try await TestStack.start(extraComponents: ["flaky": "http://127.0.0.1:\(server.localAddress!.port!)"])
         let session = try await stack.openSession(component: "flaky")
@@ -31,6 +31,30 @@ import TunnelCore
         stack.privacy.audit.sync()
         let records = try AuditVerifier.tail(directory: stack.connectorConfig.audit.directory, count: 100).filter { $0.event == "request" }
         #expect(records.filter { $0.path == "/second" }.map(\.status) == [200], "one record for the retried request")
+        try await session.close()
+        await stack.stop()
+        try await server.close()
+    }
+
+    /// A request a reused connection accepted and never answered is not sent again when
+    /// `upstream_timeout` passes: the component may still be working on it. 504, one connection.
+    @Test func aRequestThatTimedOutIsNeverRetried() async throws {
+        let stuck = HangUpOnReuseComponent.Counts()
+        let server = try await ServerBootstrap(group: TestStack.group)
+            .childChannelInitializer { channel in channel.pipeline.addHandler(HangUpOnReuseComponent(stuck, onReuse: .stall)) }
+            .bind(host: "127.0.0.1", port: 0).get()
+        let deadlines = Deadlines.Manual()
+        let stack = try await TestStack.start(
+            extraComponents: ["stuck": "http://127.0.0.1:\(server.localAddress!.port!)"], upstreamDeadlines: deadlines.deadlines)
+        let session = try await stack.openSession(component: "stuck")
+        let port = session.localAddress!.port!
+        #expect(try await TestHTTPConnection.request(port: port, .GET, "/first").status == .ok)
+        let second = Task { try await TestHTTPConnection.request(port: port, .GET, "/second") }
+        try await stack.waitUntil("the reused connection's deadline to be armed") { deadlines.armed == 1 }
+        deadlines.expireAll()
+        let answer = try await second.value
+        #expect(answer.status == .gatewayTimeout && answer.headers.first(name: WireHeader.error) == "upstream_timeout", "\(answer.status) \(answer.text)")
+        #expect(stuck.snapshot.connections == 1, "not sent again on a fresh connection")
         try await session.close()
         await stack.stop()
         try await server.close()
@@ -61,9 +85,11 @@ import TunnelCore
 }
 
 /// Answers the first request on each connection (kept alive); on the next one it closes the
-/// connection without answering, as a server whose keep-alive timeout just ran out.
+/// connection without answering, as a server whose keep-alive timeout just ran out (`.hangUp`), or
+/// never answers (`.stall`).
 final class HangUpOnReuseComponent: ChannelInboundHandler, @unchecked Sendable {
     typealias InboundIn = ByteBuffer
+    enum OnReuse { case hangUp, stall }
 
     final class Counts: Sendable {
         private let box = NIOLockedValueBox((connections: 0, hungUp: 0))
@@ -73,10 +99,14 @@ final class HangUpOnReuseComponent: ChannelInboundHandler, @unchecked Sendable {
     }
 
     private let counts: Counts
+    private let onReuse: OnReuse
     private var request = ""
     private var answered = 0
 
-    init(_ counts: Counts) { self.counts = counts }
+    init(_ counts: Counts, onReuse: OnReuse) {
+        self.counts = counts
+        self.onReuse = onReuse
+    }
 
     func channelActive(context: ChannelHandlerContext) {
         self.counts.connected()
@@ -92,6 +122,7 @@ final class HangUpOnReuseComponent: ChannelInboundHandler, @unchecked Sendable {
         guard self.request.utf8.count >= self.request.distance(from: self.request.startIndex, to: end.upperBound) + bodyLength else { return }
         self.request = ""
         if self.answered > 0 {
+            guard self.onReuse == .hangUp else { return }
             self.counts.hungUp()
             context.close(promise: nil)
             return
