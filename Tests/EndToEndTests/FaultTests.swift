@@ -20,15 +20,9 @@ import TunnelCore
     /// of the restart, and no one-second window holds more than 20% of them.
     @Test func afterARelayIsKilledAndRestartedTwoHundredTunnelsReturnSpread() async throws {
         let nodes = 200
-        let folder = TestStack.temporaryDirectory("relay-kill")
-        let port = try await Self.freePort()
-        let configPath = try Self.writeRelayConfig(folder: folder, port: port)
-        var relay = try await Self.startRelay(configPath)
+        let (port, configPath, first, api) = try await Self.relayProgram("relay-kill")
+        var relay = first
         defer { relay.terminate() }
-        let ops = try String(contentsOfFile: folder + "/data/bootstrap-ops-token", encoding: .utf8).trimmingCharacters(in: .whitespacesAndNewlines)
-        let api = try APIClient(
-            base: try WebSocketURL(parsing: "https://127.0.0.1:\(port)", acceptHTTPS: true), caFile: TestCerts.trusted + "/ca.pem",
-            bearer: ops, group: TestStack.group)
         let cluster: EnrollmentResponse = try await api.post(APIPath.clusters, CreateClusterRequest(id: "fleet", description: "200 nodes"))
         let component = try await DemoComponent.start(name: "ui", group: TestStack.group)
 
@@ -123,15 +117,9 @@ import TunnelCore
     /// open`: the download completes (drain), relayctl stays up, and once the relay is started
     /// again the same local port works, as an engineer's browser would use it.
     @Test func aRelayStoppedWithSIGTERMFinishesTheDownloadAndRelayctlCarriesOn() async throws {
-        let folder = TestStack.temporaryDirectory("relay-term")
-        let port = try await Self.freePort()
-        let configPath = try Self.writeRelayConfig(folder: folder, port: port, extra: "reconnect_spread: 2s")
-        var relay = try await Self.startRelay(configPath)
+        let (port, configPath, first, api) = try await Self.relayProgram("relay-term", extra: "reconnect_spread: 2s")
+        var relay = first
         defer { relay.terminate() }
-        let ops = try String(contentsOfFile: folder + "/data/bootstrap-ops-token", encoding: .utf8).trimmingCharacters(in: .whitespacesAndNewlines)
-        let api = try APIClient(
-            base: try WebSocketURL(parsing: "https://127.0.0.1:\(port)", acceptHTTPS: true), caFile: TestCerts.trusted + "/ca.pem",
-            bearer: ops, group: TestStack.group)
         let enrollment: EnrollmentResponse = try await api.post(APIPath.clusters, CreateClusterRequest(id: "fleet", description: "one node"))
         let expert: TokenCreated = try await api.post(APIPath.tokens, CreateTokenRequest(name: "alice", role: .expert, ttlSeconds: nil))
         let component = try await DemoComponent.start(name: "ui", group: TestStack.group)
@@ -182,6 +170,20 @@ import TunnelCore
     }
 
     // MARK: helpers
+
+    /// The relay program on a free port (its config written to a new folder), and an API client
+    /// with its bootstrap ops token.
+    static func relayProgram(_ name: String, extra: String = "") async throws -> (port: Int, configPath: String, relay: RunningProcess, api: APIClient) {
+        let folder = TestStack.temporaryDirectory(name)
+        let port = try await Self.freePort()
+        let configPath = try Self.writeRelayConfig(folder: folder, port: port, extra: extra)
+        let relay = try await Self.startRelay(configPath)
+        let ops = try String(contentsOfFile: folder + "/data/bootstrap-ops-token", encoding: .utf8).trimmingCharacters(in: .whitespacesAndNewlines)
+        let api = try APIClient(
+            base: try WebSocketURL(parsing: "https://127.0.0.1:\(port)", acceptHTTPS: true), caFile: TestCerts.trusted + "/ca.pem",
+            bearer: ops, group: TestStack.group)
+        return (port, configPath, relay, api)
+    }
 
     static func freePort() async throws -> Int {
         let channel = try await ServerBootstrap(group: TestStack.group).bind(host: "127.0.0.1", port: 0).get()
