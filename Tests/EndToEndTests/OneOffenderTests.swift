@@ -140,9 +140,11 @@ import TunnelCore
         let closed = ended.withLockedValue { $0 }
         #expect(closed?.code == .unknown(WireCloseCode.flood))
         #expect(closed?.reason.contains("too many cancelled requests") == true, "\(String(describing: closed))")
-        try await stack.waitUntil("the relay to record why") {
+        // 60 s: on a machine compiling beside the suite the record once took longer than 30 s.
+        let recorded = try await TestWait.poll(seconds: 60) {
             try await stack.control.store.sessions(live: false).contains { $0.endReason?.contains("flooding") == true }
         }
+        #expect(recorded, "the relay records why it closed the session")
         // Nobody else paid for it.
         #expect(stack.relay.registry.tunnels(cluster: "demo").map(\.id) == [tunnel.id])
         #expect(try await TestHTTPConnection.request(port: other.localAddress!.port!, .GET, "/api/status").status == .ok)
