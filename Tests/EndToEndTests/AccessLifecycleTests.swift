@@ -9,6 +9,7 @@ import RelayAPI
 import RelayCtlKit
 import RelayModel
 import RelayStore
+import TestSupport
 import Testing
 import TunnelCore
 
@@ -27,7 +28,19 @@ import TunnelCore
         let client = try SessionClient(target: try stack.sessionTarget(), group: TestStack.group, logger: TestStack.quietLogger) { closed in
             ended.withLockedValue { $0 = closed }
         }
-        try await client.connect()
+        // As `relayctl session open` does: while the relay says "no tunnel yet" (503), wait and dial
+        // again (a heartbeat answer that left before the request can still close a fresh tunnel).
+        var lastError: Error?
+        let connected = try await TestWait.poll {
+            do {
+                try await client.connect()
+                return true
+            } catch let error as DialError where error.kind == .rejected(status: 503) {
+                lastError = error
+                return false
+            }
+        }
+        guard connected else { throw lastError ?? TestFailure("no session") }
         let listener = try await LocalListener.start(host: "127.0.0.1", port: 0, session: client, group: TestStack.group)
         return ObservedSession(listener: listener, ended: ended)
     }

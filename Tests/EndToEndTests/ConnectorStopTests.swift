@@ -47,12 +47,10 @@ import TunnelCore
     /// A request that never finishes holds the stop for `relay.drain_timeout` at most (on the
     /// connector's clock, driven by the test).
     @Test func theDrainIsBounded() async throws {
-        let trickle = try await ServerBootstrap(group: TestStack.group)
-            .childChannelInitializer { channel in channel.pipeline.addHandler(TrickleComponent()) }
-            .bind(host: "127.0.0.1", port: 0).get()
+        let trickle = try await TestComponentServer.start { TrickleComponent() }
         let clock = ManualClock()
         let stack = try await TestStack.start(
-            extraComponents: ["trickle": "http://127.0.0.1:\(trickle.localAddress!.port!)"], approve: false, timers: clock
+            extraComponents: ["trickle": trickle.url], approve: false, timers: clock
         ) { config in config.drainMilliseconds = 300 }
         try await stack.waitUntil("the first heartbeat's answer") { stack.driver.answersReceived == 1 }
         _ = try await stack.createRequest(cluster: "demo", role: .admin)

@@ -9,6 +9,7 @@ import NIOSSL
 import NIOWebSocket
 import Relay
 import RelayCtlKit
+import TestSupport
 import Testing
 import TunnelCore
 

@@ -10,6 +10,7 @@ import NIOPosix
 import NIOWebSocket
 import Relay
 import RelayCtlKit
+import TestSupport
 import Testing
 import TunnelCore
 
@@ -17,11 +18,9 @@ import TunnelCore
 @Suite(.serialized) struct OneOffenderTests {
     /// Component `trickle` sends the start of a long body, then 1 KiB every 20 ms: a download that
     /// is always cancelled mid-body, without pushing megabytes through the test machine.
-    static func start(limits: TunnelLimits = TestStack.limits) async throws -> (TestStack, Channel) {
-        let trickle = try await ServerBootstrap(group: TestStack.group)
-            .childChannelInitializer { channel in channel.pipeline.addHandler(TrickleComponent()) }
-            .bind(host: "127.0.0.1", port: 0).get()
-        let stack = try await TestStack.start(extraComponents: ["trickle": "http://127.0.0.1:\(trickle.localAddress!.port!)"], limits: limits) {
+    static func start(limits: TunnelLimits = TestStack.limits) async throws -> (TestStack, TestComponentServer) {
+        let trickle = try await TestComponentServer.start { TrickleComponent() }
+        let stack = try await TestStack.start(extraComponents: ["trickle": trickle.url], limits: limits) {
             config in config.deniedPathPrefixes = ["/secrets"]
         }
         return (stack, trickle)
@@ -155,10 +154,8 @@ import TunnelCore
     }
 
     @Test func oversizedHeadersFailOneRequestNeverTheTunnel() async throws {
-        let big = try await ServerBootstrap(group: TestStack.group)
-            .childChannelInitializer { channel in channel.pipeline.addHandler(BigHeaderComponent()) }
-            .bind(host: "127.0.0.1", port: 0).get()
-        let stack = try await TestStack.start(extraComponents: ["big": "http://127.0.0.1:\(big.localAddress!.port!)"])
+        let big = try await TestComponentServer.start { BigHeaderComponent() }
+        let stack = try await TestStack.start(extraComponents: ["big": big.url])
         let tunnel = try #require(stack.relay.registry.tunnels(cluster: "demo").first)
         let session = try await stack.openSession()
         let port = session.localAddress!.port!
@@ -195,12 +192,10 @@ extension OneOffenderTests {
     /// `upstream_timeout` once `upstream_timeout` passes (driven by the test); a download running
     /// beside it on the same tunnel goes on, and the customer's audit records the timeout.
     @Test func aComponentThatNeverAnswersFailsThatRequestAloneWith504() async throws {
-        let silent = try await ServerBootstrap(group: TestStack.group)
-            .childChannelInitializer { channel in channel.pipeline.addHandler(SilentComponent()) }
-            .bind(host: "127.0.0.1", port: 0).get()
+        let silent = try await TestComponentServer.start { SilentComponent() }
         let deadlines = Deadlines.Manual()
         let stack = try await TestStack.start(
-            extraComponents: ["silent": "http://127.0.0.1:\(silent.localAddress!.port!)"], upstreamDeadlines: deadlines.deadlines)
+            extraComponents: ["silent": silent.url], upstreamDeadlines: deadlines.deadlines)
         let ui = try await stack.openSession()
         let size = 4 << 20
         let download = try await PacedDownload.start(port: ui.localAddress!.port!, path: "/bytes/\(size)")

@@ -3,6 +3,7 @@ import Relay
 import RelayAPI
 import RelayCtlKit
 import RelayModel
+import TestSupport
 import Testing
 import TunnelCore
 

@@ -4,6 +4,7 @@ import NIOCore
 import NIOPosix
 import NIOSSL
 import Relay
+import TestSupport
 import Testing
 import TunnelCore
 

@@ -60,12 +60,10 @@ import TunnelCore
     /// A request that never finishes holds the drain for `drain_timeout` at most (the deadline
     /// driven by the test); the customer's audit still records it.
     @Test func theRelaysDrainIsBounded() async throws {
-        let trickle = try await ServerBootstrap(group: TestStack.group)
-            .childChannelInitializer { channel in channel.pipeline.addHandler(TrickleComponent()) }
-            .bind(host: "127.0.0.1", port: 0).get()
+        let trickle = try await TestComponentServer.start { TrickleComponent() }
         let deadlines = Deadlines.Manual()
         let stack = try await TestStack.start(
-            extraComponents: ["trickle": "http://127.0.0.1:\(trickle.localAddress!.port!)"], drainDeadlines: deadlines.deadlines)
+            extraComponents: ["trickle": trickle.url], drainDeadlines: deadlines.deadlines)
         let closes = NIOLockedValueBox<[WebSocketPeerClosed]>([])
         let client = try SessionClient(
             target: try stack.sessionTarget(component: "trickle"), group: TestStack.group, logger: TestStack.quietLogger

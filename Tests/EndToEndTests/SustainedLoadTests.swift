@@ -16,10 +16,8 @@ import TunnelCore
     /// connection and answered; one with a body is not (it may have been acted on) and gets 502.
     @Test func aReusedConnectionTheComponentClosedIsRetriedOnceForARequestWithoutABody() async throws {
         let flaky = HangUpOnReuseComponent.Counts()
-        let server = try await ServerBootstrap(group: TestStack.group)
-            .childChannelInitializer { channel in channel.pipeline.addHandler(HangUpOnReuseComponent(flaky, onReuse: .hangUp)) }
-            .bind(host: "127.0.0.1", port: 0).get()
-        let stack = try await TestStack.start(extraComponents: ["flaky": "http://127.0.0.1:\(server.localAddress!.port!)"])
+        let server = try await TestComponentServer.start { HangUpOnReuseComponent(flaky, onReuse: .hangUp) }
+        let stack = try await TestStack.start(extraComponents: ["flaky": server.url])
         let session = try await stack.openSession(component: "flaky")
         let port = session.localAddress!.port!
         #expect(try await TestHTTPConnection.request(port: port, .GET, "/first").status == .ok)
@@ -40,12 +38,10 @@ import TunnelCore
     /// `upstream_timeout` passes: the component may still be working on it. 504, one connection.
     @Test func aRequestThatTimedOutIsNeverRetried() async throws {
         let stuck = HangUpOnReuseComponent.Counts()
-        let server = try await ServerBootstrap(group: TestStack.group)
-            .childChannelInitializer { channel in channel.pipeline.addHandler(HangUpOnReuseComponent(stuck, onReuse: .stall)) }
-            .bind(host: "127.0.0.1", port: 0).get()
+        let server = try await TestComponentServer.start { HangUpOnReuseComponent(stuck, onReuse: .stall) }
         let deadlines = Deadlines.Manual()
         let stack = try await TestStack.start(
-            extraComponents: ["stuck": "http://127.0.0.1:\(server.localAddress!.port!)"], upstreamDeadlines: deadlines.deadlines)
+            extraComponents: ["stuck": server.url], upstreamDeadlines: deadlines.deadlines)
         let session = try await stack.openSession(component: "stuck")
         let port = session.localAddress!.port!
         #expect(try await TestHTTPConnection.request(port: port, .GET, "/first").status == .ok)

@@ -272,22 +272,6 @@ struct TestStack {
     }
 }
 
-/// The one way tests wait: for an observable event, polled, with a generous bound (never a fixed sleep).
-enum TestWait {
-    /// Polls `condition` every 20 ms until it holds (true) or `seconds` pass (false). 30 s by
-    /// default: generous, for a machine loaded by a second build beside the suite (seen: a tunnel
-    /// taking over 10 s to come up while the 100-concurrent-requests test ran).
-    @discardableResult
-    static func poll(seconds: Int = 30, _ condition: () async throws -> Bool) async throws -> Bool {
-        let deadline = ContinuousClock.now + .seconds(seconds)
-        while true {
-            if try await condition() { return true }
-            if ContinuousClock.now >= deadline { return false }
-            try await Task.sleep(for: .milliseconds(20))
-        }
-    }
-}
-
 struct TestFailure: Error, CustomStringConvertible {
     var description: String
     init(_ description: String) { self.description = description }
@@ -373,4 +357,21 @@ final class RunningProcess: Sendable {
     }
 
     var isRunning: Bool { self.process.isRunning }
+}
+
+/// A hand-written component on loopback port 0: each connection gets a new handler from `handler`.
+struct TestComponentServer {
+    let channel: Channel
+
+    static func start(_ handler: @escaping @Sendable () -> any ChannelHandler) async throws -> TestComponentServer {
+        let channel = try await ServerBootstrap(group: TestStack.group)
+            .childChannelInitializer { channel in channel.eventLoop.makeCompletedFuture { try channel.pipeline.syncOperations.addHandler(handler()) } }
+            .bind(host: "127.0.0.1", port: 0).get()
+        return TestComponentServer(channel: channel)
+    }
+
+    /// What a connector's `components:` entry names it by.
+    var url: String { "http://127.0.0.1:\(self.channel.localAddress!.port!)" }
+
+    func close() async throws { try await self.channel.close() }
 }

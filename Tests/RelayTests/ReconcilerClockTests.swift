@@ -32,23 +32,13 @@ import Testing
             control: control, registry: TunnelRegistry(), sessions: LiveSessions(), interval: .seconds(1), clock: clock)
         let services = RunningServices([reconciler], logger: logger)
         func state() async throws -> RequestState? { try await control.store.request(id: request.id)?.state }
-        #expect(try await Self.poll { clock.pendingSleeps == [.seconds(1)] }, "the reconciler waits for its interval")
+        #expect(try await TestWait.poll { clock.pendingSleeps == [.seconds(1)] }, "the reconciler waits for its interval")
         clock.advance(by: .milliseconds(999))
         #expect(try await state() == .approved, "no tick before the interval")
         clock.advance(by: .milliseconds(1))
-        #expect(try await Self.poll { try await state() == .expired }, "expired on the tick")
+        #expect(try await TestWait.poll { try await state() == .expired }, "expired on the tick")
         let audit = try await control.store.audit(since: nil, afterID: 0, limit: 100)
         #expect(audit.contains { $0.action == "request.expire" && $0.subject == String(request.id) && $0.actor == "relay" })
         await services.stop()
-    }
-
-    /// Polls every 10 ms for up to 30 s.
-    static func poll(_ condition: () async throws -> Bool) async throws -> Bool {
-        let deadline = ContinuousClock.now + .seconds(30)
-        while ContinuousClock.now < deadline {
-            if try await condition() { return true }
-            try await Task.sleep(for: .milliseconds(10))
-        }
-        return false
     }
 }
