@@ -41,23 +41,18 @@ def main():
 
     bin_dir = release_bin(args.no_build)
     work = tempfile.mkdtemp(prefix="relay-bench-")
-    component_port, session_port = free_port(), free_port()
+    component_port = free_port()
     stack = None
     try:
         stack = Stack(work, bin_dir, component_port, limits=args.limit)
         procs = stack.procs
         stack.start("component", [f"{bin_dir}/demo-component", "--listen", f"127.0.0.1:{component_port}"])
-        wait_port(component_port)
+        wait_port(component_port, proc=procs["component"], log=stack.log("component"))
         stack.start("connector", [f"{bin_dir}/connector", "--config", f"{work}/connector.yaml", "--log-level", "warning"])
         stack.ctl(["requests", "create", "--cluster", "bench", "--role", "admin", "--duration", "2h", "--reason", "benchmark"],
                   stack.expert_token)
-        env = dict(os.environ, RELAYCTL_TOKEN=stack.expert_token)
-        stack.start("relayctl", [f"{bin_dir}/relayctl", "session", "open", "--relay", f"https://127.0.0.1:{stack.relay_port}",
-                                 "--ca", f"{work}/ca.pem", "--cluster", "bench", "--component", "ui",
-                                 "--listen", f"127.0.0.1:{session_port}"], env)
-        wait_port(session_port)
+        path = stack.open_session()
         direct = f"http://127.0.0.1:{component_port}"
-        path = f"http://127.0.0.1:{session_port}"
 
         print(f"== 1 KiB GETs, wrk -t2, {args.duration} s per run (latency in ms)")
         print(f"{'connections':>11} {'':>9} {'req/s':>10} {'p50':>8} {'p99':>8}   ratio path/direct (req/s, p50, p99)")

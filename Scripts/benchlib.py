@@ -19,15 +19,27 @@ def free_port():
         return s.getsockname()[1]
 
 
-def wait_port(port, timeout=20):
+def wait_port(port, timeout=20, proc=None, log=None):
+    """Waits for a listener on `port`; when `proc` (writing to `log`) exits or the time runs out,
+    stops with what it printed."""
     deadline = time.time() + timeout
     while time.time() < deadline:
         try:
             with socket.create_connection(("127.0.0.1", port), timeout=0.5):
                 return
         except OSError:
+            if proc is not None and proc.poll() is not None:
+                raise SystemExit(f"port {port} did not open: the process exited ({proc.returncode}){log_tail(log)}")
             time.sleep(0.1)
-    raise SystemExit(f"port {port} did not open")
+    raise SystemExit(f"port {port} did not open within {timeout} s{log_tail(log)}")
+
+
+def log_tail(path, lines=30):
+    if not path or not os.path.exists(path):
+        return ""
+    with open(path, errors="replace") as f:
+        tail = f.readlines()[-lines:]
+    return f"; the end of {path}:\n" + "".join("  " + line for line in tail)
 
 
 def rss_kib(pid):
@@ -76,7 +88,7 @@ class Stack:
                                      f"components:\n  ui: http://127.0.0.1:{component_port}\n"
                                      f"{limits_block}")
         self.start("relay", [f"{bin_dir}/relay", "--config", f"{work}/relay.yaml", "--log-level", "warning"])
-        wait_port(self.relay_port)
+        wait_port(self.relay_port, timeout=60, proc=self.procs["relay"], log=self.log("relay"))
         self.ops_token = open(f"{work}/relay-data/bootstrap-ops-token").read().strip()
         enrollment = self.ctl(["clusters", "add", "bench"], self.ops_token)["enrollmentToken"]
         self.expert_token = self.ctl(["tokens", "create", "--name", "bench", "--role", "expert"], self.ops_token)["secret"]
@@ -92,9 +104,30 @@ class Stack:
             f.write(text)
         os.chmod(path, 0o600)
 
+    def log(self, name):
+        return f"{self.work}/{name}.log"
+
     def start(self, name, argv, env=None):
-        log = open(f"{self.work}/{name}.log", "w")
+        log = open(self.log(name), "w")
         self.procs[name] = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env)
+
+    def open_session(self, name="relayctl", component="ui", extra=(), timeout=90):
+        """Starts `relayctl session open` on a port it picks itself (a port chosen beforehand can be
+        taken meanwhile by any outgoing connection) and returns the URL it prints."""
+        env = dict(os.environ, RELAYCTL_TOKEN=self.expert_token)
+        self.start(name, [f"{self.bin}/relayctl", "session", "open", "--relay", f"https://127.0.0.1:{self.relay_port}",
+                          "--ca", f"{self.work}/ca.pem", "--cluster", "bench", "--component", component,
+                          "--listen", "127.0.0.1:0", *extra], env)
+        proc, deadline = self.procs[name], time.time() + timeout
+        while time.time() < deadline:
+            with open(self.log(name), errors="replace") as f:
+                found = re.search(r"^open (http://\S+?)/? in your browser", f.read(), re.M)
+            if found:
+                return found.group(1)
+            if proc.poll() is not None:
+                raise SystemExit(f"relayctl session open exited ({proc.returncode}){log_tail(self.log(name))}")
+            time.sleep(0.1)
+        raise SystemExit(f"relayctl session open printed no URL within {timeout} s{log_tail(self.log(name))}")
 
     def ctl(self, args, token):
         env = dict(os.environ, RELAYCTL_TOKEN=token)

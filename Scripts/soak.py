@@ -57,22 +57,17 @@ def main():
     require_tools("wrk", "nginx", "curl")
     bin_dir = release_bin(args.no_build)
     work = tempfile.mkdtemp(prefix="relay-soak-")
-    component_port, status_port, session_port, churn_port = free_port(), free_port(), free_port(), free_port()
+    component_port, status_port = free_port(), free_port()
     web = nginx(work, component_port, status_port)
     stack = None
     # relayctl is not sampled: turning remote access off ends its session, and it is started again.
     samples = {"relay": [], "connector": []}
     try:
-        wait_port(component_port)
+        wait_port(component_port, proc=web, log=f"{work}/nginx-error.log")
         stack = Stack(work, bin_dir, component_port)
         stack.start("connector", [f"{bin_dir}/connector", "run", "--config", f"{work}/connector.yaml", "--log-level", "warning"])
         stack.ctl(["requests", "create", "--cluster", "bench", "--role", "admin", "--duration", "24h", "--reason", "soak"], stack.expert_token)
-        env = dict(os.environ, RELAYCTL_TOKEN=stack.expert_token)
-        session = [f"{bin_dir}/relayctl", "session", "open", "--relay", f"https://127.0.0.1:{stack.relay_port}", "--ca",
-                   f"{work}/ca.pem", "--cluster", "bench", "--component", "ui", "--wait", "60s"]
-        stack.start("relayctl", session + ["--listen", f"127.0.0.1:{session_port}"], env)
-        wait_port(session_port, timeout=60)
-        url = f"http://127.0.0.1:{session_port}"
+        url = stack.open_session(extra=["--wait", "60s"])
         def connector(*arguments):
             return [f"{bin_dir}/connector", *arguments, "--config", f"{work}/connector.yaml"]
         started = time.time()
@@ -85,20 +80,17 @@ def main():
             cycle += 1
             if stack.procs["relayctl"].poll() is not None:
                 # The customer turned remote access off last cycle, which ended the session: open a new one.
-                stack.start("relayctl", session + ["--listen", f"127.0.0.1:{session_port}"], env)
-                wait_port(session_port, timeout=60)
+                url = stack.open_session(extra=["--wait", "60s"])
             before = nginx_status(status_port)
             load = subprocess.Popen(["wrk", "-t1", "-c16", "-d10s", f"{url}/1k"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
             # Session churn beside the load: a second session, a few requests, stopped.
-            churn = subprocess.Popen(session + ["--listen", f"127.0.0.1:{churn_port}"], env=env,
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             try:
-                wait_port(churn_port, timeout=60)
+                churn_url = stack.open_session(name="churn", extra=["--wait", "60s"])
                 for _ in range(5):
-                    subprocess.run(["curl", "-s", "-o", "/dev/null", "--max-time", "10", f"http://127.0.0.1:{churn_port}/1k"])
+                    subprocess.run(["curl", "-s", "-o", "/dev/null", "--max-time", "10", f"{churn_url}/1k"])
             finally:
-                churn.send_signal(signal.SIGTERM)
-                churn.wait(timeout=30)
+                stack.procs["churn"].send_signal(signal.SIGTERM)
+                stack.procs["churn"].wait(timeout=30)
             # Cancelled downloads.
             for _ in range(5):
                 subprocess.run(["curl", "-s", "-o", "/dev/null", "--max-time", "0.05", f"{url}/10m"])

@@ -41,22 +41,17 @@ def main():
     else:
         bin_dir = release_bin(args.no_build)
     work = tempfile.mkdtemp(prefix="relay-stall-")
-    component_port, session_port = free_port(), free_port()
+    component_port = free_port()
     web = nginx(work, component_port)
     stack = None
     slow = 0
     try:
-        wait_port(component_port)
+        wait_port(component_port, proc=web, log=f"{work}/nginx-error.log")
         stack = Stack(work, bin_dir, component_port)
         stack.start("connector", [f"{bin_dir}/connector", "run", "--config", f"{work}/connector.yaml", "--log-level", "notice"])
         stack.ctl(["requests", "create", "--cluster", "bench", "--role", "admin", "--duration", "2h", "--reason", "stall check"],
                   stack.expert_token)
-        env = dict(os.environ, RELAYCTL_TOKEN=stack.expert_token)
-        stack.start("relayctl", [f"{bin_dir}/relayctl", "session", "open", "--relay", f"https://127.0.0.1:{stack.relay_port}",
-                                 "--ca", f"{work}/ca.pem", "--cluster", "bench", "--component", "ui",
-                                 "--listen", f"127.0.0.1:{session_port}"], env)
-        wait_port(session_port, timeout=60)
-        url = f"http://127.0.0.1:{session_port}/1k"
+        url = stack.open_session() + "/1k"
         print(f"round  req/s     p99 ms  non-2xx  socket errors   the request after it")
         for number in range(1, args.rounds + 1):
             rps, p99, errors, socket_errors = wrk(url, args.connections, args.duration)
