@@ -58,6 +58,7 @@ public final class TunnelConnector: Service, Sendable {
         var tunnels: [String: Channel] = [:]
         var lastErrors: [String: String] = [:]
         var redials: [String: Redial] = [:]
+        var dialStarted: [String: ContinuousClock.Instant] = [:]
         /// Set once shutdown began: nothing new is dialed.
         var stopping = false
         /// After a drop the relay did not announce (or a drain), redials spread over this window.
@@ -155,6 +156,12 @@ public final class TunnelConnector: Service, Sendable {
         self.state.withLockedValue { Array($0.wanted.keys).sorted() }
     }
 
+    /// When the dial that opened each tunnel up now began: on a machine too busy to finish
+    /// handshakes at once, the moments a fleet's reconnects were spread over (for tests and figures).
+    public var dialStarted: [String: ContinuousClock.Instant] {
+        self.state.withLockedValue { $0.dialStarted }
+    }
+
     /// Relay URLs waiting to be dialed again, and when (for status output and tests).
     public var redials: [String: Redial] {
         self.state.withLockedValue { $0.redials }
@@ -172,6 +179,7 @@ public final class TunnelConnector: Service, Sendable {
         var backoff = Backoff(policy: self.config.backoff)
         while !wanted.stop.hasRung {
             do {
+                let dialed = ContinuousClock.now
                 let (channel, peerClose) = try await self.dial(url)
                 let attached = wanted.channel.withLockedValue { slot -> Bool in
                     guard !wanted.stop.hasRung else { return false }
@@ -185,6 +193,7 @@ public final class TunnelConnector: Service, Sendable {
                 let upFor = Self.stopwatch(self.clock)  // started before the tunnel shows as up
                 self.state.withLockedValue { state in
                     state.tunnels[url.description] = channel
+                    state.dialStarted[url.description] = dialed
                     state.lastErrors[url.description] = nil
                     state.redials[url.description] = nil
                 }
@@ -193,7 +202,10 @@ public final class TunnelConnector: Service, Sendable {
                 let up = upFor()
                 wanted.channel.withLockedValue { $0 = nil }
                 self.state.withLockedValue { state in
-                    if state.tunnels[url.description] === channel { state.tunnels[url.description] = nil }
+                    if state.tunnels[url.description] === channel {
+                        state.tunnels[url.description] = nil
+                        state.dialStarted[url.description] = nil
+                    }
                 }
                 self.logger.info("tunnel down", metadata: ["relay": "\(url)", "up": "\(up)"])
                 guard !wanted.stop.hasRung else { return }

@@ -60,27 +60,39 @@ import TunnelCore
             }
             return back.count == nodes
         }
-        let times = back.values.map { Double($0.components.seconds) + Double($0.components.attoseconds) / 1e18 }.sorted()
-        var busiest = 0
-        var start = 0
-        for end in times.indices {
-            while times[start] <= times[end] - 1.0 { start += 1 }
-            busiest = max(busiest, end - start + 1)
-        }
-        let perSecond = Dictionary(grouping: times, by: { Int($0) }).mapValues(\.count)
-        let histogram = (0...Int(times.last ?? 0)).map { "\($0)s:\(perSecond[$0] ?? 0)" }.joined(separator: " ")
+        // The spread is the connectors' doing: when each began the dial that succeeded. When each
+        // saw its tunnel up also holds the restarted relay's handshake work, which bunches up on a
+        // machine too busy to keep pace (41 in one second seen with a build beside the suite).
+        let dialed = connectors.compactMap { $0.runtime.tunnels.dialStarted.values.first }.map { restarted.duration(to: $0) }
+        let dials = Self.spread(dialed)
+        let ups = Self.spread(Array(back.values))
         print(
-            "FAULT relay SIGKILL + restart, \(nodes) tunnels: \(times.count) back, the last \(String(format: "%.1f", times.last ?? -1)) s after the restart; "
-                + "busiest one-second window \(busiest) (\(busiest * 100 / nodes)%); per second after the restart: \(histogram)")
-        #expect(times.count == nodes, "every tunnel is back")
-        #expect((times.last ?? 99) <= 30, "all back within 30 s of the restart")
-        #expect(busiest * 5 <= nodes, "no one-second window holds more than 20%: \(busiest) of \(nodes)")
+            "FAULT relay SIGKILL + restart, \(nodes) tunnels: \(ups.times.count) back, the last \(String(format: "%.1f", ups.times.last ?? -1)) s after the restart; "
+                + "busiest one-second window of dials \(dials.busiest) (\(dials.busiest * 100 / nodes)%), of tunnels up \(ups.busiest) (\(ups.busiest * 100 / nodes)%); "
+                + "dials per second after the restart: \(dials.histogram); tunnels up: \(ups.histogram)")
+        #expect(ups.times.count == nodes, "every tunnel is back")
+        #expect((ups.times.last ?? 99) <= 30, "all back within 30 s of the restart")
+        #expect(dials.times.count == nodes && dials.busiest * 5 <= nodes, "no one-second window holds more than 20% of the redials: \(dials.busiest) of \(nodes)")
 
         for connector in connectors { await connector.services.stop() }
         connectors = []
         relay.terminate()
         _ = await relay.exitStatus()
         try await component.close()
+    }
+
+    /// Seconds after the restart, sorted; the most that fall in any one-second window; a count per second.
+    static func spread(_ durations: [Duration]) -> (times: [Double], busiest: Int, histogram: String) {
+        let times = durations.map { Double($0.components.seconds) + Double($0.components.attoseconds) / 1e18 }.sorted()
+        var busiest = 0
+        var start = 0
+        for end in times.indices {
+            while times[start] <= times[end] - 1.0 { start += 1 }
+            busiest = max(busiest, end - start + 1)
+        }
+        let perSecond = Dictionary(grouping: times, by: { Int($0.rounded(.down)) }).mapValues(\.count)
+        let histogram = ((perSecond.keys.min() ?? 0)...Int(times.last ?? 0)).map { "\($0)s:\(perSecond[$0] ?? 0)" }.joined(separator: " ")
+        return (times, busiest, histogram)
     }
 
     /// The connector killed (SIGKILL) under an engineer's open session: the relay frees the tunnel
