@@ -224,11 +224,14 @@ public final class ProxyServerHandler: ChannelDuplexHandler {
 
     public func channelInactive(context: ChannelHandlerContext) {
         if let exchange = self.exchange {
+            // Let go first: closing the next hop calls back at once when it shares this loop
+            // (upstreamClosed), which must not take this client's leaving for the next hop's and
+            // record a 502 that nobody was sent.
+            self.exchange = nil
             // A refusal closes a connection whose request body was still coming: it stays a refusal.
             if case .completed = exchange.outcome, exchange.phase != .refused { exchange.outcome = .aborted("client closed the connection") }
             exchange.upstream.abort()
             self.report(exchange)
-            self.exchange = nil
         }
         context.fireChannelInactive()
     }

@@ -234,10 +234,12 @@ extension OneOffenderTests {
     }
 }
 
-/// Reads requests and never answers (a component that is stuck).
+/// Reads requests and never answers (a component that is stuck); counts the reads it got.
 final class SilentComponent: ChannelInboundHandler, Sendable {
     typealias InboundIn = ByteBuffer
-    func channelRead(context: ChannelHandlerContext, data: NIOAny) {}
+    private let heard: NIOLockedValueBox<Int>
+    init(heard: NIOLockedValueBox<Int> = .init(0)) { self.heard = heard }
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) { self.heard.withLockedValue { $0 += 1 } }
 }
 
 /// Answers every request with 1 MiB of Content-Length, sending 1 KiB at once and 1 KiB every 20 ms.

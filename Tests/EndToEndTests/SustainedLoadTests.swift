@@ -34,6 +34,31 @@ import TunnelCore
         try await server.close()
     }
 
+    /// The engineer gives up on a request the component has not answered yet (wrk closing its
+    /// connections at the end of a run, a browser tab closed): the customer's audit says the client
+    /// cut it, not that the connector answered 502. Closing the component connection used to call
+    /// back into the exchange being cut, and ten to thirty such 502s per run were audited that no
+    /// client was ever sent (the "lost 502" of issue 11).
+    @Test func aRequestTheEngineerAbandonsIsAuditedAsCutNotAsAnError() async throws {
+        let heard = NIOLockedValueBox(0)
+        let silent = try await TestComponentServer.start { SilentComponent(heard: heard) }
+        let stack = try await TestStack.start(extraComponents: ["silent": silent.url])
+        let session = try await stack.openSession(component: "silent")
+        let connection = try await TestHTTPConnection.connect(port: session.localAddress!.port!)
+        let abandoned = Task { try await connection.request(.GET, "/abandoned") }
+        try await stack.waitUntil("the component to have the request") { heard.withLockedValue { $0 } > 0 }
+        await connection.close()
+        _ = try? await abandoned.value
+        try await stack.waitUntil("the connector to end the request") { stack.privacy.runningRequests == 0 }
+        stack.privacy.audit.sync()
+        let records = try AuditVerifier.tail(directory: stack.connectorConfig.audit.directory, count: 100).filter { $0.path == "/abandoned" }
+        #expect(records.count == 1, "\(records)")
+        #expect(records.first?.status == nil && records.first?.reason == "aborted: client closed the connection", "\(records)")
+        try await session.close()
+        await stack.stop()
+        try await silent.close()
+    }
+
     /// A request a reused connection accepted and never answered is not sent again when
     /// `upstream_timeout` passes: the component may still be working on it. 504, one connection.
     @Test func aRequestThatTimedOutIsNeverRetried() async throws {
