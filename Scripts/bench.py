@@ -49,8 +49,7 @@ def main():
         stack.start("component", [f"{bin_dir}/demo-component", "--listen", f"127.0.0.1:{component_port}"])
         wait_port(component_port, proc=procs["component"], log=stack.log("component"))
         stack.start("connector", [f"{bin_dir}/connector", "--config", f"{work}/connector.yaml", "--log-level", "warning"])
-        stack.ctl(["requests", "create", "--cluster", "bench", "--role", "admin", "--duration", "2h", "--reason", "benchmark"],
-                  stack.expert_token)
+        stack.request_access("2h", "benchmark")
         path = stack.open_session()
         direct = f"http://127.0.0.1:{component_port}"
 

@@ -111,6 +111,20 @@ class Stack:
         log = open(self.log(name), "w")
         self.procs[name] = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env)
 
+    def request_access(self, duration, reason, timeout=60):
+        """An admin request for cluster `bench`, waited on until approved: the customer's privacy mode
+        (`all` here) reaches the relay with the connector's heartbeat, and a request made before it
+        waits for it."""
+        request = self.ctl(["requests", "create", "--cluster", "bench", "--role", "admin", "--duration", duration,
+                            "--reason", reason], self.expert_token)
+        deadline = time.time() + timeout
+        while request["state"] != "approved":
+            if time.time() > deadline:
+                raise SystemExit(f"request {request['id']} still {request['state']} after {timeout} s{log_tail(self.log('connector'))}")
+            time.sleep(0.2)
+            request = next(r for r in self.ctl(["requests", "list", "--cluster", "bench"], self.expert_token) if r["id"] == request["id"])
+        return request
+
     def open_session(self, name="relayctl", component="ui", extra=(), timeout=90):
         """Starts `relayctl session open` on a port it picks itself (a port chosen beforehand can be
         taken meanwhile by any outgoing connection) and returns the URL it prints."""

@@ -66,7 +66,7 @@ def main():
         wait_port(component_port, proc=web, log=f"{work}/nginx-error.log")
         stack = Stack(work, bin_dir, component_port)
         stack.start("connector", [f"{bin_dir}/connector", "run", "--config", f"{work}/connector.yaml", "--log-level", "warning"])
-        stack.ctl(["requests", "create", "--cluster", "bench", "--role", "admin", "--duration", "24h", "--reason", "soak"], stack.expert_token)
+        stack.request_access("24h", "soak")
         url = stack.open_session(extra=["--wait", "60s"])
         def connector(*arguments):
             return [f"{bin_dir}/connector", *arguments, "--config", f"{work}/connector.yaml"]

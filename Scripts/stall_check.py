@@ -49,8 +49,7 @@ def main():
         wait_port(component_port, proc=web, log=f"{work}/nginx-error.log")
         stack = Stack(work, bin_dir, component_port)
         stack.start("connector", [f"{bin_dir}/connector", "run", "--config", f"{work}/connector.yaml", "--log-level", "notice"])
-        stack.ctl(["requests", "create", "--cluster", "bench", "--role", "admin", "--duration", "2h", "--reason", "stall check"],
-                  stack.expert_token)
+        stack.request_access("2h", "stall check")
         url = stack.open_session() + "/1k"
         print(f"round  req/s     p99 ms  non-2xx  socket errors   the request after it")
         seen_errors = 0
