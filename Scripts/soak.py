@@ -121,16 +121,21 @@ def main():
         print(f"soak: {args.minutes:g} min, {cycle} cycles (wrk 10 s at 16 connections, a churned session, 5 cancelled downloads; "
               f"remote access off and on every third, which ends the session: a new one is opened); {requests_done} requests "
               f"through the session; slopes after a {args.warmup} s warm-up")
-        print(f"{'process':<10} {'RSS MiB':>16} {'slope/min':>9}   {'fds':>9} {'slope/min':>9}   {'threads':>9} {'slope/min':>9}")
+        # Each slope over the whole measured part, then over its second half alone: growth that
+        # levels off (allocator arenas, pools reaching their size) shows as a second half near zero.
+        print(f"{'process':<10} {'RSS MiB':>16} {'slope/min':>17}   {'fds':>9} {'slope/min':>17}   {'threads':>9} {'slope/min':>17}")
+        print(f"{'':<10} {'':>16} {'all, 2nd half':>17}   {'':>9} {'all, 2nd half':>17}   {'':>9} {'all, 2nd half':>17}")
         for name, points in samples.items():
             measured = [p for p in points if p[0] >= args.warmup]
             if len(measured) < 2:
                 continue
+            later = measured[len(measured) // 2:]
             rows = []
             for index, limit in ((1, 1.0), (2, 1.0), (3, 1.0)):
                 s = slope([(p[0], p[index]) for p in measured])
+                s2 = slope([(p[0], p[index]) for p in later])
                 failed |= s > limit
-                rows.append(f"{measured[0][index]:>7.1f}->{measured[-1][index]:<7.1f} {s:>+9.2f}")
+                rows.append(f"{measured[0][index]:>7.1f}->{measured[-1][index]:<7.1f} {s:>+8.2f},{s2:>+8.2f}")
             print(f"{name:<10} " + "   ".join(rows))
         connections = sum(c for c, _ in reuse)
         requests = sum(r for _, r in reuse)

@@ -99,7 +99,10 @@ import TunnelCore
             #expect(answer.status == .ok)
         }
         print("cancelled downloads: 5 rounds of 32; the slowest request after a round took \(slowest)")
-        #expect(slowest < .seconds(5), "no stall after cancelled downloads: \(slowest)")
+        // The stalls reported lasted 25 s (until keepalive gave the connection up) to over two
+        // minutes. Here: 0.6 s on an idle machine, 6.3 s seen with a build beside the suite (the
+        // debug build still discarding 32 cancelled downloads' bytes in flight).
+        #expect(slowest < .seconds(15), "no stall after cancelled downloads: \(slowest)")
         try await session.close()
         await stack.stop()
     }
