@@ -16,9 +16,10 @@ import TunnelCore
 /// engineer's next request nor on the relay's one-minute poll these tests configure.
 @Suite(.serialized) struct SessionEndPushTests {
     /// Each push is timed between the two sides' own records, on the test clock they share: 0.05 to
-    /// 0.6 s on an idle machine (the product's "within 2 s"); the bound leaves room for a machine
-    /// loaded by a build beside the suite (2.0-2.4 s seen), far below the poll.
-    static let pushBoundSeconds: TimeInterval = 5
+    /// 0.6 s on an idle machine (the product's "within 2 s"). What the bound must tell apart is a
+    /// push from the one-minute poll these tests configure; it leaves room for a machine loaded by a
+    /// build beside the suite (2.0-5.6 s seen).
+    static let pushBoundSeconds: TimeInterval = 20
 
     /// An engineer's session (what relayctl holds) that records how the relay closed it, and when.
     final class WatchedSession: Sendable {

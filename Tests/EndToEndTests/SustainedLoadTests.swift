@@ -49,9 +49,13 @@ import TunnelCore
         try await stack.waitUntil("the component to have the request") { heard.withLockedValue { $0 } > 0 }
         await connection.close()
         _ = try? await abandoned.value
-        try await stack.waitUntil("the connector to end the request") { stack.privacy.runningRequests == 0 }
-        stack.privacy.audit.sync()
-        let records = try AuditVerifier.tail(directory: stack.connectorConfig.audit.directory, count: 100).filter { $0.path == "/abandoned" }
+        // The record is written once the exchange reports, a moment after the stream is gone.
+        var records: [AuditEntry] = []
+        try await stack.waitUntil("the customer's audit record of the request") {
+            stack.privacy.audit.sync()
+            records = try AuditVerifier.tail(directory: stack.connectorConfig.audit.directory, count: 100).filter { $0.path == "/abandoned" }
+            return !records.isEmpty
+        }
         #expect(records.count == 1, "\(records)")
         #expect(records.first?.status == nil && records.first?.reason == "aborted: client closed the connection", "\(records)")
         try await session.close()
