@@ -55,10 +55,10 @@ public final class TunnelConnector: Service, Sendable {
 
     private struct State {
         var wanted: [String: Wanted] = [:]
-        var tunnels: [String: Channel] = [:]
+        /// Each tunnel up, and when the dial that opened it began.
+        var tunnels: [String: (channel: Channel, dialStarted: ContinuousClock.Instant)] = [:]
         var lastErrors: [String: String] = [:]
         var redials: [String: Redial] = [:]
-        var dialStarted: [String: ContinuousClock.Instant] = [:]
         /// Set once shutdown began: nothing new is dialed.
         var stopping = false
         /// After a drop the relay did not announce (or a drain), redials spread over this window.
@@ -136,7 +136,7 @@ public final class TunnelConnector: Service, Sendable {
         if !(await self.privacy.streamsFinished(within: bound, on: self.clock)) {
             self.logger.warning("requests still running at shutdown are cut", metadata: ["waited": "\(bound)"])
         }
-        let channels = self.state.withLockedValue { Array($0.tunnels.values) }
+        let channels = self.state.withLockedValue { $0.tunnels.values.map(\.channel) }
         for wanted in all { wanted.end(reason: "the connector is shutting down") }
         for channel in channels { try? await channel.closeFuture.get() }
     }
@@ -159,7 +159,7 @@ public final class TunnelConnector: Service, Sendable {
     /// When the dial that opened each tunnel up now began: on a machine too busy to finish
     /// handshakes at once, the moments a fleet's reconnects were spread over (for tests and figures).
     public var dialStarted: [String: ContinuousClock.Instant] {
-        self.state.withLockedValue { $0.dialStarted }
+        self.state.withLockedValue { $0.tunnels.mapValues(\.dialStarted) }
     }
 
     /// Relay URLs waiting to be dialed again, and when (for status output and tests).
@@ -192,8 +192,7 @@ public final class TunnelConnector: Service, Sendable {
                 }
                 let upFor = Self.stopwatch(self.clock)  // started before the tunnel shows as up
                 self.state.withLockedValue { state in
-                    state.tunnels[url.description] = channel
-                    state.dialStarted[url.description] = dialed
+                    state.tunnels[url.description] = (channel, dialed)
                     state.lastErrors[url.description] = nil
                     state.redials[url.description] = nil
                 }
@@ -202,10 +201,7 @@ public final class TunnelConnector: Service, Sendable {
                 let up = upFor()
                 wanted.channel.withLockedValue { $0 = nil }
                 self.state.withLockedValue { state in
-                    if state.tunnels[url.description] === channel {
-                        state.tunnels[url.description] = nil
-                        state.dialStarted[url.description] = nil
-                    }
+                    if state.tunnels[url.description]?.channel === channel { state.tunnels[url.description] = nil }
                 }
                 self.logger.info("tunnel down", metadata: ["relay": "\(url)", "up": "\(up)"])
                 guard !wanted.stop.hasRung else { return }

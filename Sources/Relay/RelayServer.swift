@@ -113,6 +113,9 @@ public final class RelayServer: Service, Sendable {
         return address
     }
 
+    /// Why a draining node closes sessions and tunnels (1012), as relayctl and connectors show it.
+    static let drainingReason = "the relay node is draining (restart or upgrade); reconnect"
+
     /// Drains, then closes (docs/PROTOCOL.md "Draining"): stops accepting; every session gets an
     /// HTTP/2 GOAWAY (relayctl opens its next requests on a new connection) and its requests in
     /// flight `drain_timeout` to finish, then closes with 1012; every tunnel gets a GOAWAY too and
@@ -120,7 +123,7 @@ public final class RelayServer: Service, Sendable {
     public func stop() async throws {
         try await self.serverChannel.get()?.close()
         self.draining.withLockedValue { $0 = true }
-        let reason = "the relay node is draining (restart or upgrade); reconnect"
+        let reason = Self.drainingReason
         let tunnels = self.registry.clusterIDs.flatMap { self.registry.tunnels(cluster: $0) }
         for tunnel in tunnels {
             tunnel.channel.eventLoop.execute { TunnelPipeline.sayGoingAway(tunnel.channel) }
@@ -267,7 +270,7 @@ public final class RelayServer: Service, Sendable {
                 channel: channel, websocketRole: .server, http2Mode: .server, link: .session, limits: self.config.limits,
                 inboundStreamInitializer: TunnelPipeline.refuseInboundStreams)
             channel.triggerUserOutboundEvent(
-                WebSocketCloseRequest(code: WireCloseCode.relayDraining, reason: "the relay node is draining (restart or upgrade); reconnect"),
+                WebSocketCloseRequest(code: WireCloseCode.relayDraining, reason: Self.drainingReason),
                 promise: nil)
             return
         }
