@@ -50,19 +50,55 @@ def rss_kib(pid):
     return 0
 
 
+class WrkResult:
+    """One wrk run: requests/s, p50 and p99 latency (ms), requests completed, non-2xx answers and
+    socket errors (connect, read, write, timeout)."""
+
+    def __init__(self, out):
+        self.rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+        self.requests = int(re.search(r"(\d+) requests in", out).group(1))
+        self.p50, self.p99 = self._latency(out, 50), self._latency(out, 99)
+        non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+        sockets = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+        self.non2xx = int(non2xx.group(1)) if non2xx else 0
+        self.socket_errors = sum(map(int, sockets.groups())) if sockets else 0
+
+    @staticmethod
+    def _latency(out, percent):
+        m = re.search(rf"^\s+{percent}%\s+([\d.]+)(us|ms|s)\s*$", out, re.M)
+        return float(m.group(1)) * {"us": 0.001, "ms": 1, "s": 1000}[m.group(2)]
+
+
 def wrk(url, connections, duration, script=None, threads=2):
-    """requests/s, p50 ms, p99 ms, non-2xx count."""
-    argv = ["wrk", f"-t{threads}", f"-c{connections}", f"-d{duration}s", "--latency"]
+    argv = ["wrk", f"-t{min(threads, connections)}", f"-c{connections}", f"-d{duration}s", "--latency"]
     if script:
         argv += ["-s", script]
-    out = subprocess.run(argv + [url], capture_output=True, text=True, timeout=duration + 30).stdout
-    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
-    def latency(p):
-        m = re.search(rf"^\s+{p}%\s+([\d.]+)(us|ms|s)\s*$", out, re.M)
-        value, unit = float(m.group(1)), m.group(2)
-        return value / 1000 if unit == "us" else value * 1000 if unit == "s" else value
-    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-    return rps, latency(50), latency(99), int(errors.group(1)) if errors else 0
+    return WrkResult(subprocess.run(argv + [url], capture_output=True, text=True, timeout=duration + 60).stdout)
+
+
+def cpu_seconds(pids):
+    """User plus system CPU seconds the processes and every descendant of theirs have used so far."""
+    tick = os.sysconf("SC_CLK_TCK")
+    children, times = {}, {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(entry))
+        times[int(entry)] = (int(fields[11]) + int(fields[12])) / tick
+    total, todo, seen = 0.0, list(pids), set()
+    while todo:
+        pid = todo.pop()
+        if pid in seen:
+            continue
+        seen.add(pid)
+        total += times.get(pid, 0.0)
+        todo += children.get(pid, [])
+    return total
 
 
 def release_bin(no_build):
@@ -75,13 +111,13 @@ def release_bin(no_build):
 class Stack:
     """relay + enrolled cluster `bench` + expert token + registered connector config (not started)."""
 
-    def __init__(self, work, bin_dir, component_port, limits=(), heartbeat="1s"):
+    def __init__(self, work, bin_dir, component_port, limits=(), heartbeat="1s", relay_extra=""):
         self.work, self.bin, self.procs = work, bin_dir, {}
         subprocess.run([os.path.join(ROOT, "Certs/make-dev-certs.sh"), work], check=True, stdout=subprocess.DEVNULL)
         self.relay_port = free_port()
         limits_block = ("limits:\n" + "".join(f"  {item.replace('=', ': ', 1)}\n" for item in limits)) if limits else ""
         self.write("relay.yaml", f"listen: 127.0.0.1:{self.relay_port}\ntls:\n  certificate_file: relay.pem\n"
-                                 f"  private_key_file: relay.key\ndata_dir: relay-data\n{limits_block}")
+                                 f"  private_key_file: relay.key\ndata_dir: relay-data\n{limits_block}{relay_extra}")
         self.write("connector.yaml", f"node_id: n1\ncredential_file: credential.json\nrelay:\n"
                                      f"  url: https://127.0.0.1:{self.relay_port}\n  ca_file: ca.pem\n"
                                      f"heartbeat:\n  interval: {heartbeat}\nprivacy:\n  mode: all\n"
@@ -160,21 +196,36 @@ class Stack:
                 p.kill()
 
 
-def nginx(work, port, status_port=None):
-    """nginx serving `work/www` (a 1 KiB file `1k`, a 10 MiB file `10m`) on `port`; with
-    `status_port`, its stub_status there (accepted connections and requests, for reuse figures)."""
-    os.makedirs(f"{work}/www", exist_ok=True)
-    with open(f"{work}/www/1k", "wb") as f:
-        f.write(b"x" * 1024)
-    with open(f"{work}/www/10m", "wb") as f:
-        f.write(os.urandom(10 << 20))
+def nginx(work, port, status_port=None, name="nginx", upstream_port=None):
+    """nginx (one worker) serving `work/www` (a 1 KiB file `1k`, a 10 MiB file `10m`) on `port`; with
+    `status_port`, its stub_status there (accepted connections and requests, for reuse figures); with
+    `upstream_port`, a reverse proxy to that port instead (keep-alive to the upstream)."""
+    www = f"{work}/www"
+    os.chmod(work, 0o711)  # run as root, nginx's worker is `nobody`: it may pass through, and read www only
+    if not os.path.exists(f"{www}/10m"):
+        os.makedirs(www, exist_ok=True)
+        with open(f"{www}/1k", "wb") as f:
+            f.write(b"x" * 1024)
+        with open(f"{www}/10m", "wb") as f:
+            f.write(os.urandom(10 << 20))
+        os.chmod(www, 0o755)
+        for name in ("1k", "10m"):
+            os.chmod(f"{www}/{name}", 0o644)
     status = f"server {{ listen 127.0.0.1:{status_port}; location / {{ stub_status; }} }}" if status_port else ""
-    conf = f"""daemon off; worker_processes 1; pid {work}/nginx.pid; error_log {work}/nginx-error.log;
+    if upstream_port:
+        site = (f"upstream component {{ server 127.0.0.1:{upstream_port}; keepalive 64; }}\n"
+                f"  server {{ listen 127.0.0.1:{port}; location / {{ proxy_pass http://component; "
+                f"proxy_http_version 1.1; proxy_set_header Connection \"\"; }} }}")
+    else:
+        site = f"server {{ listen 127.0.0.1:{port}; root {www}; location / {{ }} }}"
+    temp = f"{work}/{name}-temp"
+    os.makedirs(temp, exist_ok=True)
+    conf = f"""daemon off; worker_processes 1; pid {work}/{name}.pid; error_log {work}/{name}-error.log;
 events {{ worker_connections 4096; }}
-http {{ access_log off; client_body_temp_path {work}; proxy_temp_path {work}; fastcgi_temp_path {work};
-  uwsgi_temp_path {work}; scgi_temp_path {work};
-  server {{ listen 127.0.0.1:{port}; root {work}/www; location / {{ }} }} {status} }}
+http {{ access_log off; client_body_temp_path {temp}; proxy_temp_path {temp}; fastcgi_temp_path {temp};
+  uwsgi_temp_path {temp}; scgi_temp_path {temp};
+  {site} {status} }}
 """
-    with open(f"{work}/nginx.conf", "w") as f:
+    with open(f"{work}/{name}.conf", "w") as f:
         f.write(conf)
-    return subprocess.Popen(["nginx", "-c", f"{work}/nginx.conf"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return subprocess.Popen(["nginx", "-c", f"{work}/{name}.conf"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

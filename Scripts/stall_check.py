@@ -7,22 +7,10 @@ answered within 1 s. Prints each round's figures and how long the request after 
 
 Needs wrk, nginx and curl (Debian packages). Exits 1 if any request after a round took over 1 s or
 failed."""
-import argparse, os, re, subprocess, sys, tempfile, time
+import argparse, os, subprocess, sys, tempfile, time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from benchlib import ROOT, Stack, free_port, nginx, release_bin, require_tools, wait_port  # noqa: E402
-
-
-def wrk(url, connections, duration):
-    """requests/s, p99 ms, non-2xx responses, socket errors (connect, read, write, timeout)."""
-    out = subprocess.run(["wrk", "-t2", f"-c{connections}", f"-d{duration}s", "--latency", url],
-                         capture_output=True, text=True, timeout=duration + 60).stdout
-    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
-    m = re.search(r"^\s+99%\s+([\d.]+)(us|ms|s)\s*$", out, re.M)
-    p99 = float(m.group(1)) * {"us": 0.001, "ms": 1, "s": 1000}[m.group(2)]
-    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-    sockets = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
-    return rps, p99, int(non2xx.group(1)) if non2xx else 0, sum(map(int, sockets.groups())) if sockets else 0
+from benchlib import ROOT, Stack, free_port, nginx, release_bin, require_tools, wait_port, wrk  # noqa: E402
 
 
 def main():
@@ -54,7 +42,8 @@ def main():
         print(f"round  req/s     p99 ms  non-2xx  socket errors   the request after it")
         seen_errors = 0
         for number in range(1, args.rounds + 1):
-            rps, p99, errors, socket_errors = wrk(url, args.connections, args.duration)
+            run = wrk(url, args.connections, args.duration)
+            rps, p99, errors, socket_errors = run.rps, run.p99, run.non2xx, run.socket_errors
             started = time.time()
             answer = subprocess.run(["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "120", url],
                                     capture_output=True, text=True)
