@@ -14,29 +14,52 @@ public final class MaskingFrameEncoder: ChannelOutboundHandler {
         let frame = self.unwrapOutboundIn(data)
         var payload = frame.data
         let length = payload.readableBytes
-        var header = context.channel.allocator.buffer(capacity: 14)
+        var header = (UInt64(0), UInt64(0))  // at most 14 bytes
+        let headerLength = withUnsafeMutableBytes(of: &header) { Self.writeHeader(frame, length: length, into: $0) }
+        if let key = frame.maskKey { payload.xorWebSocketMask(key) }
+        // The byte-stream handler leaves room in front of each message: header and payload then go
+        // out as one buffer, one TLS record (two buffers are two records).
+        if payload.readerIndex >= headerLength {
+            payload.moveReaderIndex(to: payload.readerIndex - headerLength)
+            _ = withUnsafeBytes(of: &header) { payload.setBytes(UnsafeRawBufferPointer(rebasing: $0[..<headerLength]), at: payload.readerIndex) }
+            context.write(self.wrapOutboundOut(payload), promise: promise)
+            return
+        }
+        var buffer = context.channel.allocator.buffer(capacity: headerLength)
+        _ = withUnsafeBytes(of: &header) { buffer.writeBytes(UnsafeRawBufferPointer(rebasing: $0[..<headerLength])) }
+        context.write(self.wrapOutboundOut(buffer), promise: nil)
+        context.write(self.wrapOutboundOut(payload), promise: promise)
+    }
+
+    /// RFC 6455 5.2's frame header; returns its length.
+    private static func writeHeader(_ frame: WebSocketFrame, length: Int, into out: UnsafeMutableRawBufferPointer) -> Int {
         var first = UInt8(webSocketOpcode: frame.opcode)
         if frame.fin { first |= 0x80 }
         if frame.rsv1 { first |= 0x40 }
         if frame.rsv2 { first |= 0x20 }
         if frame.rsv3 { first |= 0x10 }
-        header.writeInteger(first)
+        out[0] = first
         let maskBit: UInt8 = frame.maskKey == nil ? 0 : 0x80
+        var used: Int
         switch length {
         case 0...125:
-            header.writeInteger(maskBit | UInt8(length))
+            out[1] = maskBit | UInt8(length)
+            used = 2
         case 126...Int(UInt16.max):
-            header.writeInteger(maskBit | 126)
-            header.writeInteger(UInt16(length))
+            out[1] = maskBit | 126
+            out.storeBytes(of: UInt16(length).bigEndian, toByteOffset: 2, as: UInt16.self)
+            used = 4
         default:
-            header.writeInteger(maskBit | 127)
-            header.writeInteger(UInt64(length))
+            out[1] = maskBit | 127
+            out.storeBytes(of: UInt64(length).bigEndian, toByteOffset: 2, as: UInt64.self)
+            used = 10
         }
         if let key = frame.maskKey {
-            header.writeBytes(key)
-            payload.xorWebSocketMask(key)
+            for byte in key {
+                out[used] = byte
+                used += 1
+            }
         }
-        context.write(self.wrapOutboundOut(header), promise: nil)
-        context.write(self.wrapOutboundOut(payload), promise: promise)
+        return used
     }
 }

@@ -1,3 +1,4 @@
+import Crypto
 import NIOCore
 import NIOSSL
 import NIOWebSocket
@@ -47,6 +48,12 @@ public final class WebSocketByteStreamHandler: ChannelDuplexHandler, RemovableCh
     private let messages: Messages
     /// `.echo`: the message being received, and whether it is text.
     private var echoed: (text: Bool, bytes: ByteBuffer)?
+    /// Between a read and its read-complete, flushes wait for the read-complete; otherwise for the
+    /// end of the event loop's turn. Every flush is a frame, a TLS record and a write: the streams
+    /// that flush in one turn (responses read from several components at once) share them.
+    private var inRead = false
+    private var flushScheduled = false
+    private var masks = MaskingKeySource()
 
     /// - Parameters:
     ///   - keepaliveInterval: with no inbound frame for this long a ping is sent. `nil` turns keepalive off.
@@ -129,6 +136,7 @@ public final class WebSocketByteStreamHandler: ChannelDuplexHandler, RemovableCh
     public func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         let frame = self.unwrapInboundIn(data)
         guard self.state != .closed else { return }
+        self.inRead = true
         if self.keepaliveInterval != nil {
             self.lastInbound = context.eventLoop.now
             self.pinged = false
@@ -178,6 +186,12 @@ public final class WebSocketByteStreamHandler: ChannelDuplexHandler, RemovableCh
         default:
             self.fail(context: context, code: .protocolError, reason: "unknown opcode")
         }
+    }
+
+    public func channelReadComplete(context: ChannelHandlerContext) {
+        context.fireChannelReadComplete()
+        self.inRead = false
+        if self.pending != nil { self.flushNow(context: context) }
     }
 
     private func deliver(context: ChannelHandlerContext, frame: WebSocketFrame) {
@@ -272,6 +286,19 @@ public final class WebSocketByteStreamHandler: ChannelDuplexHandler, RemovableCh
     }
 
     public func flush(context: ChannelHandlerContext) {
+        guard self.pending != nil else {
+            context.flush()
+            return
+        }
+        guard !self.inRead, !self.flushScheduled else { return }
+        self.flushScheduled = true
+        context.eventLoop.assumeIsolatedUnsafeUnchecked().execute {
+            self.flushScheduled = false
+            self.flushNow(context: context)
+        }
+    }
+
+    private func flushNow(context: ChannelHandlerContext) {
         guard var message = self.pending else {
             context.flush()
             return
@@ -338,7 +365,7 @@ public final class WebSocketByteStreamHandler: ChannelDuplexHandler, RemovableCh
 
     /// Writes a close frame, first sending what is pending; the tunnel code travels in the payload.
     private func sendClose(context: ChannelHandlerContext, code: WebSocketErrorCode, reason: String = "") -> EventLoopFuture<Void> {
-        if self.pending != nil { self.flush(context: context) }
+        if self.pending != nil { self.flushNow(context: context) }
         var data = context.channel.allocator.buffer(capacity: 2 + reason.utf8.count)
         data.write(webSocketErrorCode: code)
         data.writeString(WebSocketCloseRequest.truncated(reason))
@@ -348,7 +375,24 @@ public final class WebSocketByteStreamHandler: ChannelDuplexHandler, RemovableCh
 
     private func maskKey() -> WebSocketMaskingKey? {
         // RFC 6455 5.3: a client masks every frame, a server never does.
-        self.role == .client ? .random() : nil
+        self.role == .client ? self.masks.next() : nil
+    }
+}
+
+/// Masking keys from a cryptographic random source (BoringSSL's generator, reseeded from the
+/// system), 64 drawn at once: the client side masks every frame it sends, and the system's source
+/// costs a system call per draw.
+struct MaskingKeySource {
+    private var bytes: [UInt8] = []
+    private var used = 0
+
+    mutating func next() -> WebSocketMaskingKey {
+        if self.used == self.bytes.count {
+            self.bytes = SymmetricKey(size: SymmetricKeySize(bitCount: 256 * 8)).withUnsafeBytes { Array($0) }
+            self.used = 0
+        }
+        defer { self.used += 4 }
+        return WebSocketMaskingKey(self.bytes[self.used..<self.used + 4])!
     }
 }
 

@@ -40,8 +40,9 @@ import Testing
         return String(buffer: out)
     }
 
-    /// Decodes every frame the handler wrote.
+    /// Decodes every frame the handler wrote, once the event loop's turn has ended (when flushes go out).
     func outboundFrames(_ channel: EmbeddedChannel) throws -> [WebSocketFrame] {
+        channel.embeddedEventLoop.run()
         var bytes = ByteBuffer()
         while var part = try channel.readOutbound(as: ByteBuffer.self) { bytes.writeBuffer(&part) }
         let decoder = EmbeddedChannel(handler: ByteToMessageHandler(WebSocketFrameDecoder(maxFrameSize: 1 << 24)))
@@ -99,6 +100,39 @@ import Testing
         #expect(frames.first?.opcode == .binary)
         #expect(frames.first?.fin == true)
         #expect(frames.first.map { String(buffer: $0.unmaskedData) } == "frame-headerpayload")
+    }
+
+    /// Streams that flush in one turn of the event loop (responses read from several components)
+    /// share one frame: one TLS record and one write instead of one each.
+    @Test func flushesInOneTurnOfTheEventLoopShareOneFrame() throws {
+        let channel = try self.makeChannel(outbound: 1024)
+        channel.writeAndFlush(ByteBuffer(string: "first "), promise: nil)
+        channel.writeAndFlush(ByteBuffer(string: "second"), promise: nil)
+        #expect(try channel.readOutbound(as: ByteBuffer.self) == nil, "nothing leaves before the turn ends")
+        let frames = try self.outboundFrames(channel)
+        #expect(frames.map { String(buffer: $0.unmaskedData) } == ["first second"])
+        channel.writeAndFlush(ByteBuffer(string: "later"), promise: nil)
+        #expect(try self.outboundFrames(channel).map { String(buffer: $0.unmaskedData) } == ["later"])
+    }
+
+    /// What a stream writes while the tunnel is reading (an answer to a frame just read) waits for
+    /// the end of the read, and leaves with what the others wrote meanwhile.
+    @Test func flushesDuringAReadLeaveAtItsEnd() throws {
+        let channel = try self.makeChannel(outbound: 1024)
+        final class Answerer: ChannelInboundHandler, @unchecked Sendable {
+            typealias InboundIn = ByteBuffer
+            func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+                context.writeAndFlush(NIOAny(ByteBuffer(string: "ack;")), promise: nil)
+            }
+        }
+        try channel.pipeline.syncOperations.addHandler(Answerer())
+        try channel.writeInbound(try self.wire([self.frame(.binary, "one", fin: false), self.frame(.continuation, "two")]))
+        var bytes = ByteBuffer()
+        while var part = try channel.readOutbound(as: ByteBuffer.self) { bytes.writeBuffer(&part) }
+        let decoder = EmbeddedChannel(handler: ByteToMessageHandler(WebSocketFrameDecoder()))
+        try decoder.writeInbound(bytes)
+        #expect(try decoder.readInbound(as: WebSocketFrame.self).map { String(buffer: $0.unmaskedData) } == "ack;ack;")
+        #expect(try decoder.readInbound(as: WebSocketFrame.self) == nil)
     }
 
     @Test func largeFlushIsSplitIntoFramesNoBiggerThanTheLimit() throws {
