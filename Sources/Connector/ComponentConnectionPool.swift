@@ -16,6 +16,7 @@ final class ComponentConnectionPool: Sendable {
         var id: UInt64
         var channel: Channel
         var guardHandler: IdleConnectionGuard
+        var expiry: Scheduled<Void>
     }
     private struct State {
         var idle: [Key: [Entry]] = [:]
@@ -26,7 +27,9 @@ final class ComponentConnectionPool: Sendable {
     let idleTimeout: TimeAmount
     private let state = NIOLockedValueBox(State())
 
-    init(maxIdlePerKey: Int = 32, idleTimeout: TimeAmount = .seconds(2)) {
+    /// - Parameter maxIdlePerKey: as many as a tunnel carries requests at once (256 streams): a
+    ///   smaller pool closed connections that the next burst of requests then opened again.
+    init(maxIdlePerKey: Int = 256, idleTimeout: TimeAmount = .seconds(2)) {
         self.maxIdlePerKey = maxIdlePerKey
         self.idleTimeout = idleTimeout
     }
@@ -36,6 +39,7 @@ final class ComponentConnectionPool: Sendable {
         let key = Key(component: component, loop: ObjectIdentifier(loop))
         return self.state.withLockedValue { state in
             while let entry = state.idle[key]?.popLast() {
+                entry.expiry.cancel()
                 guard entry.channel.isActive else { continue }
                 // Called on the channel's own loop (the key includes it), so the pipeline is ours to change.
                 entry.channel.pipeline.syncOperations.removeHandler(entry.guardHandler).whenFailure { _ in
@@ -51,31 +55,33 @@ final class ComponentConnectionPool: Sendable {
     /// Call on the channel's event loop, with nothing after the HTTP client codec in its pipeline.
     func release(_ channel: Channel, component: String) {
         let key = Key(component: component, loop: ObjectIdentifier(channel.eventLoop))
-        let guardHandler = IdleConnectionGuard()
-        guard (try? channel.pipeline.syncOperations.addHandler(guardHandler)) != nil else {
-            channel.close(promise: nil)
-            return
-        }
-        let id: UInt64? = self.state.withLockedValue { state in
+        let id = self.state.withLockedValue { state -> UInt64? in
             guard (state.idle[key]?.count ?? 0) < self.maxIdlePerKey else { return nil }
             state.nextID += 1
-            state.idle[key, default: []].append(Entry(id: state.nextID, channel: channel, guardHandler: guardHandler))
             return state.nextID
         }
         guard let id else {
             channel.close(promise: nil)
             return
         }
-        channel.eventLoop.scheduleTask(in: self.idleTimeout) {
+        // The guard takes the connection out of the pool if it closes while idle.
+        let guardHandler = IdleConnectionGuard { [weak self] in _ = self?.remove(id: id, key: key) }
+        guard (try? channel.pipeline.syncOperations.addHandler(guardHandler)) != nil else {
+            channel.close(promise: nil)
+            return
+        }
+        let expiry = channel.eventLoop.scheduleTask(in: self.idleTimeout) {
             if self.remove(id: id, key: key) { channel.close(promise: nil) }
         }
-        channel.closeFuture.whenComplete { _ in _ = self.remove(id: id, key: key) }
+        self.state.withLockedValue { state in
+            state.idle[key, default: []].append(Entry(id: id, channel: channel, guardHandler: guardHandler, expiry: expiry))
+        }
     }
 
     private func remove(id: UInt64, key: Key) -> Bool {
         self.state.withLockedValue { state in
-            guard let index = state.idle[key]?.firstIndex(where: { $0.id == id }) else { return false }
-            state.idle[key]!.remove(at: index)
+            guard let index = state.idle[key]?.lastIndex(where: { $0.id == id }) else { return false }
+            state.idle[key]!.remove(at: index).expiry.cancel()
             return true
         }
     }
@@ -84,8 +90,16 @@ final class ComponentConnectionPool: Sendable {
 /// Sits on an idle pooled connection: a component that sends anything while no request is out
 /// (bytes past a response, a broken parser state) has made the connection unusable, so it is closed
 /// instead of being handed to the next request.
-final class IdleConnectionGuard: ChannelInboundHandler, RemovableChannelHandler, @unchecked Sendable {  // stateless; used on its channel's loop
+final class IdleConnectionGuard: ChannelInboundHandler, RemovableChannelHandler, @unchecked Sendable {  // used on its channel's loop
     typealias InboundIn = Any
+    private let closed: () -> Void
+
+    init(closed: @escaping () -> Void) { self.closed = closed }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        self.closed()
+        context.fireChannelInactive()
+    }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         context.close(promise: nil)

@@ -56,6 +56,7 @@ public struct AccessReconciler: Service {
 
     func tick() async throws {
         try await self.control.auditHousekeeping()
+        try await self.control.flushLiveness()
         // One instant for the whole tick: what expires and what is closed for it agree.
         let now = self.control.now
         _ = try await self.control.expireDue(now: now)

@@ -39,6 +39,8 @@ public final class MissionControl: Sendable {
     let logger: Logger
     private let tunnelURLBox = NIOLockedValueBox<[String]>([])
     private let denials = NIOLockedValueBox(DenialAggregator())
+    /// Heartbeats' time and health, written behind (`flushLiveness`).
+    private let liveness = NIOLockedValueBox(NodeLiveness())
     private let lastPrune = NIOLockedValueBox<Date?>(nil)
     private let reconcileObservers = NIOLockedValueBox<[@Sendable () -> Void]>([])
 
@@ -91,8 +93,18 @@ public final class MissionControl: Sendable {
     public func authenticateNode(
         bearer: String?, cluster: String?, node: String?, action: String, source: String? = nil
     ) async throws -> CredentialRecord {
+        try await self.authenticateNode(bearer: bearer, cluster: cluster, node: node, action: action, source: source) {
+            try await self.store.credential(hash: $0)
+        }
+    }
+
+    /// As above, the credential read by `lookup` (given its hash): a heartbeat reads it with the rest.
+    func authenticateNode(
+        bearer: String?, cluster: String?, node: String?, action: String, source: String?,
+        lookup: (String) async throws -> CredentialRecord?
+    ) async throws -> CredentialRecord {
         if let bearer, IssuedToken.credential.isWellFormed(bearer),
-            let credential = try await self.store.credential(hash: self.hasher.hash(bearer)),
+            let credential = try await lookup(self.hasher.hash(bearer)),
             credential.revokedAt == nil, credential.clusterID == cluster, credential.nodeID == node
         {
             return credential
@@ -196,14 +208,30 @@ public final class MissionControl: Sendable {
 
     // MARK: heartbeat
 
-    public func heartbeat(_ body: HeartbeatRequest, credential: CredentialRecord) async throws -> HeartbeatResponse {
+    /// One heartbeat, authenticated by the node credential `bearer`. Usually one read of the store
+    /// and no write (`NodeLiveness`).
+    public func heartbeat(_ body: HeartbeatRequest, bearer: String?, source: String? = nil) async throws -> HeartbeatResponse {
+        let now = self.now
+        let endedSince = now.addingTimeInterval(-86_400)
+        var view: HeartbeatView?
+        let credential = try await self.authenticateNode(
+            bearer: bearer, cluster: body.clusterID, node: body.nodeID, action: "heartbeat", source: source
+        ) { hash in
+            let read = try await self.store.heartbeatView(credentialHash: hash, clusterID: body.clusterID, endedSince: endedSince, endedLimit: 50)
+            view = read
+            return read.credential
+        }
         let cluster = credential.clusterID
         let nodeActor = "node:\(cluster)/\(credential.nodeID)"
-        let now = self.now
-        for decision in body.decisions { try await self.apply(decision, cluster: cluster, now: now) }
+        var ended = view?.ended ?? []
+        var requests = view?.open ?? []
+        if !body.decisions.isEmpty {
+            for decision in body.decisions { try await self.apply(decision, cluster: cluster, now: now) }
+            requests = try await self.store.requests(clusterID: cluster, states: [.pending, .approved])
+            ended = try await self.store.endedRequests(clusterID: cluster, since: endedSince, limit: 50)
+        }
 
         let mode = body.privacy.mode
-        var requests = try await self.store.requests(clusterID: cluster, states: [.pending, .approved])
         if mode.approvesAutomatically {
             for (index, request) in requests.enumerated() where request.state == .pending {
                 requests[index] = try await self.approve(request, by: "\(Self.automaticApproval)privacy mode \(mode.rawValue)", now: now)
@@ -217,7 +245,19 @@ public final class MissionControl: Sendable {
             privacyJSON: String(decoding: try encoder.encode(body.privacy), as: UTF8.self),
             healthJSON: try body.health.map { String(decoding: try encoder.encode($0), as: UTF8.self) } ?? "{}",
             lastHeartbeatAt: now, registeredAt: now, remoteUIRequested: flag)
-        let previous = try await self.store.recordHeartbeat(node)
+        let previous: NodeRecord?
+        switch self.liveness.withLockedValue({ $0.beat(node) }) {
+        case .kept(let before):
+            previous = before
+        case .write:
+            do {
+                previous = try await self.store.recordHeartbeat(node)
+                self.liveness.withLockedValue { $0.stored(node, registeredAt: previous?.registeredAt ?? node.registeredAt) }
+            } catch {
+                self.liveness.withLockedValue { $0.forget(cluster: cluster, node: credential.nodeID) }
+                throw error
+            }
+        }
         if previous?.privacyMode != mode {
             await self.audit(actor: nodeActor, "heartbeat.mode", cluster: cluster, subject: credential.nodeID, reason: "privacy mode \(mode.rawValue)")
         }
@@ -236,7 +276,7 @@ public final class MissionControl: Sendable {
         // Approved requests past their window count as ended now, whether or not the reconciler
         // has marked them yet: the connector ends their sessions with the real reason.
         let lapsed = requests.filter { $0.state == .approved && !$0.isActive(at: now) }
-        let ended = try await self.store.endedRequests(clusterID: cluster, since: now.addingTimeInterval(-86_400), limit: 50) + lapsed
+        ended += lapsed
         return HeartbeatResponse(
             remoteUIRequested: flag, websocketURLs: self.tunnelURLs, nextHeartbeatSeconds: interval,
             pendingApprovals: waiting.map(PendingApproval.init), activeRole: active.map(\.role).max(),
@@ -374,6 +414,35 @@ public final class MissionControl: Sendable {
 
     /// Writes what the last minute's refusals left over, and prunes records past retention (hourly).
     /// Called by the reconciler.
+    /// Writes the time and health of heartbeats kept in memory (the reconciler, every tick, and the
+    /// store before it closes): a crash loses at most one reconcile interval of them.
+    public func flushLiveness() async throws {
+        let records = self.liveness.withLockedValue { $0.takeUnwritten() }
+        do {
+            try await self.store.recordLiveness(records)
+        } catch {
+            self.liveness.withLockedValue { $0.unflushed(records) }
+            throw error
+        }
+    }
+
+    /// Nodes of a cluster with their latest heartbeat, written or not.
+    public func nodes(clusterID: String) async throws -> [NodeRecord] {
+        let stored = try await self.store.nodes(clusterID: clusterID)
+        return self.liveness.withLockedValue { $0.overlay(stored) }
+    }
+
+    /// Clusters with their latest heartbeat, written or not.
+    public func clusters() async throws -> [ClusterRecord] {
+        let stored = try await self.store.clusters()
+        return self.liveness.withLockedValue { liveness in stored.map { liveness.overlay($0) } }
+    }
+
+    public func cluster(id: String) async throws -> ClusterRecord? {
+        let stored = try await self.store.cluster(id: id)
+        return self.liveness.withLockedValue { liveness in stored.map { liveness.overlay($0) } }
+    }
+
     func auditHousekeeping() async throws {
         await self.writeDenialSummaries(self.denials.withLockedValue { $0.flush(at: self.now) })
         let now = self.now

@@ -115,9 +115,7 @@ public struct RelayAPIRouter: Sendable {
         }
         if route.match(.POST, "heartbeat") != nil {
             let body = try Self.decode(HeartbeatRequest.self, request.body)
-            let credential = try await control.authenticateNode(
-                bearer: request.bearer, cluster: body.clusterID, node: body.nodeID, action: "heartbeat", source: request.source)
-            return try Self.encode(try await control.heartbeat(body, credential: credential))
+            return try Self.encode(try await control.heartbeat(body, bearer: request.bearer, source: request.source))
         }
         guard route.isKnown else { throw Self.notFound }
         let action = "api \(request.method) \(request.path)"
@@ -141,13 +139,13 @@ public struct RelayAPIRouter: Sendable {
             return try Self.encode(WhoAmI(name: caller.name, role: caller.role))
         } else if route.match(.GET, "clusters") != nil {
             var details: [ClusterDetail] = []
-            for cluster in try await control.store.clusters() { details.append(try await self.detail(cluster)) }
+            for cluster in try await control.clusters() { details.append(try await self.detail(cluster)) }
             return try Self.encode(details)
         } else if route.match(.POST, "clusters") != nil {
             return try Self.encode(try await control.addCluster(try Self.decode(CreateClusterRequest.self, request.body), by: caller))
         } else if let captured = route.match(.GET, "clusters/*") {
             let id = captured[0]
-            guard let cluster = try await control.store.cluster(id: id) else { throw MissionControl.unknownCluster(id) }
+            guard let cluster = try await control.cluster(id: id) else { throw MissionControl.unknownCluster(id) }
             return try Self.encode(try await self.detail(cluster))
         } else if let captured = route.match(.POST, "clusters/*/enroll") {
             let id = captured[0]
@@ -205,7 +203,7 @@ public struct RelayAPIRouter: Sendable {
         let now = self.control.now
         let active = try await self.control.store.requests(clusterID: cluster.id, states: [.approved]).filter { $0.isActive(at: now) }
         let tunnels = self.registry.tunnels(cluster: cluster.id)
-        let nodes = try await self.control.store.nodes(clusterID: cluster.id).map { node in
+        let nodes = try await self.control.nodes(clusterID: cluster.id).map { node in
             ClusterDetail.Node(
                 record: node, health: try? APIJSON.decoder().decode(NodeHealth.self, from: Data(node.healthJSON.utf8)),
                 tunnelsHere: tunnels.filter { $0.node == node.nodeID }.count)

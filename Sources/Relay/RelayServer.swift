@@ -62,7 +62,7 @@ public final class RelayServer: Service, Sendable {
     /// tunnels told why), then the reconciler, the work already started (records of the ends), and
     /// the store last, once they are written.
     /// `start()` binds before they run.
-    public var services: [any Service] { [StoreService(store: self.control.store), self.tasks, self.reconciler, self] }
+    public var services: [any Service] { [StoreService(control: self.control), self.tasks, self.reconciler, self] }
 
     /// Serves (bound by `start()`) until graceful shutdown, then stops.
     public func run() async throws {
@@ -352,11 +352,13 @@ func randomIdentifier() -> String {
 }
 
 /// The store as a service: it stops last and closes the database once nothing writes to it.
+/// Stops last: heartbeats kept in memory are written, then the store closes.
 struct StoreService: Service {
-    let store: any Store
+    let control: MissionControl
 
     func run() async throws {
         try? await gracefulShutdown()
-        try await self.store.close()
+        try? await self.control.flushLiveness()
+        try await self.control.store.close()
     }
 }

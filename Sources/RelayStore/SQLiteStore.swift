@@ -168,7 +168,12 @@ public final class SQLiteStore: Store {
     }
 
     public func credential(hash: String) async throws -> CredentialRecord? {
-        try await self.pool.read { try CredentialRecord.fetchOne($0, key: hash) }
+        try await self.pool.read { try Self.credential($0, hash: hash) }
+    }
+
+    // Prepared once per connection (every heartbeat and tunnel dial asks).
+    private static func credential(_ db: Database, hash: String) throws -> CredentialRecord? {
+        try CredentialRecord.fetchOne(db.cachedStatement(sql: "SELECT * FROM credentials WHERE credentialHash = ?"), arguments: [hash])
     }
 
     // MARK: heartbeats
@@ -183,6 +188,29 @@ public final class SQLiteStore: Store {
                 sql: "UPDATE clusters SET privacyMode = ?, lastHeartbeatAt = ? WHERE id = ?",
                 arguments: [node.privacyMode.rawValue, node.lastHeartbeatAt, node.clusterID])
             return previous
+        }
+    }
+
+    public func heartbeatView(credentialHash: String, clusterID: String, endedSince: Date, endedLimit: Int) async throws -> HeartbeatView {
+        try await self.pool.read { db in
+            HeartbeatView(
+                credential: try Self.credential(db, hash: credentialHash),
+                open: try Self.requests(db, clusterID: clusterID, states: [.pending, .approved]),
+                ended: try Self.endedRequests(db, clusterID: clusterID, since: endedSince, limit: endedLimit))
+        }
+    }
+
+    public func recordLiveness(_ nodes: [NodeRecord]) async throws {
+        guard !nodes.isEmpty else { return }
+        try await self.pool.write { db in
+            let node = try db.cachedStatement(
+                sql: "UPDATE nodes SET lastHeartbeatAt = ?, healthJSON = ? WHERE clusterID = ? AND nodeID = ? AND lastHeartbeatAt < ?")
+            let cluster = try db.cachedStatement(
+                sql: "UPDATE clusters SET lastHeartbeatAt = ? WHERE id = ? AND (lastHeartbeatAt IS NULL OR lastHeartbeatAt < ?)")
+            for record in nodes {
+                try node.execute(arguments: [record.lastHeartbeatAt, record.healthJSON, record.clusterID, record.nodeID, record.lastHeartbeatAt])
+                try cluster.execute(arguments: [record.lastHeartbeatAt, record.clusterID, record.lastHeartbeatAt])
+            }
         }
     }
 
@@ -235,22 +263,36 @@ public final class SQLiteStore: Store {
     }
 
     public func requests(clusterID: String?, states: Set<RequestState>?) async throws -> [AccessRequestRecord] {
-        try await self.pool.read { db in
-            var query = AccessRequestRecord.all()
-            if let clusterID { query = query.filter(Column("clusterID") == clusterID) }
-            if let states { query = query.filter(states.map(\.rawValue).contains(Column("state"))) }
-            return try query.order(Column("id")).fetchAll(db)
+        try await self.pool.read { try Self.requests($0, clusterID: clusterID, states: states) }
+    }
+
+    // Plain SQL prepared once per connection and shape (every heartbeat asks).
+    private static func requests(_ db: Database, clusterID: String?, states: Set<RequestState>?) throws -> [AccessRequestRecord] {
+        var conditions: [String] = []
+        var arguments = StatementArguments()
+        if let clusterID {
+            conditions.append("clusterID = ?")
+            arguments += [clusterID]
         }
+        if let states {
+            conditions.append("state IN (\(Array(repeating: "?", count: states.count).joined(separator: ", ")))")
+            arguments += StatementArguments(states.map(\.rawValue).sorted())
+        }
+        let filter = conditions.isEmpty ? "" : " WHERE " + conditions.joined(separator: " AND ")
+        return try AccessRequestRecord.fetchAll(db.cachedStatement(sql: "SELECT * FROM accessRequests\(filter) ORDER BY id"), arguments: arguments)
     }
 
     public func endedRequests(clusterID: String, since: Date, limit: Int) async throws -> [AccessRequestRecord] {
-        try await self.pool.read { db in
-            try AccessRequestRecord.all()
-                .filter(Column("clusterID") == clusterID)
-                .filter([RequestState.expired, .revoked, .rejected].map(\.rawValue).contains(Column("state")))
-                .filter(Column("changedAt") >= since)
-                .order(Column("changedAt").desc).limit(limit).fetchAll(db)
-        }
+        try await self.pool.read { try Self.endedRequests($0, clusterID: clusterID, since: since, limit: limit) }
+    }
+
+    private static func endedRequests(_ db: Database, clusterID: String, since: Date, limit: Int) throws -> [AccessRequestRecord] {
+        try AccessRequestRecord.fetchAll(
+            db.cachedStatement(sql: """
+                SELECT * FROM accessRequests WHERE clusterID = ? AND state IN (?, ?, ?) AND changedAt >= ?
+                ORDER BY changedAt DESC LIMIT ?
+                """),
+            arguments: [clusterID, RequestState.expired.rawValue, RequestState.revoked.rawValue, RequestState.rejected.rawValue, since, limit])
     }
 
     public func updateRequest(_ request: AccessRequestRecord, expecting expected: RequestState) async throws -> Bool {

@@ -20,6 +20,12 @@ public protocol Store: Sendable {
     // Heartbeats
     /// Stores the node's latest heartbeat and the cluster's reported mode; returns the node's previous record.
     @discardableResult func recordHeartbeat(_ node: NodeRecord) async throws -> NodeRecord?
+    /// Writes the time and health of heartbeats kept in memory, in one transaction; a row that
+    /// already holds a later heartbeat (from another writer) keeps it.
+    func recordLiveness(_ nodes: [NodeRecord]) async throws
+    /// What a heartbeat reads, in one read: the credential with this hash, and the cluster's
+    /// pending and approved requests and those that ended since `endedSince` (newest first).
+    func heartbeatView(credentialHash: String, clusterID: String, endedSince: Date, endedLimit: Int) async throws -> HeartbeatView
     func nodes(clusterID: String) async throws -> [NodeRecord]
 
     // Tokens
@@ -74,5 +80,19 @@ public enum StoreError: Error, CustomStringConvertible, Equatable {
         case .conflict(let what): "\(what) already exists"
         case .notFound(let what): "\(what) not found"
         }
+    }
+}
+
+/// What a heartbeat reads from the store (`Store.heartbeatView`).
+public struct HeartbeatView: Sendable {
+    public var credential: CredentialRecord?
+    /// Pending and approved requests, oldest first.
+    public var open: [AccessRequestRecord]
+    public var ended: [AccessRequestRecord]
+
+    public init(credential: CredentialRecord?, open: [AccessRequestRecord], ended: [AccessRequestRecord]) {
+        self.credential = credential
+        self.open = open
+        self.ended = ended
     }
 }

@@ -37,8 +37,12 @@ import Testing
         #expect(try await state() == .approved, "no tick before the interval")
         clock.advance(by: .milliseconds(1))
         #expect(try await TestWait.poll { try await state() == .expired }, "expired on the tick")
-        let audit = try await control.store.audit(since: nil, afterID: 0, limit: 100)
-        #expect(audit.contains { $0.action == "request.expire" && $0.subject == String(request.id) && $0.actor == "relay" })
+        // The audit record is written just after the state (a separate write): wait for it.
+        #expect(try await TestWait.poll {
+            try await control.store.audit(since: nil, afterID: 0, limit: 100).contains {
+                $0.action == "request.expire" && $0.subject == String(request.id) && $0.actor == "relay"
+            }
+        }, "the expiry is audited")
         await services.stop()
     }
 }
