@@ -344,15 +344,10 @@ final class NIOLockedValueBoxChannel: Sendable {
 }
 
 /// 128 random bits as 32 hex digits: session and request IDs.
-func randomIdentifier() -> String {
-    var generator = SystemRandomNumberGenerator()
-    let high = String(generator.next() as UInt64, radix: 16)
-    let low = String(generator.next() as UInt64, radix: 16)
-    return String(repeating: "0", count: 16 - high.count) + high + String(repeating: "0", count: 16 - low.count) + low
-}
+func randomIdentifier() -> String { SecureRandom.hex(16) }
 
-/// The store as a service: it stops last and closes the database once nothing writes to it.
-/// Stops last: heartbeats kept in memory are written, then the store closes.
+/// The store as a service: it stops last; heartbeats kept in memory are written, then the
+/// database closes once nothing writes to it.
 struct StoreService: Service {
     let control: MissionControl
 

@@ -14,14 +14,7 @@ public struct TokenHasher: Sendable {
     /// Hex HMAC of the token text.
     public func hash(_ token: String) -> String {
         let mac = HMAC<SHA256>.authenticationCode(for: Data(token.utf8), using: self.key)
-        let digits = Array("0123456789abcdef".utf8)
-        return String(unsafeUninitializedCapacity: 64) { out in
-            for (index, byte) in mac.enumerated() {
-                out[2 * index] = digits[Int(byte >> 4)]
-                out[2 * index + 1] = digits[Int(byte & 0x0F)]
-            }
-            return 64
-        }
+        return Hex.encode(mac)
     }
 
     /// Reads the 32-byte key from `path`, creating it (mode 0600) on first start.

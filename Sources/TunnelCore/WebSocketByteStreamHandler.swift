@@ -1,4 +1,3 @@
-import Crypto
 import NIOCore
 import NIOSSL
 import NIOWebSocket
@@ -379,16 +378,14 @@ public final class WebSocketByteStreamHandler: ChannelDuplexHandler, RemovableCh
     }
 }
 
-/// Masking keys from a cryptographic random source (BoringSSL's generator, reseeded from the
-/// system), 64 drawn at once: the client side masks every frame it sends, and the system's source
-/// costs a system call per draw.
+/// Masking keys (the client side masks every frame it sends), 64 drawn at once.
 struct MaskingKeySource {
     private var bytes: [UInt8] = []
     private var used = 0
 
     mutating func next() -> WebSocketMaskingKey {
         if self.used == self.bytes.count {
-            self.bytes = SymmetricKey(size: SymmetricKeySize(bitCount: 256 * 8)).withUnsafeBytes { Array($0) }
+            self.bytes = SecureRandom.bytes(256)
             self.used = 0
         }
         defer { self.used += 4 }
