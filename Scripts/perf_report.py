@@ -91,7 +91,7 @@ class Results:
             if base and base.cpu_requests:
                 now = sum(ours.cpu.values()) / ours.cpu_requests
                 then = sum(base.cpu.values()) / base.cpu_requests
-                rows.append((f"CPU per request <= 1/3 of {self.baseline}", f"{now * 1e7:.2f} vs {then * 1e7:.2f} s/10k "
+                rows.append((f"CPU per request <= 1/3 of {self.baseline}", f"{now * 1e4:.2f} vs {then * 1e4:.2f} s/10k "
                              f"({now / then:.2f}x)", now <= then / 3))
         if ours and ours.downloads:
             ratio = med(ours.downloads) / med(direct.downloads)
