@@ -209,8 +209,8 @@ def nginx(work, port, status_port=None, name="nginx", upstream_port=None):
         with open(f"{www}/10m", "wb") as f:
             f.write(os.urandom(10 << 20))
         os.chmod(www, 0o755)
-        for name in ("1k", "10m"):
-            os.chmod(f"{www}/{name}", 0o644)
+        for served in ("1k", "10m"):
+            os.chmod(f"{www}/{served}", 0o644)
     status = f"server {{ listen 127.0.0.1:{status_port}; location / {{ stub_status; }} }}" if status_port else ""
     if upstream_port:
         site = (f"upstream component {{ server 127.0.0.1:{upstream_port}; keepalive 64; }}\n"

@@ -37,18 +37,17 @@ final class ComponentConnectionPool: Sendable {
     /// An idle, still open connection to `component` on `loop`, removed from the pool.
     func take(component: String, loop: EventLoop) -> Channel? {
         let key = Key(component: component, loop: ObjectIdentifier(loop))
-        return self.state.withLockedValue { state in
-            while let entry = state.idle[key]?.popLast() {
-                entry.expiry.cancel()
-                guard entry.channel.isActive else { continue }
-                // Called on the channel's own loop (the key includes it), so the pipeline is ours to change.
-                entry.channel.pipeline.syncOperations.removeHandler(entry.guardHandler).whenFailure { _ in
-                    entry.channel.close(promise: nil)
-                }
-                return entry.channel
+        while let entry = self.state.withLockedValue({ $0.idle[key]?.popLast() }) {
+            entry.expiry.cancel()
+            guard entry.channel.isActive else { continue }
+            // Called on the channel's own loop (the key includes it), so the pipeline is ours to
+            // change; outside the lock, since closing calls back into the pool.
+            entry.channel.pipeline.syncOperations.removeHandler(entry.guardHandler).whenFailure { _ in
+                entry.channel.close(promise: nil)
             }
-            return nil
+            return entry.channel
         }
+        return nil
     }
 
     /// Keeps `channel` for reuse, or closes it when the pool for its component and loop is full.

@@ -56,7 +56,12 @@ public struct AccessReconciler: Service {
 
     func tick() async throws {
         try await self.control.auditHousekeeping()
-        try await self.control.flushLiveness()
+        // Never in the way of expiry and revocation: a failed flush is retried on the next tick.
+        do {
+            try await self.control.flushLiveness()
+        } catch {
+            self.control.logger.error("cannot write heartbeats kept in memory; retrying next tick", metadata: ["error": "\(error)"])
+        }
         // One instant for the whole tick: what expires and what is closed for it agree.
         let now = self.control.now
         _ = try await self.control.expireDue(now: now)

@@ -217,7 +217,8 @@ public final class MissionControl: Sendable {
         let credential = try await self.authenticateNode(
             bearer: bearer, cluster: body.clusterID, node: body.nodeID, action: "heartbeat", source: source
         ) { hash in
-            let read = try await self.store.heartbeatView(credentialHash: hash, clusterID: body.clusterID, endedSince: endedSince, endedLimit: 50)
+            let read = try await self.store.heartbeatView(
+                credentialHash: hash, clusterID: body.clusterID, nodeID: body.nodeID, endedSince: endedSince, endedLimit: 50)
             view = read
             return read.credential
         }
@@ -245,18 +246,14 @@ public final class MissionControl: Sendable {
             privacyJSON: String(decoding: try encoder.encode(body.privacy), as: UTF8.self),
             healthJSON: try body.health.map { String(decoding: try encoder.encode($0), as: UTF8.self) } ?? "{}",
             lastHeartbeatAt: now, registeredAt: now, remoteUIRequested: flag)
+        // Decided against the store as read with this heartbeat: what another relay node wrote counts.
         let previous: NodeRecord?
-        switch self.liveness.withLockedValue({ $0.beat(node) }) {
-        case .kept(let before):
-            previous = before
-        case .write:
-            do {
-                previous = try await self.store.recordHeartbeat(node)
-                self.liveness.withLockedValue { $0.stored(node, registeredAt: previous?.registeredAt ?? node.registeredAt) }
-            } catch {
-                self.liveness.withLockedValue { $0.forget(cluster: cluster, node: credential.nodeID) }
-                throw error
-            }
+        if NodeLiveness.changesOnlyLiveness(node, stored: view?.node, clusterMode: view?.clusterMode) {
+            self.liveness.withLockedValue { $0.keep(node) }
+            previous = view?.node
+        } else {
+            previous = try await self.store.recordHeartbeat(node)
+            self.liveness.withLockedValue { $0.written(node) }
         }
         if previous?.privacyMode != mode {
             await self.audit(actor: nodeActor, "heartbeat.mode", cluster: cluster, subject: credential.nodeID, reason: "privacy mode \(mode.rawValue)")
@@ -412,8 +409,6 @@ public final class MissionControl: Sendable {
         }
     }
 
-    /// Writes what the last minute's refusals left over, and prunes records past retention (hourly).
-    /// Called by the reconciler.
     /// Writes the time and health of heartbeats kept in memory (the reconciler, every tick, and the
     /// store before it closes): a crash loses at most one reconcile interval of them.
     public func flushLiveness() async throws {
@@ -443,6 +438,8 @@ public final class MissionControl: Sendable {
         return self.liveness.withLockedValue { liveness in stored.map { liveness.overlay($0) } }
     }
 
+    /// Writes what the last minute's refusals left over, and prunes records past retention (hourly).
+    /// Called by the reconciler.
     func auditHousekeeping() async throws {
         await self.writeDenialSummaries(self.denials.withLockedValue { $0.flush(at: self.now) })
         let now = self.now

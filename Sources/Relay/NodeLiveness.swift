@@ -1,75 +1,55 @@
 import Foundation
 import RelayModel
 
-/// What the relay knows of each node's last heartbeat, so that a heartbeat which changes nothing
-/// but the time (and the node's health figures, which differ on nearly every beat) costs no write:
-/// those are kept here and written behind in one transaction per flush. A heartbeat that changes
-/// anything else (mode, settings, version, the flag it was told), and a node's first heartbeat
-/// since the relay started, is written at once as before. Pure: no clock, no I/O.
+/// Heartbeats' time and health not written yet. A heartbeat whose other fields (mode, settings,
+/// version, the flag it was told) and its cluster's mode equal what the store holds (read with the
+/// heartbeat, so another relay node's writes count) changes only the time and the node's health,
+/// which differs on nearly every beat: those are kept here and written behind, for all nodes in one
+/// transaction per flush. Pure: no clock, no I/O.
 struct NodeLiveness {
     struct Key: Hashable {
         var cluster: String
         var node: String
     }
 
-    enum Beat: Equatable {
-        /// Only time and health changed: kept here, written at the next flush. Carries the node's
-        /// record before this beat.
-        case kept(previous: NodeRecord)
-        /// Something else changed, or the node is not known yet: write it now.
-        case write
-    }
-
-    private var known: [Key: NodeRecord] = [:]
-    /// The mode last written for each cluster (the store keeps the last reporting node's mode).
-    private var clusterModes: [String: PrivacyMode] = [:]
+    private var kept: [Key: NodeRecord] = [:]
     private var unwritten: Set<Key> = []
-    /// Each cluster's latest heartbeat seen (any node).
+    /// Each cluster's latest heartbeat kept here (any node).
     private var clusterLatest: [String: Date] = [:]
 
-    /// A heartbeat arrived, recorded as `node`.
-    mutating func beat(_ node: NodeRecord) -> Beat {
+    /// Whether `heartbeat` changes only the time and the health of `stored`, the node's row, given
+    /// `clusterMode`, the mode the store holds for its cluster.
+    static func changesOnlyLiveness(_ heartbeat: NodeRecord, stored: NodeRecord?, clusterMode: PrivacyMode?) -> Bool {
+        guard let stored else { return false }
+        return stored.sourceType == heartbeat.sourceType && stored.connectorVersion == heartbeat.connectorVersion
+            && stored.privacyMode == heartbeat.privacyMode && stored.privacyJSON == heartbeat.privacyJSON
+            && stored.remoteUIRequested == heartbeat.remoteUIRequested && clusterMode == heartbeat.privacyMode
+    }
+
+    /// Keeps the heartbeat's time and health for the next flush (the newest wins).
+    mutating func keep(_ node: NodeRecord) {
         let key = Key(cluster: node.clusterID, node: node.nodeID)
-        guard let previous = self.known[key], Self.sameButTime(previous, node),
-            self.clusterModes[node.clusterID] == node.privacyMode
-        else { return .write }
-        var updated = node
-        updated.registeredAt = previous.registeredAt
-        self.known[key] = updated
+        if let known = self.kept[key], known.lastHeartbeatAt > node.lastHeartbeatAt { return }
+        self.kept[key] = node
         self.unwritten.insert(key)
         self.clusterLatest[node.clusterID] = max(self.clusterLatest[node.clusterID] ?? .distantPast, node.lastHeartbeatAt)
-        return .kept(previous: previous)
     }
 
-    /// `node` is in the store now (written whole, time and health included).
-    mutating func stored(_ node: NodeRecord, registeredAt: Date) {
+    /// `node` was written whole (time and health included): nothing older is left to write.
+    mutating func written(_ node: NodeRecord) {
         let key = Key(cluster: node.clusterID, node: node.nodeID)
-        var record = node
-        record.registeredAt = registeredAt
-        if let kept = self.known[key], kept.lastHeartbeatAt > node.lastHeartbeatAt {
-            record.lastHeartbeatAt = kept.lastHeartbeatAt
-            record.healthJSON = kept.healthJSON
-        } else {
+        guard let known = self.kept[key], known.lastHeartbeatAt > node.lastHeartbeatAt else {
+            self.kept[key] = nil
             self.unwritten.remove(key)
+            return
         }
-        self.known[key] = record
-        self.clusterModes[node.clusterID] = node.privacyMode
-        self.clusterLatest[node.clusterID] = max(self.clusterLatest[node.clusterID] ?? .distantPast, record.lastHeartbeatAt)
-    }
-
-    /// A write failed: nothing is assumed about the node's row until it is written again.
-    mutating func forget(cluster: String, node: String) {
-        let key = Key(cluster: cluster, node: node)
-        self.known[key] = nil
-        self.unwritten.remove(key)
-        self.clusterModes[cluster] = nil
     }
 
     /// The records whose time and health are newer than the store's; they count as written until
     /// `unflushed` gives them back.
     mutating func takeUnwritten() -> [NodeRecord] {
         defer { self.unwritten.removeAll() }
-        return self.unwritten.compactMap { self.known[$0] }
+        return self.unwritten.compactMap { self.kept[$0] }
     }
 
     /// A flush failed: these go out with the next one.
@@ -80,7 +60,7 @@ struct NodeLiveness {
     /// Nodes as read from the store, with the time and health of heartbeats not written yet.
     func overlay(_ nodes: [NodeRecord]) -> [NodeRecord] {
         nodes.map { node in
-            guard let kept = self.known[Key(cluster: node.clusterID, node: node.nodeID)], kept.lastHeartbeatAt > node.lastHeartbeatAt
+            guard let kept = self.kept[Key(cluster: node.clusterID, node: node.nodeID)], kept.lastHeartbeatAt > node.lastHeartbeatAt
             else { return node }
             var fresh = node
             fresh.lastHeartbeatAt = kept.lastHeartbeatAt
@@ -95,10 +75,5 @@ struct NodeLiveness {
         var fresh = cluster
         fresh.lastHeartbeatAt = latest
         return fresh
-    }
-
-    private static func sameButTime(_ a: NodeRecord, _ b: NodeRecord) -> Bool {
-        a.sourceType == b.sourceType && a.connectorVersion == b.connectorVersion && a.privacyMode == b.privacyMode
-            && a.privacyJSON == b.privacyJSON && a.remoteUIRequested == b.remoteUIRequested
     }
 }

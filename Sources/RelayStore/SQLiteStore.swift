@@ -191,10 +191,18 @@ public final class SQLiteStore: Store {
         }
     }
 
-    public func heartbeatView(credentialHash: String, clusterID: String, endedSince: Date, endedLimit: Int) async throws -> HeartbeatView {
+    public func heartbeatView(credentialHash: String, clusterID: String, nodeID: String, endedSince: Date, endedLimit: Int) async throws -> HeartbeatView {
         try await self.pool.read { db in
-            HeartbeatView(
-                credential: try Self.credential(db, hash: credentialHash),
+            let credential = try Self.credential(db, hash: credentialHash)
+            guard let credential, credential.revokedAt == nil, credential.clusterID == clusterID, credential.nodeID == nodeID else {
+                return HeartbeatView(credential: credential)
+            }
+            let cluster = try ClusterRecord.fetchOne(db.cachedStatement(sql: "SELECT * FROM clusters WHERE id = ?"), arguments: [clusterID])
+            return HeartbeatView(
+                credential: credential,
+                node: try NodeRecord.fetchOne(
+                    db.cachedStatement(sql: "SELECT * FROM nodes WHERE clusterID = ? AND nodeID = ?"), arguments: [clusterID, nodeID]),
+                clusterMode: cluster?.privacyMode,
                 open: try Self.requests(db, clusterID: clusterID, states: [.pending, .approved]),
                 ended: try Self.endedRequests(db, clusterID: clusterID, since: endedSince, limit: endedLimit))
         }

@@ -23,9 +23,10 @@ public protocol Store: Sendable {
     /// Writes the time and health of heartbeats kept in memory, in one transaction; a row that
     /// already holds a later heartbeat (from another writer) keeps it.
     func recordLiveness(_ nodes: [NodeRecord]) async throws
-    /// What a heartbeat reads, in one read: the credential with this hash, and the cluster's
+    /// What a heartbeat reads, in one read: the credential with this hash and, only if it is
+    /// unrevoked and belongs to this cluster and node, the node's row, the cluster's mode, its
     /// pending and approved requests and those that ended since `endedSince` (newest first).
-    func heartbeatView(credentialHash: String, clusterID: String, endedSince: Date, endedLimit: Int) async throws -> HeartbeatView
+    func heartbeatView(credentialHash: String, clusterID: String, nodeID: String, endedSince: Date, endedLimit: Int) async throws -> HeartbeatView
     func nodes(clusterID: String) async throws -> [NodeRecord]
 
     // Tokens
@@ -86,12 +87,21 @@ public enum StoreError: Error, CustomStringConvertible, Equatable {
 /// What a heartbeat reads from the store (`Store.heartbeatView`).
 public struct HeartbeatView: Sendable {
     public var credential: CredentialRecord?
+    /// The node's row as stored (nil before its first heartbeat).
+    public var node: NodeRecord?
+    /// The mode the store holds for the cluster (the last one written by any of its nodes).
+    public var clusterMode: PrivacyMode?
     /// Pending and approved requests, oldest first.
     public var open: [AccessRequestRecord]
     public var ended: [AccessRequestRecord]
 
-    public init(credential: CredentialRecord?, open: [AccessRequestRecord], ended: [AccessRequestRecord]) {
+    public init(
+        credential: CredentialRecord?, node: NodeRecord? = nil, clusterMode: PrivacyMode? = nil, open: [AccessRequestRecord] = [],
+        ended: [AccessRequestRecord] = []
+    ) {
         self.credential = credential
+        self.node = node
+        self.clusterMode = clusterMode
         self.open = open
         self.ended = ended
     }

@@ -85,6 +85,8 @@ public final class WebSocketByteStreamHandler: ChannelDuplexHandler, RemovableCh
     public func handlerRemoved(context: ChannelHandlerContext) {
         self.keepaliveTask?.cancel()
         self.keepaliveTask = nil
+        // Whatever was written and not yet sent goes now (a flush may be waiting for the turn's end).
+        if self.pending != nil { self.flushNow(context: context) }
     }
 
     private func startKeepalive(context: ChannelHandlerContext) {

@@ -13,6 +13,7 @@ import TunnelCore
 struct Fixture {
     let control: MissionControl
     let store: SQLiteStore
+    let hasher = TokenHasher(key: SymmetricKey(size: .bits256))
     let path: String
     let offset = NIOLockedValueBox<TimeInterval>(0)
     let base = Date(timeIntervalSince1970: 1_800_000_000)
@@ -25,7 +26,7 @@ struct Fixture {
         let offset = self.offset
         let base = self.base
         self.control = MissionControl(
-            store: self.store, hasher: TokenHasher(key: SymmetricKey(size: .bits256)), settings: .init(nodeName: "relay-test"),
+            store: self.store, hasher: self.hasher, settings: .init(nodeName: "relay-test"),
             clock: { base.addingTimeInterval(offset.withLockedValue { $0 }) }, logger: logger)
     }
 
