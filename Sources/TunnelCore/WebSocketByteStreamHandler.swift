@@ -5,8 +5,8 @@ import NIOWebSocket
 /// Carries a byte stream (the HTTP/2 connection) in websocket binary messages.
 ///
 /// Inbound: the payload of every binary or continuation frame is passed on as bytes, in order;
-/// message boundaries carry no meaning. Outbound: bytes written between two flushes go out as one
-/// binary message, split into frames of at most `maxOutboundFrameSize`.
+/// message boundaries carry no meaning. Outbound: bytes written between two flushes go out as
+/// binary messages of at most `maxOutboundFrameSize` each (larger single writes are split into frames).
 ///
 /// Protocol violations (text frames, reserved bits, a continuation with no message open, a new
 /// message while one is open) close the tunnel with the matching RFC 6455 close code. Frames larger
@@ -197,7 +197,7 @@ public final class WebSocketByteStreamHandler: ChannelDuplexHandler, RemovableCh
 
     private func deliver(context: ChannelHandlerContext, frame: WebSocketFrame) {
         var bytes = frame.data
-        if let key = frame.maskKey { bytes.xorWebSocketMask(key) }
+        if let key = frame.maskKey { bytes = bytes.xorWebSocketMaskedCopy(key, allocator: context.channel.allocator) }
         if case .echo(let maxMessageSize) = self.messages {
             return self.echo(context: context, bytes: &bytes, fin: frame.fin, limit: maxMessageSize)
         }
@@ -273,6 +273,15 @@ public final class WebSocketByteStreamHandler: ChannelDuplexHandler, RemovableCh
             return
         }
         let bytes = self.unwrapOutboundIn(data)
+        // A full frame's worth leaves at once, as its own message: bulk data keeps flowing while
+        // the rest of the turn runs (the next hop works on it meanwhile), and the buffer stays one
+        // frame large instead of growing, by copies, to all a turn writes. Small writes wait and
+        // share a frame.
+        if let pending = self.pending, pending.readableBytes > 0,
+            pending.readableBytes + bytes.readableBytes > self.maxOutboundFrameSize
+        {
+            self.flushNow(context: context)
+        }
         if self.pending == nil {
             var buffer = context.channel.allocator.buffer(capacity: Self.headerRoom + max(bytes.readableBytes, 1024))
             buffer.moveWriterIndex(forwardBy: Self.headerRoom)
@@ -300,10 +309,13 @@ public final class WebSocketByteStreamHandler: ChannelDuplexHandler, RemovableCh
     }
 
     private func flushNow(context: ChannelHandlerContext) {
-        guard var message = self.pending else {
-            context.flush()
-            return
-        }
+        self.writePending(context: context)
+        context.flush()
+    }
+
+    /// What is pending, as one binary message in frames of at most `maxOutboundFrameSize`.
+    private func writePending(context: ChannelHandlerContext) {
+        guard var message = self.pending else { return }
         let promise = self.pendingPromise
         self.pending = nil
         self.pendingPromise = nil
@@ -318,7 +330,6 @@ public final class WebSocketByteStreamHandler: ChannelDuplexHandler, RemovableCh
             context.write(self.wrapOutboundOut(frame), promise: last ? promise : nil)
             first = false
         }
-        context.flush()
     }
 
     public func close(context: ChannelHandlerContext, mode: CloseMode, promise: EventLoopPromise<Void>?) {

@@ -135,6 +135,21 @@ import Testing
         #expect(try decoder.readInbound(as: WebSocketFrame.self) == nil)
     }
 
+    /// Bulk data does not wait for the end of the turn: once a frame's worth is written, it
+    /// leaves, and the handler never holds more than about one frame.
+    @Test func aFullFramesWorthLeavesWithoutWaitingForTheFlush() throws {
+        let channel = try self.makeChannel(outbound: 1024)
+        for part in ["a", "b", "c"] { channel.write(ByteBuffer(string: String(repeating: part, count: 400)), promise: nil) }
+        var early = ByteBuffer()
+        while var part = try channel.readOutbound(as: ByteBuffer.self) { early.writeBuffer(&part) }
+        let decoder = EmbeddedChannel(handler: ByteToMessageHandler(WebSocketFrameDecoder()))
+        try decoder.writeInbound(early)
+        #expect(try decoder.readInbound(as: WebSocketFrame.self).map { String(buffer: $0.unmaskedData) }
+            == String(repeating: "a", count: 400) + String(repeating: "b", count: 400), "sent before any flush")
+        channel.flush()
+        #expect(try self.outboundFrames(channel).map { String(buffer: $0.unmaskedData) } == [String(repeating: "c", count: 400)])
+    }
+
     @Test func largeFlushIsSplitIntoFramesNoBiggerThanTheLimit() throws {
         let channel = try self.makeChannel(outbound: 1024)
         let payload = String(repeating: "x", count: 2500)

@@ -17,6 +17,11 @@ import Testing
             #expect(ours == theirs, "length \(length)")
             ours.xorWebSocketMask(key)
             #expect(Array(ours.readableBytesView) == bytes, "masking twice is the identity")
+            // The one-pass copy, from a slice of a larger buffer (as a decoded frame's payload is).
+            let framed = ByteBuffer(bytes: [7, 7, 7] + bytes + [7])
+            let payload = framed.getSlice(at: 3, length: length)!
+            #expect(payload.xorWebSocketMaskedCopy(key, allocator: ByteBufferAllocator()) == theirs, "copy, length \(length)")
+            #expect(Array(payload.readableBytesView) == bytes, "the source is left as it was")
         }
     }
 
