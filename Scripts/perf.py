@@ -17,7 +17,7 @@ download is read at 1 MB/s. Writes docs/perf/results.md and docs/perf/requests.p
 puts the table into the README's performance section. Installs what it needs from Debian (nginx,
 wrk, openssh-server, curl) and PyPI (matplotlib) when missing. Loopback only; every loop bounded.
 """
-import argparse, getpass, hashlib, os, shutil, statistics, subprocess, sys, tempfile, time
+import argparse, getpass, hashlib, importlib.util, os, shutil, subprocess, sys, tempfile, time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from benchlib import ROOT, Stack, cpu_seconds, free_port, nginx, release_bin, rss_kib, wait_port, wrk  # noqa: E402
@@ -35,9 +35,7 @@ def install_tools():
         subprocess.run(["apt-get", "update", "-qq"], check=True)
         subprocess.run(["apt-get", "install", "-y", "-qq", *missing], check=True, stdout=subprocess.DEVNULL,
                        env=dict(os.environ, DEBIAN_FRONTEND="noninteractive"))
-    try:
-        import matplotlib  # noqa: F401
-    except ImportError:
+    if importlib.util.find_spec("matplotlib") is None:
         print("installing matplotlib (pip)", flush=True)
         subprocess.run([sys.executable, "-m", "pip", "install", "-q", "matplotlib"], check=True)
 

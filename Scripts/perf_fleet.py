@@ -1,6 +1,6 @@
 """The performance harness's fleet figures: heartbeats/s one relay node answers from many registered
 nodes, and the relay's memory per idle tunnel with many tunnels attached."""
-import json, os, ssl, statistics, subprocess, time, urllib.request
+import json, os, ssl, statistics, time, urllib.request
 
 from benchlib import Stack, free_port, log_tail, rss_kib, wrk
 
@@ -91,7 +91,8 @@ def idle_tunnels(work, bin_dir, count, settle=20):
                               "--tunnel-url", f"wss://127.0.0.1:{stack.relay_port}/v1/tunnel"])
         swarm = stack.procs["swarm"]
         swarm_before = rss_kib(swarm.pid)
-        deadline = time.time() + 300
+        started = time.time()
+        deadline = started + 300
         while "all " not in open(stack.log("swarm")).read():
             if swarm.poll() is not None or time.time() > deadline:
                 raise SystemExit(f"tunnel-swarm did not get {count} tunnels up{log_tail(stack.log('swarm'))}")
@@ -99,7 +100,7 @@ def idle_tunnels(work, bin_dir, count, settle=20):
         up = time.time()
         time.sleep(settle)
         after = rss_kib(relay)
-        print(f"  {count} tunnels up in {up - deadline + 300:.0f} s; relay RSS {before / 1024:.1f} -> {after / 1024:.1f} MiB", flush=True)
+        print(f"  {count} tunnels up in {up - started:.0f} s; relay RSS {before / 1024:.1f} -> {after / 1024:.1f} MiB", flush=True)
         return {"count": count, "before": before, "after": after, "per_tunnel": (after - before) / count,
                 "dialer_per_tunnel": (rss_kib(swarm.pid) - swarm_before) / count}
     finally:

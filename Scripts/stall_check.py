@@ -39,7 +39,7 @@ def main():
         stack.start("connector", [f"{bin_dir}/connector", "run", "--config", f"{work}/connector.yaml", "--log-level", "notice"])
         stack.request_access("2h", "stall check")
         url = stack.open_session() + "/1k"
-        print(f"round  req/s     p99 ms  non-2xx  socket errors   the request after it")
+        print("round  req/s     p99 ms  non-2xx  socket errors   the request after it")
         seen_errors = 0
         for number in range(1, args.rounds + 1):
             run = wrk(url, args.connections, args.duration)

@@ -104,8 +104,7 @@ public final class MissionControl: Sendable {
         lookup: (String) async throws -> CredentialRecord?
     ) async throws -> CredentialRecord {
         if let bearer, IssuedToken.credential.isWellFormed(bearer),
-            let credential = try await lookup(self.hasher.hash(bearer)),
-            credential.revokedAt == nil, credential.clusterID == cluster, credential.nodeID == node
+            let credential = try await lookup(self.hasher.hash(bearer)), credential.authenticates(cluster: cluster, node: node)
         {
             return credential
         }
@@ -212,13 +211,14 @@ public final class MissionControl: Sendable {
     /// and no write (`NodeLiveness`).
     public func heartbeat(_ body: HeartbeatRequest, bearer: String?, source: String? = nil) async throws -> HeartbeatResponse {
         let now = self.now
-        let endedSince = now.addingTimeInterval(-86_400)
+        // Requests ended in the last day, at most 50: what a connector whose tunnel was down missed.
+        let (endedSince, endedLimit) = (now.addingTimeInterval(-86_400), 50)
         var view: HeartbeatView?
         let credential = try await self.authenticateNode(
             bearer: bearer, cluster: body.clusterID, node: body.nodeID, action: "heartbeat", source: source
         ) { hash in
             let read = try await self.store.heartbeatView(
-                credentialHash: hash, clusterID: body.clusterID, nodeID: body.nodeID, endedSince: endedSince, endedLimit: 50)
+                credentialHash: hash, clusterID: body.clusterID, nodeID: body.nodeID, endedSince: endedSince, endedLimit: endedLimit)
             view = read
             return read.credential
         }
@@ -229,7 +229,7 @@ public final class MissionControl: Sendable {
         if !body.decisions.isEmpty {
             for decision in body.decisions { try await self.apply(decision, cluster: cluster, now: now) }
             requests = try await self.store.requests(clusterID: cluster, states: [.pending, .approved])
-            ended = try await self.store.endedRequests(clusterID: cluster, since: endedSince, limit: 50)
+            ended = try await self.store.endedRequests(clusterID: cluster, since: endedSince, limit: endedLimit)
         }
 
         let mode = body.privacy.mode

@@ -38,11 +38,9 @@ struct NodeLiveness {
     /// `node` was written whole (time and health included): nothing older is left to write.
     mutating func written(_ node: NodeRecord) {
         let key = Key(cluster: node.clusterID, node: node.nodeID)
-        guard let known = self.kept[key], known.lastHeartbeatAt > node.lastHeartbeatAt else {
-            self.kept[key] = nil
-            self.unwritten.remove(key)
-            return
-        }
+        if let known = self.kept[key], known.lastHeartbeatAt > node.lastHeartbeatAt { return }  // a newer beat is still kept
+        self.kept[key] = nil
+        self.unwritten.remove(key)
     }
 
     /// The records whose time and health are newer than the store's; they count as written until

@@ -353,7 +353,11 @@ struct StoreService: Service {
 
     func run() async throws {
         try? await gracefulShutdown()
-        try? await self.control.flushLiveness()
+        do {
+            try await self.control.flushLiveness()
+        } catch {
+            self.control.logger.error("cannot write heartbeats kept in memory before closing the store", metadata: ["error": "\(error)"])
+        }
         try await self.control.store.close()
     }
 }

@@ -93,6 +93,11 @@ public struct CredentialRecord: Codable, Sendable, Equatable {
         self.createdAt = createdAt
         self.revokedAt = revokedAt
     }
+
+    /// Whether this credential, unrevoked, speaks for exactly this cluster and node.
+    public func authenticates(cluster: String?, node: String?) -> Bool {
+        self.revokedAt == nil && self.clusterID == cluster && self.nodeID == node
+    }
 }
 
 /// What the latest heartbeat of one node said.

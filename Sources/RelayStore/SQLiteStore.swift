@@ -194,7 +194,7 @@ public final class SQLiteStore: Store {
     public func heartbeatView(credentialHash: String, clusterID: String, nodeID: String, endedSince: Date, endedLimit: Int) async throws -> HeartbeatView {
         try await self.pool.read { db in
             let credential = try Self.credential(db, hash: credentialHash)
-            guard let credential, credential.revokedAt == nil, credential.clusterID == clusterID, credential.nodeID == nodeID else {
+            guard let credential, credential.authenticates(cluster: clusterID, node: nodeID) else {
                 return HeartbeatView(credential: credential)
             }
             let cluster = try ClusterRecord.fetchOne(db.cachedStatement(sql: "SELECT * FROM clusters WHERE id = ?"), arguments: [clusterID])

@@ -52,7 +52,6 @@ public final class WebSocketByteStreamHandler: ChannelDuplexHandler, RemovableCh
     /// that flush in one turn (responses read from several components at once) share them.
     private var inRead = false
     private var flushScheduled = false
-    private var masks = MaskingKeySource()
 
     /// - Parameters:
     ///   - keepaliveInterval: with no inbound frame for this long a ping is sent. `nil` turns keepalive off.
@@ -387,22 +386,7 @@ public final class WebSocketByteStreamHandler: ChannelDuplexHandler, RemovableCh
 
     private func maskKey() -> WebSocketMaskingKey? {
         // RFC 6455 5.3: a client masks every frame, a server never does.
-        self.role == .client ? self.masks.next() : nil
-    }
-}
-
-/// Masking keys (the client side masks every frame it sends), 64 drawn at once.
-struct MaskingKeySource {
-    private var bytes: [UInt8] = []
-    private var used = 0
-
-    mutating func next() -> WebSocketMaskingKey {
-        if self.used == self.bytes.count {
-            self.bytes = SecureRandom.bytes(256)
-            self.used = 0
-        }
-        defer { self.used += 4 }
-        return WebSocketMaskingKey(self.bytes[self.used..<self.used + 4])!
+        self.role == .client ? WebSocketMaskingKey(SecureRandom.bytes(4)) : nil
     }
 }
 
