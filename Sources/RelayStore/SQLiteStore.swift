@@ -333,8 +333,9 @@ public final class SQLiteStore: Store {
         try await self.pool.write { db in
             // The kill request may have been written by another node since this copy was read.
             var session = session
-            // Not recorded (yet): nothing to update.
-            guard let stored = try SessionRecord.fetchOne(db, key: session.id) else { return }
+            // Not recorded (yet): nothing to update. An ended session is final: a copy read while it
+            // was live (the reconciler's count update) must not reopen it.
+            guard let stored = try SessionRecord.fetchOne(db, key: session.id), stored.endedAt == nil else { return }
             session.killRequestedBy = session.killRequestedBy ?? stored.killRequestedBy
             try session.update(db)
         }

@@ -52,7 +52,8 @@ public protocol Store: Sendable {
     func session(id: String) async throws -> SessionRecord?
     /// Live sessions only (no end time) when `live` is true.
     func sessions(live: Bool) async throws -> [SessionRecord]
-    /// Replaces the session's counters, end time and end reason.
+    /// Replaces the session's counters, end time and end reason; once an end is recorded the
+    /// record is final and later updates are ignored.
     func updateSession(_ session: SessionRecord) async throws
     /// Records a kill request for a live session; nil when there is no live session with that ID.
     func requestKill(sessionID: String, by: String) async throws -> SessionRecord?
