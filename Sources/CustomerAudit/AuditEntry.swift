@@ -139,10 +139,12 @@ public enum AuditChain {
     }()
 
     /// The line for `entry` (whose `seq` and `prev` are set), without the newline, and its hash.
-    public static func line(for entry: AuditEntry) throws -> (line: [UInt8], hash: String) {
-        let body = Array(try encoder.encode(entry))
-        let hash = hex(SHA256.hash(data: body))
-        var line = Array(body.dropLast())  // the closing brace
+    public static func line(for entry: AuditEntry) -> (line: [UInt8], hash: String) {
+        var line = AuditLineWriter.open(entry)
+        var hasher = SHA256()
+        hasher.update(data: line)
+        hasher.update(data: [UInt8(ascii: "}")])
+        let hash = hex(hasher.finalize())
         line.append(contentsOf: #","hash":""#.utf8)
         line.append(contentsOf: hash.utf8)
         line.append(contentsOf: #""}"#.utf8)

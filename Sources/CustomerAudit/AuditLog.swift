@@ -109,15 +109,10 @@ public final class AuditLog: @unchecked Sendable {
             var entry = entry.bounded()
             entry.seq = self.nextSeq
             entry.prev = self.lastHash
-            do {
-                let (line, hash) = try AuditChain.line(for: entry)
-                self.nextSeq += 1
-                self.lastHash = hash
-                self.pending.append((line, entry.seq, entry.prev, entry.event == Self.resumedEvent, done))
-            } catch {
-                done?(.failure(error))
-                return
-            }
+            let (line, hash) = AuditChain.line(for: entry)
+            self.nextSeq += 1
+            self.lastHash = hash
+            self.pending.append((line, entry.seq, entry.prev, entry.event == Self.resumedEvent, done))
             if !self.flushScheduled {
                 self.flushScheduled = true
                 self.queue.async { self.flush() }
