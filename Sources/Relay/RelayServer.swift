@@ -298,8 +298,10 @@ public final class RelayServer: Service, Sendable {
                     HTTP2FramePayloadToHTTP1ServerCodec(),
                     ProxyServerHandler(
                         opener: { opener.open($0, $1) },
-                        // What relayctl accepts; a larger head would fail this session's link.
-                        limits: .init(responseHeaders: .session(limits), drainLimit: limits.refusedBodyDrainLimit),
+                        // What relayctl accepts; a larger head would fail this session's link. Request
+                        // heads are held to the tunnel's budget by the opener (with what it adds).
+                        limits: .init(
+                            requestTrailers: .tunnel(limits), responseHeaders: .session(limits), drainLimit: limits.refusedBodyDrainLimit),
                         onComplete: { exchange in
                         live.count(exchange)
                         if let reason = exchange.responseHeaders.first(name: WireHeader.sessionEnded) {

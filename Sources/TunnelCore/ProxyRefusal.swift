@@ -32,6 +32,12 @@ public struct ProxyRefusal: Error, CustomStringConvertible, Sendable, Equatable 
             message: "the request's headers are larger than the relay carries (\(budget.listSize) bytes, \(budget.encodedSize) encoded); send fewer or smaller cookies or headers")
     }
 
+    public static func requestTrailersTooLarge(_ budget: HeaderBudget) -> ProxyRefusal {
+        ProxyRefusal(
+            .requestHeaderFieldsTooLarge, code: "request_headers_too_large",
+            message: "the request's trailers are larger than the relay carries (\(budget.listSize) bytes, \(budget.encodedSize) encoded); send fewer or smaller trailer fields")
+    }
+
     /// The JSON body: `{"error": code, "message": message}`.
     public func body(allocator: ByteBufferAllocator) -> ByteBuffer {
         var buffer = allocator.buffer(capacity: 64 + self.message.utf8.count)

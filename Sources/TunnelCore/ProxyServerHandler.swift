@@ -85,13 +85,21 @@ public final class ProxyServerHandler: ChannelDuplexHandler {
         /// Request heads that do not fit are refused with 431: the next hop's HTTP/2 link would
         /// otherwise fail as a whole on them.
         public var requestHeaders: HeaderBudget?
-        /// Response heads that do not fit are answered with 502 in place of the response.
+        /// Request trailers that do not fit are refused with 431 (the request's head is checked
+        /// elsewhere when the opener adds to it, as the relay's does). Defaults to `requestHeaders`.
+        public var requestTrailers: HeaderBudget?
+        /// Response heads that do not fit are answered with 502 in place of the response; response
+        /// trailers that do not fit cut the stream.
         public var responseHeaders: HeaderBudget?
         /// Request body read and dropped after a refusal; beyond it the stream is reset.
         public var drainLimit: Int
 
-        public init(requestHeaders: HeaderBudget? = nil, responseHeaders: HeaderBudget? = nil, drainLimit: Int = TunnelLimits().refusedBodyDrainLimit) {
+        public init(
+            requestHeaders: HeaderBudget? = nil, requestTrailers: HeaderBudget? = nil, responseHeaders: HeaderBudget? = nil,
+            drainLimit: Int = TunnelLimits().refusedBodyDrainLimit
+        ) {
             self.requestHeaders = requestHeaders
+            self.requestTrailers = requestTrailers ?? requestHeaders
             self.responseHeaders = responseHeaders
             self.drainLimit = drainLimit
         }
@@ -135,6 +143,13 @@ public final class ProxyServerHandler: ChannelDuplexHandler {
         case .end(let trailers):
             guard let exchange = self.exchange else { return }
             exchange.requestEnded = true
+            if let trailers, let budget = self.limits.requestTrailers, exchange.phase != .refused, !budget.admits(trailers) {
+                // A header block the next hop's link cannot carry would fail that link as a whole.
+                if exchange.responseStarted {
+                    return self.cut(exchange, context: context, "the request's trailers are larger than the next hop carries")
+                }
+                return self.refuse(exchange, .requestTrailersTooLarge(budget))
+            }
             self.forward(.end(trailers), exchange)
             if exchange.responseEnded {
                 self.finish(exchange)
@@ -264,6 +279,13 @@ public final class ProxyServerHandler: ChannelDuplexHandler {
             exchange.responseBytes += bytes.readableBytes
             context.write(self.wrapOutboundOut(.body(.byteBuffer(bytes))), promise: nil)
         case .end(let trailers):
+            if let trailers, let budget = self.limits.responseHeaders, !budget.admits(trailers) {
+                // The head and body are out: cutting the stream is the only signal left, and the
+                // link the stream shares with others is spared a header block it cannot carry.
+                return self.cut(
+                    exchange, context: context,
+                    "the response trailers are larger than the tunnel carries (\(budget.listSize) bytes, \(budget.encodedSize) encoded)")
+            }
             if let gate = self.responseEndGate {
                 self.endAfterGate(gate, exchange, trailers, context: context)
                 return
@@ -320,12 +342,9 @@ public final class ProxyServerHandler: ChannelDuplexHandler {
             }
             return
         }
-        if exchange.responseStarted {
+        if exchange.responseStarted, let context = self.context {
             // Part of the response is out: the only honest signal left is to cut this stream.
-            exchange.outcome = .aborted("upstream closed mid-response: \(describe(error))")
-            self.report(exchange)
-            self.exchange = nil
-            self.context?.close(promise: nil)
+            self.cut(exchange, context: context, "upstream closed mid-response: \(describe(error))")
         } else if let timedOut = error as? UpstreamTimedOut {
             // Never retried: the next hop has the request and is still working on it, or stuck.
             self.refuse(exchange, ProxyRefusal(.gatewayTimeout, code: "upstream_timeout", message: "\(timedOut); it may be busy or stuck"))
@@ -365,6 +384,17 @@ public final class ProxyServerHandler: ChannelDuplexHandler {
     }
 
     // MARK: ending an exchange
+
+    /// Ends the exchange by closing the client's connection or stream (an HTTP/2 reset): part of
+    /// the response is out, so no answer can say what went wrong.
+    private func cut(_ exchange: Exchange, context: ChannelHandlerContext, _ why: String) {
+        exchange.outcome = .aborted(why)
+        self.report(exchange)
+        // Let go first: aborting the next hop may call back at once (upstreamClosed).
+        self.exchange = nil
+        exchange.upstream.abort()
+        context.close(promise: nil)
+    }
 
     private func refuse(_ exchange: Exchange, _ refusal: ProxyRefusal) {
         guard let context = self.context else { return }

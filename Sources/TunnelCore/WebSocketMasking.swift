@@ -15,7 +15,7 @@ extension ByteBuffer {
     public func xorWebSocketMaskedCopy(_ key: WebSocketMaskingKey, allocator: ByteBufferAllocator) -> ByteBuffer {
         var out = allocator.buffer(capacity: self.readableBytes)
         self.withUnsafeReadableBytes { source in
-            out.writeWithUnsafeMutableBytes(minimumWritableBytes: source.count) { target in
+            _ = out.writeWithUnsafeMutableBytes(minimumWritableBytes: source.count) { target in
                 Self.xor(source, into: target, key: key)
                 return source.count
             }

@@ -11,6 +11,7 @@ struct TestResponse: Sendable {
     var bodyBytes: Int
     var sha256: String
     var text: String
+    var trailers: HTTPHeaders? = nil
 }
 
 /// A bare HTTP/1.1 client on one keep-alive connection: requests go one after the other.
@@ -36,10 +37,12 @@ final class TestHTTPConnection: @unchecked Sendable {
         self.collector = collector
     }
 
-    /// Sends a request; `body` is sent in chunks of 64 KiB; `chunked` omits Content-Length.
-    func request(_ method: HTTPMethod = .GET, _ path: String, headers: [(String, String)] = [], body: [UInt8]? = nil, chunked: Bool = false)
-        async throws -> TestResponse
-    {
+    /// Sends a request; `body` is sent in chunks of 64 KiB; `chunked` omits Content-Length (and
+    /// lets `trailers` follow the body).
+    func request(
+        _ method: HTTPMethod = .GET, _ path: String, headers: [(String, String)] = [], body: [UInt8]? = nil, chunked: Bool = false,
+        trailers: HTTPHeaders? = nil
+    ) async throws -> TestResponse {
         var head = HTTPRequestHead(version: .http1_1, method: method, uri: path)
         for (name, value) in headers { head.headers.add(name: name, value: value) }
         if !head.headers.contains(name: "host") { head.headers.add(name: "host", value: "localhost") }
@@ -62,7 +65,7 @@ final class TestHTTPConnection: @unchecked Sendable {
                     offset = end
                 }
             }
-            channel.writeAndFlush(HTTPClientRequestPart.end(nil), promise: nil)
+            channel.writeAndFlush(HTTPClientRequestPart.end(trailers), promise: nil)
         }
         return try await promise.futureResult.get()
     }
@@ -103,11 +106,11 @@ private final class ResponseCollector: ChannelInboundHandler, @unchecked Sendabl
             self.count += bytes.readableBytes
             bytes.withUnsafeReadableBytes { self.hasher.update(bufferPointer: $0) }
             if self.text.readableBytes < 65536 { self.text.writeBuffer(&bytes) }
-        case .end:
+        case .end(let trailers):
             guard let head = self.head else { return }
             let response = TestResponse(
                 status: head.status, headers: head.headers, bodyBytes: self.count, sha256: hex(self.hasher.finalize()),
-                text: String(buffer: self.text))
+                text: String(buffer: self.text), trailers: trailers)
             self.promise?.succeed(response)
             self.promise = nil
         }
