@@ -192,7 +192,7 @@ public final class SQLiteStore: Store {
     }
 
     public func heartbeatView(credentialHash: String, clusterID: String, nodeID: String, endedSince: Date, endedLimit: Int) async throws -> HeartbeatView {
-        try self.inlineRead { db in
+        try await self.pool.read { db in
             let credential = try Self.credential(db, hash: credentialHash)
             guard let credential, credential.authenticates(cluster: clusterID, node: nodeID) else {
                 return HeartbeatView(credential: credential)
@@ -207,12 +207,6 @@ public final class SQLiteStore: Store {
                 ended: try Self.endedRequests(db, clusterID: clusterID, since: endedSince, limit: endedLimit))
         }
     }
-
-    /// A read on the calling thread (GCD runs a `sync` block there): for the heartbeat's few
-    /// indexed lookups, the async read's trip to a reader queue and back (two thread switches)
-    /// cost more than the read itself (heartbeats/s +15-20% against `/healthz` in the same run).
-    /// It waits only for a free reader, never for a writer (WAL) nor for other tasks.
-    private func inlineRead<T>(_ block: (Database) throws -> T) throws -> T { try self.pool.read(block) }
 
     public func recordLiveness(_ nodes: [NodeRecord]) async throws {
         guard !nodes.isEmpty else { return }
