@@ -150,6 +150,20 @@ import Testing
         #expect(try self.outboundFrames(channel).map { String(buffer: $0.unmaskedData) } == [String(repeating: "c", count: 400)])
     }
 
+    /// As HTTP/2 writes: a 9-byte frame header, then its payload. Frames end after whole writes,
+    /// so never with a header whose payload is in the next frame.
+    @Test func framesLeaveAfterWholeWritesNeverSplittingAHeaderFromItsPayload() throws {
+        let channel = try self.makeChannel(outbound: 1024)
+        for index in 0..<12 {
+            channel.write(ByteBuffer(repeating: 0xF0, count: 9), promise: nil)
+            channel.write(ByteBuffer(repeating: UInt8(index), count: 300), promise: nil)
+        }
+        channel.flush()
+        let sizes = try self.outboundFrames(channel).map { $0.unmaskedData.readableBytes }
+        #expect(sizes.reduce(0, +) == 12 * 309)
+        #expect(sizes.allSatisfy { $0 % 309 == 0 && $0 <= 1024 }, "\(sizes)")
+    }
+
     @Test func largeFlushIsSplitIntoFramesNoBiggerThanTheLimit() throws {
         let channel = try self.makeChannel(outbound: 1024)
         let payload = String(repeating: "x", count: 2500)
