@@ -146,7 +146,7 @@ public final class ProxyServerHandler: ChannelDuplexHandler {
             if let trailers, let budget = self.limits.requestTrailers, exchange.phase != .refused, !budget.admits(trailers) {
                 // A header block the next hop's link cannot carry would fail that link as a whole.
                 if exchange.responseStarted {
-                    return self.cut(exchange, context: context, "the request's trailers are larger than the next hop carries")
+                    return self.cut(exchange, "the request's trailers are larger than the next hop carries")
                 }
                 return self.refuse(exchange, .requestTrailersTooLarge(budget))
             }
@@ -283,7 +283,7 @@ public final class ProxyServerHandler: ChannelDuplexHandler {
                 // The head and body are out: cutting the stream is the only signal left, and the
                 // link the stream shares with others is spared a header block it cannot carry.
                 return self.cut(
-                    exchange, context: context,
+                    exchange,
                     "the response trailers are larger than the tunnel carries (\(budget.listSize) bytes, \(budget.encodedSize) encoded)")
             }
             if let gate = self.responseEndGate {
@@ -342,9 +342,9 @@ public final class ProxyServerHandler: ChannelDuplexHandler {
             }
             return
         }
-        if exchange.responseStarted, let context = self.context {
+        if exchange.responseStarted {
             // Part of the response is out: the only honest signal left is to cut this stream.
-            self.cut(exchange, context: context, "upstream closed mid-response: \(describe(error))")
+            self.cut(exchange, "upstream closed mid-response: \(describe(error))")
         } else if let timedOut = error as? UpstreamTimedOut {
             // Never retried: the next hop has the request and is still working on it, or stuck.
             self.refuse(exchange, ProxyRefusal(.gatewayTimeout, code: "upstream_timeout", message: "\(timedOut); it may be busy or stuck"))
@@ -387,13 +387,13 @@ public final class ProxyServerHandler: ChannelDuplexHandler {
 
     /// Ends the exchange by closing the client's connection or stream (an HTTP/2 reset): part of
     /// the response is out, so no answer can say what went wrong.
-    private func cut(_ exchange: Exchange, context: ChannelHandlerContext, _ why: String) {
+    private func cut(_ exchange: Exchange, _ why: String) {
         exchange.outcome = .aborted(why)
         self.report(exchange)
         // Let go first: aborting the next hop may call back at once (upstreamClosed).
         self.exchange = nil
         exchange.upstream.abort()
-        context.close(promise: nil)
+        self.context?.close(promise: nil)
     }
 
     private func refuse(_ exchange: Exchange, _ refusal: ProxyRefusal) {
