@@ -10,8 +10,8 @@
   python3 Scripts/perf.py [--quick] [--baseline REV] [--write-readme]
 
 Measures, each wrk figure the median of 3 runs with its range: 1 KiB GETs at 1, 16 and 64
-connections (req/s, p50, p99); 10 MiB downloads (MiB/s, sha256 checked through every path); CPU
-seconds per 10,000 requests of every process on each path (from /proc); relay RSS per idle tunnel
+connections (req/s, p50, p99); 10 MiB downloads (MiB/s, sha256 checked through every path, and CPU
+seconds per GiB); CPU seconds per 10,000 requests of every process on each path (from /proc); relay RSS per idle tunnel
 with 1,000 tunnels attached; heartbeats/s one relay node answers (SQLite); RSS growth while a 1 GiB
 download is read at 1 MB/s. Writes docs/perf/results.md and docs/perf/requests.png; --write-readme
 puts the table into the README's performance section. Installs what it needs from Debian (nginx,
@@ -104,6 +104,9 @@ class Path:
         self.cpu = {label: 0.0 for label in pids}
         self.cpu_requests = 0
         self.downloads = []
+        # CPU seconds of every process of the path over all its 10 MiB downloads (steadier than MiB/s).
+        self.download_cpu = 0.0
+        self.download_bytes = 0
 
 
 def measure_requests(paths, duration, repeats, cpu_at):
@@ -130,12 +133,15 @@ def measure_downloads(paths, repeats, expected):
         for _ in range(repeats):
             for path in paths:
                 out = f"{target}/10m"
+                before = cpu_seconds(list(path.pids.values()))
                 speed = subprocess.run(["curl", "-s", "-o", out, "-w", "%{speed_download}", f"{path.url}/10m"],
                                        capture_output=True, text=True, timeout=120, check=True).stdout
                 with open(out, "rb") as f:
                     digest = hashlib.file_digest(f, "sha256").hexdigest()
                 if digest != expected:
                     raise SystemExit(f"10 MiB download through {path.name}: sha256 {digest}, expected {expected}")
+                path.download_cpu += cpu_seconds(list(path.pids.values())) - before
+                path.download_bytes += os.path.getsize(out)
                 path.downloads.append(float(speed) / (1 << 20))
                 os.unlink(out)
     finally:

@@ -57,11 +57,12 @@ class Results:
             out.append("")
         if any(p.downloads for p in self.paths):
             out.append("10 MiB download of random bytes (curl to /dev/shm, sha256 checked after each), MiB/s:\n")
-            out.append("| path | MiB/s | × direct | × ssh -R |")
-            out.append("| --- | ---: | ---: | ---: |")
+            out.append("| path | MiB/s | × direct | × ssh -R | CPU s per GiB (every process of the path; /proc counts 10 ms ticks, so small figures are coarse) |")
+            out.append("| --- | ---: | ---: | ---: | ---: |")
             for p in self.paths:
+                per_gib = p.download_cpu * (1 << 30) / p.download_bytes if p.download_bytes else 0.0
                 out.append(f"| {p.name} | {spread(p.downloads, '{:,.0f}')} | {med(p.downloads) / med(direct.downloads):.2f} "
-                           f"| {med(p.downloads) / med(ssh.downloads):.2f} |")
+                           f"| {med(p.downloads) / med(ssh.downloads):.2f} | {per_gib:.2f} |")
             out.append("")
         if self.heartbeats:
             out.append(self.heartbeats["table"] + "\n")
