@@ -215,12 +215,14 @@ public enum AuditChain {
     }
 }
 
+/// Lowercase hex digits, for hashes and for JSON's `\u00XX` escapes.
+let hexDigits: [UInt8] = Array("0123456789abcdef".utf8)
+
 func hex<D: Sequence>(_ digest: D) -> String where D.Element == UInt8 {
-    let digits = Array("0123456789abcdef".utf8)
     var out: [UInt8] = []
     for byte in digest {
-        out.append(digits[Int(byte >> 4)])
-        out.append(digits[Int(byte & 0xF)])
+        out.append(hexDigits[Int(byte >> 4)])
+        out.append(hexDigits[Int(byte & 0xF)])
     }
     return String(decoding: out, as: UTF8.self)
 }

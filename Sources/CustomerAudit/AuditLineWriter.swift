@@ -3,10 +3,10 @@
 /// the connector writes one for every request an expert sends, and the generic encoder cost more
 /// than the rest of the request's audit (its keyed containers box every field).
 struct AuditLineWriter {
-    private(set) var bytes: [UInt8] = []
+    private var bytes: [UInt8] = []
     private var first = true
 
-    init(capacity: Int = 512) { self.bytes.reserveCapacity(capacity) }
+    private init() { self.bytes.reserveCapacity(512) }
 
     /// The record's fields in key order, without the closing brace (the hash is appended before it).
     static func open(_ entry: AuditEntry) -> [UInt8] {
@@ -60,7 +60,6 @@ struct AuditLineWriter {
     /// JSON string escaping as the encoder does it: quote, backslash and control characters; the
     /// rest (slashes, non-ASCII) as UTF-8.
     private mutating func string(_ value: String) {
-        let hexDigits = Array("0123456789abcdef".utf8)
         self.bytes.append(UInt8(ascii: "\""))
         for byte in value.utf8 {
             switch byte {
@@ -72,7 +71,7 @@ struct AuditLineWriter {
             case 0x0D: self.bytes.append(contentsOf: [UInt8(ascii: "\\"), UInt8(ascii: "r")])
             case 0x09: self.bytes.append(contentsOf: [UInt8(ascii: "\\"), UInt8(ascii: "t")])
             case 0..<0x20:
-                self.bytes.append(contentsOf: Array("\\u00".utf8))
+                self.bytes.append(contentsOf: [UInt8(ascii: "\\"), UInt8(ascii: "u"), UInt8(ascii: "0"), UInt8(ascii: "0")])
                 self.bytes.append(hexDigits[Int(byte >> 4)])
                 self.bytes.append(hexDigits[Int(byte & 0xF)])
             default: self.bytes.append(byte)

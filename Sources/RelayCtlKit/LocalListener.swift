@@ -26,7 +26,8 @@ public final class LocalListener: Sendable {
                         ProxyServerHandler(
                             opener: session.open,
                             limits: .init(
-                                requestHeaders: .sessionRequest(session.target.limits), drainLimit: session.target.limits.refusedBodyDrainLimit),
+                                requestHeaders: .sessionRequest(session.target.limits), requestTrailers: .session(session.target.limits),
+                                drainLimit: session.target.limits.refusedBodyDrainLimit),
                             onComplete: onComplete))
                 }
             }

@@ -85,8 +85,8 @@ public final class ProxyServerHandler: ChannelDuplexHandler {
         /// Request heads that do not fit are refused with 431: the next hop's HTTP/2 link would
         /// otherwise fail as a whole on them.
         public var requestHeaders: HeaderBudget?
-        /// Request trailers that do not fit are refused with 431 (the request's head is checked
-        /// elsewhere when the opener adds to it, as the relay's does). Defaults to `requestHeaders`.
+        /// Request trailers that do not fit are refused with 431 (nothing is added to trailers,
+        /// so their budget is the link's own, without the headroom a head may need).
         public var requestTrailers: HeaderBudget?
         /// Response heads that do not fit are answered with 502 in place of the response; response
         /// trailers that do not fit cut the stream.
@@ -99,7 +99,7 @@ public final class ProxyServerHandler: ChannelDuplexHandler {
             drainLimit: Int = TunnelLimits().refusedBodyDrainLimit
         ) {
             self.requestHeaders = requestHeaders
-            self.requestTrailers = requestTrailers ?? requestHeaders
+            self.requestTrailers = requestTrailers
             self.responseHeaders = responseHeaders
             self.drainLimit = drainLimit
         }
@@ -284,7 +284,7 @@ public final class ProxyServerHandler: ChannelDuplexHandler {
                 // link the stream shares with others is spared a header block it cannot carry.
                 return self.cut(
                     exchange,
-                    "the response trailers are larger than the tunnel carries (\(budget.listSize) bytes, \(budget.encodedSize) encoded)")
+                    "the response trailers are larger than the next link carries (\(budget.listSize) bytes, \(budget.encodedSize) encoded)")
             }
             if let gate = self.responseEndGate {
                 self.endAfterGate(gate, exchange, trailers, context: context)

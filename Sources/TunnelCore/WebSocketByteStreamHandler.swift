@@ -28,6 +28,9 @@ public final class WebSocketByteStreamHandler: ChannelDuplexHandler, RemovableCh
 
     /// Space left in front of an outbound message so the frame encoder can write the header in place.
     private static let headerRoom = 14
+    /// The largest write HTTP/2 makes at its default SETTINGS_MAX_FRAME_SIZE: a DATA frame's payload
+    /// (its 9-byte header is a write of its own just before).
+    private static let fullHTTP2FrameWrite = 16_384 + 9
 
     private let role: Role
     private let maxOutboundFrameSize: Int
@@ -69,7 +72,7 @@ public final class WebSocketByteStreamHandler: ChannelDuplexHandler, RemovableCh
         self.messages = messages
         self.role = role
         self.maxOutboundFrameSize = maxOutboundFrameSize
-        self.flushThreshold = max(maxOutboundFrameSize - (16_384 + 9), maxOutboundFrameSize / 2)
+        self.flushThreshold = max(maxOutboundFrameSize - Self.fullHTTP2FrameWrite, maxOutboundFrameSize / 2)
         self.keepaliveInterval = keepaliveInterval
         self.keepaliveTimeout = keepaliveTimeout ?? (keepaliveInterval.map { $0 * 2 } ?? .seconds(60))
     }
