@@ -80,7 +80,7 @@ let package = Package(
         .testTarget(name: "ConnectorTests", dependencies: ["Connector", "RelayAPI", "RelayModel", "TestSupport", .product(name: "NIOEmbedded", package: "swift-nio"), .product(name: "ServiceLifecycleTestKit", package: "swift-service-lifecycle")] + lifecycle),
         .testTarget(name: "PrivacyPolicyTests", dependencies: ["PrivacyPolicy", "RelayModel"]),
         .testTarget(name: "CustomerAuditTests", dependencies: ["CustomerAudit"]),
-        .testTarget(name: "RelayTests", dependencies: ["Relay", "RelayStore", "RelayModel", "RelayAPI", "RelayCtlKit", "TestSupport", .product(name: "NIOEmbedded", package: "swift-nio")] + nio + lifecycle),
+        .testTarget(name: "RelayTests", dependencies: ["Relay", "RelayStore", "RelayModel", "RelayAPI", "RelayCtlKit", "TestSupport", .product(name: "NIOEmbedded", package: "swift-nio"), .product(name: "GRDB", package: "GRDB.swift")] + nio + lifecycle),
         .testTarget(name: "EndToEndTests", dependencies: ["Relay", "RelayStore", "RelayModel", "RelayAPI", "Connector", "RelayCtlKit", "DemoComponentKit", "TunnelCore", "TestSupport", .product(name: "NIOWebSocket", package: "swift-nio"), .product(name: "NIOConcurrencyHelpers", package: "swift-nio"), .product(name: "NIOHTTP2", package: "swift-nio-http2"), .product(name: "NIOHPACK", package: "swift-nio-http2")] + lifecycle),
     ],
     swiftLanguageModes: [.v5]

@@ -378,12 +378,3 @@ public final class SQLiteStore: Store {
         }
     }
 }
-
-extension ClusterRecord: FetchableRecord, PersistableRecord { public static let databaseTableName = "clusters" }
-extension EnrollmentRecord: FetchableRecord, PersistableRecord { public static let databaseTableName = "enrollments" }
-extension CredentialRecord: FetchableRecord, PersistableRecord { public static let databaseTableName = "credentials" }
-extension NodeRecord: FetchableRecord, PersistableRecord { public static let databaseTableName = "nodes" }
-extension TokenRecord: FetchableRecord, PersistableRecord { public static let databaseTableName = "tokens" }
-extension AccessRequestRecord: FetchableRecord, PersistableRecord { public static let databaseTableName = "accessRequests" }
-extension SessionRecord: FetchableRecord, PersistableRecord { public static let databaseTableName = "sessions" }
-extension AuditRecord: FetchableRecord, PersistableRecord { public static let databaseTableName = "audit" }
