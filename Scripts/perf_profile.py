@@ -3,11 +3,14 @@
 
   python3 Scripts/perf_profile.py [--no-build] [--seconds 6] [--out docs/perf/profile.md]
 
-Runs the same path as Scripts/perf.py (wrk -> relayctl -> relay -> connector -> nginx, 1 KiB GETs
-at 64 connections) and records perf (cpu-clock, frame-pointer call graphs) on the three processes at
-once; then one relay node answering heartbeats (SQLite). Each sample goes to the innermost frame
-that belongs to a named Swift module (retain/release, malloc and the like count for the module that
-called them); a sample whose leaf is in the kernel counts as "kernel" whoever made the syscall.
+Runs the same path as Scripts/perf.py (wrk -> relayctl -> relay -> connector -> nginx: 1 KiB GETs
+at 64 and at 1 connection, then 10 MiB downloads one after another) and records perf (cpu-clock,
+frame-pointer call graphs) on the three processes at once; then one relay node answering heartbeats
+(SQLite). Each sample goes to the innermost frame that belongs to a named Swift module
+(retain/release, malloc and the like count for the module that called them); a sample whose leaf is
+in the kernel counts as "kernel" whoever made the syscall. A library's share includes the work our
+code asks of it (a stream channel per request, timers, conversions), so it shows where the time is,
+not whom to blame.
 Needs linux-perf (Debian) and perf_event_paranoid <= 1 (or root). Loopback only; bounded in time.
 """
 import argparse, collections, os, re, subprocess, sys, tempfile, time
@@ -85,9 +88,9 @@ def record(pids, seconds, path):
                     "--", "sleep", str(seconds)], check=True, stderr=subprocess.DEVNULL)
 
 
-def table(title, processes, counts, cpu_per):
+def table(title, processes, counts, cpu_per, unit="request"):
     """Markdown: one column per process, each group's share of that process's samples, and its CPU
-    per request when `cpu_per` (µs per request of each process) is known."""
+    per `unit` when `cpu_per` (µs per unit, each process) is known."""
     groups = sorted({g for pid in processes.values() for g in counts[pid]},
                     key=lambda g: -sum(counts[p][g] / max(1, sum(counts[p].values())) for p in processes.values()))
     names = list(processes)
@@ -101,7 +104,7 @@ def table(title, processes, counts, cpu_per):
         rows.append(f"| {group} | " + " | ".join(cells) + " |")
     rows.append("| samples | " + " | ".join(str(sum(counts[processes[n]].values())) for n in names) + " |")
     if cpu_per:
-        rows.append("| CPU per request (from /proc) | " + " | ".join(f"{cpu_per[n]:.0f} µs" for n in names) + " |")
+        rows.append(f"| CPU per {unit} (from /proc) | " + " | ".join(f"{cpu_per[n]:.0f} µs" for n in names) + " |")
     return rows
 
 
@@ -130,17 +133,20 @@ def main():
         processes = {name: stack.procs[name].pid for name in ("relayctl", "relay", "connector")}
         subprocess.run(["wrk", "-t2", "-c64", "-d3s", url], capture_output=True, check=True)
         duration = args.seconds + 4
-        load = subprocess.Popen(["wrk", "-t2", "-c64", f"-d{duration}s", url], stdout=subprocess.PIPE, text=True)
-        time.sleep(2)
-        before = {n: cpu_seconds([p]) for n, p in processes.items()}
-        record(processes.values(), args.seconds, f"{work}/requests.data")
-        after = {n: cpu_seconds([p]) for n, p in processes.items()}
-        out = load.communicate(timeout=duration + 60)[0]
-        done = re.search(r"(\d+) requests in ([\d.]+)s", out)
-        rate = int(done.group(1)) / float(done.group(2))
-        cpu_per = {n: 1e6 * (after[n] - before[n]) / (rate * args.seconds) for n in processes}
-        lines += [f"## 1 KiB GETs at 64 connections ({rate:,.0f} req/s under perf)", ""]
-        lines += table("group", processes, attribute(f"{work}/requests.data"), cpu_per) + [""]
+        for connections in (64, 1):
+            print(f"== requests, {connections} connections", flush=True)
+            load = subprocess.Popen(["wrk", f"-t{min(2, connections)}", f"-c{connections}", f"-d{duration}s", url],
+                                    stdout=subprocess.PIPE, text=True)
+            time.sleep(2)
+            before = {n: cpu_seconds([p]) for n, p in processes.items()}
+            record(processes.values(), args.seconds, f"{work}/requests-{connections}.data")
+            after = {n: cpu_seconds([p]) for n, p in processes.items()}
+            out = load.communicate(timeout=duration + 60)[0]
+            done = re.search(r"(\d+) requests in ([\d.]+)s", out)
+            rate = int(done.group(1)) / float(done.group(2))
+            cpu_per = {n: 1e6 * (after[n] - before[n]) / (rate * args.seconds) for n in processes}
+            lines += [f"## 1 KiB GETs at {connections} connection{'s' if connections > 1 else ''} ({rate:,.0f} req/s under perf)", ""]
+            lines += table("group", processes, attribute(f"{work}/requests-{connections}.data"), cpu_per) + [""]
 
         print("== downloads", flush=True)
         curl = subprocess.Popen(["bash", "-c", f"end=$((SECONDS+{duration})); while [ $SECONDS -lt $end ]; do "
@@ -156,7 +162,7 @@ def main():
         cpu_per_gib = {n: 1e6 * (after[n] - before[n]) / gib for n in processes}
         lines += [f"## 10 MiB downloads, one at a time ({gib * 1024 / args.seconds:,.0f} MiB/s under perf; "
                   "µs of CPU per MiB)", ""]
-        lines += table("group", processes, attribute(f"{work}/downloads.data"), {n: v / 1024 for n, v in cpu_per_gib.items()}) + [""]
+        lines += table("group", processes, attribute(f"{work}/downloads.data"), {n: v / 1024 for n, v in cpu_per_gib.items()}, unit="MiB") + [""]
 
         print("== heartbeats", flush=True)
         relay = stack.procs["relay"].pid
