@@ -220,9 +220,10 @@ public final class RelayServer: Service, Sendable {
     /// - Parameter dialedAs: the Host the connector dialed: it keeps one tunnel per relay URL.
     private func acceptTunnel(_ channel: Channel, cluster: String, node: String, dialedAs: String) throws {
         let peerClose = NIOLockedValueBox<WebSocketPeerClosed?>(nil)
+        let peerSettings = PeerSettings()
         let multiplexer = try TunnelPipeline.configure(
             channel: channel, websocketRole: .server, http2Mode: .client, link: .tunnel, limits: self.config.limits,
-            logger: self.logger, onPeerClosed: { close in peerClose.withLockedValue { $0 = $0 ?? close } },
+            logger: self.logger, onPeerClosed: { close in peerClose.withLockedValue { $0 = $0 ?? close } }, peerSettings: peerSettings,
             inboundStreamInitializer: TunnelPipeline.refuseInboundStreams)
         // The control stream: the connector says at once which sessions the customer ended.
         let logger = self.logger
@@ -242,7 +243,7 @@ public final class RelayServer: Service, Sendable {
         }
         let tunnel = TunnelHandle(
             id: ObjectIdentifier(channel), cluster: cluster, node: node, channel: channel, multiplexer: multiplexer,
-            connectedAt: .now(), control: controlStream, dialedAs: dialedAs)
+            connectedAt: .now(), control: controlStream, dialedAs: dialedAs, peerSettings: peerSettings)
         for older in self.registry.register(tunnel) {
             // Half-open, or from a connector that restarted: the newer tunnel is the live one.
             logger.notice(
@@ -295,6 +296,7 @@ public final class RelayServer: Service, Sendable {
         ) { stream in
             stream.eventLoop.makeCompletedFuture {
                 try stream.pipeline.syncOperations.addHandlers([
+                    ExtendedConnectServerAdapter(),
                     HTTP2FramePayloadToHTTP1ServerCodec(),
                     ProxyServerHandler(
                         opener: { opener.open($0, $1) },

@@ -15,6 +15,8 @@ public struct TunnelHandle: Sendable {
     public var control: ControlStreamHandler
     /// The Host the connector dialed (a connector keeps one tunnel per relay URL).
     public var dialedAs: String = ""
+    /// What the connector announced: whether it takes websockets (extended CONNECT).
+    public var peerSettings = PeerSettings()
 }
 
 /// Which tunnels are up, by cluster. Expert streams are switched into one of them.

@@ -52,10 +52,19 @@ struct TunnelStreamOpener: Sendable {
         let cluster = self.session.clusterID
         upstream.nextHop = "the tunnel to cluster \"\(cluster)\" (node \(tunnel.node))"
         let loop = tunnel.channel.eventLoop
-        return loop.flatSubmit {
-            TunnelPipeline.openRequestStream(on: tunnel.multiplexer, loop: loop, upstream: upstream).map { head }
-        }.flatMapErrorThrowing { error in
-            throw ProxyRefusal.badGateway("the tunnel to cluster \"\(cluster)\" failed: \(error)")
+        // A websocket waits until the connector has said it takes extended CONNECT (its first
+        // SETTINGS, long in by the time an engineer opens one); an older connector does not.
+        let ready = head.opensWebSocket ? tunnel.peerSettings.supportsExtendedConnect(on: loop) : loop.makeSucceededFuture(true)
+        return ready.flatMap { supported in
+            guard supported else {
+                return loop.makeFailedFuture(
+                    ProxyRefusal(
+                        .notImplemented, code: "websocket_unsupported",
+                        message: "the connector on node \(tunnel.node) of cluster \"\(cluster)\" does not carry websockets (too old a version)"))
+            }
+            return TunnelPipeline.openRequestStream(on: tunnel.multiplexer, loop: loop, upstream: upstream).map { head }.flatMapErrorThrowing { error in
+                throw ProxyRefusal.badGateway("the tunnel to cluster \"\(cluster)\" failed: \(error)")
+            }
         }
     }
 }

@@ -21,7 +21,9 @@ public final class LocalListener: Sendable {
             .childChannelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
                     try channel.pipeline.syncOperations.configureHTTPServerPipeline(withErrorHandling: true)
-                    try channel.pipeline.syncOperations.addHandler(LocalHostRewriter(component: session.target.component))
+                    let rewriter = LocalHostRewriter(component: session.target.component)
+                    try channel.pipeline.syncOperations.addHandler(rewriter)
+                    try channel.pipeline.syncOperations.addHandler(LocalWebSocketBridge(httpOnly: [rewriter]))
                     try channel.pipeline.syncOperations.addHandler(
                         ProxyServerHandler(
                             opener: session.open,
@@ -53,7 +55,7 @@ public final class LocalListener: Sendable {
 /// A browser names this listener in `Host` (`127.0.0.1:PORT`, `localhost:PORT`, `[::1]`, with or without the port); the connector only
 /// accepts a Host naming the component, so that one is rewritten to the component's name. Any
 /// other Host goes on unchanged, for the connector to refuse.
-final class LocalHostRewriter: ChannelInboundHandler {
+final class LocalHostRewriter: ChannelInboundHandler, RemovableChannelHandler {
     typealias InboundIn = HTTPServerRequestPart
     typealias InboundOut = HTTPServerRequestPart
     let component: String

@@ -76,9 +76,12 @@ public final class SessionClient: Sendable {
     final class RelayConnection: Sendable {
         let multiplexer: NIOHTTP2Handler.StreamMultiplexer
         let goingAway: GoAwayFlag
-        init(multiplexer: NIOHTTP2Handler.StreamMultiplexer, goingAway: GoAwayFlag) {
+        /// Whether the relay takes websockets (extended CONNECT), from its first SETTINGS.
+        let peerSettings: PeerSettings
+        init(multiplexer: NIOHTTP2Handler.StreamMultiplexer, goingAway: GoAwayFlag, peerSettings: PeerSettings) {
             self.multiplexer = multiplexer
             self.goingAway = goingAway
+            self.peerSettings = peerSettings
         }
     }
 
@@ -203,15 +206,16 @@ public final class SessionClient: Sendable {
             logger.info("the relay node is draining; new requests go to a new connection", metadata: ["relay": "\(url)"])
             self.forgetConnection(whose: goingAway)
         }
+        let peerSettings = PeerSettings()
         return WebSocketDialer.dial(
             url: url, headers: headers, tls: self.tls, limits: limits, group: self.group, upgraded: upgraded
         ) { channel in
             try TunnelPipeline.configure(
                 channel: channel, websocketRole: .client, http2Mode: .client, link: .session, limits: limits, onPeerClosed: onEnded,
-                onGoAway: onGoAway, inboundStreamInitializer: TunnelPipeline.refuseInboundStreams)
+                onGoAway: onGoAway, peerSettings: peerSettings, inboundStreamInitializer: TunnelPipeline.refuseInboundStreams)
         }.map { channel, multiplexer in
             logger.info("connected to relay", metadata: ["relay": "\(url)"])
-            let connection = RelayConnection(multiplexer: multiplexer, goingAway: goingAway)
+            let connection = RelayConnection(multiplexer: multiplexer, goingAway: goingAway, peerSettings: peerSettings)
             channel.closeFuture.whenComplete { _ in
                 logger.info("relay connection closed; the next request redials")
                 goingAway.set()
@@ -231,8 +235,9 @@ public final class SessionClient: Sendable {
         // GOAWAY crossed it, or the connection dropped) goes once more on a live connection;
         // ProxyServerHandler does so only for requests without a body and idempotent methods.
         let sent = head
-        upstream.freshRetry = { fresh in self.openStream(fresh, retries: 2).map { sent } }
-        return self.openStream(upstream, retries: 2).map { head }.flatMapErrorThrowing { error in
+        let webSocket = head.opensWebSocket
+        upstream.freshRetry = { fresh in self.openStream(fresh, webSocket: webSocket, retries: 2).map { sent } }
+        return self.openStream(upstream, webSocket: webSocket, retries: 2).map { head }.flatMapErrorThrowing { error in
             if let error = error as? DialError {
                 switch error.kind {
                 case .rejected(let status):
@@ -250,14 +255,23 @@ public final class SessionClient: Sendable {
     /// A new stream on the live connection. Runs on the connection's event loop, as its GOAWAY
     /// does: a connection that said GOAWAY before this point takes no new stream, and the request
     /// goes to a new connection (it has not been sent, so any method may go).
-    private func openStream(_ upstream: ProxyUpstreamHandler, retries: Int) -> EventLoopFuture<Void> {
+    private func openStream(_ upstream: ProxyUpstreamHandler, webSocket: Bool, retries: Int) -> EventLoopFuture<Void> {
         upstream.nextHop = "the relay connection"
+        let loop = upstream.downstreamEventLoop
         return self.connected().flatMap { connection in
             if connection.goingAway.isSet && retries > 0 {
                 self.forgetConnection(whose: connection.goingAway)
-                return self.openStream(upstream, retries: retries - 1)
+                return self.openStream(upstream, webSocket: webSocket, retries: retries - 1)
             }
-            return TunnelPipeline.openRequestStream(on: connection.multiplexer, loop: upstream.downstreamEventLoop, upstream: upstream)
+            // A websocket waits for the relay's first SETTINGS: `:protocol` before it is an error.
+            let ready = webSocket ? connection.peerSettings.supportsExtendedConnect(on: loop) : loop.makeSucceededFuture(true)
+            return ready.flatMap { supported in
+                guard supported else {
+                    return loop.makeFailedFuture(
+                        ProxyRefusal(.notImplemented, code: "websocket_unsupported", message: "the relay does not carry websockets (too old a version)"))
+                }
+                return TunnelPipeline.openRequestStream(on: connection.multiplexer, loop: loop, upstream: upstream)
+            }
         }
     }
 

@@ -59,6 +59,8 @@ public struct TunnelLimits: Sendable, Equatable {
             HTTP2Setting(parameter: .maxFrameSize, value: self.maxFrameSize),
             HTTP2Setting(parameter: .maxHeaderListSize, value: link == .tunnel ? self.maxHeaderListSize : self.sessionHeaderListSize),
             HTTP2Setting(parameter: .enablePush, value: 0),
+            // Websockets cross as extended CONNECT streams (RFC 8441; ExtendedConnect.swift).
+            HTTP2Setting(parameter: .enableConnectProtocol, value: 1),
         ]
     }
 

@@ -19,6 +19,7 @@ public enum TunnelPipeline {
         onPeerClosed: (@Sendable (WebSocketPeerClosed) -> Void)? = nil,
         onFlood: (@Sendable (String) -> Void)? = nil,
         onGoAway: (@Sendable () -> Void)? = nil,
+        peerSettings: PeerSettings? = nil,
         inboundStreamInitializer: @escaping NIOChannelInitializer
     ) throws -> NIOHTTP2Handler.StreamMultiplexer {
         let sync = channel.pipeline.syncOperations
@@ -40,7 +41,8 @@ public enum TunnelPipeline {
             streamDelegate: drainer?.http2StreamDelegate,
             inboundStreamInitializer: inboundStreamInitializer)
         if let drainer { try sync.addHandler(drainer) }
-        try sync.addHandler(TunnelErrorHandler(link: link, logger: logger, onPeerClosed: onPeerClosed, onFlood: onFlood, onGoAway: onGoAway))
+        try sync.addHandler(
+            TunnelErrorHandler(link: link, logger: logger, onPeerClosed: onPeerClosed, onFlood: onFlood, onGoAway: onGoAway, peerSettings: peerSettings))
         return multiplexer
     }
 
@@ -61,7 +63,9 @@ public enum TunnelPipeline {
         multiplexer.createStreamChannel(promise: promise) { stream in
             stream.eventLoop.makeCompletedFuture {
                 upstream.whenDone = .leaveOpen
-                try stream.pipeline.syncOperations.addHandlers([HTTP2FramePayloadToHTTP1ClientCodec(httpProtocol: .https), upstream])
+                try stream.pipeline.syncOperations.addHandlers([
+                    ExtendedConnectClientAdapter(), HTTP2FramePayloadToHTTP1ClientCodec(httpProtocol: .https), upstream,
+                ])
             }
         }
         return promise.futureResult.map { _ in }
@@ -87,22 +91,32 @@ final class TunnelErrorHandler: ChannelInboundHandler {
     private let onPeerClosed: (@Sendable (WebSocketPeerClosed) -> Void)?
     private let onFlood: (@Sendable (String) -> Void)?
     private let onGoAway: (@Sendable () -> Void)?
+    private let peerSettings: PeerSettings?
 
     init(
         link: TunnelLink, logger: Logger?, onPeerClosed: (@Sendable (WebSocketPeerClosed) -> Void)?, onFlood: (@Sendable (String) -> Void)?,
-        onGoAway: (@Sendable () -> Void)?
+        onGoAway: (@Sendable () -> Void)?, peerSettings: PeerSettings?
     ) {
         self.link = link
         self.logger = logger
         self.onPeerClosed = onPeerClosed
         self.onFlood = onFlood
         self.onGoAway = onGoAway
+        self.peerSettings = peerSettings
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         // Connection-level frames end here; a GOAWAY means the peer is draining this connection.
-        if let frame = self.unwrapInboundIn(data) as? HTTP2Frame, case .goAway = frame.payload { self.onGoAway?() }
+        if let frame = self.unwrapInboundIn(data) as? HTTP2Frame {
+            if case .goAway = frame.payload { self.onGoAway?() }
+            self.peerSettings?.observe(frame)
+        }
         context.fireChannelRead(data)
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        self.peerSettings?.learned(false)
+        context.fireChannelInactive()
     }
 
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {

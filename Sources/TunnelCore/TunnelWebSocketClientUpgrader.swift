@@ -17,9 +17,7 @@ final class TunnelWebSocketClientUpgrader: NIOHTTPClientProtocolUpgrader {
 
     /// - Parameter upgradePipelineHandler: gets the channel and the `101` response's headers.
     init(maxFrameSize: Int, upgradePipelineHandler: @escaping @Sendable (Channel, HTTPHeaders) -> EventLoopFuture<Void>) {
-        var generator = SystemRandomNumberGenerator()
-        let nonce = (0..<16).map { _ in UInt8.random(in: 0...255, using: &generator) }
-        self.requestKey = Data(nonce).base64EncodedString()
+        self.requestKey = WebSocketHandshake.newKey()
         self.maxFrameSize = maxFrameSize
         self.upgradePipelineHandler = upgradePipelineHandler
     }
@@ -32,14 +30,9 @@ final class TunnelWebSocketClientUpgrader: NIOHTTPClientProtocolUpgrader {
     func shouldAllowUpgrade(upgradeResponse: HTTPResponseHead) -> Bool {
         let accept = upgradeResponse.headers["sec-websocket-accept"]
         guard accept.count == 1 else { return false }
-        return accept[0] == Self.acceptValue(for: self.requestKey)
+        return accept[0] == WebSocketHandshake.acceptValue(for: self.requestKey)
     }
 
-    /// RFC 6455 4.2.2: base64(SHA-1(key + GUID)).
-    static func acceptValue(for key: String) -> String {
-        let digest = Insecure.SHA1.hash(data: Data((key + "258EAFA5-E914-47DA-95CA-C5AB0DC85B11").utf8))
-        return Data(digest).base64EncodedString()
-    }
 
     func upgrade(context: ChannelHandlerContext, upgradeResponse: HTTPResponseHead) -> EventLoopFuture<Void> {
         let channel = context.channel
@@ -50,5 +43,20 @@ final class TunnelWebSocketClientUpgrader: NIOHTTPClientProtocolUpgrader {
         }.flatMap {
             self.upgradePipelineHandler(channel, upgradeResponse.headers)
         }
+    }
+}
+
+/// The two values of RFC 6455's opening handshake.
+public enum WebSocketHandshake {
+    /// A client's `Sec-WebSocket-Key`: 16 random bytes, base64.
+    public static func newKey() -> String {
+        var generator = SystemRandomNumberGenerator()
+        return Data((0..<16).map { _ in UInt8.random(in: 0...255, using: &generator) }).base64EncodedString()
+    }
+
+    /// The server's `Sec-WebSocket-Accept` for `key` (RFC 6455 4.2.2): base64(SHA-1(key + GUID)).
+    public static func acceptValue(for key: String) -> String {
+        let digest = Insecure.SHA1.hash(data: Data((key + "258EAFA5-E914-47DA-95CA-C5AB0DC85B11").utf8))
+        return Data(digest).base64EncodedString()
     }
 }

@@ -53,6 +53,6 @@ import Testing
 
     @Test func acceptValueMatchesTheRFCExample() {
         // RFC 6455 section 1.3.
-        #expect(TunnelWebSocketClientUpgrader.acceptValue(for: "dGhlIHNhbXBsZSBub25jZQ==") == "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=")
+        #expect(WebSocketHandshake.acceptValue(for: "dGhlIHNhbXBsZSBub25jZQ==") == "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=")
     }
 }

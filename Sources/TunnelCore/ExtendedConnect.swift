@@ -1,0 +1,182 @@
+import NIOConcurrencyHelpers
+import NIOCore
+import NIOHPACK
+import NIOHTTP1
+import NIOHTTP2
+
+// A component's websocket crosses both HTTP/2 links as one stream opened by an extended CONNECT
+// (RFC 8441: `:method CONNECT`, `:protocol websocket`), whose DATA carries the websocket's bytes
+// untouched both ways. NIO's HTTP/2 <-> HTTP/1 codecs do not carry `:protocol`, so on each side of
+// a link it becomes an internal header (`WireHeader.connectProtocol`) between the codec and the
+// proxy handlers, and back. The header never crosses a wire: every entry point drops copies of it.
+
+extension WireHeader {
+    /// Inside one process only: the `:protocol` of an extended CONNECT (`websocket`).
+    public static let connectProtocol = "x-relay-connect-protocol"
+}
+
+extension HTTPRequestHead {
+    /// An extended CONNECT opening a websocket (as the HTTP/2 server adapter presents it).
+    public var opensWebSocket: Bool {
+        self.method == .CONNECT && self.headers.first(name: WireHeader.connectProtocol)?.lowercased() == "websocket"
+    }
+}
+
+/// In a stream's pipeline before `HTTP2FramePayloadToHTTP1ServerCodec`: the request's `:protocol`
+/// becomes `WireHeader.connectProtocol`, and a copy of that header sent by the peer is dropped.
+public final class ExtendedConnectServerAdapter: ChannelInboundHandler, RemovableChannelHandler {
+    public typealias InboundIn = HTTP2Frame.FramePayload
+    public typealias InboundOut = HTTP2Frame.FramePayload
+    private var seenHead = false
+
+    public init() {}
+
+    public func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        guard !self.seenHead, case .headers(var headers) = self.unwrapInboundIn(data) else {
+            context.fireChannelRead(data)
+            return
+        }
+        self.seenHead = true
+        let value = headers.headers.first(name: ":protocol")
+        headers.headers.remove(name: WireHeader.connectProtocol)
+        if let value {
+            headers.headers.remove(name: ":protocol")
+            headers.headers.add(name: WireHeader.connectProtocol, value: value)
+        }
+        context.fireChannelRead(self.wrapInboundOut(.headers(headers)))
+    }
+}
+
+/// In a stream's pipeline after `HTTP2FramePayloadToHTTP1ClientCodec`: a request head carrying
+/// `WireHeader.connectProtocol` leaves as an extended CONNECT with that `:protocol`.
+public final class ExtendedConnectClientAdapter: ChannelOutboundHandler, RemovableChannelHandler {
+    public typealias OutboundIn = HTTP2Frame.FramePayload
+    public typealias OutboundOut = HTTP2Frame.FramePayload
+    private var seenHead = false
+
+    public init() {}
+
+    public func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
+        guard !self.seenHead, case .headers(var headers) = self.unwrapOutboundIn(data) else {
+            context.write(data, promise: promise)
+            return
+        }
+        self.seenHead = true
+        if let value = headers.headers.first(name: WireHeader.connectProtocol) {
+            // Pseudo-headers come first: `:protocol` goes right after the codec's.
+            var rebuilt = HPACKHeaders()
+            for (name, field, indexing) in headers.headers where name.hasPrefix(":") { rebuilt.add(name: name, value: field, indexing: indexing) }
+            rebuilt.add(name: ":protocol", value: value)
+            for (name, field, indexing) in headers.headers where !name.hasPrefix(":") && name != WireHeader.connectProtocol {
+                rebuilt.add(name: name, value: field, indexing: indexing)
+            }
+            headers.headers = rebuilt
+        }
+        context.write(self.wrapOutboundOut(.headers(headers)), promise: promise)
+    }
+}
+
+/// What the peer of an HTTP/2 connection announced in its first SETTINGS: whether it takes
+/// extended CONNECT (RFC 8441). A client must not send `:protocol` before it knows.
+public final class PeerSettings: Sendable {
+    private let state = NIOLockedValueBox<(known: Bool?, waiting: [EventLoopPromise<Bool>])>((nil, []))
+
+    public init() {}
+
+    /// True once the peer announced `SETTINGS_ENABLE_CONNECT_PROTOCOL = 1`; false if it announced
+    /// settings without it, or the connection closed first.
+    public func supportsExtendedConnect(on loop: EventLoop) -> EventLoopFuture<Bool> {
+        let promise = loop.makePromise(of: Bool.self)
+        let known = self.state.withLockedValue { state -> Bool? in
+            if state.known == nil { state.waiting.append(promise) }
+            return state.known
+        }
+        if let known { promise.succeed(known) }
+        return promise.futureResult
+    }
+
+    func learned(_ supports: Bool) {
+        let waiting = self.state.withLockedValue { state -> [EventLoopPromise<Bool>] in
+            guard state.known == nil else { return [] }
+            state.known = supports
+            defer { state.waiting = [] }
+            return state.waiting
+        }
+        waiting.forEach { $0.succeed(supports) }
+    }
+
+    /// Reads the first SETTINGS frame on the connection (root-stream frames reach the handlers
+    /// after NIOHTTP2's, once it has applied them).
+    func observe(_ frame: HTTP2Frame) {
+        guard case .settings(.settings(let settings)) = frame.payload else { return }
+        self.learned(settings.contains { $0.parameter == .enableConnectProtocol && $0.value == 1 })
+    }
+}
+
+/// After an HTTP/1 websocket upgrade on a TCP connection, in place of the HTTP server codec: the
+/// connection's bytes become request body parts for `ProxyServerHandler` and its response body parts
+/// become bytes; the end of the input (the peer's half-close) ends the request, the response's end
+/// half-closes the output.
+public final class UpgradedServerBytes: ChannelDuplexHandler, RemovableChannelHandler {
+    public typealias InboundIn = ByteBuffer
+    public typealias InboundOut = HTTPServerRequestPart
+    public typealias OutboundIn = HTTPServerResponsePart
+    public typealias OutboundOut = ByteBuffer
+    private var inputEnded = false
+
+    public init() {}
+
+    public func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        context.fireChannelRead(self.wrapInboundOut(.body(self.unwrapInboundIn(data))))
+    }
+
+    public func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        if case ChannelEvent.inputClosed = event, !self.inputEnded {
+            self.inputEnded = true
+            context.fireChannelRead(self.wrapInboundOut(.end(nil)))
+        }
+        context.fireUserInboundEventTriggered(event)
+    }
+
+    public func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
+        switch self.unwrapOutboundIn(data) {
+        case .head: promise?.succeed(())  // the 101 went out before this handler came in
+        case .body(.byteBuffer(let bytes)): context.write(self.wrapOutboundOut(bytes), promise: promise)
+        case .body: promise?.fail(ChannelError.operationUnsupported)
+        case .end: context.close(mode: .output, promise: promise)
+        }
+    }
+}
+
+/// The same on the client side (the connector's connection to a component, after its `101`):
+/// bytes from the component are response body parts; request body parts go out as bytes.
+public final class UpgradedClientBytes: ChannelDuplexHandler, RemovableChannelHandler {
+    public typealias InboundIn = ByteBuffer
+    public typealias InboundOut = HTTPClientResponsePart
+    public typealias OutboundIn = HTTPClientRequestPart
+    public typealias OutboundOut = ByteBuffer
+    private var inputEnded = false
+
+    public init() {}
+
+    public func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        context.fireChannelRead(self.wrapInboundOut(.body(self.unwrapInboundIn(data))))
+    }
+
+    public func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        if case ChannelEvent.inputClosed = event, !self.inputEnded {
+            self.inputEnded = true
+            context.fireChannelRead(self.wrapInboundOut(.end(nil)))
+        }
+        context.fireUserInboundEventTriggered(event)
+    }
+
+    public func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
+        switch self.unwrapOutboundIn(data) {
+        case .head: promise?.succeed(())  // the upgrade request went out before this handler came in
+        case .body(.byteBuffer(let bytes)): context.write(self.wrapOutboundOut(bytes), promise: promise)
+        case .body: promise?.fail(ChannelError.operationUnsupported)
+        case .end: context.close(mode: .output, promise: promise)
+        }
+    }
+}
