@@ -64,7 +64,7 @@ let package = Package(
         // Test doubles shared by the test targets (a clock that moves only when told).
         .target(name: "TestSupport", dependencies: [.product(name: "NIOConcurrencyHelpers", package: "swift-nio"), .product(name: "Logging", package: "swift-log")] + lifecycle),
         .target(name: "RelayCtlKit", dependencies: ["TunnelCore", "ConfigKit", "RelayAPI", "RelayModel", .product(name: "Logging", package: "swift-log"), .product(name: "NIOHTTP2", package: "swift-nio-http2"), .product(name: "NIOSSL", package: "swift-nio-ssl")] + nio),
-        .target(name: "DemoComponentKit", dependencies: nio + [.product(name: "Crypto", package: "swift-crypto")]),
+        .target(name: "DemoComponentKit", dependencies: nio + [.product(name: "Crypto", package: "swift-crypto"), .product(name: "NIOWebSocket", package: "swift-nio")]),
         // The fuzz targets' bodies, shared by the fuzzers (FuzzTesting/) and the replay tests.
         .target(name: "FuzzEntryPoints", dependencies: ["ConfigKit", "Connector", "PrivacyPolicy", "Relay", "RelayAPI", "RelayModel", "TunnelCore", .product(name: "NIOEmbedded", package: "swift-nio"), .product(name: "NIOWebSocket", package: "swift-nio")] + nio),
         .executableTarget(name: "relay", dependencies: ["Relay", "TunnelCore", .product(name: "Logging", package: "swift-log"), .product(name: "NIOPosix", package: "swift-nio"), .product(name: "ArgumentParser", package: "swift-argument-parser")] + lifecycle),

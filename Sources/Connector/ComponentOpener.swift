@@ -48,6 +48,41 @@ struct ComponentOpener: Sendable {
         return self.connect(forwarded, upstream, component: component)
     }
 
+    /// A websocket: always a new connection, upgraded with the component's own handshake, never
+    /// pooled; the component must answer the upgrade within the response timeout. `head` is the
+    /// upgrade's GET with what the engineer's browser offered (version, subprotocols, extensions).
+    func openWebSocket(_ head: HTTPRequestHead, _ upstream: ProxyUpstreamHandler, component: Component) -> EventLoopFuture<HTTPRequestHead> {
+        var forwarded = head
+        forwarded.version = .http1_1
+        forwarded.uri = component.basePath + head.uri
+        forwarded.headers.replaceOrAdd(name: "host", value: component.authority)
+        forwarded.headers.remove(name: "sec-websocket-key")  // the connector's own handshake with the component
+        upstream.whenDone = .close
+        upstream.stripsRelayOwnedResponseHeaders = true
+        upstream.nextHop = "component \"\(component.name)\""
+        upstream.responseDeadline = .init(deadlines: self.deadlines, timeout: self.responseTimeout, what: "component \"\(component.name)\"")
+        upstream.responseDeadlineFromHead = true
+        let name = component.name
+        return ClientBootstrap(group: upstream.downstreamEventLoop)
+            .connectTimeout(self.connectTimeout)
+            .channelOption(ChannelOptions.socketOption(.tcp_nodelay), value: 1)
+            .channelOption(ChannelOptions.allowRemoteHalfClosure, value: true)
+            .channelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    // The component's frames can come in the same read as its 101: forwarded, never dropped.
+                    try channel.pipeline.syncOperations.addHTTPClientHandlers(
+                        leftOverBytesStrategy: .forwardBytes,
+                        withClientUpgrade: (upgraders: [ComponentWebSocketUpgrader(upstream: upstream)], completionHandler: { _ in }))
+                    try channel.pipeline.syncOperations.addHandler(upstream)
+                }
+            }
+            .connect(host: component.host, port: component.port)
+            .map { _ in forwarded }
+            .flatMapErrorThrowing { _ in
+                throw ProxyRefusal.badGateway("component \"\(name)\" is not reachable from the connector")
+            }
+    }
+
     /// Pooled connections are per address: a reload that moves a component never reuses the old one.
     private static func poolKey(_ component: Component) -> String { "\(component.name) \(component.authority)" }
 
@@ -92,5 +127,38 @@ extension HTTPHeaders {
         }
         self.add(name: "x-forwarded-proto", value: "https")
         self.add(name: "x-forwarded-host", value: component)
+    }
+}
+
+/// The connector's side of a component's websocket handshake (RFC 6455 4.1): its own key, the
+/// component's `Sec-WebSocket-Accept` checked. Once upgraded, the connection carries bytes
+/// (`UpgradedClientBytes`) and the proxy sees a `200` with what the component chose.
+final class ComponentWebSocketUpgrader: NIOHTTPClientProtocolUpgrader {
+    let supportedProtocol = "websocket"
+    let requiredUpgradeHeaders: [String] = []
+    private let key = WebSocketHandshake.newKey()
+    private let upstream: ProxyUpstreamHandler
+
+    init(upstream: ProxyUpstreamHandler) { self.upstream = upstream }
+
+    func addCustom(upgradeRequestHeaders: inout HTTPHeaders) {
+        upgradeRequestHeaders.replaceOrAdd(name: "sec-websocket-key", value: self.key)
+        upgradeRequestHeaders.replaceOrAdd(name: "sec-websocket-version", value: "13")
+    }
+
+    func shouldAllowUpgrade(upgradeResponse: HTTPResponseHead) -> Bool {
+        upgradeResponse.headers["sec-websocket-accept"] == [WebSocketHandshake.acceptValue(for: self.key)]
+    }
+
+    func upgrade(context: ChannelHandlerContext, upgradeResponse: HTTPResponseHead) -> EventLoopFuture<Void> {
+        context.eventLoop.makeCompletedFuture {
+            let bytes = UpgradedClientBytes()
+            try context.pipeline.syncOperations.addHandler(bytes, position: .before(self.upstream))
+            var headers = HTTPHeaders()
+            for name in ["sec-websocket-protocol", "sec-websocket-extensions"] {
+                for value in upgradeResponse.headers[name] { headers.add(name: name, value: value) }
+            }
+            bytes.deliver(HTTPResponseHead(version: .http1_1, status: .ok, headers: headers))
+        }
     }
 }

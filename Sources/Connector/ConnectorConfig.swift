@@ -18,14 +18,18 @@ public struct Component: Sendable, Equatable {
     public var deniedPathPrefixes: [String]
     /// Routing or identity headers (`PrivacyRules.strippedHeaders`) this component still receives.
     public var passedHeaders: Set<String>
+    /// Where role `viewer` may open websockets (normalised prefixes; none by default).
+    public var viewerWebSocketPaths: [String]
 
     public init(
-        name: String, url: String, caseInsensitivePaths: Bool = true, deniedPathPrefixes: [String] = [], passedHeaders: Set<String> = []
+        name: String, url: String, caseInsensitivePaths: Bool = true, deniedPathPrefixes: [String] = [], passedHeaders: Set<String> = [],
+        viewerWebSocketPaths: [String] = []
     ) throws(ComponentURLError) {
         self.name = name
         self.caseInsensitivePaths = caseInsensitivePaths
         self.deniedPathPrefixes = deniedPathPrefixes
         self.passedHeaders = passedHeaders
+        self.viewerWebSocketPaths = viewerWebSocketPaths
         guard url.hasPrefix("http://") else {
             throw ComponentURLError(description: "must be an http:// URL, got \"\(url)\"")
         }
@@ -149,7 +153,7 @@ public struct ConnectorConfig: Sendable {
             components: self.components.map {
                 ComponentRules(
                     name: $0.name, authority: $0.authority, caseInsensitivePaths: $0.caseInsensitivePaths,
-                    deniedPathPrefixes: $0.deniedPathPrefixes, passedHeaders: $0.passedHeaders)
+                    deniedPathPrefixes: $0.deniedPathPrefixes, passedHeaders: $0.passedHeaders, viewerWebSocketPaths: $0.viewerWebSocketPaths)
             },
             deniedPathPrefixes: self.deniedPathPrefixes, maxSessionMilliseconds: self.maxSessionMilliseconds,
             idleTimeoutMilliseconds: self.idleTimeoutMilliseconds)
@@ -254,11 +258,12 @@ public struct ConnectorConfig: Sendable {
         var components: [Component] = []
         for name in componentMap.keys() {
             guard Identifier.isValid(name) else { throw componentMap.error(name, "component names must be \(Identifier.rule)") }
-            // Either `name: URL`, or `name: {url, case_insensitive_paths, denied_paths, pass_headers}`.
+            // Either `name: URL`, or `name: {url, case_insensitive_paths, denied_paths, pass_headers, viewer_websocket_paths}`.
             var url: String?
             var caseInsensitive = true
             var passed: Set<String> = []
             var componentDenied: [String] = []
+            var viewerWebSockets: [String] = []
             var scope = componentMap
             var key = name
             if let map = try? componentMap.map(name) {
@@ -266,6 +271,7 @@ public struct ConnectorConfig: Sendable {
                 caseInsensitive = try map.bool("case_insensitive_paths", default: true)
                 componentDenied = try Self.prefixes(map, "denied_paths")
                 passed = try Self.passedHeaders(map)
+                viewerWebSockets = try Self.prefixes(map, "viewer_websocket_paths")
                 try map.finish()
                 scope = map
                 key = "url"
@@ -276,7 +282,8 @@ public struct ConnectorConfig: Sendable {
             do {
                 components.append(
                     try Component(
-                        name: name, url: url, caseInsensitivePaths: caseInsensitive, deniedPathPrefixes: componentDenied, passedHeaders: passed))
+                        name: name, url: url, caseInsensitivePaths: caseInsensitive, deniedPathPrefixes: componentDenied, passedHeaders: passed,
+                        viewerWebSocketPaths: viewerWebSockets))
             } catch {
                 throw scope.error(key, "\(error)")
             }
@@ -368,7 +375,7 @@ public struct ConnectorConfig: Sendable {
     private static func prefixes(_ map: ConfigMap, _ key: String) throws -> [String] {
         try map.strings(key).map { text in
             guard let prefix = PrivacyRules.normalizePrefix(text) else {
-                throw map.error(key, "\(quotedText(text)) is not a path: denied paths start with / and have no query")
+                throw map.error(key, "\(quotedText(text)) is not a path: paths start with / and have no query")
             }
             return prefix
         }

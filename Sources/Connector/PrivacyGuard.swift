@@ -184,20 +184,25 @@ public final class PrivacyGuard: Sendable {
             headers.addForwardedFor(expertAddress: facts.first(WireHeader.clientAddress), component: component.name)
             let forwarded = HTTPRequestHead(
                 version: head.version, method: HTTPMethod(rawValue: permit.method), uri: permit.target.forwarded, headers: headers)
-            guard permit.method != "GET" && permit.method != "HEAD" else { return opener.open(forwarded, upstream, component: component) }
-            // A request that can change something is on the customer's disk before any byte of it
-            // reaches the component (its outcome follows in the `request` record).
+            guard permit.webSocket || (permit.method != "GET" && permit.method != "HEAD") else {
+                return opener.open(forwarded, upstream, component: component)
+            }
+            // A request that can change something (a websocket can) is on the customer's disk before
+            // any byte of it reaches the component; its outcome follows in the `request` record (the
+            // `websocket` record, with the bytes each way and how long it was open).
             let begun = upstream.downstreamEventLoop.makePromise(of: Void.self)
             self.audit.append(
                 AuditEntry(
-                    time: now, event: "request.begin", requestID: facts.requestID, session: permit.session, expert: permit.expert,
-                    role: permit.role.rawValue, accessRequest: permit.accessRequest, component: permit.component, method: permit.method,
-                    path: permit.target.forwarded, decision: "allow")
+                    time: now, event: permit.webSocket ? "websocket.open" : "request.begin", requestID: facts.requestID, session: permit.session,
+                    expert: permit.expert, role: permit.role.rawValue, accessRequest: permit.accessRequest, component: permit.component,
+                    method: permit.method, path: permit.target.forwarded, decision: "allow")
             ) { result in begun.completeWith(result.map { _ in () }) }
             return begun.futureResult.flatMapError { _ in
                 ticket.permit = nil  // refused after all: audited as such
                 return upstream.downstreamEventLoop.makeFailedFuture(Self.auditUnavailable)
-            }.flatMap { opener.open(forwarded, upstream, component: component) }
+            }.flatMap {
+                permit.webSocket ? opener.openWebSocket(forwarded, upstream, component: component) : opener.open(forwarded, upstream, component: component)
+            }
         case .failure(let refusal):
             return upstream.downstreamEventLoop.makeFailedFuture(refusal)
         }
@@ -320,11 +325,11 @@ public final class PrivacyGuard: Sendable {
             break
         }
         return AuditEntry(
-            time: ticket.openedAt, event: "request", requestID: head.headers.first(name: WireHeader.requestID),
+            time: ticket.openedAt, event: head.opensWebSocket ? "websocket" : "request", requestID: head.headers.first(name: WireHeader.requestID),
             session: head.headers.first(name: WireHeader.session), expert: head.headers.first(name: WireHeader.expert),
             role: permit?.role.rawValue ?? head.headers.first(name: WireHeader.role),
             accessRequest: head.headers.first(name: WireHeader.accessRequest).flatMap { Int64($0) },
-            component: head.headers.first(name: WireHeader.component), method: head.method.rawValue, path: head.uri,
+            component: head.headers.first(name: WireHeader.component), method: head.opensWebSocket ? "GET" : head.method.rawValue, path: head.uri,
             status: record.status.map { Int($0) }, bytesIn: Int64(record.requestBodyBytes), bytesOut: Int64(record.responseBodyBytes),
             durationMs: record.duration.nanoseconds / 1_000_000, decision: decision, reason: decisionReason,
             detail: permit.flatMap { Self.forwardingDetail($0, received: head.uri) })

@@ -280,6 +280,7 @@ public final class TunnelConnector: Service, Sendable {
                         ControlStreamHandler(role: .answerer(onOpen: { openControl($0, stream) }), loop: stream.eventLoop, onClosed: controlClosed) {
                             privacy.relaySaid($0)
                         },
+                        ExtendedConnectServerAdapter(),
                         HTTP2FramePayloadToHTTP1ServerCodec(),
                         ProxyServerHandler(
                             opener: { privacy.open($0, $1, ticket: ticket, opener: opener) },

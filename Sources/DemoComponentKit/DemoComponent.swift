@@ -4,6 +4,7 @@ import NIOConcurrencyHelpers
 import NIOCore
 import NIOHTTP1
 import NIOPosix
+import NIOWebSocket
 
 /// A small cluster "component" for the demo, the tests and the benchmarks: an HTML page, a JSON
 /// API, downloads of any size (`/bytes/N`, generated, honouring backpressure) and uploads answered
@@ -14,6 +15,9 @@ public final class DemoComponent: Sendable {
 
     public struct Counters: Sendable {
         public var requests = 0
+        /// Websockets opened (`/ws/echo`, `/ws/live`) and closed.
+        public var webSocketsOpened = 0
+        public var webSocketsClosed = 0
         /// TCP connections accepted.
         public var connections = 0
     }
@@ -34,7 +38,9 @@ public final class DemoComponent: Sendable {
             .childChannelInitializer { channel in
                 counters.withLockedValue { $0.connections += 1 }
                 return channel.eventLoop.makeCompletedFuture {
-                    try channel.pipeline.syncOperations.configureHTTPServerPipeline(withErrorHandling: true)
+                    try channel.pipeline.syncOperations.configureHTTPServerPipeline(
+                        withServerUpgrade: (upgraders: [DemoWebSocket.upgrader(counters: counters)], completionHandler: { _ in }),
+                        withErrorHandling: true)
                     try channel.pipeline.syncOperations.addHandler(DemoHandler(name: name, counters: counters))
                 }
             }
@@ -75,7 +81,7 @@ public func hex<D: Sequence>(_ digest: D) -> String where D.Element == UInt8 {
     digest.map { String(format: "%02x", $0) }.joined()
 }
 
-private final class DemoHandler: ChannelInboundHandler {
+final class DemoHandler: ChannelInboundHandler, RemovableChannelHandler {
     typealias InboundIn = HTTPServerRequestPart
     typealias OutboundOut = HTTPServerResponsePart
 

@@ -11,15 +11,20 @@ public struct ComponentRules: Sendable, Equatable {
     public var deniedPathPrefixes: [String]
     /// Headers from `PrivacyRules.strippedHeaders` this component may still receive (lower-case names).
     public var passedHeaders: Set<String>
+    /// Path prefixes (normalised) under which role `viewer` may open websockets: a websocket can
+    /// carry writes, so a read-only session gets none unless the customer lists where.
+    public var viewerWebSocketPaths: [String]
 
     public init(
-        name: String, authority: String, caseInsensitivePaths: Bool = true, deniedPathPrefixes: [String] = [], passedHeaders: Set<String> = []
+        name: String, authority: String, caseInsensitivePaths: Bool = true, deniedPathPrefixes: [String] = [], passedHeaders: Set<String> = [],
+        viewerWebSocketPaths: [String] = []
     ) {
         self.name = name
         self.authority = authority
         self.caseInsensitivePaths = caseInsensitivePaths
         self.deniedPathPrefixes = deniedPathPrefixes
         self.passedHeaders = Set(passedHeaders.map { $0.lowercased() })
+        self.viewerWebSocketPaths = viewerWebSocketPaths
     }
 }
 
@@ -89,16 +94,27 @@ public struct PrivacyRules: Sendable, Equatable {
     /// (`;parameters` cut from every segment). A prefix is a plain string prefix (`/api/key` also
     /// covers `/api/keys`); one that ends in `/` also covers the path without it.
     func deniedPrefix(for target: NormalizedTarget, component: ComponentRules) -> String? {
-        let fold: (String) -> String = component.caseInsensitivePaths ? { $0.lowercased() } : { $0 }
-        let candidates = Set([target.decodedPath, target.parameterFreePath].map(fold))
-        for prefix in self.deniedPathPrefixes + component.deniedPathPrefixes {
-            let folded = fold(prefix)
-            for candidate in candidates {
-                if candidate.hasPrefix(folded) || (folded.hasSuffix("/") && candidate == String(folded.dropLast())) {
-                    return prefix
-                }
-            }
+        let candidates = Self.candidates(target, component)
+        return (self.deniedPathPrefixes + component.deniedPathPrefixes).first { prefix in
+            candidates.contains { Self.path($0, isUnder: prefix, component) }
         }
-        return nil
+    }
+
+    /// Whether a viewer's websocket to `target` is under one of the component's
+    /// `viewerWebSocketPaths`. An allowance, so every reading of the path must fall under it
+    /// (a deny-list matches on any).
+    func viewerMayOpenWebSocket(to target: NormalizedTarget, component: ComponentRules) -> Bool {
+        let candidates = Self.candidates(target, component)
+        return component.viewerWebSocketPaths.contains { prefix in candidates.allSatisfy { Self.path($0, isUnder: prefix, component) } }
+    }
+
+    /// The readings of a path a component may act on: decoded, and as Java servers read it.
+    private static func candidates(_ target: NormalizedTarget, _ component: ComponentRules) -> Set<String> {
+        Set([target.decodedPath, target.parameterFreePath].map { component.caseInsensitivePaths ? $0.lowercased() : $0 })
+    }
+
+    private static func path(_ candidate: String, isUnder prefix: String, _ component: ComponentRules) -> Bool {
+        let folded = component.caseInsensitivePaths ? prefix.lowercased() : prefix
+        return candidate.hasPrefix(folded) || (folded.hasSuffix("/") && candidate == String(folded.dropLast()))
     }
 }

@@ -32,6 +32,8 @@ public struct StreamFacts: Sendable, Equatable {
     public var requestID: String? { self.first("x-relay-request-id") }
     public var role: AccessRole? { self.first("x-relay-role").flatMap(AccessRole.init(rawValue:)) }
     public var accessRequest: Int64? { self.first("x-relay-access-request").flatMap { Int64($0) } }
+    /// The `:protocol` of an extended CONNECT (RFC 8441), as the connector's HTTP/2 side passes it on.
+    public var connectProtocol: String? { self.first("x-relay-connect-protocol")?.lowercased() }
     /// When the access request expires, as the relay says (Unix seconds).
     public var accessExpiresAt: Date? {
         self.first("x-relay-access-expires").flatMap { Int64($0) }.map { Date(timeIntervalSince1970: TimeInterval($0)) }
@@ -82,8 +84,10 @@ public struct StreamPermit: Sendable, Equatable {
     public var accessRequest: Int64
     /// The role the stream runs under: the relay's, lowered by `readOnly` or the customer's approval.
     public var role: AccessRole
-    /// The method decided on, forwarded as is.
+    /// The method decided on, forwarded as is (`GET` for a websocket: the component gets an upgrade).
     public var method: String
+    /// A websocket (an extended CONNECT): the component gets an HTTP/1.1 upgrade, then the bytes.
+    public var webSocket: Bool = false
     public var target: NormalizedTarget
     /// The request's headers as the component gets them (before the connector adds Host and its
     /// own X-Forwarded-*): the relay's `x-relay-*` and the routing and identity headers of
@@ -164,20 +168,33 @@ public enum StreamPolicy {
             if approval.role < stamped { loweredBy = "the customer approved access request \(request) as \(approval.role.rawValue)" }
         }
 
-        let method = facts.method
+        var method = facts.method
         guard Self.isUpperCaseToken(method) else {
             // A component may read "get" as GET while a rule reads it as something else: one spelling only.
             return .failure(StreamDenial(400, "bad_method", "the method must be an upper-case token such as GET (at most 32 characters)"))
         }
-        if PrivacyRules.forbiddenMethods.contains(method) {
-            return .failure(StreamDenial(405, "method_not_allowed", "\(method) is never forwarded to a component"))
-        }
         let allowed = rules.methods[role] ?? []
-        guard allowed.contains(method) else {
-            return .failure(
-                StreamDenial(
-                    403, "role_forbids_method",
-                    (loweredBy.map { "\($0): " } ?? "") + "role \(role.rawValue) allows \(allowed.sorted().joined(separator: ", ")) only, not \(method)"))
+        let webSocket = method == "CONNECT" && facts.connectProtocol == "websocket"
+        if method == "CONNECT", let other = facts.connectProtocol, !webSocket {
+            return .failure(StreamDenial(501, "unsupported_protocol", "CONNECT for protocol \"\(other)\" is not carried; websocket is"))
+        }
+        if webSocket {
+            // Reaches the component as the GET of an upgrade; the viewer's path rule follows below.
+            method = "GET"
+            guard allowed.contains(method) else {
+                return .failure(
+                    StreamDenial(403, "role_forbids_method", (loweredBy.map { "\($0): " } ?? "") + "role \(role.rawValue) may not open websockets"))
+            }
+        } else {
+            if PrivacyRules.forbiddenMethods.contains(method) {
+                return .failure(StreamDenial(405, "method_not_allowed", "\(method) is never forwarded to a component"))
+            }
+            guard allowed.contains(method) else {
+                return .failure(
+                    StreamDenial(
+                        403, "role_forbids_method",
+                        (loweredBy.map { "\($0): " } ?? "") + "role \(role.rawValue) allows \(allowed.sorted().joined(separator: ", ")) only, not \(method)"))
+            }
         }
 
         let target: NormalizedTarget
@@ -202,6 +219,14 @@ public enum StreamPolicy {
         if let prefix = rules.deniedPrefix(for: target, component: component) {
             return .failure(StreamDenial(403, "denied_path", "the customer denies paths under \(prefix) on component \"\(component.name)\""))
         }
+        if webSocket && role == .viewer && !rules.viewerMayOpenWebSocket(to: target, component: component) {
+            let listed = component.viewerWebSocketPaths.isEmpty ? "none" : component.viewerWebSocketPaths.joined(separator: ", ")
+            return .failure(
+                StreamDenial(
+                    403, "role_forbids_websocket",
+                    (loweredBy.map { "\($0): " } ?? "")
+                        + "role viewer may open websockets on component \"\(component.name)\" only under the paths the customer lists (viewer_websocket_paths: \(listed))"))
+        }
         var headers: [StreamFacts.Header] = []
         var stripped: [String] = []
         for header in facts.headers where !header.name.hasPrefix("x-relay-") {
@@ -214,7 +239,7 @@ public enum StreamPolicy {
         return .success(
             StreamPermit(
                 component: component.name, expert: expert, session: session, accessRequest: request, role: role, method: method,
-                target: target, headers: headers, strippedHeaders: stripped))
+                webSocket: webSocket, target: target, headers: headers, strippedHeaders: stripped))
     }
 
     /// RFC 9110 token characters without lower-case letters; GET, PROPFIND, M-SEARCH pass.

@@ -156,8 +156,18 @@ public final class UpgradedClientBytes: ChannelDuplexHandler, RemovableChannelHa
     public typealias OutboundIn = HTTPClientRequestPart
     public typealias OutboundOut = ByteBuffer
     private var inputEnded = false
+    private var context: ChannelHandlerContext?
 
     public init() {}
+
+    public func handlerAdded(context: ChannelHandlerContext) { self.context = context }
+    public func handlerRemoved(context: ChannelHandlerContext) { self.context = nil }
+
+    /// Hands the proxy the answer that stands for the `101` (call once, after adding this handler).
+    public func deliver(_ head: HTTPResponseHead) {
+        self.context?.fireChannelRead(self.wrapInboundOut(.head(head)))
+        self.context?.fireChannelReadComplete()  // the proxy flushes what it wrote on a read's completion
+    }
 
     public func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         context.fireChannelRead(self.wrapInboundOut(.body(self.unwrapInboundIn(data))))

@@ -64,10 +64,18 @@ public final class ProxyServerHandler: ChannelDuplexHandler {
         var drainedBytes = 0
         var responseBytes = 0
         var outcome = ProxyExchangeRecord.Outcome.completed
+        /// A websocket: its bytes go on only once the far end has accepted it (2xx), never onto a
+        /// component's HTTP/1 connection before its `101`.
+        let webSocket: Bool
         init(head: HTTPRequestHead, upstream: ProxyUpstreamHandler) {
             self.head = head
             self.upstream = upstream
+            self.webSocket = head.opensWebSocket
         }
+
+        /// Whether request body parts must wait (or, after a refusal of the websocket, be dropped).
+        var holdsBody: Bool { self.webSocket && !self.accepted }
+        var accepted: Bool { self.webSocket && self.responseStarted && (200..<300).contains(self.status ?? 0) }
     }
 
     private let opener: UpstreamOpener
@@ -179,8 +187,10 @@ public final class ProxyServerHandler: ChannelDuplexHandler {
                 upstreamHead.headers.removeHopByHop()
                 exchange.phase = .forwarding
                 exchange.upstream.send(.head(upstreamHead))
-                for part in exchange.buffered { exchange.upstream.send(part) }
-                exchange.buffered = []
+                if !exchange.holdsBody {
+                    for part in exchange.buffered { exchange.upstream.send(part) }
+                    exchange.buffered = []
+                }
                 exchange.upstream.flush()
                 exchange.upstream.downstreamWritabilityChanged(self.context?.channel.isWritable ?? true)
                 self.readIfPending()
@@ -191,6 +201,13 @@ public final class ProxyServerHandler: ChannelDuplexHandler {
     }
 
     private func forward(_ part: HTTPClientRequestPart, _ exchange: Exchange) {
+        if exchange.holdsBody, exchange.phase != .opening {
+            if !exchange.responseStarted {
+                exchange.buffered.append(part)  // in order, until the answer
+                return
+            }
+            if case .body = part { return }  // a refused websocket's bytes have nobody to go to
+        }
         switch exchange.phase {
         case .opening: exchange.buffered.append(part)
         // The next hop answered early: the rest of the request still goes to it, which ends its
@@ -219,7 +236,7 @@ public final class ProxyServerHandler: ChannelDuplexHandler {
         guard let exchange = self.exchange else { return true }
         switch exchange.phase {
         case .opening: return false
-        case .forwarding, .responded: return self.upstreamWritable
+        case .forwarding, .responded: return self.upstreamWritable && !(exchange.holdsBody && !exchange.responseStarted)
         case .refused: return true
         }
     }
@@ -275,6 +292,15 @@ public final class ProxyServerHandler: ChannelDuplexHandler {
             head.headers.removeHopByHop()
             exchange.responseHeaders = head.headers
             context.write(self.wrapOutboundOut(.head(head)), promise: nil)
+            if exchange.webSocket {
+                // Accepted: what waited goes on; refused: only its end (the answer is not a websocket).
+                let waiting = exchange.buffered
+                exchange.buffered = []
+                for part in waiting {
+                    if exchange.accepted { exchange.upstream.send(part) } else if case .end = part { exchange.upstream.send(part) }
+                }
+                self.readIfPending()
+            }
         case .body(let bytes):
             exchange.responseBytes += bytes.readableBytes
             context.write(self.wrapOutboundOut(.body(.byteBuffer(bytes))), promise: nil)

@@ -53,6 +53,9 @@ public final class ProxyUpstreamHandler: ChannelDuplexHandler, RemovableChannelH
     /// Set by the opener: the response head must come within `timeout` of the request's end, or
     /// the request fails with 504 `upstream_timeout` (the next hop accepted but never answered).
     public var responseDeadline: ResponseDeadline?
+    /// Count the deadline from the request's head, not its end: a websocket's request never ends,
+    /// but its upgrade must be answered in time.
+    public var responseDeadlineFromHead = false
     private var armedDeadline: Deadlines.Armed?
 
     public struct ResponseDeadline: Sendable {
@@ -100,10 +103,13 @@ public final class ProxyUpstreamHandler: ChannelDuplexHandler, RemovableChannelH
     func send(_ part: HTTPClientRequestPart) {
         self.onOwnLoop {
             guard let context = self.context else { return }
-            if case .end = part {
-                self.requestEnded = true
+            switch part {
+            case .head where self.responseDeadlineFromHead, .end where !self.responseDeadlineFromHead:
                 if !self.responseStarted { self.armResponseDeadline(context: context) }
+            default:
+                break
             }
+            if case .end = part { self.requestEnded = true }
             context.write(self.wrapOutboundOut(part), promise: nil)
             if self.requestEnded && self.responseEnded { self.done() }
         }
@@ -137,6 +143,9 @@ public final class ProxyUpstreamHandler: ChannelDuplexHandler, RemovableChannelH
     // MARK: channel events
 
     public func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        // After an error this connection is being closed: what its handlers still pass on (a
+        // refused upgrade's 101, say) is not an answer.
+        guard self.lastError == nil else { return }
         var part = self.unwrapInboundIn(data)
         switch part {
         case .head(var head):

@@ -1,0 +1,87 @@
+import Foundation
+import NIOConcurrencyHelpers
+import NIOCore
+import NIOHTTP1
+import NIOWebSocket
+
+/// The demo component's websockets: `/ws/echo` sends every message back as it came (text or
+/// binary, up to 32 MiB), `/ws/live` pushes `{"tick":N}` twice a second, as a cluster UI's live view
+/// does. Both answer pings and close when asked.
+enum DemoWebSocket {
+    static let paths: Set<String> = ["/ws/echo", "/ws/live"]
+    static let maxMessageSize = 32 << 20
+
+    static func upgrader(counters: NIOLockedValueBox<DemoComponent.Counters>) -> NIOWebSocketServerUpgrader {
+        NIOWebSocketServerUpgrader(
+            maxFrameSize: Self.maxMessageSize,
+            shouldUpgrade: { channel, head in
+                let path = String(head.uri.split(separator: "?", maxSplits: 1).first ?? "")
+                // Anything else is an ordinary request (404 from the demo handler).
+                var headers = HTTPHeaders()
+                if let offered = head.headers.first(name: "sec-websocket-protocol")?.split(separator: ",").first {
+                    headers.add(name: "sec-websocket-protocol", value: offered.trimmingCharacters(in: .whitespaces))
+                }
+                return channel.eventLoop.makeSucceededFuture(Self.paths.contains(path) ? headers : nil)
+            },
+            upgradePipelineHandler: { channel, head in
+                counters.withLockedValue { $0.webSocketsOpened += 1 }
+                channel.closeFuture.whenComplete { _ in counters.withLockedValue { $0.webSocketsClosed += 1 } }
+                return channel.eventLoop.makeCompletedFuture {
+                    // The HTTP handler came after NIO's, which removes only its own.
+                    let http = try channel.pipeline.syncOperations.handler(type: DemoHandler.self)
+                    channel.pipeline.syncOperations.removeHandler(http, promise: nil)
+                    try channel.pipeline.syncOperations.addHandler(
+                        NIOWebSocketFrameAggregator(
+                            minNonFinalFragmentSize: 0, maxAccumulatedFrameCount: 1 << 16, maxAccumulatedFrameSize: Self.maxMessageSize))
+                    try channel.pipeline.syncOperations.addHandler(DemoWebSocketHandler(live: head.uri.hasPrefix("/ws/live")))
+                }
+            })
+    }
+}
+
+private final class DemoWebSocketHandler: ChannelInboundHandler {
+    typealias InboundIn = WebSocketFrame
+    typealias OutboundOut = WebSocketFrame
+    private let live: Bool
+    private var ticker: RepeatedTask?
+    private var tick = 0
+    private var closing = false
+
+    init(live: Bool) { self.live = live }
+
+    func handlerAdded(context: ChannelHandlerContext) {
+        guard self.live else { return }
+        self.ticker = context.eventLoop.scheduleRepeatedTask(initialDelay: .zero, delay: .milliseconds(500)) { [weak self] _ in
+            guard let self, !self.closing else { return }
+            self.tick += 1
+            var text = context.channel.allocator.buffer(capacity: 32)
+            text.writeString("{\"tick\":\(self.tick)}")
+            context.writeAndFlush(self.wrapOutboundOut(WebSocketFrame(fin: true, opcode: .text, data: text)), promise: nil)
+        }
+    }
+
+    func handlerRemoved(context: ChannelHandlerContext) { self.ticker?.cancel() }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        self.ticker?.cancel()
+        context.fireChannelInactive()
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        let frame = self.unwrapInboundIn(data)
+        switch frame.opcode {
+        case .text, .binary:
+            context.writeAndFlush(self.wrapOutboundOut(WebSocketFrame(fin: true, opcode: frame.opcode, data: frame.unmaskedData)), promise: nil)
+        case .ping:
+            context.writeAndFlush(self.wrapOutboundOut(WebSocketFrame(fin: true, opcode: .pong, data: frame.unmaskedData)), promise: nil)
+        case .connectionClose:
+            // Answer the close with the same code, then end the connection.
+            self.closing = true
+            self.ticker?.cancel()
+            let reply = WebSocketFrame(fin: true, opcode: .connectionClose, data: frame.unmaskedData)
+            context.writeAndFlush(self.wrapOutboundOut(reply)).whenComplete { _ in context.close(promise: nil) }
+        default:
+            break
+        }
+    }
+}

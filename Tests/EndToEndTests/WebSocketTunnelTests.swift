@@ -1,0 +1,129 @@
+import Connector
+import CustomerAudit
+import DemoComponentKit
+import Foundation
+import NIOCore
+import NIOHTTP1
+import NIOWebSocket
+import RelayAPI
+import Testing
+import TunnelCore
+
+/// A component's websocket through the whole path: browser-like client -> relayctl's local port
+/// (HTTP/1.1 upgrade) -> relay -> connector (one extended CONNECT stream on each HTTP/2 link) ->
+/// the component (its own HTTP/1.1 upgrade).
+@Suite(.serialized) struct WebSocketTunnelTests {
+    static func open(_ port: Int, _ path: String, headers: [(String, String)] = []) async throws -> TestWebSocket {
+        switch try await TestWebSocket.connect(port: port, path: path, headers: headers) {
+        case .upgraded(let socket): return socket
+        case .refused(let status, let headers, let body):
+            Issue.record("refused: \(status.code) \(headers.first(name: WireHeader.error) ?? "") \(body)")
+            throw TestWebSocket.Timeout(what: "an upgrade")
+        }
+    }
+
+    @Test func messagesEchoBothWaysAndTheCustomerAuditsOpenAndClose() async throws {
+        let stack = try await TestStack.start()
+        let listener = try await stack.openSession()
+        let port = listener.localAddress!.port!
+        let socket = try await Self.open(port, "/ws/echo", headers: [("sec-websocket-protocol", "demo.v1")])
+        #expect(socket.response.headers.first(name: "sec-websocket-protocol") == "demo.v1", "the component's choice reaches the client")
+
+        try await socket.send(text: "hello through the tunnel")
+        let echo = try await socket.next()
+        #expect(echo.opcode == .text && String(buffer: echo.unmaskedData) == "hello through the tunnel")
+
+        // One 10 MiB message, both ways, byte for byte.
+        let block = (0..<(64 << 10)).map { DemoComponent.patternByte(at: $0 &* 7) }
+        var big = socket.channel.allocator.buffer(capacity: 10 << 20)
+        for index in 0..<160 {
+            big.writeBytes(block)
+            big.writeInteger(UInt32(index))  // no two blocks alike
+        }
+        try await socket.send(.binary, big)
+        let back = try await socket.next(seconds: 60)
+        #expect(back.opcode == .binary && back.unmaskedData == big)
+
+        try await socket.close()
+        try await stack.waitUntil("the component to see the websocket closed") { stack.component.counters.webSocketsClosed == 1 }
+        #expect(stack.component.counters.webSocketsOpened == 1)
+
+        try await stack.waitUntil("the websocket's audit record") {
+            stack.privacy.audit.sync()
+            return try AuditVerifier.tail(directory: stack.connectorConfig.audit.directory, count: 100).contains { $0.event == "websocket" }
+        }
+        let records = try AuditVerifier.tail(directory: stack.connectorConfig.audit.directory, count: 100)
+        let opened = try #require(records.first { $0.event == "websocket.open" })
+        let closed = try #require(records.first { $0.event == "websocket" })
+        #expect(opened.path == "/ws/echo" && opened.decision == "allow" && opened.expert == "alice" && opened.component == "ui")
+        #expect(closed.path == "/ws/echo" && closed.method == "GET" && closed.status == 200 && closed.decision == "allow")
+        // Frame bytes each way: the 10 MiB message and the text, with their frame headers.
+        #expect((closed.bytesIn ?? 0) > 10 << 20 && (closed.bytesOut ?? 0) > 10 << 20)
+        #expect(closed.durationMs != nil)
+        try await listener.close()
+        await stack.stop()
+    }
+
+    @Test func aLiveViewPushesWithoutBeingAsked() async throws {
+        let stack = try await TestStack.start()
+        let listener = try await stack.openSession()
+        let socket = try await Self.open(listener.localAddress!.port!, "/ws/live")
+        let first = try await socket.next()
+        let second = try await socket.next()
+        #expect(String(buffer: first.unmaskedData) == "{\"tick\":1}" && String(buffer: second.unmaskedData) == "{\"tick\":2}")
+        try await socket.close()
+        try await listener.close()
+        await stack.stop()
+    }
+
+    @Test func aPageFromAnotherSiteCannotOpenOneButTheListenersOwnPagesCan() async throws {
+        let stack = try await TestStack.start()
+        let listener = try await stack.openSession()
+        let port = listener.localAddress!.port!
+        guard case .refused(let status, let headers, let body) = try await TestWebSocket.connect(
+            port: port, path: "/ws/echo", headers: [("origin", "https://evil.example")])
+        else {
+            Issue.record("a cross-site websocket was let through")
+            return
+        }
+        #expect(status == .forbidden && headers.first(name: WireHeader.error) == "cross_site_websocket")
+        #expect(body.contains("https://evil.example"))
+        #expect(stack.component.counters.webSocketsOpened == 0, "nothing reached the component")
+
+        for origin in ["http://127.0.0.1:\(port)", "http://localhost:\(port)", "http://ui.demo.localhost:\(port)"] {
+            let socket = try await Self.open(port, "/ws/echo", headers: [("origin", origin)])
+            try await socket.send(text: origin)
+            #expect(String(buffer: try await socket.next().unmaskedData) == origin)
+            try await socket.close()
+        }
+        try await listener.close()
+        await stack.stop()
+    }
+
+    @Test func aComponentThatRefusesTheUpgradeAnswersThroughAndPlainRequestsGoOn() async throws {
+        let stack = try await TestStack.start()
+        let listener = try await stack.openSession()
+        let port = listener.localAddress!.port!
+        // The demo component upgrades only /ws/echo and /ws/live: elsewhere its 404 comes back.
+        guard case .refused(let status, _, _) = try await TestWebSocket.connect(port: port, path: "/nowhere") else {
+            Issue.record("the component never agreed to this upgrade")
+            return
+        }
+        #expect(status == .notFound)
+        #expect(try await TestHTTPConnection.request(port: port, .GET, "/api/status").status == .ok)
+        try await listener.close()
+        await stack.stop()
+    }
+
+    @Test func aModeChangeCutsARunningWebSocket() async throws {
+        let stack = try await TestStack.start()
+        let listener = try await stack.openSession()
+        let socket = try await Self.open(listener.localAddress!.port!, "/ws/live")
+        _ = try await socket.next()
+        let applied: SettingsApplied = try await CustomerControlTests.control(stack).post(ControlPath.mode, ModeChange(mode: .readOnly, by: "carol"))
+        #expect(applied.streamsReset == 1, "readOnly lowers alice to viewer, who gets no websockets on paths not listed")
+        try await stack.waitUntil("the websocket to be cut") { !socket.channel.isActive }
+        try await listener.close()
+        await stack.stop()
+    }
+}
