@@ -98,10 +98,20 @@ extension PrivacyGuard {
     static func sweep(_ inner: inout Inner, now: Date) -> Cuts {
         var cuts = Cuts()
         cuts.entries += Self.refusalSummaries(inner.refusals.flush(at: now), inner: inner)
-        // A grant with a request running is not idle.
-        let running = Set(inner.streams.values.compactMap { inner.sessions[$0.session]?.grantKey })
+        // A grant with a request running is not idle; one with a websocket open, only while it
+        // carries bytes (an open live view nobody watches must not hold a session for good).
+        var running: Set<GrantKey> = []
+        var webSocketBytes: [GrantKey: Date] = [:]
+        for stream in inner.streams.values {
+            guard let key = inner.sessions[stream.session]?.grantKey else { continue }
+            if let activity = stream.webSocketActivity {
+                webSocketBytes[key] = max(webSocketBytes[key] ?? .distantPast, activity.lastActivity)
+            } else {
+                running.insert(key)
+            }
+        }
         for (key, grant) in inner.grants where grant.endReason == nil {
-            let active = running.contains(key) ? now : grant.lastActivityAt
+            let active = running.contains(key) ? now : max(grant.lastActivityAt, webSocketBytes[key] ?? .distantPast)
             if let reason = SessionLimits.endReason(startedAt: grant.startedAt, lastActivity: active, rules: inner.rules, now: now) {
                 cuts.add(Self.endGrant(key, reason: reason, now: now, inner: &inner))
             }

@@ -69,6 +69,21 @@ public final class PrivacyGuard: Sendable {
         var channel: Channel
         var facts: StreamFacts
         var session: String
+        /// A websocket's last byte either way: an open websocket keeps its session alive only
+        /// while it carries something (nil for requests, which count as activity while they run).
+        var webSocketActivity: ActivityStamp?
+    }
+
+    /// When a stream last carried bytes, on the guard's clock (written on the stream's loop, read by the sweep).
+    final class ActivityStamp: Sendable {
+        private let last: NIOLockedValueBox<Date>
+        private let clock: @Sendable () -> Date
+        init(clock: @escaping @Sendable () -> Date) {
+            self.clock = clock
+            self.last = NIOLockedValueBox(clock())
+        }
+        func touch() { self.last.withLockedValue { $0 = self.clock() } }
+        var lastActivity: Date { self.last.withLockedValue { $0 } }
     }
 
     /// One stream's view, confined to the stream's event loop.
@@ -77,9 +92,11 @@ public final class PrivacyGuard: Sendable {
         let openedAt: Date
         var permit: StreamPermit?
         var audited = false
-        init(channel: Channel, openedAt: Date) {
+        let activity: ActivityStamp
+        init(channel: Channel, openedAt: Date, clock: @escaping @Sendable () -> Date) {
             self.channel = channel
             self.openedAt = openedAt
+            self.activity = ActivityStamp(clock: clock)
         }
     }
 
@@ -116,7 +133,7 @@ public final class PrivacyGuard: Sendable {
 
     // MARK: streams
 
-    func ticket(for channel: Channel) -> Ticket { Ticket(channel: channel, openedAt: self.clock()) }
+    func ticket(for channel: Channel) -> Ticket { Ticket(channel: channel, openedAt: self.clock(), clock: self.clock) }
 
     /// Decides one request; on success opens the component with the normalised target.
     func open(_ head: HTTPRequestHead, _ upstream: ProxyUpstreamHandler, ticket: Ticket, opener: ComponentOpener) -> EventLoopFuture<HTTPRequestHead> {
@@ -170,7 +187,8 @@ public final class PrivacyGuard: Sendable {
                 inner.sessions[permit.session]?.lastActivityAt = now
                 inner.sessions[permit.session]?.requests += 1
                 inner.grants[grantKey]?.lastActivityAt = now
-                inner.streams[ObjectIdentifier(ticket.channel)] = LiveStream(channel: ticket.channel, facts: facts, session: permit.session)
+                inner.streams[ObjectIdentifier(ticket.channel)] = LiveStream(
+                    channel: ticket.channel, facts: facts, session: permit.session, webSocketActivity: permit.webSocket ? ticket.activity : nil)
                 return .success((permit, component))
             }
         }

@@ -297,7 +297,8 @@ public final class TunnelConnector: Service, Sendable {
                                         "method": "\(record.head.method)", "status": "\(record.status.map(String.init) ?? "-")",
                                     ])
                             },
-                            responseEndGate: { privacy.commit($0, ticket: ticket) }),
+                            responseEndGate: { privacy.commit($0, ticket: ticket) },
+                            onBodyBytes: { if ticket.permit?.webSocket == true { ticket.activity.touch() } }),
                     ])
                 }
             }

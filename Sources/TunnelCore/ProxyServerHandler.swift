@@ -80,6 +80,7 @@ public final class ProxyServerHandler: ChannelDuplexHandler {
 
     private let opener: UpstreamOpener
     private let onComplete: (@Sendable (ProxyExchangeRecord) -> Void)?
+    private let onBodyBytes: (@Sendable () -> Void)?
     private let responseEndGate: ResponseEndGate?
     private let limits: Limits
     private var context: ChannelHandlerContext?
@@ -113,14 +114,17 @@ public final class ProxyServerHandler: ChannelDuplexHandler {
         }
     }
 
+    /// - Parameter onBodyBytes: called whenever body bytes pass either way (the connector's idle
+    ///   clock for websockets).
     public init(
         opener: @escaping UpstreamOpener, limits: Limits = Limits(), onComplete: (@Sendable (ProxyExchangeRecord) -> Void)? = nil,
-        responseEndGate: ResponseEndGate? = nil
+        responseEndGate: ResponseEndGate? = nil, onBodyBytes: (@Sendable () -> Void)? = nil
     ) {
         self.opener = opener
         self.limits = limits
         self.onComplete = onComplete
         self.responseEndGate = responseEndGate
+        self.onBodyBytes = onBodyBytes
     }
 
     public func handlerAdded(context: ChannelHandlerContext) { self.context = context }
@@ -140,6 +144,7 @@ public final class ProxyServerHandler: ChannelDuplexHandler {
         case .body(let bytes):
             guard let exchange = self.exchange else { return }
             exchange.requestBytes += bytes.readableBytes
+            self.onBodyBytes?()
             if exchange.phase == .refused {
                 // Refused here: read the rest and drop it, so the stream ends cleanly rather than
                 // by a reset (the peer counts resets), up to a limit.
@@ -303,6 +308,7 @@ public final class ProxyServerHandler: ChannelDuplexHandler {
             }
         case .body(let bytes):
             exchange.responseBytes += bytes.readableBytes
+            self.onBodyBytes?()
             context.write(self.wrapOutboundOut(.body(.byteBuffer(bytes))), promise: nil)
         case .end(let trailers):
             if let trailers, let budget = self.limits.responseHeaders, !budget.admits(trailers) {

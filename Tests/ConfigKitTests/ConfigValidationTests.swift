@@ -42,6 +42,7 @@ private let goodConnector = """
         case_insensitive_paths: false
         denied_paths: /admin
         pass_headers: [X-WEBAUTH-USER]
+        viewer_websocket_paths: [/ws/live, "//metrics/./stream"]
     """
 
 /// One bad config and the error it must produce. Described by key and message only, so the
@@ -152,6 +153,9 @@ private func edit(_ yaml: String, replace old: String? = nil, with new: String) 
         #expect(!config.components[2].caseInsensitivePaths && config.components[2].deniedPathPrefixes == ["/admin"])
         #expect(config.components[0].caseInsensitivePaths, "case-insensitive unless the customer says otherwise")
         #expect(config.components[2].passedHeaders == ["x-webauth-user"] && config.components[0].passedHeaders.isEmpty)
+        #expect(config.components[2].viewerWebSocketPaths == ["/ws/live", "/metrics/stream"], "normalised like request paths")
+        #expect(config.components[0].viewerWebSocketPaths.isEmpty, "viewers get no websockets unless the customer lists where")
+        #expect(config.privacyRules().components["db"]?.viewerWebSocketPaths == ["/ws/live", "/metrics/stream"])
         #expect(config.stateDirectory == "/opt/c/connector-state" && config.audit.directory == "/opt/c/connector-state/audit")
         #expect(config.components[1].host == "localhost")
         #expect(config.components[1].port == 9000)
@@ -221,6 +225,7 @@ private func edit(_ yaml: String, replace old: String? = nil, with new: String) 
         BadConfig(edit(goodConnector, replace: "  ui: http://127.0.0.1:8080", with: "  \"../etc\": http://127.0.0.1:8080"), "components.../etc", "component names"),
         BadConfig(edit(goodConnector, replace: "  api: http://localhost:9000/api/", with: "  api:"), "components.api", "needs a URL"),
         BadConfig(edit(goodConnector, replace: "[/secrets, ", with: "[secrets, "), "privacy.denied_paths", "not a path"),
+        BadConfig(edit(goodConnector, replace: "[/ws/live, ", with: "[ws/live, "), "components.db.viewer_websocket_paths", "not a path"),
         BadConfig(edit(goodConnector, replace: "  idle_timeout: 10m", with: "  idle_timeout: soon"), "privacy.idle_timeout", "duration"),
         BadConfig(edit(goodConnector, replace: "    case_insensitive_paths: false", with: "    case_insensitive: true"), "components.db.case_insensitive", "unknown key"),
         BadConfig(edit(goodConnector, replace: "    url: http://127.0.0.1:7000", with: "    url: ftp://x"), "components.db.url", "http://"),

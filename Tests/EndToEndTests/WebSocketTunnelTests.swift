@@ -6,6 +6,7 @@ import NIOCore
 import NIOHTTP1
 import NIOWebSocket
 import RelayAPI
+import RelayCtlKit
 import Testing
 import TunnelCore
 
@@ -123,6 +124,45 @@ import TunnelCore
         let applied: SettingsApplied = try await CustomerControlTests.control(stack).post(ControlPath.mode, ModeChange(mode: .readOnly, by: "carol"))
         #expect(applied.streamsReset == 1, "readOnly lowers alice to viewer, who gets no websockets on paths not listed")
         try await stack.waitUntil("the websocket to be cut") { !socket.channel.isActive }
+        try await listener.close()
+        await stack.stop()
+    }
+
+    /// An open websocket keeps its session alive while it carries bytes, and not a moment longer
+    /// than the customer's idle timeout once it carries nothing.
+    @Test func anOpenWebSocketThatCarriesNothingEndsAtTheIdleTimeout() async throws {
+        let stack = try await TestStack.start { config in config.idleTimeoutMilliseconds = 60_000 }
+        let listener = try await stack.openSession()
+        let socket = try await Self.open(listener.localAddress!.port!, "/ws/echo")
+        try await socket.send(text: "still here")
+        _ = try await socket.next()
+        stack.clock.advance(seconds: 45)
+        try await socket.send(text: "and here")  // bytes 45 s in: the idle clock starts again
+        _ = try await socket.next()
+        stack.clock.advance(seconds: 45)  // 90 s since the session began, 45 s since the last byte
+        try await Task.sleep(for: .milliseconds(300))  // three sweeps
+        #expect(socket.channel.isActive && stack.privacy.sessions.first?.endReason == nil, "45 s without bytes is not idle yet")
+        stack.clock.advance(seconds: 20)
+        try await stack.waitUntil("the idle websocket to be cut") { !socket.channel.isActive }
+        #expect(stack.privacy.sessions.first?.endReason == "the session was idle for the customer's idle timeout (1m)")
+        try await listener.close()
+        await stack.stop()
+    }
+
+    @Test func viewersOpenWebSocketsOnlyWhereTheCustomerListsThem() async throws {
+        let stack = try await TestStack.start { config in config.components[0].viewerWebSocketPaths = ["/ws/live"] }
+        let session = try SessionClient(target: try stack.sessionTarget(role: .viewer), group: TestStack.group, logger: TestStack.quietLogger)
+        try await session.connect()
+        let listener = try await LocalListener.start(host: "127.0.0.1", port: 0, session: session, group: TestStack.group)
+        let port = listener.localAddress!.port!
+        let live = try await Self.open(port, "/ws/live")
+        #expect(try await live.next().opcode == .text)
+        try await live.close()
+        guard case .refused(let status, let headers, _) = try await TestWebSocket.connect(port: port, path: "/ws/echo") else {
+            Issue.record("a viewer opened a websocket the customer did not list")
+            return
+        }
+        #expect(status == .forbidden && headers.first(name: WireHeader.error) == "role_forbids_websocket")
         try await listener.close()
         await stack.stop()
     }
