@@ -18,6 +18,8 @@ public final class DemoComponent: Sendable {
         /// Websockets opened (`/ws/echo`, `/ws/live`) and closed.
         public var webSocketsOpened = 0
         public var webSocketsClosed = 0
+        /// Bytes of websocket messages the component has handed to the network (writes completed).
+        public var webSocketBytesSent = 0
         /// TCP connections accepted.
         public var connections = 0
     }

@@ -33,7 +33,7 @@ enum DemoWebSocket {
                     try channel.pipeline.syncOperations.addHandler(
                         NIOWebSocketFrameAggregator(
                             minNonFinalFragmentSize: 0, maxAccumulatedFrameCount: 1 << 16, maxAccumulatedFrameSize: Self.maxMessageSize))
-                    try channel.pipeline.syncOperations.addHandler(DemoWebSocketHandler(live: head.uri.hasPrefix("/ws/live")))
+                    try channel.pipeline.syncOperations.addHandler(DemoWebSocketHandler(live: head.uri.hasPrefix("/ws/live"), counters: counters))
                 }
             })
     }
@@ -43,11 +43,15 @@ private final class DemoWebSocketHandler: ChannelInboundHandler {
     typealias InboundIn = WebSocketFrame
     typealias OutboundOut = WebSocketFrame
     private let live: Bool
+    private let counters: NIOLockedValueBox<DemoComponent.Counters>
     private var ticker: RepeatedTask?
     private var tick = 0
     private var closing = false
 
-    init(live: Bool) { self.live = live }
+    init(live: Bool, counters: NIOLockedValueBox<DemoComponent.Counters>) {
+        self.live = live
+        self.counters = counters
+    }
 
     func handlerAdded(context: ChannelHandlerContext) {
         guard self.live else { return }
@@ -71,7 +75,12 @@ private final class DemoWebSocketHandler: ChannelInboundHandler {
         let frame = self.unwrapInboundIn(data)
         switch frame.opcode {
         case .text, .binary:
-            context.writeAndFlush(self.wrapOutboundOut(WebSocketFrame(fin: true, opcode: frame.opcode, data: frame.unmaskedData)), promise: nil)
+            // Echoed whatever the reader's pace: how far the path lets writes through shows its backpressure.
+            let size = frame.length
+            let counters = self.counters
+            context.writeAndFlush(self.wrapOutboundOut(WebSocketFrame(fin: true, opcode: frame.opcode, data: frame.unmaskedData))).whenSuccess {
+                counters.withLockedValue { $0.webSocketBytesSent += size }
+            }
         case .ping:
             context.writeAndFlush(self.wrapOutboundOut(WebSocketFrame(fin: true, opcode: .pong, data: frame.unmaskedData)), promise: nil)
         case .connectionClose:

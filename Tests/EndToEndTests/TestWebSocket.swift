@@ -35,6 +35,8 @@ final class TestWebSocket: Sendable {
         let done = TestStack.group.any().makePromise(of: Outcome.self)
         let refusal = RefusalCollector(done: done)
         let channel = try await ClientBootstrap(group: TestStack.group)
+            // A small, fixed receive buffer (no autotuning): a reader that stops reading stops the sender soon.
+            .channelOption(ChannelOptions.socketOption(.so_rcvbuf), value: 64 << 10)
             .channelInitializer { channel in
                 let upgrader = NIOWebSocketClientUpgrader(maxFrameSize: 32 << 20) { channel, response in
                     channel.eventLoop.makeCompletedFuture {

@@ -166,4 +166,39 @@ import TunnelCore
         try await listener.close()
         await stack.stop()
     }
+
+    /// A client that stops reading holds the component back: what is in flight stays bounded by
+    /// the windows and buffers of the path, not by what the component has to send.
+    @Test func aSlowReaderHoldsTheComponentBackAndLosesNothing() async throws {
+        let stack = try await TestStack.start()
+        let listener = try await stack.openSession()
+        let socket = try await Self.open(listener.localAddress!.port!, "/ws/echo")
+        _ = socket.channel.setOption(ChannelOptions.autoRead, value: false)
+        // 32 MiB to echo. What moves before the component stalls is what the kernel buffers on the
+        // two plain TCP links and the HTTP/2 windows allow (about 10 MiB here), not all of it.
+        let message = socket.channel.allocator.buffer(repeating: 0x5A, count: 256 << 10)
+        let count = 128
+        for _ in 0..<count { try await socket.send(.binary, message) }
+        // The component echoes as fast as the path takes it; the reader takes nothing.
+        try await stack.waitUntil("the component to have sent something") { stack.component.counters.webSocketBytesSent > 0 }
+        var previous = -1
+        try await stack.waitUntil("the component's writes to stall") {
+            try await Task.sleep(for: .milliseconds(500))
+            let now = stack.component.counters.webSocketBytesSent
+            defer { previous = now }
+            return now == previous
+        }
+        let inFlight = stack.component.counters.webSocketBytesSent
+        #expect(inFlight < count * message.readableBytes / 2, "the component was held back after \(inFlight) of \(count * message.readableBytes) bytes")
+        // Reading again, every message arrives whole.
+        _ = socket.channel.setOption(ChannelOptions.autoRead, value: true)
+        socket.channel.read()
+        for _ in 0..<count {
+            let echo = try await socket.next(seconds: 60)
+            #expect(echo.unmaskedData == message)
+        }
+        try await socket.close()
+        try await listener.close()
+        await stack.stop()
+    }
 }
