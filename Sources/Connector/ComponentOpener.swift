@@ -57,16 +57,19 @@ struct ComponentOpener: Sendable {
         forwarded.uri = component.basePath + head.uri
         forwarded.headers.replaceOrAdd(name: "host", value: component.authority)
         forwarded.headers.remove(name: "sec-websocket-key")  // the connector's own handshake with the component
+        // The upgrade's GET has no body: nothing may frame the websocket's bytes as one.
+        forwarded.headers.remove(name: "content-length")
+        forwarded.headers.remove(name: "transfer-encoding")
         upstream.whenDone = .close
         upstream.stripsRelayOwnedResponseHeaders = true
         upstream.nextHop = "component \"\(component.name)\""
         upstream.responseDeadline = .init(deadlines: self.deadlines, timeout: self.responseTimeout, what: "component \"\(component.name)\"")
         upstream.responseDeadlineFromHead = true
+        upstream.expectsUpgrade = true
         let name = component.name
         return ClientBootstrap(group: upstream.downstreamEventLoop)
             .connectTimeout(self.connectTimeout)
             .channelOption(ChannelOptions.socketOption(.tcp_nodelay), value: 1)
-            .channelOption(ChannelOptions.allowRemoteHalfClosure, value: true)
             .channelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
                     // The component's frames can come in the same read as its 101: forwarded, never dropped.
@@ -154,6 +157,10 @@ final class ComponentWebSocketUpgrader: NIOHTTPClientProtocolUpgrader {
         context.eventLoop.makeCompletedFuture {
             let bytes = UpgradedClientBytes()
             try context.pipeline.syncOperations.addHandler(bytes, position: .before(self.upstream))
+            // From here a close of the component's side ends the websocket's output only (before
+            // the 101 it ends the connection: no answer is coming).
+            try context.channel.syncOptions?.setOption(ChannelOptions.allowRemoteHalfClosure, value: true)
+            self.upstream.upgraded()
             var headers = HTTPHeaders()
             for name in ["sec-websocket-protocol", "sec-websocket-extensions"] {
                 for value in upgradeResponse.headers[name] { headers.add(name: name, value: value) }

@@ -112,6 +112,8 @@ extension PrivacyGuard {
         }
         for (key, grant) in inner.grants where grant.endReason == nil {
             let active = running.contains(key) ? now : max(grant.lastActivityAt, webSocketBytes[key] ?? .distantPast)
+            // Kept: the next request and the sweep after a long stream ends count from here.
+            inner.grants[key]?.lastActivityAt = active
             if let reason = SessionLimits.endReason(startedAt: grant.startedAt, lastActivity: active, rules: inner.rules, now: now) {
                 cuts.add(Self.endGrant(key, reason: reason, now: now, inner: &inner))
             }

@@ -105,7 +105,12 @@ public struct PrivacyRules: Sendable, Equatable {
     /// (a deny-list matches on any).
     func viewerMayOpenWebSocket(to target: NormalizedTarget, component: ComponentRules) -> Bool {
         let candidates = Self.candidates(target, component)
-        return component.viewerWebSocketPaths.contains { prefix in candidates.allSatisfy { Self.path($0, isUnder: prefix, component) } }
+        return component.viewerWebSocketPaths.contains { prefix in
+            // Whole segments only: `/ws/live` allows `/ws/live/cpu`, not `/ws/live-shell`.
+            let folded = component.caseInsensitivePaths ? prefix.lowercased() : prefix
+            let folder = folded.hasSuffix("/") ? folded : folded + "/"
+            return candidates.allSatisfy { $0 == folded || $0 == String(folder.dropLast()) || $0.hasPrefix(folder) }
+        }
     }
 
     /// The readings of a path a component may act on: decoded, and as Java servers read it.

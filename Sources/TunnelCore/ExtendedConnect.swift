@@ -113,47 +113,15 @@ public final class PeerSettings: Sendable {
     }
 }
 
-/// After an HTTP/1 websocket upgrade on a TCP connection, in place of the HTTP server codec: the
-/// connection's bytes become request body parts for `ProxyServerHandler` and its response body parts
-/// become bytes; the end of the input (the peer's half-close) ends the request, the response's end
-/// half-closes the output.
-public final class UpgradedServerBytes: ChannelDuplexHandler, RemovableChannelHandler {
+/// After an HTTP/1 websocket upgrade on a TCP connection, in place of the HTTP codec: the
+/// connection's bytes become body parts for the proxy handler and its body parts become bytes; the
+/// end of the input (the peer's half-close) ends the message, the end of ours half-closes the
+/// output. On relayctl's local port the parts are a request's (`UpgradedServerBytes`); on the
+/// connector's connection to a component, after its `101`, a response's (`UpgradedClientBytes`).
+public final class UpgradedBytes<InboundHead: Equatable, OutboundHead: Equatable>: ChannelDuplexHandler, RemovableChannelHandler {
     public typealias InboundIn = ByteBuffer
-    public typealias InboundOut = HTTPServerRequestPart
-    public typealias OutboundIn = HTTPServerResponsePart
-    public typealias OutboundOut = ByteBuffer
-    private var inputEnded = false
-
-    public init() {}
-
-    public func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        context.fireChannelRead(self.wrapInboundOut(.body(self.unwrapInboundIn(data))))
-    }
-
-    public func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
-        if case ChannelEvent.inputClosed = event, !self.inputEnded {
-            self.inputEnded = true
-            context.fireChannelRead(self.wrapInboundOut(.end(nil)))
-        }
-        context.fireUserInboundEventTriggered(event)
-    }
-
-    public func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
-        switch self.unwrapOutboundIn(data) {
-        case .head: promise?.succeed(())  // the 101 went out before this handler came in
-        case .body(.byteBuffer(let bytes)): context.write(self.wrapOutboundOut(bytes), promise: promise)
-        case .body: promise?.fail(ChannelError.operationUnsupported)
-        case .end: context.close(mode: .output, promise: promise)
-        }
-    }
-}
-
-/// The same on the client side (the connector's connection to a component, after its `101`):
-/// bytes from the component are response body parts; request body parts go out as bytes.
-public final class UpgradedClientBytes: ChannelDuplexHandler, RemovableChannelHandler {
-    public typealias InboundIn = ByteBuffer
-    public typealias InboundOut = HTTPClientResponsePart
-    public typealias OutboundIn = HTTPClientRequestPart
+    public typealias InboundOut = HTTPPart<InboundHead, ByteBuffer>
+    public typealias OutboundIn = HTTPPart<OutboundHead, IOData>
     public typealias OutboundOut = ByteBuffer
     private var inputEnded = false
     private var context: ChannelHandlerContext?
@@ -163,8 +131,9 @@ public final class UpgradedClientBytes: ChannelDuplexHandler, RemovableChannelHa
     public func handlerAdded(context: ChannelHandlerContext) { self.context = context }
     public func handlerRemoved(context: ChannelHandlerContext) { self.context = nil }
 
-    /// Hands the proxy the answer that stands for the `101` (call once, after adding this handler).
-    public func deliver(_ head: HTTPResponseHead) {
+    /// Hands the proxy the head that stands for the upgrade's answer (the connector's `200` for
+    /// the component's `101`); call once, after adding this handler.
+    public func deliver(_ head: InboundHead) {
         self.context?.fireChannelRead(self.wrapInboundOut(.head(head)))
         self.context?.fireChannelReadComplete()  // the proxy flushes what it wrote on a read's completion
     }
@@ -183,10 +152,13 @@ public final class UpgradedClientBytes: ChannelDuplexHandler, RemovableChannelHa
 
     public func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
         switch self.unwrapOutboundIn(data) {
-        case .head: promise?.succeed(())  // the upgrade request went out before this handler came in
+        case .head: promise?.succeed(())  // the handshake went out before this handler came in
         case .body(.byteBuffer(let bytes)): context.write(self.wrapOutboundOut(bytes), promise: promise)
         case .body: promise?.fail(ChannelError.operationUnsupported)
         case .end: context.close(mode: .output, promise: promise)
         }
     }
 }
+
+public typealias UpgradedServerBytes = UpgradedBytes<HTTPRequestHead, HTTPResponseHead>
+public typealias UpgradedClientBytes = UpgradedBytes<HTTPResponseHead, HTTPRequestHead>

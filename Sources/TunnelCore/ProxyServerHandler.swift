@@ -144,7 +144,13 @@ public final class ProxyServerHandler: ChannelDuplexHandler {
         case .body(let bytes):
             guard let exchange = self.exchange else { return }
             exchange.requestBytes += bytes.readableBytes
-            self.onBodyBytes?()
+            if exchange.webSocket && exchange.responseStarted && !exchange.accepted && exchange.phase != .refused {
+                // The far end refused the websocket: its bytes are drained like a refused body.
+                exchange.drainedBytes += bytes.readableBytes
+                if exchange.drainedBytes > self.limits.drainLimit { context.close(promise: nil) }
+                return
+            }
+            if !exchange.holdsBody { self.onBodyBytes?() }
             if exchange.phase == .refused {
                 // Refused here: read the rest and drop it, so the stream ends cleanly rather than
                 // by a reset (the peer counts resets), up to a limit.
@@ -304,6 +310,7 @@ public final class ProxyServerHandler: ChannelDuplexHandler {
                 for part in waiting {
                     if exchange.accepted { exchange.upstream.send(part) } else if case .end = part { exchange.upstream.send(part) }
                 }
+                exchange.upstream.flush()
                 self.readIfPending()
             }
         case .body(let bytes):

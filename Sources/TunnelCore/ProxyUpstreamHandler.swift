@@ -56,6 +56,10 @@ public final class ProxyUpstreamHandler: ChannelDuplexHandler, RemovableChannelH
     /// Count the deadline from the request's head, not its end: a websocket's request never ends,
     /// but its upgrade must be answered in time.
     public var responseDeadlineFromHead = false
+    /// Set by an opener that asked the next hop to upgrade (a component's websocket): an answer
+    /// that is not the upgrade is not accepted as one (see `upgraded()`).
+    public var expectsUpgrade = false
+    private var upgradeAccepted = false
     private var armedDeadline: Deadlines.Armed?
 
     public struct ResponseDeadline: Sendable {
@@ -149,6 +153,13 @@ public final class ProxyUpstreamHandler: ChannelDuplexHandler, RemovableChannelH
         var part = self.unwrapInboundIn(data)
         switch part {
         case .head(var head):
+            if self.expectsUpgrade && !self.upgradeAccepted && (200..<300).contains(head.status.code) {
+                // A 2xx without the 101: the component did not switch protocols, and its HTTP/1
+                // connection would read the websocket's bytes as requests. Never pass it as accepted.
+                self.lastError = UpgradeNotTaken(what: self.nextHop, status: head.status.code)
+                context.close(promise: nil)
+                return
+            }
             self.responseStarted = true
             self.armedDeadline?.cancel()
             self.reusable = head.isKeepAlive
@@ -211,6 +222,10 @@ public final class ProxyUpstreamHandler: ChannelDuplexHandler, RemovableChannelH
         }
     }
 
+    /// The next hop switched protocols: the head that follows stands for its `101`. Call on this
+    /// channel's loop, before delivering that head.
+    public func upgraded() { self.upgradeAccepted = true }
+
     /// Both directions are complete: this hop carries one request only.
     private func done() {
         guard let context = self.context else { return }
@@ -246,4 +261,11 @@ public struct UpstreamTimedOut: Error, CustomStringConvertible {
     public var what: String
     public var after: TimeAmount
     public var description: String { "\(self.what) did not answer within \(self.after.nanoseconds / 1_000_000_000) s" }
+}
+
+/// The next hop answered a websocket upgrade with a success that was not the upgrade.
+public struct UpgradeNotTaken: Error, CustomStringConvertible {
+    public var what: String
+    public var status: UInt
+    public var description: String { "\(self.what) answered \(self.status) without switching to a websocket" }
 }

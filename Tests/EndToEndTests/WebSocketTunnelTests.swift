@@ -111,6 +111,14 @@ import TunnelCore
             return
         }
         #expect(status == .notFound)
+        // A success that is not the 101 is no websocket: the component's HTTP/1 connection would
+        // otherwise read the websocket's bytes as requests the policy never saw.
+        guard case .refused(let notUpgraded, let headers, let body) = try await TestWebSocket.connect(port: port, path: "/api/status") else {
+            Issue.record("a 200 without switching protocols was taken for a websocket")
+            return
+        }
+        #expect(notUpgraded == .badGateway && headers.first(name: WireHeader.error) == "upstream_unavailable", "\(body)")
+        #expect(body.contains("without switching to a websocket"))
         #expect(try await TestHTTPConnection.request(port: port, .GET, "/api/status").status == .ok)
         try await listener.close()
         await stack.stop()
@@ -198,6 +206,26 @@ import TunnelCore
             #expect(echo.unmaskedData == message)
         }
         try await socket.close()
+        try await listener.close()
+        await stack.stop()
+    }
+
+    /// A live view that streams for longer than the idle timeout, with no request beside it, keeps
+    /// the session: the engineer's next click is served.
+    @Test func aStreamingLiveViewCountsAsActivityForTheNextRequest() async throws {
+        let stack = try await TestStack.start { config in config.idleTimeoutMilliseconds = 60_000 }
+        let listener = try await stack.openSession()
+        let port = listener.localAddress!.port!
+        let live = try await Self.open(port, "/ws/live")
+        _ = try await live.next()
+        for _ in 0..<3 {
+            stack.clock.advance(seconds: 40)
+            _ = try await live.next()  // a push after the jump: bytes on the customer's clock now
+            try await Task.sleep(for: .milliseconds(250))  // a sweep or two
+        }
+        #expect(try await TestHTTPConnection.request(port: port, .GET, "/api/status").status == .ok, "120 s in, and never 60 s without bytes")
+        #expect(live.channel.isActive)
+        try await live.close()
         try await listener.close()
         await stack.stop()
     }

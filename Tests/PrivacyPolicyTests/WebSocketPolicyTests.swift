@@ -63,6 +63,9 @@ import Testing
         #expect(self.code(self.decide(role: .viewer, target: "/WS/LIVE", rules: listed)) == "websocket", "paths compared as the component reads them")
         #expect(self.code(self.decide(role: .viewer, target: "/WS/LIVE", rules: Self.rules(viewerPaths: ["/ws/live"], caseInsensitive: false))) == "role_forbids_websocket")
         #expect(self.code(self.decide(role: .viewer, target: "/ws/echo", rules: listed)) == "role_forbids_websocket")
+        // An allowance covers whole path segments, unlike a denied prefix.
+        #expect(self.code(self.decide(role: .viewer, target: "/ws/live-shell", rules: listed)) == "role_forbids_websocket")
+        #expect(self.code(self.decide(role: .viewer, target: "/ws/liveadmin", rules: listed)) == "role_forbids_websocket")
         // An allowance holds only if every reading of the path is under it: here a Java server's
         // reading (`;x` cut) is, the path as decoded is not.
         let folder = Self.rules(viewerPaths: ["/ws/live/"])
