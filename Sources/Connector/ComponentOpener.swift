@@ -60,30 +60,16 @@ struct ComponentOpener: Sendable {
         // The upgrade's GET has no body: nothing may frame the websocket's bytes as one.
         forwarded.headers.remove(name: "content-length")
         forwarded.headers.remove(name: "transfer-encoding")
+        self.prepare(upstream, component: component)
         upstream.whenDone = .close
-        upstream.stripsRelayOwnedResponseHeaders = true
-        upstream.nextHop = "component \"\(component.name)\""
-        upstream.responseDeadline = .init(deadlines: self.deadlines, timeout: self.responseTimeout, what: "component \"\(component.name)\"")
         upstream.responseDeadlineFromHead = true
         upstream.expectsUpgrade = true
-        let name = component.name
-        return ClientBootstrap(group: upstream.downstreamEventLoop)
-            .connectTimeout(self.connectTimeout)
-            .channelOption(ChannelOptions.socketOption(.tcp_nodelay), value: 1)
-            .channelInitializer { channel in
-                channel.eventLoop.makeCompletedFuture {
-                    // The component's frames can come in the same read as its 101: forwarded, never dropped.
-                    try channel.pipeline.syncOperations.addHTTPClientHandlers(
-                        leftOverBytesStrategy: .forwardBytes,
-                        withClientUpgrade: (upgraders: [ComponentWebSocketUpgrader(upstream: upstream)], completionHandler: { _ in }))
-                    try channel.pipeline.syncOperations.addHandler(upstream)
-                }
-            }
-            .connect(host: component.host, port: component.port)
-            .map { _ in forwarded }
-            .flatMapErrorThrowing { _ in
-                throw ProxyRefusal.badGateway("component \"\(name)\" is not reachable from the connector")
-            }
+        return self.connect(forwarded, upstream, component: component) { pipeline in
+            // The component's frames can come in the same read as its 101: forwarded, never dropped.
+            try pipeline.addHTTPClientHandlers(
+                leftOverBytesStrategy: .forwardBytes,
+                withClientUpgrade: (upgraders: [ComponentWebSocketUpgrader(upstream: upstream)], completionHandler: { _ in }))
+        }
     }
 
     /// Pooled connections are per address: a reload that moves a component never reuses the old one.
@@ -99,15 +85,19 @@ struct ComponentOpener: Sendable {
         upstream.responseDeadline = .init(deadlines: self.deadlines, timeout: self.responseTimeout, what: "component \"\(component.name)\"")
     }
 
-    /// A new connection to the component, carrying `upstream`.
-    private func connect(_ forwarded: HTTPRequestHead, _ upstream: ProxyUpstreamHandler, component: Component) -> EventLoopFuture<HTTPRequestHead> {
+    /// A new connection to the component, carrying `upstream` behind the HTTP/1 client handlers
+    /// `http` adds.
+    private func connect(
+        _ forwarded: HTTPRequestHead, _ upstream: ProxyUpstreamHandler, component: Component,
+        http: @escaping @Sendable (ChannelPipeline.SynchronousOperations) throws -> Void = { try $0.addHTTPClientHandlers() }
+    ) -> EventLoopFuture<HTTPRequestHead> {
         let name = component.name
         return ClientBootstrap(group: upstream.downstreamEventLoop)
             .connectTimeout(self.connectTimeout)
             .channelOption(ChannelOptions.socketOption(.tcp_nodelay), value: 1)
             .channelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
-                    try channel.pipeline.syncOperations.addHTTPClientHandlers()
+                    try http(channel.pipeline.syncOperations)
                     try channel.pipeline.syncOperations.addHandler(upstream)
                 }
             }

@@ -59,6 +59,8 @@ public final class DemoComponent: Sendable {
         return host.contains(":") ? "http://[\(host)]:\(self.port)" : "http://\(host):\(self.port)"
     }
     public var counters: Counters { self.countersBox.withLockedValue { $0 } }
+    /// What `/ws/flood` sends.
+    public static var floodBytes: Int { DemoWebSocket.floodMessages * DemoWebSocket.floodMessageSize }
 
     public func close() async throws { try await self.channel.close() }
 

@@ -6,9 +6,12 @@ import NIOWebSocket
 
 /// The demo component's websockets: `/ws/echo` sends every message back as it came (text or
 /// binary, up to 32 MiB), `/ws/live` pushes `{"tick":N}` twice a second, as a cluster UI's live view
-/// does. Both answer pings and close when asked.
+/// does, `/ws/flood` sends 128 binary messages of 256 KiB at once, whatever the reader's pace (a
+/// test of the path's backpressure). All answer pings and close when asked.
 enum DemoWebSocket {
-    static let paths: Set<String> = ["/ws/echo", "/ws/live"]
+    static let paths: Set<String> = ["/ws/echo", "/ws/live", "/ws/flood"]
+    static let floodMessages = 128
+    static let floodMessageSize = 256 << 10
     static let maxMessageSize = 32 << 20
 
     static func upgrader(counters: NIOLockedValueBox<DemoComponent.Counters>) -> NIOWebSocketServerUpgrader {
@@ -33,7 +36,8 @@ enum DemoWebSocket {
                     try channel.pipeline.syncOperations.addHandler(
                         NIOWebSocketFrameAggregator(
                             minNonFinalFragmentSize: 0, maxAccumulatedFrameCount: 1 << 16, maxAccumulatedFrameSize: Self.maxMessageSize))
-                    try channel.pipeline.syncOperations.addHandler(DemoWebSocketHandler(live: head.uri.hasPrefix("/ws/live"), counters: counters))
+                    try channel.pipeline.syncOperations.addHandler(
+                        DemoWebSocketHandler(live: head.uri.hasPrefix("/ws/live"), flood: head.uri.hasPrefix("/ws/flood"), counters: counters))
                 }
             })
     }
@@ -43,17 +47,30 @@ private final class DemoWebSocketHandler: ChannelInboundHandler {
     typealias InboundIn = WebSocketFrame
     typealias OutboundOut = WebSocketFrame
     private let live: Bool
+    private let flood: Bool
     private let counters: NIOLockedValueBox<DemoComponent.Counters>
     private var ticker: RepeatedTask?
     private var tick = 0
     private var closing = false
 
-    init(live: Bool, counters: NIOLockedValueBox<DemoComponent.Counters>) {
+    init(live: Bool, flood: Bool, counters: NIOLockedValueBox<DemoComponent.Counters>) {
         self.live = live
+        self.flood = flood
         self.counters = counters
     }
 
     func handlerAdded(context: ChannelHandlerContext) {
+        if self.flood {
+            let counters = self.counters
+            for index in 0..<DemoWebSocket.floodMessages {
+                var data = context.channel.allocator.buffer(capacity: DemoWebSocket.floodMessageSize)
+                data.writeRepeatingByte(UInt8(truncatingIfNeeded: index), count: DemoWebSocket.floodMessageSize)
+                context.write(self.wrapOutboundOut(WebSocketFrame(fin: true, opcode: .binary, data: data))).whenSuccess {
+                    counters.withLockedValue { $0.webSocketBytesSent += DemoWebSocket.floodMessageSize }
+                }
+            }
+            context.flush()
+        }
         guard self.live else { return }
         self.ticker = context.eventLoop.scheduleRepeatedTask(initialDelay: .zero, delay: .milliseconds(500)) { [weak self] _ in
             guard let self, !self.closing else { return }

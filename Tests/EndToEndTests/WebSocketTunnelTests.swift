@@ -180,14 +180,11 @@ import TunnelCore
     @Test func aSlowReaderHoldsTheComponentBackAndLosesNothing() async throws {
         let stack = try await TestStack.start()
         let listener = try await stack.openSession()
-        let socket = try await Self.open(listener.localAddress!.port!, "/ws/echo")
+        // 32 MiB at once from the component. What moves before it stalls is what the kernel buffers
+        // on the two plain TCP links and the HTTP/2 windows allow (10-12 MiB here), not all of it.
+        let socket = try await Self.open(listener.localAddress!.port!, "/ws/flood")
         _ = socket.channel.setOption(ChannelOptions.autoRead, value: false)
-        // 32 MiB to echo. What moves before the component stalls is what the kernel buffers on the
-        // two plain TCP links and the HTTP/2 windows allow (about 10 MiB here), not all of it.
-        let message = socket.channel.allocator.buffer(repeating: 0x5A, count: 256 << 10)
-        let count = 128
-        for _ in 0..<count { try await socket.send(.binary, message) }
-        // The component echoes as fast as the path takes it; the reader takes nothing.
+        let total = DemoComponent.floodBytes
         try await stack.waitUntil("the component to have sent something") { stack.component.counters.webSocketBytesSent > 0 }
         var previous = -1
         try await stack.waitUntil("the component's writes to stall") {
@@ -197,14 +194,16 @@ import TunnelCore
             return now == previous
         }
         let inFlight = stack.component.counters.webSocketBytesSent
-        #expect(inFlight < count * message.readableBytes / 2, "the component was held back after \(inFlight) of \(count * message.readableBytes) bytes")
-        // Reading again, every message arrives whole.
+        #expect(inFlight < total / 2, "the component was held back after \(inFlight) of \(total) bytes")
+        // Reading again, every message arrives whole and in order.
         _ = socket.channel.setOption(ChannelOptions.autoRead, value: true)
         socket.channel.read()
-        for _ in 0..<count {
-            let echo = try await socket.next(seconds: 60)
-            #expect(echo.unmaskedData == message)
+        for index in 0..<(total >> 18) {
+            let message = try await socket.next(seconds: 60)
+            let data = message.unmaskedData
+            #expect(data.readableBytes == 256 << 10 && data.getInteger(at: data.readerIndex, as: UInt8.self) == UInt8(truncatingIfNeeded: index))
         }
+        #expect(stack.component.counters.webSocketBytesSent == total)
         try await socket.close()
         try await listener.close()
         await stack.stop()
