@@ -92,11 +92,11 @@ public final class PrivacyGuard: Sendable {
         let openedAt: Date
         var permit: StreamPermit?
         var audited = false
-        let activity: ActivityStamp
-        init(channel: Channel, openedAt: Date, clock: @escaping @Sendable () -> Date) {
+        /// Set for a websocket only (no allocation on a plain request's path).
+        var activity: ActivityStamp?
+        init(channel: Channel, openedAt: Date) {
             self.channel = channel
             self.openedAt = openedAt
-            self.activity = ActivityStamp(clock: clock)
         }
     }
 
@@ -133,7 +133,7 @@ public final class PrivacyGuard: Sendable {
 
     // MARK: streams
 
-    func ticket(for channel: Channel) -> Ticket { Ticket(channel: channel, openedAt: self.clock(), clock: self.clock) }
+    func ticket(for channel: Channel) -> Ticket { Ticket(channel: channel, openedAt: self.clock()) }
 
     /// Decides one request; on success opens the component with the normalised target.
     func open(_ head: HTTPRequestHead, _ upstream: ProxyUpstreamHandler, ticket: Ticket, opener: ComponentOpener) -> EventLoopFuture<HTTPRequestHead> {
@@ -187,8 +187,9 @@ public final class PrivacyGuard: Sendable {
                 inner.sessions[permit.session]?.lastActivityAt = now
                 inner.sessions[permit.session]?.requests += 1
                 inner.grants[grantKey]?.lastActivityAt = now
+                if permit.webSocket { ticket.activity = ActivityStamp(clock: self.clock) }
                 inner.streams[ObjectIdentifier(ticket.channel)] = LiveStream(
-                    channel: ticket.channel, facts: facts, session: permit.session, webSocketActivity: permit.webSocket ? ticket.activity : nil)
+                    channel: ticket.channel, facts: facts, session: permit.session, webSocketActivity: ticket.activity)
                 return .success((permit, component))
             }
         }

@@ -298,7 +298,7 @@ public final class TunnelConnector: Service, Sendable {
                                     ])
                             },
                             responseEndGate: { privacy.commit($0, ticket: ticket) },
-                            onBodyBytes: { if ticket.permit?.webSocket == true { ticket.activity.touch() } }),
+                            onBodyBytes: { ticket.activity?.touch() }),
                     ])
                 }
             }

@@ -148,7 +148,7 @@ import TunnelCore
         try await socket.send(text: "and here")  // bytes 45 s in: the idle clock starts again
         _ = try await socket.next()
         stack.clock.advance(seconds: 45)  // 90 s since the session began, 45 s since the last byte
-        try await Task.sleep(for: .milliseconds(300))  // three sweeps
+        stack.privacy.sweep()  // what the once-a-second sweep does, on the moved clock
         #expect(socket.channel.isActive && stack.privacy.sessions.first?.endReason == nil, "45 s without bytes is not idle yet")
         stack.clock.advance(seconds: 20)
         try await stack.waitUntil("the idle websocket to be cut") { !socket.channel.isActive }
@@ -220,7 +220,7 @@ import TunnelCore
         for _ in 0..<3 {
             stack.clock.advance(seconds: 40)
             _ = try await live.next()  // a push after the jump: bytes on the customer's clock now
-            try await Task.sleep(for: .milliseconds(250))  // a sweep or two
+            stack.privacy.sweep()  // what the once-a-second sweep does, on the moved clock
         }
         #expect(try await TestHTTPConnection.request(port: port, .GET, "/api/status").status == .ok, "120 s in, and never 60 s without bytes")
         #expect(live.channel.isActive)
