@@ -69,8 +69,26 @@ class WrkResult:
         return float(m.group(1)) * {"us": 0.001, "ms": 1, "s": 1000}[m.group(2)]
 
 
+# Each open session's plain URL and the token its relayctl wrote (--local-token-file): relayctl's
+# local port refuses requests that carry neither that token nor a signed-in browser's cookie.
+SESSION_TOKENS = {}
+
+
+def session_headers(url):
+    """The header a request to `url` needs when it goes through a session opened here."""
+    for base, token in SESSION_TOKENS.items():
+        if url.replace("ws://", "http://").startswith(base):
+            return {"X-Relayctl-Token": token}
+    return {}
+
+
+def header_args(url):
+    """`session_headers` as wrk's and curl's -H arguments."""
+    return [arg for name, value in session_headers(url).items() for arg in ("-H", f"{name}: {value}")]
+
+
 def wrk(url, connections, duration, script=None, threads=2):
-    argv = ["wrk", f"-t{min(threads, connections)}", f"-c{connections}", f"-d{duration}s", "--latency"]
+    argv = ["wrk", f"-t{min(threads, connections)}", f"-c{connections}", f"-d{duration}s", "--latency", *header_args(url)]
     if script:
         argv += ["-s", script]
     return WrkResult(subprocess.run(argv + [url], capture_output=True, text=True, timeout=duration + 60).stdout)
@@ -163,16 +181,20 @@ class Stack:
 
     def open_session(self, name="relayctl", component="ui", extra=(), timeout=90):
         """Starts `relayctl session open` on a port it picks itself (a port chosen beforehand can be
-        taken meanwhile by any outgoing connection) and returns the URL it prints."""
+        taken meanwhile by any outgoing connection) and returns the plain URL it prints for scripts;
+        requests to it need `session_headers(url)`."""
         env = dict(os.environ, RELAYCTL_TOKEN=self.expert_token)
+        token_file = f"{self.work}/{name}.local-token"
         self.start(name, [f"{self.bin}/relayctl", "session", "open", "--relay", f"https://127.0.0.1:{self.relay_port}",
                           "--ca", f"{self.work}/ca.pem", "--cluster", "bench", "--component", component,
-                          "--listen", "127.0.0.1:0", *extra], env)
+                          "--listen", "127.0.0.1:0", "--local-token-file", token_file, *extra], env)
         proc, deadline = self.procs[name], time.time() + timeout
         while time.time() < deadline:
             with open(self.log(name), errors="replace") as f:
-                found = re.search(r"^open (http://\S+?)/? in your browser", f.read(), re.M)
+                found = re.search(r"^scripts: (http://\S+?)/? with header", f.read(), re.M)
             if found:
+                with open(token_file) as f:
+                    SESSION_TOKENS[found.group(1)] = f.read().strip()
                 return found.group(1)
             if proc.poll() is not None:
                 raise SystemExit(f"relayctl session open exited ({proc.returncode}){log_tail(self.log(name))}")

@@ -20,7 +20,7 @@ wrk, openssh-server, curl) and PyPI (matplotlib) when missing. Loopback only; ev
 import argparse, getpass, hashlib, importlib.util, os, shutil, subprocess, sys, tempfile, time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from benchlib import ROOT, Stack, cpu_seconds, free_port, nginx, release_bin, rss_kib, wait_port, wrk  # noqa: E402
+from benchlib import ROOT, Stack, cpu_seconds, free_port, header_args, nginx, release_bin, rss_kib, wait_port, wrk  # noqa: E402
 import perf_fleet, perf_report  # noqa: E402
 
 CONNECTIONS = (1, 16, 64)
@@ -134,7 +134,7 @@ def measure_downloads(paths, repeats, expected):
             for path in paths:
                 out = f"{target}/10m"
                 before = cpu_seconds(list(path.pids.values()))
-                speed = subprocess.run(["curl", "-s", "-o", out, "-w", "%{speed_download}", f"{path.url}/10m"],
+                speed = subprocess.run(["curl", "-s", "-o", out, "-w", "%{speed_download}", *header_args(path.url), f"{path.url}/10m"],
                                        capture_output=True, text=True, timeout=120, check=True).stdout
                 with open(out, "rb") as f:
                     digest = hashlib.file_digest(f, "sha256").hexdigest()
@@ -158,7 +158,7 @@ def slow_reader(stack, url, size, rate):
     watched = {n: stack.procs[n].pid for n in ("relay", "connector", "relayctl")}
     base = {n: rss_kib(pid) for n, pid in watched.items()}
     peak = dict(base)
-    reader = subprocess.Popen(["curl", "-s", "-o", "/dev/null", "--limit-rate", rate, "-w", "%{size_download}", f"{url}/big"],
+    reader = subprocess.Popen(["curl", "-s", "-o", "/dev/null", "--limit-rate", rate, "-w", "%{size_download}", *header_args(url), f"{url}/big"],
                               stdout=subprocess.PIPE, text=True)
     started = time.time()
     limit = size / parse_rate(rate) * 1.5 + 60

@@ -16,7 +16,7 @@ Needs linux-perf (Debian) and perf_event_paranoid <= 1 (or root). Loopback only;
 import argparse, collections, os, re, subprocess, sys, tempfile, time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from benchlib import ROOT, Stack, cpu_seconds, free_port, nginx, release_bin, require_tools, wait_port  # noqa: E402
+from benchlib import ROOT, Stack, cpu_seconds, free_port, header_args, nginx, release_bin, require_tools, wait_port  # noqa: E402
 import perf_fleet  # noqa: E402
 
 # Swift module -> the group a reader of the table cares about.
@@ -131,11 +131,11 @@ def main():
         stack.request_access("2h", "profile")
         url = stack.open_session() + "/1k"
         processes = {name: stack.procs[name].pid for name in ("relayctl", "relay", "connector")}
-        subprocess.run(["wrk", "-t2", "-c64", "-d3s", url], capture_output=True, check=True)
+        subprocess.run(["wrk", "-t2", "-c64", "-d3s", *header_args(url), url], capture_output=True, check=True)
         duration = args.seconds + 4
         for connections in (64, 1):
             print(f"== requests, {connections} connections", flush=True)
-            load = subprocess.Popen(["wrk", f"-t{min(2, connections)}", f"-c{connections}", f"-d{duration}s", url],
+            load = subprocess.Popen(["wrk", f"-t{min(2, connections)}", f"-c{connections}", f"-d{duration}s", *header_args(url), url],
                                     stdout=subprocess.PIPE, text=True)
             time.sleep(2)
             before = {n: cpu_seconds([p]) for n, p in processes.items()}
@@ -150,7 +150,7 @@ def main():
 
         print("== downloads", flush=True)
         curl = subprocess.Popen(["bash", "-c", f"end=$((SECONDS+{duration})); while [ $SECONDS -lt $end ]; do "
-                                 f"curl -sf -o /dev/null {url[:-3]}/10m || exit 1; done"])
+                                 f"curl -sf -o /dev/null {' '.join(repr(a) for a in header_args(url))} {url[:-3]}/10m || exit 1; done"])
         time.sleep(2)
         before = {n: cpu_seconds([p]) for n, p in processes.items()}
         moved = written_bytes(processes["relayctl"])

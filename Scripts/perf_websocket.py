@@ -12,7 +12,7 @@ missing). Bounded: every wait has a deadline.
 import argparse, asyncio, hashlib, os, statistics, subprocess, sys, tempfile, time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from benchlib import Stack, free_port, release_bin, wait_port  # noqa: E402
+from benchlib import Stack, free_port, release_bin, session_headers, wait_port  # noqa: E402
 
 
 def ensure_websockets():
@@ -25,7 +25,7 @@ def ensure_websockets():
 async def throughput(url, size_mib, in_flight=8):
     import websockets
     block = hashlib.sha256(b"seed").digest() * (1 << 15)  # 1 MiB
-    async with websockets.connect(url, max_size=4 << 20, compression=None, open_timeout=30) as ws:
+    async with websockets.connect(url, max_size=4 << 20, compression=None, open_timeout=30, additional_headers=session_headers(url)) as ws:
         start = time.perf_counter()
         sent = received = 0
 
@@ -50,7 +50,7 @@ async def throughput(url, size_mib, in_flight=8):
 
 async def latency(url, count):
     import websockets
-    async with websockets.connect(url, compression=None, open_timeout=30) as ws:
+    async with websockets.connect(url, compression=None, open_timeout=30, additional_headers=session_headers(url)) as ws:
         times = []
         for index in range(count):
             start = time.perf_counter()

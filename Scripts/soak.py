@@ -19,7 +19,7 @@ after the warm-up."""
 import argparse, json, os, re, signal, subprocess, sys, tempfile, time, urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from benchlib import Stack, free_port, nginx, release_bin, require_tools, rss_kib, wait_port  # noqa: E402
+from benchlib import Stack, free_port, header_args, nginx, release_bin, require_tools, rss_kib, wait_port  # noqa: E402
 
 
 def fds(pid):
@@ -82,18 +82,18 @@ def main():
                 # The customer turned remote access off last cycle, which ended the session: open a new one.
                 url = stack.open_session(extra=["--wait", "60s"])
             before = nginx_status(status_port)
-            load = subprocess.Popen(["wrk", "-t1", "-c16", "-d10s", f"{url}/1k"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+            load = subprocess.Popen(["wrk", "-t1", "-c16", "-d10s", *header_args(url), f"{url}/1k"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
             # Session churn beside the load: a second session, a few requests, stopped.
             try:
                 churn_url = stack.open_session(name="churn", extra=["--wait", "60s"])
                 for _ in range(5):
-                    subprocess.run(["curl", "-s", "-o", "/dev/null", "--max-time", "10", f"{churn_url}/1k"])
+                    subprocess.run(["curl", "-s", "-o", "/dev/null", "--max-time", "10", *header_args(churn_url), f"{churn_url}/1k"])
             finally:
                 stack.procs["churn"].send_signal(signal.SIGTERM)
                 stack.procs["churn"].wait(timeout=30)
             # Cancelled downloads.
             for _ in range(5):
-                subprocess.run(["curl", "-s", "-o", "/dev/null", "--max-time", "0.05", f"{url}/10m"])
+                subprocess.run(["curl", "-s", "-o", "/dev/null", "--max-time", "0.05", *header_args(url), f"{url}/10m"])
             out, _ = load.communicate(timeout=60)
             after = nginx_status(status_port)
             done = re.search(r"(\d+) requests in", out)

@@ -10,7 +10,7 @@ failed."""
 import argparse, os, subprocess, sys, tempfile, time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from benchlib import ROOT, Stack, free_port, nginx, release_bin, require_tools, wait_port, wrk  # noqa: E402
+from benchlib import ROOT, Stack, free_port, header_args, nginx, release_bin, require_tools, wait_port, wrk  # noqa: E402
 
 
 def main():
@@ -45,7 +45,7 @@ def main():
             run = wrk(url, args.connections, args.duration)
             rps, p99, errors, socket_errors = run.rps, run.p99, run.non2xx, run.socket_errors
             started = time.time()
-            answer = subprocess.run(["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "120", url],
+            answer = subprocess.run(["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "120", *header_args(url), url],
                                     capture_output=True, text=True)
             took = time.time() - started
             ok = answer.stdout == "200" and took <= 1

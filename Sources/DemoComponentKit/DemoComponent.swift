@@ -203,18 +203,29 @@ final class DemoHandler: ChannelInboundHandler, RemovableChannelHandler {
         }
     }
 
+    /// The component's page. Its script opens `/ws/live` on the host the page came from and shows
+    /// each value as it arrives, as a cluster UI's live view does (Scripts/browser-check.sh reads it).
     static func page(name: String) -> String {
         """
         <!doctype html>
-        <html><head><title>\(name) - cluster UI</title></head>
+        <html><head><title>\(name) - cluster UI</title>
+        <style>body { font-family: sans-serif; margin: 2em; } #live { font-size: 2em; }</style></head>
         <body>
         <h1>Cluster component "\(name)"</h1>
         <p>You are looking at this page through relayctl, the relay and the cluster's connector.</p>
+        <p>Live view (a websocket to /ws/live): <strong id="live">connecting</strong> <span id="state"></span></p>
         <ul>
         <li><a href="/api/status">/api/status</a>: a small JSON API</li>
         <li><a href="/bytes/10485760">/bytes/10485760</a>: a 10 MiB download</li>
         <li><a href="/headers">/headers</a>: the request as the component received it</li>
         </ul>
+        <script>
+        const live = document.getElementById("live"), state = document.getElementById("state");
+        const socket = new WebSocket((location.protocol === "https:" ? "wss://" : "ws://") + location.host + "/ws/live");
+        socket.onopen = () => { state.textContent = "(websocket open)"; };
+        socket.onmessage = (event) => { live.textContent = "tick " + JSON.parse(event.data).tick; };
+        socket.onclose = (event) => { state.textContent = "(websocket closed, code " + event.code + ")"; };
+        </script>
         </body></html>
 
         """

@@ -10,7 +10,7 @@ import TunnelCore
 /// connection closes after it (NIO's HTTP decoder reads nothing after an upgrade request).
 ///
 /// A web page the engineer visits could open `ws://127.0.0.1:PORT` and ride the session
-/// (websockets have no CORS): an `Origin` that is not this listener's is refused.
+/// (websockets have no CORS): `LocalAccess`, in front, refuses an `Origin` that is not this port's.
 final class LocalWebSocketBridge: ChannelDuplexHandler {
     typealias InboundIn = HTTPServerRequestPart
     typealias InboundOut = HTTPServerRequestPart
@@ -43,12 +43,6 @@ final class LocalWebSocketBridge: ChannelDuplexHandler {
             guard Self.isUpgrade(head) else {
                 context.fireChannelRead(self.wrapInboundOut(.head(head)))
                 return
-            }
-            let port = context.channel.localAddress?.port
-            if let origin = head.headers.first(name: "origin"), !Self.isOwn(origin: origin, port: port) {
-                return self.refuse(
-                    context, .forbidden, code: "cross_site_websocket",
-                    "a page from \(origin) may not open a websocket through this session; open the component from the URL relayctl printed")
             }
             guard head.method == .GET, head.version == .http1_1, head.headers.first(name: "sec-websocket-version") == "13",
                 let key = head.headers.first(name: "sec-websocket-key"), !key.isEmpty
@@ -120,15 +114,6 @@ final class LocalWebSocketBridge: ChannelDuplexHandler {
         let upgrade = head.headers[canonicalForm: "upgrade"].contains { $0.lowercased() == "websocket" }
         let connection = head.headers[canonicalForm: "connection"].contains { $0.lowercased() == "upgrade" }
         return upgrade && connection
-    }
-
-    /// This listener's own origins: a page served from it, under any name the browser uses for loopback.
-    static func isOwn(origin: String, port: Int?) -> Bool {
-        guard let port, origin.lowercased().hasPrefix("http://") else { return false }
-        let authority = origin.lowercased().dropFirst("http://".count)
-        guard authority.hasSuffix(":\(port)") else { return false }
-        let host = authority.dropLast(":\(port)".count)
-        return host == "127.0.0.1" || host == "localhost" || host == "[::1]" || host.hasSuffix(".localhost")
     }
 
     private func refuse(_ context: ChannelHandlerContext, _ status: HTTPResponseStatus, code: String, _ message: String) {

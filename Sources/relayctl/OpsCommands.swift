@@ -112,19 +112,37 @@ struct Requests: AsyncParsableCommand {
         @Option(help: "admin, user or viewer.") var role: String = "viewer"
         @Option(help: "How long, from approval: 30m, 2h, 1d.") var duration: String = "1h"
         @Option(help: "Expert to ask for (ops only; experts ask for themselves).") var expert: String?
+        @Option(help: "While the request is pending, wait this long for the customer's decision (90s, 5m), showing progress; exits 0 once approved, 4 when rejected, 7 still pending.")
+        var wait: String?
 
         func run() async throws {
             guard let role = AccessRole(rawValue: self.role) else { throw ValidationError("--role must be admin, user or viewer") }
             let seconds = try parseDurationSeconds(self.duration, option: "--duration")
+            let waitSeconds = try self.wait.map { try parseDurationSeconds($0, option: "--wait") }
             let body = CreateAccessRequest(clusterID: self.cluster, expert: self.expert, reason: self.reason, role: role, durationSeconds: seconds)
-            try await self.relay.run({ try await $0.post(APIPath.requests, body, as: AccessRequestRecord.self) }) { request in
+            try await self.relay.run({ client in
+                let created = try await client.post(APIPath.requests, body, as: AccessRequestRecord.self)
+                guard let waitSeconds, created.state == .pending else { return created }
+                return try await Self.waitForDecision(created, client: client, seconds: waitSeconds)
+            }) { request in
                 switch request.state {
                 case .approved:
-                    return "request \(request.id) approved (\(request.changedBy)) until \(HumanFormat.time(request.expiresAt))\nnext: relayctl session open --cluster \(request.clusterID) --component NAME"
+                    return "request \(request.id) approved (\(request.changedBy)) until \(HumanFormat.time(request.expiresAt))\nnext: relayctl session open --cluster \(request.clusterID)"
                 default:
-                    return "request \(request.id) is pending customer approval; the cluster's connector shows it to the customer at its next heartbeat\nnext: relayctl requests list --cluster \(request.clusterID)"
+                    return "request \(request.id) is pending customer approval; the cluster's connector shows it to the customer at its next heartbeat\nnext: relayctl requests list --cluster \(request.clusterID), or wait with relayctl session open --cluster \(request.clusterID)"
                 }
             }
+        }
+
+        /// The request once approved; exits (after saying why) when it ends or the wait runs out.
+        static func waitForDecision(_ request: AccessRequestRecord, client: APIClient, seconds: Int64) async throws -> AccessRequestRecord {
+            var line = WaitLine(seconds: seconds)
+            let outcome = try await ApprovalWait(client: client, cluster: request.clusterID).wait(for: request.id, seconds: seconds) { request, mode, waited in
+                line.show(SessionWait.pendingText(request, mode: mode), waited: waited, intro: nil)
+            }
+            try SessionWait.finish(outcome, line: &line, seconds: seconds)
+            guard case .approved(let approved) = outcome else { return request }
+            return approved
         }
     }
 

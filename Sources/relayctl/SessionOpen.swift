@@ -3,6 +3,7 @@ import ConfigKit
 import Foundation
 import Logging
 import NIOPosix
+import RelayAPI
 import RelayCtlKit
 import RelayModel
 import TunnelCore
@@ -14,16 +15,22 @@ struct Session: AsyncParsableCommand {
 
 struct Open: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "Open a local port that carries every request to a cluster component through the relay.",
-        discussion: "Needs an approved access request naming you. If the cluster's connector has not dialed in yet, waits (showing progress) up to --wait.")
+        abstract: "Open a local port that carries every request to cluster components through the relay.",
+        discussion: """
+            Each component gets its own host name on the port (http://ui.CLUSTER.localhost:PORT/): browsers keep \
+            cookies per host, so components never share them. A browser signs in with the one-time link printed \
+            for each (press Enter for new links); scripts send the --local-token-file token in header X-Relayctl-Token \
+            to http://127.0.0.1:PORT/ (one component) or to the component's host name. While the request is pending \
+            the customer's approval, or the connector has not dialed in yet, waits (showing progress) up to --wait.
+            """)
 
     @OptionGroup var relayOptions: RelayOptions
 
     @Option(help: "Cluster ID.")
     var cluster: String
 
-    @Option(help: "Component name, as the cluster's connector lists it.")
-    var component: String
+    @Option(name: .customLong("component"), help: "Component name, as the cluster's connector lists it; repeat for several. Default: every component the cluster offers.")
+    var components: [String] = []
 
     @Option(help: "Only this node of the cluster.")
     var node: String?
@@ -34,8 +41,11 @@ struct Open: AsyncParsableCommand {
     @Option(help: "Local address to listen on; port 0 picks a free port.")
     var listen: String = "127.0.0.1:0"
 
-    @Option(help: "How long to wait for the connector to dial in: 90s, 5m.")
+    @Option(help: "How long to wait for the customer's approval and for the connector to dial in: 90s, 5m.")
     var wait: String = "5m"
+
+    @Option(help: "Write a token for scripts to this file (mode 0600, removed at the end); send it in header X-Relayctl-Token.")
+    var localTokenFile: String?
 
     func run() async throws {
         LoggingSystem.bootstrap { StreamLogHandler.standardError(label: $0) }
@@ -55,31 +65,53 @@ struct Open: AsyncParsableCommand {
             url.path = WirePath.session
             return url
         }
-        var target = SessionTarget(
-            relay: urls[0], token: try self.relayOptions.token(), cluster: self.cluster, component: self.component, node: self.node,
-            role: role, caFile: self.relayOptions.caFile)
-        target.otherRelays = Array(urls.dropFirst())
-        // One event loop for the local listener and the relay connection: every hop between them is
-        // then a direct call, not a cross-thread wakeup (one engineer's traffic needs no more than a core).
+        let api = try self.relayOptions.client()
+        let components = try await self.componentsToOpen(api)
+        // One event loop for the local listener and the relay connections: every hop between them
+        // is then a direct call, not a cross-thread wakeup (one engineer's traffic needs no more than a core).
         let group = MultiThreadedEventLoopGroup.singleton.next()
         let ended = AsyncStream<WebSocketPeerClosed>.makeStream()
-        let session: SessionClient
-        do {
-            session = try SessionClient(target: target, group: group, logger: logger) { ended.continuation.yield($0) }
-        } catch {
-            throw relayctlFailure("\(error)", RelayCtlExit.failure)
+        let token = try self.relayOptions.token()
+        // One session per component: the relay and the connector audit each on its own.
+        let sessions = try components.map { component in
+            var target = SessionTarget(
+                relay: urls[0], token: token, cluster: self.cluster, component: component, node: self.node, role: role,
+                caFile: self.relayOptions.caFile)
+            target.otherRelays = Array(urls.dropFirst())
+            do {
+                return try SessionClient(target: target, group: group, logger: logger) { ended.continuation.yield($0) }
+            } catch {
+                throw relayctlFailure("\(error)", RelayCtlExit.failure)
+            }
         }
-        try await Self.connect(session, waitSeconds: waitSeconds, cluster: self.cluster)
-        let listener = try await LocalListener.start(host: listen.host, port: listen.port, session: session, group: group)
+        let waiting = SessionWait(
+            seconds: waitSeconds, cluster: self.cluster, approval: ApprovalWait(client: api, cluster: self.cluster))
+        for session in sessions { try await waiting.connect(session) }
+
+        let scriptToken = self.localTokenFile.map { _ in SecureRandom.hex(32) }
+        let access: LocalAccess
+        do {
+            access = try LocalAccess(cluster: self.cluster, components: components, scriptToken: scriptToken)
+        } catch {
+            throw relayctlFailure("\(error)", RelayCtlExit.badRequest)
+        }
+        if let path = self.localTokenFile, let scriptToken {
+            do {
+                try PrivateFile.replace(path, with: Data((scriptToken + "\n").utf8))
+            } catch {
+                throw relayctlFailure("cannot write --local-token-file \(path): \(error)", RelayCtlExit.failure)
+            }
+        }
+        defer { if let path = self.localTokenFile { try? FileManager.default.removeItem(atPath: path) } }
+        let listener = try await LocalListener.start(host: listen.host, port: listen.port, sessions: sessions, access: access, group: group)
         // Watching for Ctrl-C / SIGTERM before saying "ready": a stop right after the banner is kept.
         let signals = await UnixSignalsSequence(trapping: .sigint, .sigterm)
-        let grant = session.grant
-        let runsUnder = grant.map { grant in
-            let readOnly = grant.customerMode == "readOnly" && grant.role != "viewer" ? " (the customer's privacy mode readOnly allows reading only)" : ""
-            return ", role \(grant.role)\(readOnly), request \(grant.accessRequest), until \(HumanFormat.time(grant.expiresAt))"
-        } ?? ""
-        print("session open: cluster \(self.cluster), component \(self.component)\(runsUnder)")
-        print("open \(listener.url) in your browser (Ctrl-C to end the session)")
+        print(self.banner(sessions[0].grant, components: components))
+        Self.printLinks(access, port: listener.port)
+        print("(each link signs in one browser, once; press Enter here for new links; Ctrl-C ends the session)")
+        if let path = self.localTokenFile {
+            print("scripts: \(listener.url) with header X-Relayctl-Token: the token in \(path)")
+        }
         fflush(stdout)
         // Ends on Ctrl-C, or when the relay ends the session with a reason (revoked, expired,
         // killed). A relay node draining (1012) or a dropped connection is not an end: the next
@@ -99,6 +131,14 @@ struct Open: AsyncParsableCommand {
                 }
                 return nil
             }
+            // Enter asks for new sign-in links (another browser, a restarted one).
+            let newLinks = Thread {
+                while readLine() != nil {
+                    Self.printLinks(access, port: listener.port)
+                    fflush(stdout)
+                }
+            }
+            newLinks.start()
             let first = await group.next() ?? nil
             group.cancelAll()
             return first
@@ -110,52 +150,34 @@ struct Open: AsyncParsableCommand {
         }
     }
 
-    /// Dials until the relay accepts; while it answers "no tunnel yet" (the connector dials at its
-    /// next heartbeat) shows progress and retries, up to `waitSeconds`.
-    static func connect(_ session: SessionClient, waitSeconds: Int64, cluster: String) async throws {
-        let start = ContinuousClock.now
-        var announced = false
-        while true {
-            do {
-                try await session.connect()
-                if announced && isatty(STDERR_FILENO) == 1 { FileHandle.standardError.write(Data("\n".utf8)) }
-                return
-            } catch let error as DialError {
-                if case .rejected(let status) = error.kind {
-                    if status == 503 {
-                        let waited = ContinuousClock.now - start
-                        let givingUp = waited >= .seconds(waitSeconds)
-                        // Always said at least once, even when the first answer came after the wait
-                        // (a slow relay): a terminal gets one line redrawn; a file or pipe a line at
-                        // the start and every 30 s.
-                        if isatty(STDERR_FILENO) == 1 {
-                            let line = announced ? "\r" : "relayctl: \(error.relayMessage ?? error.message)\n"
-                            FileHandle.standardError.write(Data("\(line)waiting for the connector to dial in... \(waited.components.seconds) s".utf8))
-                        } else if !announced || (!givingUp && waited.components.seconds % 30 == 0) {
-                            FileHandle.standardError.write(
-                                Data("relayctl: \(error.relayMessage ?? error.message); waiting for the connector to dial in (\(waited.components.seconds) s of \(waitSeconds) s)\n".utf8))
-                        }
-                        if givingUp {
-                            let start = isatty(STDERR_FILENO) == 1 ? "\n" : ""
-                            FileHandle.standardError.write(
-                                Data("\(start)relayctl: gave up after \(waitSeconds) s: \(error.message); check the cluster's connector (relayctl clusters show \(cluster)), then retry\n".utf8))
-                            throw ExitCode(RelayCtlExit.timedOut)
-                        }
-                        announced = true
-                        try await Task.sleep(for: .seconds(1))
-                        continue
-                    }
-                    FileHandle.standardError.write(Data("relayctl: the relay refused the session (\(status)): \(error.relayMessage ?? error.message)\n".utf8))
-                    throw ExitCode(RelayCtlExit.forStatus(status))
-                }
-                FileHandle.standardError.write(Data("relayctl: \(error.message); check --relay, --ca and that the relay is running\n".utf8))
-                throw ExitCode(RelayCtlExit.unreachable)
-            } catch let error as ExitCode {
-                throw error
-            } catch {
-                FileHandle.standardError.write(Data("relayctl: cannot reach the relay: \(describeConnectionError(error))\n".utf8))
-                throw ExitCode(RelayCtlExit.unreachable)
-            }
+    /// The components named, or every one the cluster's connectors offer.
+    private func componentsToOpen(_ api: APIClient) async throws -> [String] {
+        if !self.components.isEmpty { return self.components }
+        let detail: ClusterDetail
+        do {
+            detail = try await api.get("\(APIPath.clusters)/\(self.cluster)")
+        } catch let error as APIError {
+            self.relayOptions.fail(error)
+        }
+        guard !detail.components.isEmpty else {
+            throw relayctlFailure(
+                "cluster \(self.cluster) has reported no components yet; name one with --component", RelayCtlExit.notFound)
+        }
+        return detail.components
+    }
+
+    private func banner(_ grant: SessionGrantInfo?, components: [String]) -> String {
+        let runsUnder = grant.map { grant in
+            let readOnly = grant.customerMode == "readOnly" && grant.role != "viewer" ? " (the customer's privacy mode readOnly allows reading only)" : ""
+            return ", role \(grant.role)\(readOnly), request \(grant.accessRequest), until \(HumanFormat.time(grant.expiresAt))"
+        } ?? ""
+        let named = components.count == 1 ? "component \(components[0])" : "components \(components.joined(separator: ", "))"
+        return "session open: cluster \(self.cluster), \(named)\(runsUnder)"
+    }
+
+    private static func printLinks(_ access: LocalAccess, port: Int) {
+        for component in access.components {
+            print("\(component): open \(access.signInLink(for: component, port: port)) in your browser")
         }
     }
 }

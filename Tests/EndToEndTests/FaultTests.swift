@@ -147,8 +147,9 @@ import TunnelCore
             APIPath.requests, CreateAccessRequest(clusterID: "fleet", expert: "alice", reason: "fault test", role: .admin, durationSeconds: 3600))
         try await Self.waitFor("the tunnel", seconds: 30) { !connector.runtime.tunnels.connectedURLs.isEmpty }
 
+        let tokenFile = TestStack.temporaryDirectory("fault-session") + "/local-token"
         let relayctl = try RunningProcess(
-            TestProcess.binary("relayctl"), ["session", "open", "--cluster", "fleet", "--component", "ui"],
+            TestProcess.binary("relayctl"), ["session", "open", "--cluster", "fleet", "--component", "ui", "--local-token-file", tokenFile],
             environment: [
                 "RELAYCTL_TOKEN": expert.secret, "RELAYCTL_RELAY": "https://127.0.0.1:\(port)", "RELAYCTL_CA": TestCerts.trusted + "/ca.pem",
             ])
@@ -156,8 +157,9 @@ import TunnelCore
         try await Self.waitFor("relayctl's banner", seconds: 60) { relayctl.stdout.contains("in your browser") }
         let local = try #require(
             relayctl.stdout.split(separator: " ").first { $0.hasPrefix("http://127.0.0.1:") }.flatMap { Int($0.split(separator: ":").last!.filter(\.isNumber)) })
+        let token = try String(contentsOfFile: tokenFile, encoding: .utf8).trimmingCharacters(in: .whitespacesAndNewlines)
         let size = 6 << 20
-        let download = try await PacedDownload.start(port: local, path: "/bytes/\(size)")
+        let download = try await PacedDownload.start(port: local, path: "/bytes/\(size)", headers: "X-Relayctl-Token: \(token)\r\n")
         try await Self.waitFor("the download to start", seconds: 30) { download.received > 0 }
 
         relay.terminate()  // SIGTERM
@@ -170,7 +172,7 @@ import TunnelCore
 
         relay = try await Self.startRelay(configPath)
         let restarted = ContinuousClock.now
-        let after = try await TestHTTPConnection.request(port: local, .GET, "/api/status")
+        let after = try await TestHTTPConnection.request(port: local, .GET, "/api/status", headers: [("x-relayctl-token", token)])
         print("FAULT relay SIGTERM: the 6 MiB download completed during the drain; after the restart the next request took \(ContinuousClock.now - restarted): \(after.status.code)")
         #expect(after.status == .ok, "the same local port works after the restart: \(after.status) \(after.text)")
         #expect(relayctl.stderr.contains("draining"), "relayctl said why the connection closed: \(relayctl.stderr)")

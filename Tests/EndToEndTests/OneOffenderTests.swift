@@ -339,7 +339,8 @@ final class PacedDownload: @unchecked Sendable {
         self.channel = channel
     }
 
-    static func start(port: Int, path: String) async throws -> PacedDownload {
+    /// - Parameter headers: extra header lines (a script's `X-Relayctl-Token`).
+    static func start(port: Int, path: String, headers: String = "") async throws -> PacedDownload {
         let reader = Reader()
         let channel = try await ClientBootstrap(group: TestStack.group)
             .channelOption(ChannelOptions.autoRead, value: false)
@@ -349,7 +350,7 @@ final class PacedDownload: @unchecked Sendable {
             .channelInitializer { channel in channel.eventLoop.makeCompletedFuture { try channel.pipeline.syncOperations.addHandler(reader) } }
             .connect(host: "127.0.0.1", port: port).get()
         // The local port as the Host, as a browser sends it: relayctl names the session's component instead.
-        try await channel.writeAndFlush(ByteBuffer(string: "GET \(path) HTTP/1.1\r\nHost: 127.0.0.1:\(port)\r\n\r\n"))
+        try await channel.writeAndFlush(ByteBuffer(string: "GET \(path) HTTP/1.1\r\nHost: 127.0.0.1:\(port)\r\n\(headers)\r\n"))
         channel.read()
         return PacedDownload(reader: reader, channel: channel)
     }

@@ -87,7 +87,7 @@ import TunnelCore
             Issue.record("a cross-site websocket was let through")
             return
         }
-        #expect(status == .forbidden && headers.first(name: WireHeader.error) == "cross_site_websocket")
+        #expect(status == .forbidden && headers.first(name: WireHeader.error) == "cross_site_request")
         #expect(body.contains("https://evil.example"))
         #expect(stack.component.counters.webSocketsOpened == 0, "nothing reached the component")
 

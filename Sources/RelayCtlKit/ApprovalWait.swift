@@ -1,0 +1,82 @@
+import Foundation
+import RelayAPI
+import RelayModel
+
+/// Waits for the customer to decide an access request, by asking the relay (`GET /v1/requests`,
+/// where experts see their own) every `poll`. The relay stays the one that decides: this only
+/// watches the request's state.
+public struct ApprovalWait: Sendable {
+    public enum Outcome: Sendable, Equatable {
+        case approved(AccessRequestRecord)
+        /// Rejected, revoked or expired before it could be used.
+        case ended(AccessRequestRecord)
+        /// Still pending after the wait.
+        case stillPending(AccessRequestRecord)
+    }
+
+    let client: APIClient
+    let cluster: String
+    var poll: Duration = .seconds(1)
+
+    public init(client: APIClient, cluster: String) {
+        self.client = client
+        self.cluster = cluster
+    }
+
+    /// The caller's newest request for the cluster, when it is pending (nil otherwise: whatever
+    /// refused the session is then not a wait).
+    public func pendingRequest() async throws -> AccessRequestRecord? {
+        let newest = try await self.requests().max { $0.id < $1.id }
+        return newest?.state == .pending ? newest : nil
+    }
+
+    /// Waits until request `id` leaves `pending`, or `seconds` pass. `progress` gets the request,
+    /// the cluster's privacy mode (nil before a connector reported one) and the time waited, once
+    /// per poll.
+    public func wait(
+        for id: Int64, seconds: Int64, now: @Sendable () -> ContinuousClock.Instant = { ContinuousClock.now },
+        progress: (AccessRequestRecord, PrivacyMode?, Duration) -> Void
+    ) async throws -> Outcome {
+        let start = now()
+        while true {
+            guard let request = try await self.requests().first(where: { $0.id == id }) else {
+                throw ApprovalWaitError(description: "request \(id) is no longer listed for you")
+            }
+            switch request.state {
+            case .approved:
+                // Approved but past its window (a short duration, a slow poll) is an end too.
+                return request.isActive(at: Date()) ? .approved(request) : .ended(request)
+            case .rejected, .revoked, .expired:
+                return .ended(request)
+            case .pending:
+                let waited = now() - start
+                let detail: ClusterDetail? = try? await self.client.get("\(APIPath.clusters)/\(self.cluster)")
+                progress(request, detail?.cluster.privacyMode, waited)
+                if waited >= .seconds(seconds) { return .stillPending(request) }
+                try await Task.sleep(for: min(self.poll, .seconds(seconds) - waited + .milliseconds(1)))
+            }
+        }
+    }
+
+    private func requests() async throws -> [AccessRequestRecord] {
+        let cluster = self.cluster.addingPercentEncoding(withAllowedCharacters: .alphanumerics) ?? self.cluster
+        return try await self.client.get("\(APIPath.requests)?cluster=\(cluster)")
+    }
+}
+
+public struct ApprovalWaitError: Error, CustomStringConvertible {
+    public var description: String
+}
+
+extension AccessRequestRecord {
+    /// Why a request ended, in a line ("rejected by customer:carol@demo: not today").
+    public var endedLine: String {
+        let why = self.endReason.map { ": \(visibleText($0))" } ?? ""
+        switch self.state {
+        case .rejected: return "request \(self.id) was rejected by \(self.changedBy)\(why)"
+        case .revoked: return "request \(self.id) was revoked by \(self.changedBy)\(why)"
+        case .expired, .approved: return "request \(self.id) expired at \(HumanFormat.time(self.expiresAt ?? self.changedAt))"
+        case .pending: return "request \(self.id) is pending"
+        }
+    }
+}
