@@ -18,9 +18,17 @@ public final class LocalAccess: Sendable {
     public let cluster: String
     /// Component names, in the order the engineer named them.
     public let components: [String]
-    /// Whether a request needs the cookie or the script token (false only in-process, for tests
-    /// that drive a listener directly; relayctl always signs in).
-    public let requiresSignIn: Bool
+    /// How much the port checks before a request goes on.
+    public enum Checks: Sendable {
+        /// relayctl's: the cookie or the script token, and only the port's own names.
+        case engineer
+        /// In-process, where the connector's own checks are what is tested: no sign-in, and a Host
+        /// that is not one of the port's names goes on unchanged for the connector to judge.
+        /// Other sites' pages are still refused.
+        case conduit
+    }
+    public let checks: Checks
+    var requiresSignIn: Bool { self.checks == .engineer }
     private let hostNames: [String: String]
     private let cookieSecret = SecureRandom.hex(32)
     private let scriptToken: String?
@@ -28,10 +36,10 @@ public final class LocalAccess: Sendable {
     private let links = NIOLockedValueBox<[String: String]>([:])
 
     /// - Throws: `LocalAccessError` when two names would share a host name.
-    public init(cluster: String, components: [String], requiresSignIn: Bool = true, scriptToken: String? = nil) throws {
+    public init(cluster: String, components: [String], checks: Checks = .engineer, scriptToken: String? = nil) throws {
         self.cluster = cluster
         self.components = components
-        self.requiresSignIn = requiresSignIn
+        self.checks = checks
         self.scriptToken = scriptToken
         var hosts: [String: String] = [:]
         for component in components {
@@ -79,7 +87,10 @@ public final class LocalAccess: Sendable {
         let component: String
         switch self.route(head, port: port) {
         case .success(let name): component = name
-        case .failure(let refusal): return .refuse(refusal)
+        case .failure(let refusal):
+            guard self.checks == .conduit, refusal.code == "unknown_host", self.components.count == 1 else { return .refuse(refusal) }
+            if let refusal = self.crossSite(head, port: port) { return .refuse(refusal) }
+            return .forward(component: self.components[0], head: head)
         }
         if let refusal = self.crossSite(head, port: port) { return .refuse(refusal) }
         var head = head
@@ -134,6 +145,8 @@ public final class LocalAccess: Sendable {
                     message: "this port carries several components; open each by its own name: \(self.components.map { self.url(of: $0, port: port) }.joined(separator: ", "))"))
         }
         if let component = self.hostNames.first(where: { $0.value == name })?.key { return .success(component) }
+        // The component's own name, as the connector takes it (a script's `Host: ui`).
+        if let component = self.components.first(where: { $0.lowercased() == name }) { return .success(component) }
         // Any other name (a DNS rebinding page's, another session's) is not ours to carry.
         return .failure(
             ProxyRefusal(

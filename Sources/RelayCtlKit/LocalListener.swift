@@ -22,9 +22,11 @@ public final class LocalListener: Sendable {
     ) async throws -> LocalListener {
         let byComponent = Dictionary(sessions.map { ($0.target.component, $0) }, uniquingKeysWith: { first, _ in first })
         let limits = sessions[0].target.limits
-        // The gate has put the component's name in Host.
+        // The gate has put the component's name in Host (a conduit's single component may keep a
+        // foreign one, for the connector to judge).
+        let only = sessions.count == 1 ? sessions[0] : nil
         let opener: UpstreamOpener = { head, upstream in
-            guard let session = head.headers.first(name: "host").flatMap({ byComponent[$0] }) else {
+            guard let session = only ?? head.headers.first(name: "host").flatMap({ byComponent[$0] }) else {
                 return upstream.downstreamEventLoop.makeFailedFuture(ProxyRefusal(.misdirectedRequest, code: "unknown_host", message: "no session for this host"))
             }
             return session.open(head, upstream)
@@ -52,13 +54,13 @@ public final class LocalListener: Sendable {
         return LocalListener(channel: channel, access: access)
     }
 
-    /// One component on the port, without signing in: for in-process use (tests that drive the
-    /// listener directly). relayctl always signs in.
+    /// One component on the port as a plain conduit (`LocalAccess.Checks.conduit`): for in-process
+    /// use, where what is tested is the connector's own checks. relayctl always signs in.
     public static func start(
         host: String, port: Int, session: SessionClient, group: EventLoopGroup,
         onComplete: (@Sendable (ProxyExchangeRecord) -> Void)? = nil
     ) async throws -> LocalListener {
-        let access = try LocalAccess(cluster: session.target.cluster, components: [session.target.component], requiresSignIn: false)
+        let access = try LocalAccess(cluster: session.target.cluster, components: [session.target.component], checks: .conduit)
         return try await Self.start(host: host, port: port, sessions: [session], access: access, group: group, onComplete: onComplete)
     }
 

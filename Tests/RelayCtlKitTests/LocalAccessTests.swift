@@ -26,37 +26,45 @@ struct LocalAccessTests {
     }
 
     @Test func eachComponentHasItsOwnHostNameAndTheLoopbackNameServesASingleOne() throws {
-        let access = try LocalAccess(cluster: "Demo_1", components: ["ui", "api.v2"], requiresSignIn: false)
+        let script = [("x-relayctl-token", "t")]
+        let access = try LocalAccess(cluster: "Demo_1", components: ["ui", "api.v2"], scriptToken: "t")
         #expect(access.url(of: "ui", port: 8000) == "http://ui.demo-1.localhost:8000/")
         #expect(access.url(of: "api.v2", port: 8000) == "http://api-v2.demo-1.localhost:8000/")
-        for (host, component) in [("ui.demo-1.localhost:8000", "ui"), ("API-V2.Demo-1.localhost:8000", "api.v2")] {
-            guard case .forward(let name, let head) = access.decide(Self.head(host: host), port: 8000) else {
+        for (host, component) in [("ui.demo-1.localhost:8000", "ui"), ("API-V2.Demo-1.localhost:8000", "api.v2"), ("api.v2", "api.v2")] {
+            guard case .forward(let name, let head) = access.decide(Self.head(host: host, script), port: 8000) else {
                 Issue.record("\(host) was not carried")
                 continue
             }
             #expect(name == component && head.headers["host"] == [component], "the connector sees the component's name")
         }
         // Several components: the plain loopback address says which names to use.
-        guard case .refuse(let refusal) = access.decide(Self.head(host: "127.0.0.1:8000"), port: 8000) else {
+        guard case .refuse(let refusal) = access.decide(Self.head(host: "127.0.0.1:8000", script), port: 8000) else {
             Issue.record("127.0.0.1 picked one of several components")
             return
         }
         #expect(refusal.code == "choose_component" && refusal.message.contains("http://api-v2.demo-1.localhost:8000/"))
-        let single = try LocalAccess(cluster: "demo", components: ["ui"], requiresSignIn: false)
-        for host in ["127.0.0.1:8000", "localhost:8000", "[::1]:8000", "ui.demo.localhost:8000", "localhost"] {
-            guard case .forward("ui", _) = single.decide(Self.head(host: host), port: 8000) else {
+        let single = try LocalAccess(cluster: "demo", components: ["ui"], scriptToken: "t")
+        for host in ["127.0.0.1:8000", "localhost:8000", "[::1]:8000", "ui.demo.localhost:8000", "localhost", "ui"] {
+            guard case .forward("ui", _) = single.decide(Self.head(host: host, script), port: 8000) else {
                 Issue.record("\(host) did not reach the single component")
                 continue
             }
         }
         // Any other name (a DNS-rebinding page's, another port's) is not carried.
         for host in ["evil.example:8000", "ui.demo.localhost:8001", "127.0.0.1:8001", "api.demo.localhost:8000", "evil.example"] {
-            guard case .refuse(let refusal) = single.decide(Self.head(host: host), port: 8000) else {
+            guard case .refuse(let refusal) = single.decide(Self.head(host: host, script), port: 8000) else {
                 Issue.record("\(host) was carried")
                 continue
             }
             #expect(refusal.status == .misdirectedRequest, "\(host)")
         }
+        // In-process, as a plain conduit, a foreign Host goes on unchanged for the connector to judge.
+        let conduit = try LocalAccess(cluster: "demo", components: ["ui"], checks: .conduit)
+        guard case .forward("ui", let head) = conduit.decide(Self.head(host: "127.1"), port: 8000) else {
+            Issue.record("the conduit refused a foreign Host itself")
+            return
+        }
+        #expect(head.headers["host"] == ["127.1"])
         #expect(throws: LocalAccessError.self) { try LocalAccess(cluster: "demo", components: ["a.b", "a_b"]) }
     }
 
