@@ -79,18 +79,30 @@ extension MissionControl {
     public func expireDue(now: Date? = nil) async throws -> [AccessRequestRecord] {
         let now = now ?? self.now
         var expired: [AccessRequestRecord] = []
-        for request in try await self.store.requests(clusterID: nil, states: [.approved]) where !request.isActive(at: now) {
+        let pendingTTL = TimeInterval(self.settings.pendingRequestTTLSeconds)
+        for request in try await self.store.requests(clusterID: nil, states: [.approved, .pending]) {
+            let due = request.state == .approved ? !request.isActive(at: now) : now >= request.createdAt.addingTimeInterval(pendingTTL)
+            guard due else { continue }
             var ended = request
             ended.state = .expired
             ended.changedAt = now
             ended.changedBy = "relay"
-            ended.endReason = "expired"
-            if try await self.store.updateRequest(ended, expecting: .approved) {
-                await self.audit(actor: "relay", "request.expire", cluster: request.clusterID, subject: String(request.id))
+            ended.endReason = request.state == .approved ? "expired" : "the customer did not decide within \(Self.spoken(seconds: self.settings.pendingRequestTTLSeconds))"
+            if try await self.store.updateRequest(ended, expecting: request.state) {
+                await self.audit(
+                    actor: "relay", "request.expire", cluster: request.clusterID, subject: String(request.id),
+                    reason: request.state == .pending ? ended.endReason : nil)
                 expired.append(ended)
             }
         }
         return expired
+    }
+
+    /// "24 h", "90 min", "45 s".
+    static func spoken(seconds: Int64) -> String {
+        if seconds % 3600 == 0 { return "\(seconds / 3600) h" }
+        if seconds % 60 == 0 { return "\(seconds / 60) min" }
+        return "\(seconds) s"
     }
 
     /// Whether the cluster's flag is set now.

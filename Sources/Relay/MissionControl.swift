@@ -12,6 +12,8 @@ import TunnelCore
 public final class MissionControl: Sendable {
     public struct Settings: Sendable {
         public var enrollmentTTLSeconds: Int64 = 86_400
+        /// A pending request not decided within this long expires.
+        public var pendingRequestTTLSeconds: Int64 = 86_400
         /// Longest access request anyone may ask for.
         public var maxRequestSeconds: Int64 = 7 * 86_400
         /// Sent as the next heartbeat interval (nil: connectors use their own configuration).

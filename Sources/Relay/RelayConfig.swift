@@ -16,6 +16,8 @@ public struct RelayConfig: Sendable {
     public var tunnelURLs: [String]
     public var heartbeatIntervalSeconds: Int?
     public var enrollmentTTLSeconds: Int64
+    /// A request the customer has not decided within this long expires (an engineer is not left waiting on it for ever).
+    public var pendingRequestTTLSeconds: Int64 = 86_400
     public var maxRequestSeconds: Int64
     /// How often this node expires requests and closes tunnels and sessions whose access ended.
     public var reconcileIntervalMilliseconds: Int64
@@ -85,6 +87,7 @@ public struct RelayConfig: Sendable {
             heartbeat = Int(try root.durationMilliseconds("heartbeat_interval", default: 60_000, range: 1000...3_600_000) / 1000)
         }
         let enrollmentTTL = try root.durationMilliseconds("enrollment_ttl", default: 86_400_000, range: 60_000...(30 * 86_400_000)) / 1000
+        let pendingTTL = try root.durationMilliseconds("pending_request_ttl", default: 86_400_000, range: 60_000...(30 * 86_400_000)) / 1000
         let maxRequest = try root.durationMilliseconds("max_request_duration", default: 7 * 86_400_000, range: 60_000...(90 * 86_400_000)) / 1000
         let reconcile = try root.durationMilliseconds("reconcile_interval", default: 1000, range: 50...5000)
         let apiIdle = try root.durationMilliseconds("api_idle_timeout", default: 60_000, range: 1000...3_600_000)
@@ -109,6 +112,7 @@ public struct RelayConfig: Sendable {
             apiIdleTimeoutMilliseconds: apiIdle, limits: limits, connectionLimits: connections, auditRetentionSeconds: retention)
         config.drainTimeoutMilliseconds = drain
         config.reconnectSpreadMilliseconds = spread
+        config.pendingRequestTTLSeconds = pendingTTL
         return config
     }
 

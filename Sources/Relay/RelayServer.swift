@@ -79,6 +79,7 @@ public final class RelayServer: Service, Sendable {
         let key = try TokenHasher.loadOrCreateKey(at: config.dataDirectory + "/token-hash.key")
         var settings = MissionControl.Settings(nodeName: config.nodeName)
         settings.enrollmentTTLSeconds = config.enrollmentTTLSeconds
+        settings.pendingRequestTTLSeconds = config.pendingRequestTTLSeconds
         settings.maxRequestSeconds = config.maxRequestSeconds
         settings.heartbeatIntervalSeconds = config.heartbeatIntervalSeconds
         settings.auditRetentionSeconds = config.auditRetentionSeconds

@@ -75,7 +75,9 @@ extension AccessRequestRecord {
         switch self.state {
         case .rejected: return "request \(self.id) was rejected by \(self.changedBy)\(why)"
         case .revoked: return "request \(self.id) was revoked by \(self.changedBy)\(why)"
-        case .expired, .approved: return "request \(self.id) expired at \(HumanFormat.time(self.expiresAt ?? self.changedAt))"
+        case .expired, .approved:
+            let why = self.endReason.flatMap { $0 == "expired" ? nil : ": \(visibleText($0))" } ?? ""
+            return "request \(self.id) expired at \(HumanFormat.time(self.expiresAt ?? self.changedAt))\(why)"
         case .pending: return "request \(self.id) is pending"
         }
     }

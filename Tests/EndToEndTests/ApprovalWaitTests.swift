@@ -64,6 +64,21 @@ import Testing
         await stack.stop()
     }
 
+    @Test func aRequestLeftUndecidedExpiresAndTheWaitEndsSayingSo() async throws {
+        let stack = try await TestStack.start(mode: .approvedOnly, approve: false, relay: { $0.pendingRequestTTLSeconds = 600 })
+        let request = try await Self.pendingRequest(stack)
+        let session = try RunningProcess(
+            Self.relayctl, ["session", "open", "--cluster", "demo", "--component", "ui", "--wait", "5m"],
+            environment: SessionEndPushTests.relayctlEnvironment(stack))
+        defer { session.terminate() }
+        try await stack.waitUntil("relayctl's progress line") { session.stderr.contains("waiting for the customer") || !session.isRunning }
+        stack.clock.advance(seconds: 601)  // the relay's clock: its reconciler expires the request
+        let status = await session.exitStatus(seconds: 60)
+        #expect(status == RelayCtlExit.denied, "\(session.stderr)")
+        #expect(session.stderr.contains("request \(request.id) expired at ") && session.stderr.contains("the customer did not decide within 10 min"), "\(session.stderr)")
+        await stack.stop()
+    }
+
     @Test func requestsCreateWaitsForTheDecisionOrGivesUp() async throws {
         let stack = try await TestStack.start(mode: .approvedOnly, approve: false)
         try await stack.waitUntil("the first heartbeat") { stack.driver.answersReceived >= 1 }

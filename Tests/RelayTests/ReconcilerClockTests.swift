@@ -45,4 +45,35 @@ import Testing
         }, "the expiry is audited")
         await services.stop()
     }
+
+    /// A request the customer never decides expires after `pending_request_ttl`, saying so; one
+    /// made later is untouched.
+    @Test func aRequestTheCustomerNeverDecidesExpiresAfterThePendingLimit() async throws {
+        let folder = FileManager.default.temporaryDirectory.appendingPathComponent("pending-\(UUID().uuidString.prefix(8))").path
+        let wall = NIOLockedValueBox(Date())
+        var logger = Logger(label: "test")
+        logger.logLevel = .critical
+        var config = RelayConfig(certificateFile: "unused.pem", privateKeyFile: "unused.key", dataDirectory: folder)
+        config.pendingRequestTTLSeconds = 600
+        let control = try RelayServer.openEmbeddedControl(config: config, logger: logger, clock: { wall.withLockedValue { $0 } })
+        let ops = try await control.createToken(CreateTokenRequest(name: "root", role: .ops, ttlSeconds: nil), by: nil)
+        let operator_ = try await control.authenticateUser(bearer: ops.secret, action: "test")
+        _ = try await control.createToken(CreateTokenRequest(name: "alice", role: .expert, ttlSeconds: nil), by: operator_)
+        _ = try await control.addCluster(CreateClusterRequest(id: "demo", description: "test"), by: operator_)
+        let ask = CreateAccessRequest(clusterID: "demo", expert: "alice", reason: "test", role: .admin, durationSeconds: 60)
+        let old = try await control.createRequest(ask, by: operator_)
+        wall.withLockedValue { $0 = $0.addingTimeInterval(300) }
+        let newer = try await control.createRequest(ask, by: operator_)
+        wall.withLockedValue { $0 = $0.addingTimeInterval(299) }
+        #expect(try await control.expireDue().isEmpty, "not before the limit")
+        wall.withLockedValue { $0 = $0.addingTimeInterval(2) }  // the store keeps times to the millisecond
+        let expired = try await control.expireDue()
+        #expect(expired.map(\.id) == [old.id])
+        let stored = try #require(try await control.store.request(id: old.id))
+        #expect(stored.state == .expired && stored.changedBy == "relay" && stored.endReason == "the customer did not decide within 10 min")
+        #expect(try await control.store.request(id: newer.id)?.state == .pending)
+        #expect(try await control.store.audit(since: nil, afterID: 0, limit: 100).contains {
+            $0.action == "request.expire" && $0.subject == String(old.id) && $0.reason == "the customer did not decide within 10 min"
+        })
+    }
 }
