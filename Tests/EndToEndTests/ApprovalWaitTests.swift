@@ -20,6 +20,16 @@ import Testing
         return request
     }
 
+    /// `relayctl session open` on the pending request, once it shows its progress line.
+    static func waitingSession(_ stack: TestStack, _ request: AccessRequestRecord) async throws -> RunningProcess {
+        let session = try RunningProcess(
+            Self.relayctl, ["session", "open", "--cluster", "demo", "--component", "ui", "--wait", "5m"],
+            environment: SessionEndPushTests.relayctlEnvironment(stack))
+        let line = "waiting for the customer to approve request \(request.id) (approvedOnly)..."
+        try await stack.waitUntil("relayctl's progress line") { session.stderr.contains(line) || !session.isRunning }
+        return session
+    }
+
     static func customer(_ stack: TestStack, _ arguments: [String]) async throws {
         let (code, _, stderr) = try await TestProcess.run(
             Self.connector, ["requests"] + arguments + ["--as", "carol", "--state-dir", stack.connectorConfig.stateDirectory])
@@ -29,12 +39,8 @@ import Testing
     @Test func sessionOpenWaitsForTheCustomersApprovalThenOpens() async throws {
         let stack = try await TestStack.start(mode: .approvedOnly, approve: false)
         let request = try await Self.pendingRequest(stack)
-        let session = try RunningProcess(
-            Self.relayctl, ["session", "open", "--cluster", "demo", "--component", "ui", "--wait", "5m"],
-            environment: SessionEndPushTests.relayctlEnvironment(stack))
+        let session = try await Self.waitingSession(stack, request)
         defer { session.terminate() }
-        let line = "waiting for the customer to approve request \(request.id) (approvedOnly)..."
-        try await stack.waitUntil("relayctl's progress line") { session.stderr.contains(line) || !session.isRunning }
         #expect(session.isRunning, "\(session.stderr)")
         #expect(!session.stderr.contains("\r"), "stderr is a pipe: whole lines, nothing redrawn")
         #expect(stack.relay.sessions.all.isEmpty)
@@ -51,11 +57,8 @@ import Testing
     @Test func aRejectionEndsTheWaitAtOnceWithTheCustomersReason() async throws {
         let stack = try await TestStack.start(mode: .approvedOnly, approve: false)
         let request = try await Self.pendingRequest(stack)
-        let session = try RunningProcess(
-            Self.relayctl, ["session", "open", "--cluster", "demo", "--component", "ui", "--wait", "5m"],
-            environment: SessionEndPushTests.relayctlEnvironment(stack))
+        let session = try await Self.waitingSession(stack, request)
         defer { session.terminate() }
-        try await stack.waitUntil("relayctl's progress line") { session.stderr.contains("waiting for the customer") || !session.isRunning }
         try await Self.customer(stack, ["reject", String(request.id), "--reason", "not during the change freeze"])
         // Bounded well below --wait: the exit comes from the rejection, not from giving up.
         let status = await session.exitStatus(seconds: 60)
@@ -67,11 +70,8 @@ import Testing
     @Test func aRequestLeftUndecidedExpiresAndTheWaitEndsSayingSo() async throws {
         let stack = try await TestStack.start(mode: .approvedOnly, approve: false, relay: { $0.pendingRequestTTLSeconds = 600 })
         let request = try await Self.pendingRequest(stack)
-        let session = try RunningProcess(
-            Self.relayctl, ["session", "open", "--cluster", "demo", "--component", "ui", "--wait", "5m"],
-            environment: SessionEndPushTests.relayctlEnvironment(stack))
+        let session = try await Self.waitingSession(stack, request)
         defer { session.terminate() }
-        try await stack.waitUntil("relayctl's progress line") { session.stderr.contains("waiting for the customer") || !session.isRunning }
         stack.clock.advance(seconds: 601)  // the relay's clock: its reconciler expires the request
         let status = await session.exitStatus(seconds: 60)
         #expect(status == RelayCtlExit.denied, "\(session.stderr)")

@@ -10,17 +10,27 @@ import Testing
 /// The reconciler ticks on the clock it is given: a request past its window is expired on the
 /// first tick after it lapsed, not before, and the test drives the ticks instead of waiting.
 @Suite struct ReconcilerClockTests {
-    @Test func aLapsedRequestIsExpiredOnTheNextTickOfTheReconcilersClock() async throws {
+    /// Mission Control on a store of its own, its wall clock moved by the test; an operator, expert
+    /// alice and cluster demo.
+    static func control(
+        _ configure: (inout RelayConfig) -> Void = { _ in }
+    ) async throws -> (MissionControl, NIOLockedValueBox<Date>, TokenRecord, Logger) {
         let folder = FileManager.default.temporaryDirectory.appendingPathComponent("reconciler-\(UUID().uuidString.prefix(8))").path
         let wall = NIOLockedValueBox(Date())
         var logger = Logger(label: "test")
         logger.logLevel = .critical
-        let config = RelayConfig(certificateFile: "unused.pem", privateKeyFile: "unused.key", dataDirectory: folder)
+        var config = RelayConfig(certificateFile: "unused.pem", privateKeyFile: "unused.key", dataDirectory: folder)
+        configure(&config)
         let control = try RelayServer.openEmbeddedControl(config: config, logger: logger, clock: { wall.withLockedValue { $0 } })
         let ops = try await control.createToken(CreateTokenRequest(name: "root", role: .ops, ttlSeconds: nil), by: nil)
         let operator_ = try await control.authenticateUser(bearer: ops.secret, action: "test")
         _ = try await control.createToken(CreateTokenRequest(name: "alice", role: .expert, ttlSeconds: nil), by: operator_)
         _ = try await control.addCluster(CreateClusterRequest(id: "demo", description: "test"), by: operator_)
+        return (control, wall, operator_, logger)
+    }
+
+    @Test func aLapsedRequestIsExpiredOnTheNextTickOfTheReconcilersClock() async throws {
+        let (control, wall, operator_, logger) = try await Self.control()
         let pending = try await control.createRequest(
             CreateAccessRequest(clusterID: "demo", expert: "alice", reason: "test", role: .admin, durationSeconds: 60), by: operator_)
         let request = try await control.approve(pending, by: "test", now: control.now)
@@ -49,17 +59,7 @@ import Testing
     /// A request the customer never decides expires after `pending_request_ttl`, saying so; one
     /// made later is untouched.
     @Test func aRequestTheCustomerNeverDecidesExpiresAfterThePendingLimit() async throws {
-        let folder = FileManager.default.temporaryDirectory.appendingPathComponent("pending-\(UUID().uuidString.prefix(8))").path
-        let wall = NIOLockedValueBox(Date())
-        var logger = Logger(label: "test")
-        logger.logLevel = .critical
-        var config = RelayConfig(certificateFile: "unused.pem", privateKeyFile: "unused.key", dataDirectory: folder)
-        config.pendingRequestTTLSeconds = 600
-        let control = try RelayServer.openEmbeddedControl(config: config, logger: logger, clock: { wall.withLockedValue { $0 } })
-        let ops = try await control.createToken(CreateTokenRequest(name: "root", role: .ops, ttlSeconds: nil), by: nil)
-        let operator_ = try await control.authenticateUser(bearer: ops.secret, action: "test")
-        _ = try await control.createToken(CreateTokenRequest(name: "alice", role: .expert, ttlSeconds: nil), by: operator_)
-        _ = try await control.addCluster(CreateClusterRequest(id: "demo", description: "test"), by: operator_)
+        let (control, wall, operator_, _) = try await Self.control { $0.pendingRequestTTLSeconds = 600 }
         let ask = CreateAccessRequest(clusterID: "demo", expert: "alice", reason: "test", role: .admin, durationSeconds: 60)
         let old = try await control.createRequest(ask, by: operator_)
         wall.withLockedValue { $0 = $0.addingTimeInterval(300) }
