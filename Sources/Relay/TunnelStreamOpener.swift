@@ -54,13 +54,10 @@ struct TunnelStreamOpener: Sendable {
         let loop = tunnel.channel.eventLoop
         // A websocket waits until the connector has said it takes extended CONNECT (its first
         // SETTINGS, long in by the time an engineer opens one); an older connector does not.
-        let ready = head.opensWebSocket ? tunnel.peerSettings.supportsExtendedConnect(on: loop) : loop.makeSucceededFuture(true)
-        return ready.flatMap { supported in
-            guard supported else {
-                return loop.makeFailedFuture(
-                    ProxyRefusal(
-                        .notImplemented, code: "websocket_unsupported",
-                        message: "the connector on node \(tunnel.node) of cluster \"\(cluster)\" does not carry websockets (too old a version)"))
+        let ready = head.opensWebSocket ? tunnel.peerSettings.extendedConnect(on: loop) : loop.makeSucceededFuture(.supported)
+        return ready.flatMap { answer in
+            if let refusal = PeerSettings.refusal(answer, peer: "the connector on node \(tunnel.node) of cluster \"\(cluster)\"") {
+                return loop.makeFailedFuture(refusal)
             }
             return TunnelPipeline.openRequestStream(on: tunnel.multiplexer, loop: loop, upstream: upstream).map { head }.flatMapErrorThrowing { error in
                 throw ProxyRefusal.badGateway("the tunnel to cluster \"\(cluster)\" failed: \(error)")

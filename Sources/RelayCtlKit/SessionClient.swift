@@ -264,12 +264,9 @@ public final class SessionClient: Sendable {
                 return self.openStream(upstream, webSocket: webSocket, retries: retries - 1)
             }
             // A websocket waits for the relay's first SETTINGS: `:protocol` before it is an error.
-            let ready = webSocket ? connection.peerSettings.supportsExtendedConnect(on: loop) : loop.makeSucceededFuture(true)
-            return ready.flatMap { supported in
-                guard supported else {
-                    return loop.makeFailedFuture(
-                        ProxyRefusal(.notImplemented, code: "websocket_unsupported", message: "the relay does not carry websockets (too old a version)"))
-                }
+            let ready = webSocket ? connection.peerSettings.extendedConnect(on: loop) : loop.makeSucceededFuture(.supported)
+            return ready.flatMap { answer in
+                if let refusal = PeerSettings.refusal(answer, peer: "the relay") { return loop.makeFailedFuture(refusal) }
                 return TunnelPipeline.openRequestStream(on: connection.multiplexer, loop: loop, upstream: upstream)
             }
         }

@@ -79,37 +79,74 @@ public final class ExtendedConnectClientAdapter: ChannelOutboundHandler, Removab
 /// What the peer of an HTTP/2 connection announced in its first SETTINGS: whether it takes
 /// extended CONNECT (RFC 8441). A client must not send `:protocol` before it knows.
 public final class PeerSettings: Sendable {
-    private let state = NIOLockedValueBox<(known: Bool?, waiting: [EventLoopPromise<Bool>])>((nil, []))
+    public enum Answer: Sendable, Equatable {
+        case supported
+        /// Its SETTINGS did not say so: an older version.
+        case unsupported
+        /// The connection closed before any SETTINGS came.
+        case closed
+        /// No SETTINGS within the wait (a peer must send them first; one that does not is broken).
+        case silent
+    }
+
+    private let state = NIOLockedValueBox<(known: Answer?, waiting: [EventLoopPromise<Answer>])>((nil, []))
 
     public init() {}
 
-    /// True once the peer announced `SETTINGS_ENABLE_CONNECT_PROTOCOL = 1`; false if it announced
-    /// settings without it, or the connection closed first.
-    public func supportsExtendedConnect(on loop: EventLoop) -> EventLoopFuture<Bool> {
-        let promise = loop.makePromise(of: Bool.self)
-        let known = self.state.withLockedValue { state -> Bool? in
+    /// The peer's answer, once known; `.silent` after `wait` without one (its SETTINGS come with
+    /// its preface, at once on a live connection).
+    public func extendedConnect(on loop: EventLoop, wait: TimeAmount = .seconds(10)) -> EventLoopFuture<Answer> {
+        let promise = loop.makePromise(of: Answer.self)
+        let known = self.state.withLockedValue { state -> Answer? in
             if state.known == nil { state.waiting.append(promise) }
             return state.known
         }
-        if let known { promise.succeed(known) }
+        if let known {
+            promise.succeed(known)
+        } else {
+            let timeout = loop.scheduleTask(in: wait) {
+                let stillWaiting = self.state.withLockedValue { state in
+                    guard let index = state.waiting.firstIndex(where: { $0.futureResult === promise.futureResult }) else { return false }
+                    state.waiting.remove(at: index)
+                    return true
+                }
+                if stillWaiting { promise.succeed(.silent) }
+            }
+            promise.futureResult.whenComplete { _ in timeout.cancel() }
+        }
         return promise.futureResult
     }
 
-    func learned(_ supports: Bool) {
-        let waiting = self.state.withLockedValue { state -> [EventLoopPromise<Bool>] in
+    func learned(_ answer: Answer) {
+        let waiting = self.state.withLockedValue { state -> [EventLoopPromise<Answer>] in
             guard state.known == nil else { return [] }
-            state.known = supports
+            state.known = answer
             defer { state.waiting = [] }
             return state.waiting
         }
-        waiting.forEach { $0.succeed(supports) }
+        waiting.forEach { $0.succeed(answer) }
     }
 
     /// Reads the first SETTINGS frame on the connection (root-stream frames reach the handlers
     /// after NIOHTTP2's, once it has applied them).
     func observe(_ frame: HTTP2Frame) {
         guard case .settings(.settings(let settings)) = frame.payload else { return }
-        self.learned(settings.contains { $0.parameter == .enableConnectProtocol && $0.value == 1 })
+        self.learned(settings.contains { $0.parameter == .enableConnectProtocol && $0.value == 1 } ? .supported : .unsupported)
+    }
+
+    /// The refusal for a websocket the peer cannot take (nil when it can). `peer` names it for the
+    /// engineer ("the relay", "the connector on node n1 of cluster "demo"").
+    public static func refusal(_ answer: Answer, peer: String) -> ProxyRefusal? {
+        switch answer {
+        case .supported:
+            return nil
+        case .unsupported:
+            return ProxyRefusal(.notImplemented, code: "websocket_unsupported", message: "\(peer) does not carry websockets (too old a version)")
+        case .closed:
+            return ProxyRefusal.badGateway("the connection to \(peer) closed before it said whether it carries websockets; try again")
+        case .silent:
+            return ProxyRefusal.badGateway("\(peer) sent no HTTP/2 settings within 10 s; try again")
+        }
     }
 }
 

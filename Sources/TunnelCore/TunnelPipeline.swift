@@ -115,7 +115,7 @@ final class TunnelErrorHandler: ChannelInboundHandler {
     }
 
     func channelInactive(context: ChannelHandlerContext) {
-        self.peerSettings?.learned(false)
+        self.peerSettings?.learned(.closed)
         context.fireChannelInactive()
     }
 
