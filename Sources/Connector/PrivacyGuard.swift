@@ -249,11 +249,20 @@ public final class PrivacyGuard: Sendable {
     /// finish: true if they all did. A stream is finished when its channel closed, that is when its
     /// last byte left (a response still held by flow control is not), so closing the tunnel then
     /// loses nothing.
+    ///
+    /// Open websockets are closed at once (their records say why): they never finish on their
+    /// own, so waiting for them would only hold the stop for its whole bound.
     func streamsFinished(within bound: Duration, on clock: any Clock<Duration>) async -> Bool {
-        let running = self.inner.withLockedValue { inner -> [Channel] in
+        let (running, webSockets) = self.inner.withLockedValue { inner -> ([Channel], [Channel]) in
             inner.draining = true
-            return inner.streams.values.map(\.channel)
+            var webSockets: [Channel] = []
+            for (key, stream) in inner.streams where stream.webSocketActivity != nil {
+                inner.resetReasons[key] = "stream reset: the connector is stopping"
+                webSockets.append(stream.channel)
+            }
+            return (inner.streams.values.map(\.channel), webSockets)
         }
+        for channel in webSockets { channel.close(promise: nil) }
         guard let loop = running.first?.eventLoop else { return true }
         EventLoopFuture.andAllComplete(running.map(\.closeFuture), on: loop).whenComplete { _ in self.drained.ring() }
         _ = await self.drained.sleep(for: bound, on: clock)

@@ -10,6 +10,8 @@ public final class LiveSession: Sendable {
     private let state: NIOLockedValueBox<SessionRecord>
     /// Completes once the session's start is recorded, so its end is never written first.
     let started: NIOLockedValueBox<EventLoopFuture<Void>?> = NIOLockedValueBox(nil)
+    /// The session's open websocket streams: a drain closes them at once.
+    private let webSockets = NIOLockedValueBox<[ObjectIdentifier: Channel]>([:])
 
     init(channel: Channel, record: SessionRecord) {
         self.channel = channel
@@ -32,10 +34,20 @@ public final class LiveSession: Sendable {
         self.channel.triggerUserOutboundEvent(WebSocketCloseRequest(code: code, reason: reason), promise: nil)
     }
 
+    /// A stream of this session carries a websocket (until it closes).
+    func holdsWebSocket(_ stream: Channel) {
+        let key = ObjectIdentifier(stream)
+        self.webSockets.withLockedValue { $0[key] = stream }
+        stream.closeFuture.whenComplete { _ in self.webSockets.withLockedValue { _ = $0.removeValue(forKey: key) } }
+    }
+
     /// Drains the session: GOAWAY now, so relayctl opens no new request on it; requests in flight
-    /// finish, within `bound`; then it closes with `code` and `reason`.
+    /// finish, within `bound`; then it closes with `code` and `reason`. Websockets are reset at
+    /// once: they never finish on their own (the page reconnects, through another node or this
+    /// one restarted), and waiting for them would hold every drain for its whole bound.
     func drain(code: UInt16, reason: String, within bound: TimeAmount, deadlines: Deadlines) {
         self.state.withLockedValue { if $0.endReason == nil { $0.endReason = reason } }
+        for stream in self.webSockets.withLockedValue({ Array($0.values) }) { stream.close(promise: nil) }
         let channel = self.channel
         channel.eventLoop.execute {
             channel.triggerUserOutboundEvent(WebSocketClosePlan(code: code, reason: reason), promise: nil)

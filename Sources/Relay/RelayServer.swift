@@ -300,7 +300,10 @@ public final class RelayServer: Service, Sendable {
                     ExtendedConnectServerAdapter(),
                     HTTP2FramePayloadToHTTP1ServerCodec(),
                     ProxyServerHandler(
-                        opener: { opener.open($0, $1) },
+                        opener: { head, upstream in
+                            if head.opensWebSocket { live.holdsWebSocket(stream) }
+                            return opener.open(head, upstream)
+                        },
                         // What relayctl accepts; a larger head would fail this session's link. Request
                         // heads are held to the tunnel's budget by the opener (with what it adds).
                         limits: .init(
