@@ -163,7 +163,7 @@ class Stack:
 
     def start(self, name, argv, env=None):
         log = open(self.log(name), "w")
-        self.procs[name] = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env)
+        self.procs[name] = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
 
     def request_access(self, duration, reason, timeout=60):
         """An admin request for cluster `bench`, waited on until approved: the customer's privacy mode

@@ -55,6 +55,7 @@ class Browser:
                     raise SystemExit(f"Chromium did not start{log_tail(f'{work}/chromium.log')}")
                 time.sleep(0.2)
         self.next_id = 0
+        self.events = []  # DevTools events seen while waiting for answers
 
     async def __aenter__(self):
         import websockets
@@ -69,6 +70,8 @@ class Browser:
         await self.socket.send(json.dumps({"id": self.next_id, "method": method, "params": params}))
         while True:
             message = json.loads(await asyncio.wait_for(self.socket.recv(), 30))
+            if "method" in message:
+                self.events.append(message)
             if message.get("id") == self.next_id:
                 if "error" in message:
                     raise SystemExit(f"{method}: {message['error']}")
@@ -118,12 +121,21 @@ async def check(browser, link, screenshot, other_site):
     # Another site's page in the same, signed-in browser: its websocket to the session is refused.
     await browser.call("Page.navigate", url=other_site)
     await browser.wait_for("the other site's page", "document.readyState === 'complete' && location.href", lambda v: bool(v) and v.startswith(other_site))
+    await browser.call("Network.enable")
+    target = address.replace("http://", "ws://") + "ws/live"
     cross = await browser.evaluate(
-        "new Promise(done => { const s = new WebSocket('" + address.replace("http://", "ws://") + "ws/live'); "
+        "new Promise(done => { const s = new WebSocket('" + target + "'); "
         "s.onopen = () => done('open'); s.onclose = (e) => done('closed ' + e.code); setTimeout(() => done('no answer'), 10000); })")
     if cross == "open":
         raise SystemExit(f"a page from {other_site} opened a websocket through the session")
-    return address, first, later, state, cross
+    # A browser reports any failed websocket as 1006 to the page; DevTools says what the handshake got.
+    created = [e["params"]["requestId"] for e in browser.events
+               if e["method"] == "Network.webSocketCreated" and e["params"]["url"] == target]
+    errors = [e["params"]["errorMessage"] for e in browser.events
+              if e["method"] == "Network.webSocketFrameError" and e["params"]["requestId"] in created]
+    if not any("response code: 403" in error for error in errors):
+        raise SystemExit(f"the websocket from {other_site} was not refused with 403 ({cross}; errors: {errors})")
+    return address, first, later, state, f"{cross} in the page; the handshake got 403"
 
 
 async def unsigned(browser, address):

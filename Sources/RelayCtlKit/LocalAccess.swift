@@ -1,4 +1,5 @@
 import NIOConcurrencyHelpers
+import NIOCore
 import NIOHTTP1
 import RelayModel
 import TunnelCore
@@ -10,37 +11,50 @@ import TunnelCore
 /// loopback and keep cookies per host, so one cluster UI's cookies never reach another's). A
 /// browser signs in with the one-time link relayctl prints, which sets an HttpOnly,
 /// SameSite=Strict cookie for that host; a script sends the `--local-token-file` token in a
-/// header. Any other local user, and any web page the engineer visits, gets nothing through.
+/// header. Any other local user, and any web page the engineer visits (another component's
+/// included), gets nothing through.
 public final class LocalAccess: Sendable {
     public static let tokenHeader = "x-relayctl-token"
     public static let signInParameter = "relayctl-token"
 
-    public let cluster: String
-    /// Component names, in the order the engineer named them.
-    public let components: [String]
     /// How much the port checks before a request goes on.
     public enum Checks: Sendable {
-        /// relayctl's: the cookie or the script token, and only the port's own names.
+        /// relayctl's: the component's cookie or the script token, and only the port's own names.
         case engineer
         /// In-process, where the connector's own checks are what is tested: no sign-in, and a Host
         /// that is not one of the port's names goes on unchanged for the connector to judge.
         /// Other sites' pages are still refused.
         case conduit
     }
+
+    public let cluster: String
+    /// Component names, in the order the engineer named them.
+    public let components: [String]
     public let checks: Checks
     var requiresSignIn: Bool { self.checks == .engineer }
     private let hostNames: [String: String]
-    private let cookieSecret = SecureRandom.hex(32)
+    /// One cookie value per component: a cookie taken from one host opens no other.
+    private let cookieSecrets: [String: String]
     private let scriptToken: String?
-    /// One-time sign-in tokens not used yet, and the component each is for.
-    private let links = NIOLockedValueBox<[String: String]>([:])
+    /// Sign-in tokens not used yet: the component each is for and until when it works. One per
+    /// component at a time (a new link replaces the last).
+    private let links = NIOLockedValueBox<[String: (component: String, until: NIODeadline)]>([:])
+    private let linkLifetime: TimeAmount
+    private let now: @Sendable () -> NIODeadline
 
-    /// - Throws: `LocalAccessError` when two names would share a host name.
-    public init(cluster: String, components: [String], checks: Checks = .engineer, scriptToken: String? = nil) throws {
+    /// - Parameter linkLifetime: how long a printed sign-in link works if nobody uses it.
+    /// - Throws: `LocalAccessError` when two names would share a host name, or the script token is empty.
+    public init(
+        cluster: String, components: [String], checks: Checks = .engineer, scriptToken: String? = nil,
+        linkLifetime: TimeAmount = .minutes(15), now: @escaping @Sendable () -> NIODeadline = { .now() }
+    ) throws {
+        if scriptToken?.isEmpty == true { throw LocalAccessError("the script token is empty") }
         self.cluster = cluster
         self.components = components
         self.checks = checks
         self.scriptToken = scriptToken
+        self.linkLifetime = linkLifetime
+        self.now = now
         var hosts: [String: String] = [:]
         for component in components {
             let host = "\(Self.label(component)).\(Self.label(cluster)).localhost"
@@ -50,6 +64,7 @@ public final class LocalAccess: Sendable {
             hosts[component] = host
         }
         self.hostNames = hosts
+        self.cookieSecrets = Dictionary(uniqueKeysWithValues: components.map { ($0, SecureRandom.hex(32)) })
     }
 
     /// A name as one host-name label: lowercase, with `.` and `_` (allowed in our identifiers,
@@ -63,11 +78,16 @@ public final class LocalAccess: Sendable {
     /// The component's address on the port, e.g. `http://ui.demo.localhost:8000/`.
     public func url(of component: String, port: Int) -> String { "http://\(self.hostName(of: component)):\(port)/" }
 
-    /// A new one-time link that signs one browser in to the component's host.
+    /// A new one-time link that signs one browser in to the component's host; the component's
+    /// earlier link, if unused, stops working.
     public func signInLink(for component: String, port: Int) -> String {
         guard self.requiresSignIn else { return self.url(of: component, port: port) }
         let token = SecureRandom.hex(16)
-        self.links.withLockedValue { $0[token] = component }
+        let until = self.now() + self.linkLifetime
+        self.links.withLockedValue { links in
+            links = links.filter { $0.value.component != component }
+            links[token] = (component, until)
+        }
         return "\(self.url(of: component, port: port))?\(Self.signInParameter)=\(token)"
     }
 
@@ -78,47 +98,52 @@ public final class LocalAccess: Sendable {
     public enum Decision: Equatable {
         /// Carry it to the component, with `Host` naming it and relayctl's own cookie and header removed.
         case forward(component: String, head: HTTPRequestHead)
-        /// A one-time link was used: set the cookie and send the browser to the same address without the token.
-        case signIn(location: String, setCookie: String)
+        /// A sign-in link: send the browser to the same address without the token, setting the
+        /// cookie (nil: the browser had it already, a link opened twice).
+        case signIn(location: String, setCookie: String?)
         case refuse(ProxyRefusal)
     }
 
     public func decide(_ head: HTTPRequestHead, port: Int) -> Decision {
+        let scriptSignedIn = self.scriptToken.map { token in head.headers[Self.tokenHeader].contains { Self.same($0, token) } } ?? false
         let component: String
-        switch self.route(head, port: port) {
-        case .success(let name): component = name
+        let origin: String
+        switch self.route(head, port: port, listNames: scriptSignedIn || !self.requiresSignIn) {
+        case .success(let routed):
+            (component, origin) = routed
         case .failure(let refusal):
             guard self.checks == .conduit, refusal.code == "unknown_host", self.components.count == 1 else { return .refuse(refusal) }
-            if let refusal = self.crossSite(head, port: port) { return .refuse(refusal) }
+            if let refusal = Self.crossSite(head, origin: nil) { return .refuse(refusal) }
             return .forward(component: self.components[0], head: head)
         }
-        if let refusal = self.crossSite(head, port: port) { return .refuse(refusal) }
+        if let refusal = Self.crossSite(head, origin: origin) { return .refuse(refusal) }
         var head = head
         let cookieName = Self.cookieName(port: port)
         if self.requiresSignIn {
+            let cookieSignedIn = self.cookieSecrets[component].map { secret in
+                Self.cookies(head.headers).contains { $0.name == cookieName && Self.same($0.value, secret) }
+            } ?? false
             let (path, query) = Self.split(head.uri)
             if let token = query.first(where: { $0.name == Self.signInParameter })?.value {
-                guard head.method == .GET || head.method == .HEAD, self.links.withLockedValue({ $0[token] == component ? $0.removeValue(forKey: token) : nil }) != nil
-                else {
+                let rest = query.filter { $0.name != Self.signInParameter }.map(\.text).joined(separator: "&")
+                // Only a path of ours: `//host` would send the browser elsewhere.
+                let clean = "/" + path.drop { $0 == "/" }
+                let location = rest.isEmpty ? clean : "\(clean)?\(rest)"
+                if cookieSignedIn { return .signIn(location: location, setCookie: nil) }
+                guard head.method == .GET || head.method == .HEAD, self.spend(token, for: component), let secret = self.cookieSecrets[component] else {
                     return .refuse(
                         ProxyRefusal(
                             .unauthorized, code: "sign_in_link_used",
-                            message: "this sign-in link was used already or is not for \(self.hostName(of: component)); each link signs in one browser once. Press Enter in the terminal running relayctl for new links"))
+                            message: "this sign-in link was used already, has expired or is not for this host; each link signs in one browser once. Press Enter in the terminal running relayctl for new links"))
                 }
-                let rest = query.filter { $0.name != Self.signInParameter }.map(\.text).joined(separator: "&")
-                return .signIn(
-                    location: rest.isEmpty ? path : "\(path)?\(rest)",
-                    setCookie: "\(cookieName)=\(self.cookieSecret); Path=/; HttpOnly; SameSite=Strict")
+                return .signIn(location: location, setCookie: "\(cookieName)=\(secret); Path=/; HttpOnly; SameSite=Strict")
             }
-            let presented = head.headers[canonicalForm: "cookie"].flatMap { Self.cookies(in: String($0)) }.filter { $0.name == cookieName }.map(\.value)
-                + head.headers[Self.tokenHeader]
-            let secrets = [self.cookieSecret, self.scriptToken].compactMap { $0 }
-            guard presented.contains(where: { value in secrets.contains { Self.same(value, $0) } }) else {
+            guard cookieSignedIn || scriptSignedIn else {
                 let scripts = self.scriptToken == nil ? "" : ", or send the token from --local-token-file in header X-Relayctl-Token"
                 return .refuse(
                     ProxyRefusal(
                         .unauthorized, code: "local_sign_in_required",
-                        message: "this port carries a relayctl session and needs signing in: open the link relayctl printed (press Enter in its terminal for a new one)\(scripts)"))
+                        message: "this port carries a relayctl session and needs signing in: open the link relayctl printed for this host (press Enter in its terminal for a new one)\(scripts)"))
             }
         }
         head.headers.remove(name: Self.tokenHeader)
@@ -127,113 +152,70 @@ public final class LocalAccess: Sendable {
         return .forward(component: component, head: head)
     }
 
+    /// Uses up a sign-in token for `component`, if it still works.
+    private func spend(_ token: String, for component: String) -> Bool {
+        let now = self.now()
+        return self.links.withLockedValue { links in
+            links = links.filter { $0.value.until > now }
+            guard links[token]?.component == component else { return false }
+            links[token] = nil
+            return true
+        }
+    }
+
     // MARK: routing
 
-    private func route(_ head: HTTPRequestHead, port: Int) -> Result<String, ProxyRefusal> {
+    /// The component a request's Host names, and the origin a page of that host has.
+    /// - Parameter listNames: whether refusals may name the components (only to a signed-in
+    ///   caller: a DNS-rebinding page could read them otherwise).
+    private func route(_ head: HTTPRequestHead, port: Int, listNames: Bool) -> Result<(String, String), ProxyRefusal> {
         let hosts = head.headers["host"]
         guard hosts.count == 1 else {
             return .failure(ProxyRefusal(.badRequest, code: "bad_host", message: "a request needs exactly one Host header"))
         }
         // With this port or none (as curl and HTTP/1.0 tools may send); another port is another listener's.
         let host = hosts[0].lowercased()
-        let name = host.hasSuffix(":\(port)") ? host.dropLast(":\(port)".count) : Substring(host)
-        if Self.loopbackNames.contains(String(name)) {
-            if self.components.count == 1 { return .success(self.components[0]) }
+        let name = String(host.hasSuffix(":\(port)") ? host.dropLast(":\(port)".count) : Substring(host))
+        let origin = "http://\(name):\(port)"
+        let names = listNames ? ": \(self.components.map { self.url(of: $0, port: port) }.joined(separator: ", "))" : " (the links relayctl printed)"
+        if Self.loopbackNames.contains(name) {
+            if self.components.count == 1 { return .success((self.components[0], origin)) }
             return .failure(
-                ProxyRefusal(
-                    .notFound, code: "choose_component",
-                    message: "this port carries several components; open each by its own name: \(self.components.map { self.url(of: $0, port: port) }.joined(separator: ", "))"))
+                ProxyRefusal(.notFound, code: "choose_component", message: "this port carries several components, each on its own host name\(names)"))
         }
-        if let component = self.hostNames.first(where: { $0.value == name })?.key { return .success(component) }
+        if let component = self.hostNames.first(where: { $0.value == name })?.key { return .success((component, origin)) }
         // The component's own name, as the connector takes it (a script's `Host: ui`).
-        if let component = self.components.first(where: { $0.lowercased() == name }) { return .success(component) }
+        if let component = self.components.first(where: { $0.lowercased() == name }) { return .success((component, origin)) }
         // Any other name (a DNS rebinding page's, another session's) is not ours to carry.
         return .failure(
             ProxyRefusal(
-                .misdirectedRequest, code: "unknown_host",
-                message: "this port serves \(self.components.map { self.url(of: $0, port: port) }.joined(separator: ", ")), not \(visibleText(hosts[0]))"))
+                .misdirectedRequest, code: "unknown_host", message: "this port serves a relayctl session under its own host names\(names), not \(visibleText(hosts[0]))"))
     }
 
     static let loopbackNames: Set<String> = ["127.0.0.1", "localhost", "[::1]"]
 
-    /// Whether an `Origin` is a page this port serves (under any of its names).
-    func isOwn(origin: String, port: Int) -> Bool {
-        let origin = origin.lowercased()
-        guard origin.hasPrefix("http://"), origin.hasSuffix(":\(port)") else { return false }
-        let host = origin.dropFirst("http://".count).dropLast(":\(port)".count)
-        return Self.loopbackNames.contains(String(host)) || self.hostNames.values.contains(String(host))
-    }
-
-    /// A request another site's page made (a form, an image, a fetch, a websocket) is refused,
-    /// signed in or not: the browser would attach the engineer's cookie to some of them.
-    private func crossSite(_ head: HTTPRequestHead, port: Int) -> ProxyRefusal? {
-        let origin = head.headers.first(name: "origin")
-        if let origin, !self.isOwn(origin: origin, port: port) {
+    /// A request another page made (another site's, or another component's: a form, an image, a
+    /// fetch, a websocket) is refused, signed in or not: the browser would attach the engineer's
+    /// cookie to some of them. Only the host's own pages (`origin`), the address bar and tools
+    /// without these headers get through.
+    static func crossSite(_ head: HTTPRequestHead, origin own: String?) -> ProxyRefusal? {
+        if let origin = head.headers.first(name: "origin"), origin.lowercased() != own {
             return ProxyRefusal(
                 .forbidden, code: "cross_site_request",
-                message: "a page from \(visibleText(origin)) may not use this session; open the component from the link relayctl printed")
+                message: "a page from \(visibleText(origin)) may not use this host; open it from the link relayctl printed")
         }
-        // `same-site` also covers other ports of localhost (another local web server's pages):
-        // allowed only with an Origin of ours, checked above.
         switch head.headers.first(name: "sec-fetch-site")?.lowercased() {
-        case "cross-site", "same-site" where origin == nil:
+        case nil, "same-origin", "none":
+            return nil
+        default:
             return ProxyRefusal(
                 .forbidden, code: "cross_site_request",
-                message: "another site's page may not use this session; open the component from the link relayctl printed")
-        default:
-            return nil
+                message: "another page may not use this host; open it from the link relayctl printed")
         }
-    }
-
-    // MARK: parsing
-
-    struct QueryItem: Equatable {
-        var text: Substring
-        var name: Substring { self.text.split(separator: "=", maxSplits: 1, omittingEmptySubsequences: false).first ?? "" }
-        var value: String { String(self.text.split(separator: "=", maxSplits: 1, omittingEmptySubsequences: false).dropFirst().first ?? "") }
-    }
-
-    static func split(_ uri: String) -> (path: String, query: [QueryItem]) {
-        guard let mark = uri.firstIndex(of: "?") else { return (uri, []) }
-        let query = uri[uri.index(after: mark)...].split(separator: "&").map { QueryItem(text: $0) }
-        return (String(uri[..<mark]), query)
-    }
-
-    static func cookies(in header: String) -> [(name: String, value: String)] {
-        header.split(separator: ";").compactMap { pair in
-            let parts = pair.split(separator: "=", maxSplits: 1, omittingEmptySubsequences: false)
-            guard parts.count == 2 else { return nil }
-            return (parts[0].trimmedSpaces, parts[1].trimmedSpaces)
-        }
-    }
-
-    /// The component never sees relayctl's cookie: its value would let the component (or anything
-    /// it logs to) drive the engineer's port.
-    static func removeCookie(named name: String, from headers: inout HTTPHeaders) {
-        let values = headers[canonicalForm: "cookie"].map(String.init)
-        guard values.contains(where: { $0.contains(name) }) else { return }
-        headers.remove(name: "cookie")
-        let kept = values.flatMap { $0.split(separator: ";") }.filter { pair in
-            pair.split(separator: "=", maxSplits: 1).first.map { $0.trimmedSpaces != name } ?? true
-        }.map { $0.trimmedSpaces }
-        if !kept.isEmpty { headers.add(name: "cookie", value: kept.joined(separator: "; ")) }
-    }
-
-    /// Equal, in time that does not depend on where they differ.
-    static func same(_ a: String, _ b: String) -> Bool {
-        let a = Array(a.utf8), b = Array(b.utf8)
-        guard a.count == b.count else { return false }
-        return zip(a, b).reduce(UInt8(0)) { $0 | ($1.0 ^ $1.1) } == 0
     }
 }
 
 public struct LocalAccessError: Error, CustomStringConvertible {
     public var description: String
     init(_ description: String) { self.description = description }
-}
-
-extension Substring {
-    fileprivate var trimmedSpaces: String {
-        String(self.drop { $0 == " " || $0 == "\t" }.reversed().drop { $0 == " " || $0 == "\t" }.reversed())
-    }
 }

@@ -1,3 +1,4 @@
+import Glibc
 import NIOCore
 import NIOHTTP1
 import NIOPosix
@@ -7,15 +8,22 @@ import TunnelCore
 /// every request is carried to a cluster component through the relay, chosen by the host name
 /// the request names (`LocalAccess`).
 public final class LocalListener: Sendable {
-    public let channel: Channel
+    /// The listening sockets: one, or on loopback one per address family.
+    public let channels: [Channel]
+    public var channel: Channel { self.channels[0] }
     public let access: LocalAccess
 
-    private init(channel: Channel, access: LocalAccess) {
-        self.channel = channel
+    private init(channels: [Channel], access: LocalAccess) {
+        self.channels = channels
         self.access = access
     }
 
     /// One port for every component of `sessions` (one session each, all of one cluster).
+    ///
+    /// On loopback (`127.0.0.1`, `::1`, `localhost`) the port is taken on both: browsers resolve
+    /// `*.localhost` to either, so a port held on one alone would let another local user take the
+    /// same number on the other and receive the sign-in link and cookie. With port 0 a number free
+    /// on both is picked.
     public static func start(
         host: String, port: Int, sessions: [SessionClient], access: LocalAccess, group: EventLoopGroup,
         onComplete: (@Sendable (ProxyExchangeRecord) -> Void)? = nil
@@ -31,7 +39,7 @@ public final class LocalListener: Sendable {
             }
             return session.open(head, upstream)
         }
-        let channel = try await ServerBootstrap(group: group)
+        let bootstrap = ServerBootstrap(group: group)
             .serverChannelOption(ChannelOptions.backlog, value: 256)
             .serverChannelOption(ChannelOptions.socketOption(.so_reuseaddr), value: 1)
             .childChannelOption(ChannelOptions.socketOption(.tcp_nodelay), value: 1)
@@ -49,14 +57,35 @@ public final class LocalListener: Sendable {
                             onComplete: onComplete))
                 }
             }
-            .bind(host: host, port: port)
-            .get()
-        return LocalListener(channel: channel, access: access)
+        guard Self.loopback.contains(host.lowercased()) else {
+            return LocalListener(channels: [try await bootstrap.bind(host: host, port: port).get()], access: access)
+        }
+        let first = host == "::1" ? "::1" : "127.0.0.1"
+        let second = first == "::1" ? "127.0.0.1" : "::1"
+        for attempt in 1...20 {
+            let channel = try await bootstrap.bind(host: first, port: port).get()
+            do {
+                let other = try await bootstrap.bind(host: second, port: channel.localAddress!.port!).get()
+                return LocalListener(channels: [channel, other], access: access)
+            } catch let error as IOError where error.errnoCode == EADDRNOTAVAIL || error.errnoCode == EAFNOSUPPORT {
+                return LocalListener(channels: [channel], access: access)  // no such family here: nobody can take it either
+            } catch let error as IOError where error.errnoCode == EADDRINUSE && port == 0 && attempt < 20 {
+                try? await channel.close()  // taken on the other family: pick another number
+            } catch {
+                try? await channel.close()
+                throw LocalListenerError(
+                    "port \(channel.localAddress?.port ?? port) is free on \(first) but not on \(second) (\(error)); a browser may reach either: choose another --listen port")
+            }
+        }
+        throw LocalListenerError("found no port free on both 127.0.0.1 and ::1")
     }
 
-    /// One component on the port as a plain conduit (`LocalAccess.Checks.conduit`): for in-process
-    /// use, where what is tested is the connector's own checks. relayctl always signs in.
-    public static func start(
+    static let loopback: Set<String> = ["127.0.0.1", "::1", "[::1]", "localhost"]
+
+    /// One component on the port as a plain conduit (`LocalAccess.Checks.conduit`: no sign-in):
+    /// for in-process use, where what is tested is the connector's own checks. relayctl always
+    /// signs in.
+    public static func startConduit(
         host: String, port: Int, session: SessionClient, group: EventLoopGroup,
         onComplete: (@Sendable (ProxyExchangeRecord) -> Void)? = nil
     ) async throws -> LocalListener {
@@ -75,8 +104,13 @@ public final class LocalListener: Sendable {
     }
 
     public func close() async throws {
-        try await self.channel.close()
+        for channel in self.channels { try? await channel.close() }
     }
+}
+
+public struct LocalListenerError: Error, CustomStringConvertible {
+    public var description: String
+    init(_ description: String) { self.description = description }
 }
 
 /// Carries out `LocalAccess`'s decision for each request: passes it on (to the component its
@@ -101,7 +135,8 @@ final class LocalGateHandler: ChannelInboundHandler, RemovableChannelHandler {
                 context.fireChannelRead(self.wrapInboundOut(.head(head)))
             case .signIn(let location, let cookie):
                 self.answered = true
-                let headers = HTTPHeaders([("location", location), ("set-cookie", cookie), ("content-length", "0"), ("cache-control", "no-store")])
+                var headers = HTTPHeaders([("location", location), ("content-length", "0"), ("cache-control", "no-store")])
+                if let cookie { headers.add(name: "set-cookie", value: cookie) }
                 context.write(self.wrapOutboundOut(.head(HTTPResponseHead(version: head.version, status: .seeOther, headers: headers))), promise: nil)
                 context.writeAndFlush(self.wrapOutboundOut(.end(nil)), promise: nil)
             case .refuse(let refusal):

@@ -15,7 +15,7 @@ public enum RelayCtlExit {
     public static let notFound: Int32 = 5
     /// The object is in a state that does not allow it (409: exists already, already ended).
     public static let conflict: Int32 = 6
-    /// `session open` waited for the connector and gave up.
+    /// A wait ran out: `session open` for the customer's approval or the connector, `requests create --wait` for the approval.
     public static let timedOut: Int32 = 7
     /// The relay ended the session (request revoked or expired, session killed).
     public static let sessionEnded: Int32 = 8

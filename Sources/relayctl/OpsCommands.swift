@@ -120,29 +120,43 @@ struct Requests: AsyncParsableCommand {
             let seconds = try parseDurationSeconds(self.duration, option: "--duration")
             let waitSeconds = try self.wait.map { try parseDurationSeconds($0, option: "--wait") }
             let body = CreateAccessRequest(clusterID: self.cluster, expert: self.expert, reason: self.reason, role: role, durationSeconds: seconds)
-            try await self.relay.run({ client in
-                let created = try await client.post(APIPath.requests, body, as: AccessRequestRecord.self)
-                guard let waitSeconds, created.state == .pending else { return created }
-                return try await Self.waitForDecision(created, client: client, seconds: waitSeconds)
-            }) { request in
-                switch request.state {
-                case .approved:
-                    return "request \(request.id) approved (\(request.changedBy)) until \(HumanFormat.time(request.expiresAt))\nnext: relayctl session open --cluster \(request.clusterID)"
-                default:
-                    return "request \(request.id) is pending customer approval; the cluster's connector shows it to the customer at its next heartbeat\nnext: relayctl requests list --cluster \(request.clusterID), or wait with relayctl session open --cluster \(request.clusterID)"
+            let client = try self.relay.client()
+            var request: AccessRequestRecord
+            var failure: (String, Int32)?
+            do {
+                request = try await client.post(APIPath.requests, body, as: AccessRequestRecord.self)
+                if let waitSeconds, request.state == .pending {
+                    var line = WaitLine(seconds: waitSeconds)
+                    let outcome = try await ApprovalWait(client: client, cluster: request.clusterID).wait(for: request.id, seconds: waitSeconds) { request, mode, waited in
+                        line.show(SessionWait.pendingText(request, mode: mode), waited: waited, intro: nil)
+                    }
+                    line.finish()
+                    switch outcome {
+                    case .approved(let final), .ended(let final), .stillPending(let final): request = final
+                    }
+                    failure = SessionWait.failure(outcome, seconds: waitSeconds)
                 }
+            } catch let error as APIError {
+                self.relay.fail(error)
+            } catch let error as ApprovalWaitError {
+                throw relayctlFailure("\(error)", RelayCtlExit.failure)
             }
+            // The request as it stands is printed whatever the outcome: a script learns its ID.
+            if self.relay.json {
+                print(String(decoding: try APIJSON.encoder().encode(request), as: UTF8.self))
+            } else if failure == nil {
+                print(Self.human(request))
+            }
+            if let (message, code) = failure { throw relayctlFailure(message, code) }
         }
 
-        /// The request once approved; exits (after saying why) when it ends or the wait runs out.
-        static func waitForDecision(_ request: AccessRequestRecord, client: APIClient, seconds: Int64) async throws -> AccessRequestRecord {
-            var line = WaitLine(seconds: seconds)
-            let outcome = try await ApprovalWait(client: client, cluster: request.clusterID).wait(for: request.id, seconds: seconds) { request, mode, waited in
-                line.show(SessionWait.pendingText(request, mode: mode), waited: waited, intro: nil)
+        static func human(_ request: AccessRequestRecord) -> String {
+            switch request.state {
+            case .approved:
+                return "request \(request.id) approved (\(request.changedBy)) until \(HumanFormat.time(request.expiresAt))\nnext: relayctl session open --cluster \(request.clusterID)"
+            default:
+                return "request \(request.id) is pending customer approval; the cluster's connector shows it to the customer at its next heartbeat\nnext: relayctl requests list --cluster \(request.clusterID), or wait with relayctl session open --cluster \(request.clusterID)"
             }
-            try SessionWait.finish(outcome, line: &line, seconds: seconds)
-            guard case .approved(let approved) = outcome else { return request }
-            return approved
         }
     }
 

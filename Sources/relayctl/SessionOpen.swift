@@ -66,7 +66,20 @@ struct Open: AsyncParsableCommand {
             return url
         }
         let api = try self.relayOptions.client()
-        let components = try await self.componentsToOpen(api)
+        var components: [String] = []
+        for name in try await self.componentsToOpen(api) where !components.contains(name) { components.append(name) }
+        // Checked before any wait: two names that would share a host name fail now, not after approval.
+        let scriptToken = self.localTokenFile.map { _ in SecureRandom.hex(32) }
+        let access: LocalAccess
+        do {
+            access = try LocalAccess(cluster: self.cluster, components: components, scriptToken: scriptToken)
+        } catch {
+            throw relayctlFailure("\(error)", RelayCtlExit.badRequest)
+        }
+        let relayTokenFile = self.relayOptions.tokenFile ?? ProcessInfo.processInfo.environment["RELAYCTL_TOKEN_FILE"]
+        if let path = self.localTokenFile, path == relayTokenFile {
+            throw relayctlFailure("--local-token-file must not be --token-file: relayctl writes the local token there and removes it at the end", RelayCtlExit.badRequest)
+        }
         // One event loop for the local listener and the relay connections: every hop between them
         // is then a direct call, not a cross-thread wakeup (one engineer's traffic needs no more than a core).
         let group = MultiThreadedEventLoopGroup.singleton.next()
@@ -88,29 +101,34 @@ struct Open: AsyncParsableCommand {
             seconds: waitSeconds, cluster: self.cluster, approval: ApprovalWait(client: api, cluster: self.cluster))
         for session in sessions { try await waiting.connect(session) }
 
-        let scriptToken = self.localTokenFile.map { _ in SecureRandom.hex(32) }
-        let access: LocalAccess
-        do {
-            access = try LocalAccess(cluster: self.cluster, components: components, scriptToken: scriptToken)
-        } catch {
-            throw relayctlFailure("\(error)", RelayCtlExit.badRequest)
-        }
+        // A file of its own: never another one overwritten, then removed at the end.
         if let path = self.localTokenFile, let scriptToken {
+            let created: Bool
             do {
-                try PrivateFile.replace(path, with: Data((scriptToken + "\n").utf8))
+                created = try PrivateFile.create(path, with: Data((scriptToken + "\n").utf8))
             } catch {
                 throw relayctlFailure("cannot write --local-token-file \(path): \(error)", RelayCtlExit.failure)
             }
+            guard created else {
+                throw relayctlFailure("--local-token-file \(path) exists (another session's, or a file of yours); remove it or choose another path", RelayCtlExit.conflict)
+            }
         }
         defer { if let path = self.localTokenFile { try? FileManager.default.removeItem(atPath: path) } }
-        let listener = try await LocalListener.start(host: listen.host, port: listen.port, sessions: sessions, access: access, group: group)
+        let listener: LocalListener
+        do {
+            listener = try await LocalListener.start(host: listen.host, port: listen.port, sessions: sessions, access: access, group: group)
+        } catch {
+            throw relayctlFailure("cannot listen on \(self.listen): \(describeConnectionError(error))", RelayCtlExit.failure)
+        }
         // Watching for Ctrl-C / SIGTERM before saying "ready": a stop right after the banner is kept.
         let signals = await UnixSignalsSequence(trapping: .sigint, .sigterm)
         print(self.banner(sessions[0].grant, components: components))
         Self.printLinks(access, port: listener.port)
         print("(each link signs in one browser, once; press Enter here for new links; Ctrl-C ends the session)")
         if let path = self.localTokenFile {
-            print("scripts: \(listener.url) with header X-Relayctl-Token: the token in \(path)")
+            // Several components: the plain address answers 404; curl resolves *.localhost itself.
+            let address = components.count == 1 ? listener.url : components.map { access.url(of: $0, port: listener.port) }.joined(separator: ", ")
+            print("scripts: \(address) with header X-Relayctl-Token: the token in \(path)")
         }
         fflush(stdout)
         // Ends on Ctrl-C, or when the relay ends the session with a reason (revoked, expired,
@@ -131,14 +149,16 @@ struct Open: AsyncParsableCommand {
                 }
                 return nil
             }
-            // Enter asks for new sign-in links (another browser, a restarted one).
-            let newLinks = Thread {
-                while readLine() != nil {
-                    Self.printLinks(access, port: listener.port)
-                    fflush(stdout)
-                }
+            // Enter asks for new sign-in links (another browser, a restarted one). Only when
+            // relayctl runs in the terminal's foreground: a background read would stop it (SIGTTIN).
+            if isatty(STDIN_FILENO) == 1 && tcgetpgrp(STDIN_FILENO) == getpgrp() {
+                Thread {
+                    while readLine() != nil {
+                        Self.printLinks(access, port: listener.port)
+                        fflush(stdout)
+                    }
+                }.start()
             }
-            newLinks.start()
             let first = await group.next() ?? nil
             group.cancelAll()
             return first

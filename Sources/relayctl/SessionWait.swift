@@ -83,15 +83,21 @@ struct SessionWait {
     /// Says how a wait ended: nothing more when approved; otherwise a line and the exit code.
     static func finish(_ outcome: ApprovalWait.Outcome, line: inout WaitLine, seconds: Int64) throws {
         line.finish()
+        if let (message, code) = Self.failure(outcome, seconds: seconds) { throw relayctlFailure(message, code) }
+    }
+
+    /// Why a wait that did not end in approval failed, and its exit code (nil when approved).
+    static func failure(_ outcome: ApprovalWait.Outcome, seconds: Int64) -> (String, Int32)? {
         switch outcome {
         case .approved:
-            return
+            return nil
         case .ended(let request):
-            throw relayctlFailure("\(request.endedLine); ask for access again (relayctl requests create)", RelayCtlExit.denied)
+            return ("\(request.endedLine); ask for access again (relayctl requests create)", RelayCtlExit.denied)
         case .stillPending(let request):
-            throw relayctlFailure(
+            return (
                 "gave up after \(seconds) s: request \(request.id) is still pending the customer's approval; the customer approves it on the cluster with `connector requests approve \(request.id)`",
-                RelayCtlExit.timedOut)
+                RelayCtlExit.timedOut
+            )
         }
     }
 }
@@ -113,7 +119,7 @@ struct WaitLine {
             let head = self.shownText == nil ? intro.map { "relayctl: \($0)\n" } ?? "" : "\r\u{1B}[K"
             FileHandle.standardError.write(Data("\(head)\(text)... \(waited) s".utf8))
         } else if self.shownText != text || waited / 30 > self.lastPrinted / 30 {
-            let head = intro.map { "\($0); " } ?? ""
+            let head = self.shownText == nil ? intro.map { "\($0); " } ?? "" : ""
             FileHandle.standardError.write(Data("relayctl: \(head)\(text)... \(waited) s of \(self.seconds) s\n".utf8))
             self.lastPrinted = waited
         }

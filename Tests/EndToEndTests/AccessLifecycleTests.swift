@@ -41,7 +41,7 @@ import TunnelCore
             }
         }
         guard connected else { throw lastError ?? TestFailure("no session") }
-        let listener = try await LocalListener.start(host: "127.0.0.1", port: 0, session: client, group: TestStack.group)
+        let listener = try await LocalListener.startConduit(host: "127.0.0.1", port: 0, session: client, group: TestStack.group)
         return ObservedSession(listener: listener, ended: ended)
     }
 

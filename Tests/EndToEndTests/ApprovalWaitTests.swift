@@ -98,6 +98,18 @@ import Testing
         #expect(await waiting.exitStatus(seconds: 60) == 0, "\(waiting.stderr)")
         let printed = try APIJSON.decoder().decode(AccessRequestRecord.self, from: Data(waiting.stdout.utf8))
         #expect(printed.id == pending.id && printed.state == .approved && printed.changedBy == "customer:carol@demo")
+
+        // Rejected while waiting: exit 4, and a script still gets the request as it ended.
+        let rejected = try RunningProcess(Self.relayctl, create + ["--wait", "5m", "--json"], environment: environment)
+        defer { rejected.terminate() }
+        try await stack.waitUntil("relayctl's progress line") { rejected.stderr.contains("waiting for the customer to approve request") || !rejected.isRunning }
+        let next = try #require(try await stack.control.store.requests(clusterID: "demo", states: [.pending]).max { $0.id < $1.id })
+        try await stack.waitUntil("the connector to list it") { stack.privacy.requests.pending.contains { $0.requestID == next.id } }
+        try await Self.customer(stack, ["reject", String(next.id), "--reason", "use the runbook"])
+        #expect(await rejected.exitStatus(seconds: 60) == RelayCtlExit.denied, "\(rejected.stderr)")
+        let ended = try APIJSON.decoder().decode(AccessRequestRecord.self, from: Data(rejected.stdout.utf8))
+        #expect(ended.id == next.id && ended.state == .rejected && ended.endReason == "use the runbook")
+        #expect(rejected.stderr.contains("rejected by customer:carol@demo: use the runbook"), "\(rejected.stderr)")
         await stack.stop()
     }
 }

@@ -16,9 +16,14 @@ import TunnelCore
         let stack = try await TestStack.start { config in config.drainMilliseconds = 120_000 }
         let session = try await stack.openSession()
         let port = session.localAddress!.port!
-        let size = 6 << 20
+        // Far more than the path buffers (two stream windows, each hop's write limit, relayctl's
+        // socket buffer: about 5 MiB) beyond where the reader holds (4 MiB): the connector's stream
+        // stays open until the test reads freely, whatever the scheduling. With 6 MiB the connector
+        // could hand over its last byte early, stop at once, and answer no request while stopping.
+        let size = 16 << 20
         let download = try await PacedDownload.start(port: port, path: "/bytes/\(size)")
         try await stack.waitUntil("the download to start") { download.received > 0 }
+        #expect(stack.privacy.runningRequests == 1)
 
         async let stopped: Void = stack.connectorServices.stop()
         // While it drains: new requests are refused with the reason, the download goes on.

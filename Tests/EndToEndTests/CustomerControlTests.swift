@@ -164,7 +164,7 @@ import TunnelCore
         // The relay now grants the admin request (first) for sessions; a viewer session runs under the second.
         let viewer = try SessionClient(target: try stack.sessionTarget(role: .viewer), group: TestStack.group, logger: TestStack.quietLogger)
         try await viewer.connect()
-        let viewerListener = try await LocalListener.start(host: "127.0.0.1", port: 0, session: viewer, group: TestStack.group)
+        let viewerListener = try await LocalListener.startConduit(host: "127.0.0.1", port: 0, session: viewer, group: TestStack.group)
         let answer = try await TestHTTPConnection.request(port: viewerListener.localAddress!.port!, .GET, "/api/status")
         if answer.status == .ok {
             #expect(stack.component.counters.requests == 1)
@@ -190,7 +190,7 @@ import TunnelCore
             ended.withLockedValue { $0 = closed }
         }
         try await client.connect()
-        let listener = try await LocalListener.start(host: "127.0.0.1", port: 0, session: client, group: TestStack.group)
+        let listener = try await LocalListener.startConduit(host: "127.0.0.1", port: 0, session: client, group: TestStack.group)
         let port = listener.localAddress!.port!
         #expect(try await TestHTTPConnection.request(port: port, .GET, "/api/status").status == .ok)
         stack.clock.advance(seconds: 61)
@@ -365,7 +365,7 @@ import TunnelCore
             ended.withLockedValue { $0 = closed }
         }
         try await client.connect()
-        let listener = try await LocalListener.start(host: "127.0.0.1", port: 0, session: client, group: TestStack.group)
+        let listener = try await LocalListener.startConduit(host: "127.0.0.1", port: 0, session: client, group: TestStack.group)
         #expect(try await TestHTTPConnection.request(port: listener.localAddress!.port!, .GET, "/api/status").status == .ok)
 
         let revoked: CustomerApproval = try await Self.control(stack).post(

@@ -1,6 +1,7 @@
 import CustomerAudit
 import DemoComponentKit
 import Foundation
+import NIOPosix
 import NIOHTTP1
 import Relay
 import RelayAPI
@@ -85,6 +86,15 @@ import TunnelCore
         let apiCookie = try await session.signIn("api")
         let status = try await TestHTTPConnection.request(port: session.port, .GET, "/api/status", headers: [("host", apiHost), ("cookie", apiCookie)])
         #expect(status.status == .ok && status.text.contains("\"component\":\"api\""), "\(status.text)")
+        // The ui component's page may not drive the api component (same site for the browser,
+        // which would attach api's cookie to a form or an image of ui's page).
+        let fromUI = try await TestHTTPConnection.request(
+            port: session.port, .POST, "/upload", headers: [("host", apiHost), ("cookie", apiCookie), ("origin", "http://\(uiHost)"), ("sec-fetch-site", "same-site")],
+            body: [1])
+        #expect(fromUI.status == .forbidden && fromUI.headers.first(name: WireHeader.error) == "cross_site_request")
+        // And ui's cookie does not open the api host.
+        let uiCookieOnAPI = try await TestHTTPConnection.request(port: session.port, .GET, "/api/status", headers: [("host", apiHost), ("cookie", uiCookie)])
+        #expect(uiCookieOnAPI.status == .unauthorized)
         // What the component sees: the browser's other cookies, not relayctl's.
         let seen = try await TestHTTPConnection.request(
             port: session.port, .GET, "/headers", headers: [("host", apiHost), ("cookie", "theme=dark; \(apiCookie)")])
@@ -93,7 +103,7 @@ import TunnelCore
 
         // Several components: the plain address names them instead of picking one.
         let plain = try await TestHTTPConnection.request(port: session.port, .GET, "/", headers: [("host", "127.0.0.1:\(session.port)"), ("cookie", uiCookie)])
-        #expect(plain.status == .notFound && plain.text.contains("http://api.demo.localhost:\(session.port)/"), "\(plain.text)")
+        #expect(plain.status == .notFound && plain.text.contains("each on its own host name"), "\(plain.text)")
         // A name that is not ours (a DNS-rebinding page's) reaches nothing.
         let rebound = try await TestHTTPConnection.request(port: session.port, .GET, "/", headers: [("host", "evil.example:\(session.port)"), ("cookie", uiCookie)])
         #expect(rebound.status == .misdirectedRequest)
@@ -130,6 +140,20 @@ import TunnelCore
         let wrong = try await TestHTTPConnection.request(
             port: session.port, .GET, "/", headers: [("host", "127.0.0.1:\(session.port)"), ("x-relayctl-token", String(token.reversed()))])
         #expect(wrong.status == .unauthorized && wrong.text.contains("--local-token-file"))
+        // The port is held on ::1 too (browsers resolve *.localhost to either): nobody else can take it there.
+        if let probe = try? await ServerBootstrap(group: TestStack.group).bind(host: "::1", port: 0).get() {
+            try await probe.close()
+            let v6 = try await TestHTTPConnection.connect(host: "::1", port: session.port)
+            let answer = try await v6.request(.GET, "/api/status", headers: [("host", "ui.demo.localhost:\(session.port)"), ("x-relayctl-token", token)])
+            #expect(answer.status == .ok)
+            await v6.close()
+        }
+        // A second session may not take over (then remove) the first one's token file.
+        let (second, _, secondError) = try await TestProcess.run(
+            Self.relayctl, ["session", "open", "--cluster", "demo", "--component", "ui", "--local-token-file", file],
+            environment: SessionEndPushTests.relayctlEnvironment(stack))
+        #expect(second == RelayCtlExit.conflict && secondError.contains("exists"), "\(secondError)")
+        #expect(try String(contentsOfFile: file, encoding: .utf8).trimmingCharacters(in: .whitespacesAndNewlines) == token)
         session.process.terminate()
         #expect(await session.process.exitStatus() == 0)
         #expect(!FileManager.default.fileExists(atPath: file), "removed at the end")

@@ -33,7 +33,7 @@ import TunnelCore
             ended.withLockedValue { $0 = closed }
         }
         try await client.connect()
-        return (try await LocalListener.start(host: "127.0.0.1", port: 0, session: client, group: TestStack.group), ended)
+        return (try await LocalListener.startConduit(host: "127.0.0.1", port: 0, session: client, group: TestStack.group), ended)
     }
 
     /// `count` downloads, `concurrency` at a time, each closed as soon as its first bytes arrive

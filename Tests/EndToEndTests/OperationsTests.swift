@@ -88,7 +88,7 @@ import TunnelCore
                     cluster: "demo", component: "ui", node: node, caFile: TestCerts.trusted + "/ca.pem"),
                 group: TestStack.group, logger: TestStack.quietLogger)
             try await client.connect()
-            let listener = try await LocalListener.start(host: "127.0.0.1", port: 0, session: client, group: TestStack.group)
+            let listener = try await LocalListener.startConduit(host: "127.0.0.1", port: 0, session: client, group: TestStack.group)
             var seen: Set<String> = []
             for _ in 0..<6 {
                 let text = try await TestHTTPConnection.request(port: listener.localAddress!.port!, .GET, "/api/status").text

@@ -187,7 +187,7 @@ extension PrivacyEnforcementTests {
             for role in [AccessRole.viewer, .admin] {
                 let client = try SessionClient(target: try stack.sessionTarget(role: role), group: TestStack.group, logger: TestStack.quietLogger)
                 try await client.connect()
-                let listener = try await LocalListener.start(host: "127.0.0.1", port: 0, session: client, group: TestStack.group)
+                let listener = try await LocalListener.startConduit(host: "127.0.0.1", port: 0, session: client, group: TestStack.group)
                 for method in [HTTPMethod.GET, .POST] {
                     for path in ["/api/status", "/secrets/x"] {
                         cells += 1

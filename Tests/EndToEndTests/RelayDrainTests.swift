@@ -28,7 +28,7 @@ import TunnelCore
             closes.withLockedValue { $0.append(closed) }
         }
         try await client.connect()
-        let session = try await LocalListener.start(host: "127.0.0.1", port: 0, session: client, group: TestStack.group)
+        let session = try await LocalListener.startConduit(host: "127.0.0.1", port: 0, session: client, group: TestStack.group)
         let port = session.localAddress!.port!
         let size = 6 << 20
         let download = try await PacedDownload.start(port: port, path: "/bytes/\(size)")
@@ -73,7 +73,7 @@ import TunnelCore
             target: try stack.sessionTarget(component: "trickle"), group: TestStack.group, logger: TestStack.quietLogger
         ) { closed in closes.withLockedValue { $0.append(closed) } }
         try await client.connect()
-        let session = try await LocalListener.start(host: "127.0.0.1", port: 0, session: client, group: TestStack.group)
+        let session = try await LocalListener.startConduit(host: "127.0.0.1", port: 0, session: client, group: TestStack.group)
         // 1 MiB at 50 KiB/s: still running when the drain's deadline passes.
         let download = try await PacedDownload.start(port: session.localAddress!.port!, path: "/slow")
         try await stack.waitUntil("the slow download to start") { download.received > 0 }

@@ -33,7 +33,7 @@ import TunnelCore
                 closed.withLockedValue { $0 = $0 ?? (peer, ContinuousClock.now) }
             }
             try await self.client.connect()
-            self.listener = try await LocalListener.start(host: "127.0.0.1", port: 0, session: self.client, group: TestStack.group)
+            self.listener = try await LocalListener.startConduit(host: "127.0.0.1", port: 0, session: self.client, group: TestStack.group)
         }
 
         var port: Int { self.listener.localAddress!.port! }

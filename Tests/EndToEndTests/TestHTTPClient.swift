@@ -19,7 +19,7 @@ final class TestHTTPConnection: @unchecked Sendable {
     private let channel: Channel
     private let collector: ResponseCollector
 
-    static func connect(port: Int, group: EventLoopGroup = MultiThreadedEventLoopGroup.singleton) async throws -> TestHTTPConnection {
+    static func connect(host: String = "127.0.0.1", port: Int, group: EventLoopGroup = MultiThreadedEventLoopGroup.singleton) async throws -> TestHTTPConnection {
         let collector = ResponseCollector()
         let channel = try await ClientBootstrap(group: group)
             .channelInitializer { channel in
@@ -28,7 +28,7 @@ final class TestHTTPConnection: @unchecked Sendable {
                     try channel.pipeline.syncOperations.addHandler(collector)
                 }
             }
-            .connect(host: "127.0.0.1", port: port).get()
+            .connect(host: host, port: port).get()
         return TestHTTPConnection(channel: channel, collector: collector)
     }
 

@@ -255,7 +255,7 @@ struct TestStack {
     func openSession(component: String = "ui", cluster: String = "demo") async throws -> LocalListener {
         let session = try SessionClient(target: try self.sessionTarget(component: component, cluster: cluster), group: Self.group, logger: Self.quietLogger)
         try await session.connect()
-        return try await LocalListener.start(host: "127.0.0.1", port: 0, session: session, group: Self.group)
+        return try await LocalListener.startConduit(host: "127.0.0.1", port: 0, session: session, group: Self.group)
     }
 
     /// An API client with the given token (the ops token by default).

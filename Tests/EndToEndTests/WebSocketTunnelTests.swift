@@ -14,8 +14,8 @@ import TunnelCore
 /// (HTTP/1.1 upgrade) -> relay -> connector (one extended CONNECT stream on each HTTP/2 link) ->
 /// the component (its own HTTP/1.1 upgrade).
 @Suite(.serialized) struct WebSocketTunnelTests {
-    static func open(_ port: Int, _ path: String, headers: [(String, String)] = []) async throws -> TestWebSocket {
-        switch try await TestWebSocket.connect(port: port, path: path, headers: headers) {
+    static func open(_ port: Int, _ path: String, host: String = "127.0.0.1", headers: [(String, String)] = []) async throws -> TestWebSocket {
+        switch try await TestWebSocket.connect(port: port, path: path, host: host, headers: headers) {
         case .upgraded(let socket): return socket
         case .refused(let status, let headers, let body):
             Issue.record("refused: \(status.code) \(headers.first(name: WireHeader.error) ?? "") \(body)")
@@ -91,8 +91,17 @@ import TunnelCore
         #expect(body.contains("https://evil.example"))
         #expect(stack.component.counters.webSocketsOpened == 0, "nothing reached the component")
 
-        for origin in ["http://127.0.0.1:\(port)", "http://localhost:\(port)", "http://ui.demo.localhost:\(port)"] {
-            let socket = try await Self.open(port, "/ws/echo", headers: [("origin", origin)])
+        // Another of the port's own names is another origin too: a page is trusted on its own host only.
+        guard case .refused(let other, _, _) = try await TestWebSocket.connect(
+            port: port, path: "/ws/echo", host: "127.0.0.1", headers: [("origin", "http://localhost:\(port)")])
+        else {
+            Issue.record("a page of another host of the port opened a websocket")
+            return
+        }
+        #expect(other == .forbidden)
+        for host in ["127.0.0.1", "localhost", "ui.demo.localhost"] {
+            let origin = "http://\(host):\(port)"
+            let socket = try await Self.open(port, "/ws/echo", host: host, headers: [("origin", origin)])
             try await socket.send(text: origin)
             #expect(String(buffer: try await socket.next().unmaskedData) == origin)
             try await socket.close()
@@ -161,7 +170,7 @@ import TunnelCore
         let stack = try await TestStack.start { config in config.components[0].viewerWebSocketPaths = ["/ws/live"] }
         let session = try SessionClient(target: try stack.sessionTarget(role: .viewer), group: TestStack.group, logger: TestStack.quietLogger)
         try await session.connect()
-        let listener = try await LocalListener.start(host: "127.0.0.1", port: 0, session: session, group: TestStack.group)
+        let listener = try await LocalListener.startConduit(host: "127.0.0.1", port: 0, session: session, group: TestStack.group)
         let port = listener.localAddress!.port!
         let live = try await Self.open(port, "/ws/live")
         #expect(try await live.next().opcode == .text)

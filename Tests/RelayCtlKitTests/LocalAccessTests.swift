@@ -1,3 +1,5 @@
+import NIOConcurrencyHelpers
+import NIOCore
 import NIOHTTP1
 @testable import RelayCtlKit
 import Testing
@@ -15,7 +17,7 @@ struct LocalAccessTests {
     static func signIn(_ access: LocalAccess, _ component: String = "ui") throws -> String {
         let link = access.signInLink(for: component, port: Self.port)
         let prefix = "http://\(access.hostName(of: component)):\(Self.port)"
-        guard case .signIn(_, let setCookie) = access.decide(Self.head(String(link.dropFirst(prefix.count)), host: "\(access.hostName(of: component)):\(Self.port)"), port: Self.port)
+        guard case .signIn(_, let setCookie?) = access.decide(Self.head(String(link.dropFirst(prefix.count)), host: "\(access.hostName(of: component)):\(Self.port)"), port: Self.port)
         else { throw TestFailure("the link did not sign in") }
         return String(setCookie.split(separator: ";")[0])
     }
@@ -80,7 +82,7 @@ struct LocalAccessTests {
         let link = access.signInLink(for: "ui", port: Self.port)
         #expect(link.hasPrefix("http://ui.demo.localhost:8000/?relayctl-token="))
         let uri = "/" + link.split(separator: "/", maxSplits: 3)[2] + "&x=1"
-        guard case .signIn(let location, let setCookie) = access.decide(Self.head(uri), port: Self.port) else {
+        guard case .signIn(let location, let setCookie?) = access.decide(Self.head(uri), port: Self.port) else {
             Issue.record("the link did not sign in")
             return
         }
@@ -138,14 +140,16 @@ struct LocalAccessTests {
         }
     }
 
-    @Test func anotherSitesPageIsRefusedEvenWithTheCookie() throws {
+    @Test func anotherPageIsRefusedEvenWithTheCookieAnotherComponentsIncluded() throws {
         let access = try LocalAccess(cluster: "demo", components: ["ui", "api"])
         let cookie = try Self.signIn(access)
         let refused: [[(String, String)]] = [
             [("origin", "https://evil.example")],
             [("origin", "http://localhost:3000"), ("sec-fetch-site", "same-site")],
             [("sec-fetch-site", "cross-site")],
-            [("sec-fetch-site", "same-site")],  // another port of localhost, no Origin (an image, a link)
+            [("sec-fetch-site", "same-site")],  // another port of localhost, or another component (an image, a link)
+            [("origin", "http://api.demo.localhost:8000"), ("sec-fetch-site", "same-site")],  // the api component's page
+            [("origin", "http://127.0.0.1:8000")],  // another name of the same port is another origin
             [("origin", "null")],
         ]
         for headers in refused {
@@ -156,8 +160,8 @@ struct LocalAccessTests {
             #expect(refusal.status == .forbidden && refusal.code == "cross_site_request", "\(headers)")
         }
         let allowed: [[(String, String)]] = [
-            [("origin", "http://ui.demo.localhost:8000"), ("sec-fetch-site", "same-origin")],
-            [("origin", "http://api.demo.localhost:8000"), ("sec-fetch-site", "same-site")],  // the ui page calling the api component
+            [("origin", "http://ui.demo.localhost:8000"), ("sec-fetch-site", "same-origin")],  // its own page
+            [("origin", "HTTP://UI.demo.localhost:8000")],
             [("sec-fetch-site", "none")],  // typed into the address bar
             [],  // curl
         ]
@@ -167,5 +171,92 @@ struct LocalAccessTests {
                 continue
             }
         }
+    }
+
+    @Test func eachComponentsCookieOpensOnlyItsOwnHostAndEachSecretOnlyItsOwnForm() throws {
+        let access = try LocalAccess(cluster: "demo", components: ["ui", "api"], scriptToken: "script-token")
+        let uiCookie = try Self.signIn(access, "ui")
+        guard case .refuse = access.decide(Self.head("/", host: "api.demo.localhost:8000", [("cookie", uiCookie)]), port: Self.port) else {
+            Issue.record("ui's cookie opened the api host")
+            return
+        }
+        let uiSecret = String(uiCookie.split(separator: "=")[1])
+        guard case .refuse = access.decide(Self.head("/", [("x-relayctl-token", uiSecret)]), port: Self.port) else {
+            Issue.record("the cookie's value worked as the script token")
+            return
+        }
+        guard case .refuse = access.decide(Self.head("/", [("cookie", "relayctl-8000=script-token")]), port: Self.port) else {
+            Issue.record("the script token worked as a cookie")
+            return
+        }
+        #expect(throws: LocalAccessError.self) { try LocalAccess(cluster: "demo", components: ["ui"], scriptToken: "") }
+    }
+
+    @Test func cookieHeadersAreReadAndRewrittenWithoutTouchingTheComponentsOwnValues() throws {
+        let access = try LocalAccess(cluster: "demo", components: ["ui"])
+        let cookie = try Self.signIn(access)
+        // Two Cookie headers (as some clients send), a value with a comma and an equals sign.
+        let head = Self.head("/", [("cookie", "prefs=a,b=c; theme=dark"), ("Cookie", "\(cookie); lang=en")])
+        guard case .forward(_, let carried) = access.decide(head, port: Self.port) else {
+            Issue.record("a browser sending two Cookie headers was refused")
+            return
+        }
+        #expect(carried.headers["cookie"] == ["prefs=a,b=c; theme=dark; lang=en"])
+    }
+
+    @Test func aLinkExpiresIsReplacedByTheNextAndOpenedTwiceJustRedirects() throws {
+        let now = NIOLockedValueBox(NIODeadline.uptimeNanoseconds(1_000_000_000))
+        let access = try LocalAccess(cluster: "demo", components: ["ui"], linkLifetime: .minutes(15), now: { now.withLockedValue { $0 } })
+        func uri(_ link: String) -> String { "/" + link.split(separator: "/", maxSplits: 3)[2] }
+        let first = access.signInLink(for: "ui", port: Self.port)
+        let second = access.signInLink(for: "ui", port: Self.port)
+        guard case .refuse = access.decide(Self.head(uri(first)), port: Self.port) else {
+            Issue.record("a link replaced by a newer one still worked")
+            return
+        }
+        now.withLockedValue { $0 = $0 + .minutes(15) }
+        guard case .refuse(let expired) = access.decide(Self.head(uri(second)), port: Self.port) else {
+            Issue.record("an expired link still worked")
+            return
+        }
+        #expect(expired.code == "sign_in_link_used" && expired.message.contains("expired"))
+        let third = access.signInLink(for: "ui", port: Self.port)
+        guard case .signIn(_, let setCookie?) = access.decide(Self.head(uri(third)), port: Self.port) else {
+            Issue.record("a fresh link did not sign in")
+            return
+        }
+        // The same link again, from the browser that has the cookie (a reload): just the clean address.
+        let cookie = String(setCookie.split(separator: ";")[0])
+        guard case .signIn(let location, nil) = access.decide(Self.head(uri(third), [("cookie", cookie)]), port: Self.port) else {
+            Issue.record("a signed-in browser reopening its link was refused")
+            return
+        }
+        #expect(location == "/")
+        // A path that would send the browser to another host stays on this one.
+        let fourth = access.signInLink(for: "ui", port: Self.port)
+        let token = fourth.split(separator: "=").last!
+        guard case .signIn(let elsewhere, _) = access.decide(Self.head("//evil.example/?relayctl-token=\(token)"), port: Self.port) else {
+            Issue.record("the link did not sign in")
+            return
+        }
+        #expect(elsewhere == "/evil.example/")
+    }
+
+    @Test func refusalsNameTheComponentsOnlyToASignedInCaller() throws {
+        let access = try LocalAccess(cluster: "secret-cluster", components: ["ui", "api"], scriptToken: "t")
+        for headers in [[], [("cookie", "relayctl-8000=nothing")]] as [[(String, String)]] {
+            for host in ["evil.example:8000", "127.0.0.1:8000"] {
+                guard case .refuse(let refusal) = access.decide(Self.head("/", host: host, headers), port: Self.port) else {
+                    Issue.record("\(host) was carried")
+                    continue
+                }
+                #expect(!refusal.message.contains("secret-cluster"), "a DNS-rebinding page could read: \(refusal.message)")
+            }
+        }
+        guard case .refuse(let named) = access.decide(Self.head("/", host: "127.0.0.1:8000", [("x-relayctl-token", "t")]), port: Self.port) else {
+            Issue.record("127.0.0.1 picked one of several components")
+            return
+        }
+        #expect(named.message.contains("http://ui.secret-cluster.localhost:8000/"))
     }
 }
