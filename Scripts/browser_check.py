@@ -24,7 +24,11 @@ def bin_dir(debug, no_build):
         return release_bin(no_build)
     if not no_build:
         subprocess.run(["swift", "build"], cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
-    return subprocess.run(["swift", "build", "--show-bin-path"], cwd=ROOT, check=True, capture_output=True, text=True).stdout.strip()
+    path = subprocess.run(["swift", "build", "--show-bin-path"], cwd=ROOT, check=True, capture_output=True, text=True).stdout.strip()
+    for product in ("demo-component", "relay", "connector", "relayctl"):
+        if not os.path.exists(f"{path}/{product}"):  # `swift test` builds what the tests run
+            subprocess.run(["swift", "build", "--product", product], cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
+    return path
 
 
 def sign_in_link(stack, name="relayctl"):

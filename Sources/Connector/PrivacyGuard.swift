@@ -245,6 +245,11 @@ public final class PrivacyGuard: Sendable {
         .serviceUnavailable, code: "connector_stopping",
         message: "the customer's connector on this node is shutting down; retry (another node of the cluster may answer)")
 
+    /// When each open websocket last carried bytes, on the guard's clock (what the sweep reads).
+    var webSocketActivity: [Date] {
+        self.inner.withLockedValue { inner in inner.streams.values.compactMap { $0.webSocketActivity?.lastActivity } }
+    }
+
     /// Stops letting new streams in and waits, at most `bound` on `clock`, for the running ones to
     /// finish: true if they all did. A stream is finished when its channel closed, that is when its
     /// last byte left (a response still held by flow control is not), so closing the tunnel then

@@ -20,7 +20,7 @@ import TunnelCore
         // socket buffer: about 5 MiB) beyond where the reader holds (4 MiB): the connector's stream
         // stays open until the test reads freely, whatever the scheduling. With 6 MiB the connector
         // could hand over its last byte early, stop at once, and answer no request while stopping.
-        let size = 16 << 20
+        let size = 12 << 20
         let download = try await PacedDownload.start(port: port, path: "/bytes/\(size)")
         try await stack.waitUntil("the download to start") { download.received > 0 }
         #expect(stack.privacy.runningRequests == 1)
@@ -35,7 +35,7 @@ import TunnelCore
         #expect(refusal?.headers.first(name: WireHeader.error) == "connector_stopping", "\(refusal?.text ?? "")")
         #expect(stack.relay.registry.tunnels(cluster: "demo").count == 1, "the tunnel stays while a request runs")
         download.readFreely()
-        let result = try await download.result()
+        let result = try await download.result(seconds: 110)  // within the drain's 120 s
         #expect(result.status == 200 && result.bodyBytes == size && result.sha256 == DemoComponent.sha256OfPattern(size: size))
         await stopped
         try await stack.waitForTunnels(0)

@@ -366,14 +366,15 @@ final class PacedDownload: @unchecked Sendable {
     }
 
     /// The whole response (bounded: 60 s).
-    func result() async throws -> Result {
+    /// - Parameter seconds: how long the rest may take (a debug build beside other suites is slow).
+    func result(seconds: Int64 = 60) async throws -> Result {
         let reader = self.reader
-        let timeout = self.channel.eventLoop.scheduleTask(in: .seconds(60)) {
+        let timeout = self.channel.eventLoop.scheduleTask(in: .seconds(seconds)) {
             let finished = reader.state.withLockedValue { state in
                 defer { state.finished = true }
                 return state.finished
             }
-            if !finished { reader.done.fail(TestFailure("download not done in 60 s")) }
+            if !finished { reader.done.fail(TestFailure("download not done in \(seconds) s")) }
         }
         defer { timeout.cancel() }
         return try await self.reader.done.futureResult.get()

@@ -1,4 +1,4 @@
-import Connector
+@testable import Connector
 import CustomerAudit
 import DemoComponentKit
 import Foundation
@@ -228,8 +228,14 @@ import TunnelCore
         _ = try await live.next()
         for _ in 0..<3 {
             stack.clock.advance(seconds: 40)
-            _ = try await live.next()  // a push after the jump: bytes on the customer's clock now
-            stack.privacy.sweep()  // what the once-a-second sweep does, on the moved clock
+            let moved = stack.clock.now()
+            // A push stamped after the jump (not one already on its way: on a loaded machine the
+            // client's queue holds older ones), then what the once-a-second sweep does.
+            try await stack.waitUntil("a push stamped on the moved clock") {
+                let stamps = stack.privacy.webSocketActivity
+                return !stamps.isEmpty && stamps.allSatisfy { $0 >= moved }
+            }
+            stack.privacy.sweep()
         }
         #expect(try await TestHTTPConnection.request(port: port, .GET, "/api/status").status == .ok, "120 s in, and never 60 s without bytes")
         #expect(live.channel.isActive)
