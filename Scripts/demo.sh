@@ -81,7 +81,8 @@ echo "     $bin/connector audit tail --config $demo/connector.yaml      # every 
 echo "     $bin/connector audit verify --config $demo/connector.yaml"
 echo "     $bin/connector mode readOnly --config $demo/connector.yaml   # or: disabled (kill switch)"
 echo "== opening an expert session; it waits until the connector dials at its next heartbeat"
+echo "   open the sign-in link it prints; Enter prints new links, Ctrl-C ends everything"
+# In the foreground: Enter reaches it (new sign-in links), Ctrl-C ends it and then the rest.
 RELAYCTL_TOKEN="$(cat "$demo/alice.token")" "$bin/relayctl" session open \
   --relay "https://127.0.0.1:$RELAY_PORT" --ca Certs/dev/ca.pem \
-  --cluster demo --component ui --listen "127.0.0.1:$SESSION_PORT" & pids+=($!)
-wait "${pids[-1]}"
+  --cluster demo --component ui --listen "127.0.0.1:$SESSION_PORT"

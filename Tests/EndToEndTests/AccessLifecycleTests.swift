@@ -72,14 +72,15 @@ import TunnelCore
         let live = try await stack.control.store.sessions(live: true)
         #expect(live.count == 1 && live.first?.expert == "alice" && live.first?.requestID == request.id && live.first?.role == .user)
 
-        // Revoke through the API: tunnel gone and session told why within 5 s.
+        // Revoke through the API: tunnel gone and session told why at once.
         let revokedAt = ContinuousClock.now
         let revoked: AccessRequestRecord = try await stack.api().post(
             "\(APIPath.requests)/\(request.id)/revoke", RevokeRequest(reason: "ticket closed"))
         #expect(revoked.state == .revoked && revoked.changedBy == "ops:root")
         try await stack.waitForTunnels(0)
         try await stack.waitUntil("the session's end") { session.ended.withLockedValue { $0 } != nil }
-        #expect(ContinuousClock.now - revokedAt < .seconds(5))
+        // At once, not at a poll: well inside the bound SessionEndPushTests explains (a loaded machine took 7.8 s).
+        #expect(ContinuousClock.now - revokedAt < .seconds(SessionEndPushTests.pushBoundSeconds))
         let reason = session.ended.withLockedValue { $0 }
         #expect(reason?.code == .unknown(WireCloseCode.accessEnded))
         #expect(reason?.reason.contains("access request \(request.id) was revoked by ops:root") == true, "\(String(describing: reason))")
@@ -108,7 +109,7 @@ import TunnelCore
         stack.clock.advance(seconds: 61)
         try await stack.waitForTunnels(0)
         try await stack.waitUntil("the second session's end") { second.ended.withLockedValue { $0 } != nil }
-        #expect(ContinuousClock.now - expiredAt < .seconds(5))
+        #expect(ContinuousClock.now - expiredAt < .seconds(SessionEndPushTests.pushBoundSeconds))
         #expect(second.ended.withLockedValue { $0 }?.reason.contains("access request \(short.id) expired at") == true)
         #expect(try await stack.control.store.request(id: short.id)?.state == .expired)
         try await second.listener.close()

@@ -38,10 +38,13 @@ import TunnelCore
         let port = listener.localAddress!.port!
         #expect(try await TestHTTPConnection.request(port: port, .POST, "/upload", body: [1, 2, 3]).status == .ok)
 
-        // An upload in progress when the customer switches to readOnly is cut within 5 s.
+        // An upload in progress when the customer switches to readOnly is cut at once: well before
+        // its own bound (60 s, when the test gives up on it), whatever the machine's load.
+        // The first upload's stream closes just after its answer: not to be taken for this one.
+        try await stack.waitUntil("the first upload's stream to close") { stack.privacy.runningRequests == 0 }
         let upload = Task {
             try await RawHTTP.firstLine(
-                port: port, "POST /upload HTTP/1.1\r\nHost: ui\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n")
+                port: port, "POST /upload HTTP/1.1\r\nHost: ui\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n", seconds: 60)
         }
         try await stack.waitUntil("the upload to be running") { stack.privacy.runningRequests == 1 }
         let started = ContinuousClock.now
@@ -49,17 +52,17 @@ import TunnelCore
         #expect(applied.mode == .readOnly && applied.changes == ["mode all -> readOnly"] && applied.streamsReset == 1)
         let cut = try await upload.value
         #expect(cut.hasPrefix("HTTP/1.1 5") || cut.isEmpty, "the running upload was cut: \(cut)")
-        #expect(ContinuousClock.now - started < .seconds(5))
+        #expect(ContinuousClock.now - started < .seconds(30), "cut by the change, not left to its 60 s bound")
 
         let refused = try await TestHTTPConnection.request(port: port, .POST, "/upload", body: [1, 2, 3])
         #expect(refused.status == .forbidden && refused.headers.first(name: WireHeader.error) == "role_forbids_method")
         #expect(try await TestHTTPConnection.request(port: port, .GET, "/api/status").status == .ok, "reading still works")
 
-        // The kill switch: every tunnel closes within 5 s and the relay learns the mode.
+        // The kill switch: every tunnel closes at once (not at the next heartbeat, 60 s away) and the relay learns the mode.
         let killed = ContinuousClock.now
         let _: SettingsApplied = try await Self.control(stack).post(ControlPath.mode, ModeChange(mode: .disabled, by: "carol"))
         try await stack.waitForTunnels(0)
-        #expect(ContinuousClock.now - killed < .seconds(5))
+        #expect(ContinuousClock.now - killed < .seconds(30))
         try await stack.waitUntil("the relay to see mode disabled") {
             try await stack.control.store.nodes(clusterID: "demo").first?.privacyMode == .disabled
         }

@@ -215,9 +215,10 @@ extension PrivacyEnforcementTests {
     }
 }
 
-/// Sends bytes as they are and returns the first line of the answer (bounded: 5 s).
+/// Sends bytes as they are and returns the first line of the answer (bounded: `seconds`, then
+/// the connection is closed).
 enum RawHTTP {
-    static func firstLine(port: Int, _ text: String) async throws -> String {
+    static func firstLine(port: Int, _ text: String, seconds: Int = 5) async throws -> String {
         let collected = NIOLockedValueBox("")
         let channel = try await ClientBootstrap(group: TestStack.group)
             .channelInitializer { channel in
@@ -225,7 +226,7 @@ enum RawHTTP {
             }
             .connect(host: "127.0.0.1", port: port).get()
         try await channel.writeAndFlush(ByteBuffer(string: text))
-        try await TestWait.poll(seconds: 5) { collected.withLockedValue { $0.contains("\r\n") } }
+        try await TestWait.poll(seconds: seconds) { collected.withLockedValue { $0.contains("\r\n") } }
         try? await channel.close()
         return collected.withLockedValue { $0 }.components(separatedBy: "\r\n").first ?? ""
     }
