@@ -366,8 +366,9 @@ final class PacedDownload: @unchecked Sendable {
     }
 
     /// The whole response (bounded: 60 s).
-    /// - Parameter seconds: how long the rest may take (a debug build beside other suites is slow).
-    func result(seconds: Int64 = 60) async throws -> Result {
+    /// - Parameter seconds: how long the rest may take. Generous: a 6 MiB download on a debug
+    /// build, beside the other suites and a rebuild, once took over 60 s.
+    func result(seconds: Int64 = 180) async throws -> Result {
         let reader = self.reader
         let timeout = self.channel.eventLoop.scheduleTask(in: .seconds(seconds)) {
             let finished = reader.state.withLockedValue { state in
