@@ -147,6 +147,31 @@ import TunnelCore
         await stack.stop()
     }
 
+    /// The customer's kill and the session's maximum length cut a running websocket like any
+    /// running request, and its record says why.
+    @Test(arguments: ["kill", "length"]) func aKillOrTheLengthLimitCutsARunningWebSocket(_ how: String) async throws {
+        let stack = try await TestStack.start { config in config.maxSessionMilliseconds = 3_600_000 }
+        let listener = try await stack.openSession()
+        let socket = try await Self.open(listener.localAddress!.port!, "/ws/live")
+        _ = try await socket.next()
+        if how == "kill" {
+            let live: [ConnectorSession] = try await CustomerControlTests.control(stack).get(ControlPath.sessions)
+            let _: ConnectorSession = try await CustomerControlTests.control(stack).post(ControlPath.kill(live[0].id), CustomerActor(by: "carol"))
+        } else {
+            stack.clock.advance(seconds: 3601)
+            stack.privacy.sweep()  // what the once-a-second sweep does, on the moved clock
+        }
+        try await stack.waitUntil("the websocket to be cut") { !socket.channel.isActive }
+        try await stack.waitUntil("the websocket's record") {
+            try AuditVerifier.tail(directory: stack.connectorConfig.audit.directory, count: 200).contains { $0.event == "websocket" }
+        }
+        let record = try #require(try AuditVerifier.tail(directory: stack.connectorConfig.audit.directory, count: 200).last { $0.event == "websocket" })
+        let why = how == "kill" ? "killed by the customer (carol)" : "maximum session length"
+        #expect(record.reason?.hasPrefix("stream reset:") == true && record.reason?.contains(why) == true, "\(String(describing: record.reason))")
+        try await listener.close()
+        await stack.stop()
+    }
+
     /// An open websocket keeps its session alive while it carries bytes, and not a moment longer
     /// than the customer's idle timeout once it carries nothing.
     @Test func anOpenWebSocketThatCarriesNothingEndsAtTheIdleTimeout() async throws {
