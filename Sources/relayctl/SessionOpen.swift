@@ -83,7 +83,7 @@ struct Open: AsyncParsableCommand {
         // One event loop for the local listener and the relay connections: every hop between them
         // is then a direct call, not a cross-thread wakeup (one engineer's traffic needs no more than a core).
         let group = MultiThreadedEventLoopGroup.singleton.next()
-        let ended = AsyncStream<WebSocketPeerClosed>.makeStream()
+        let ended = AsyncStream<(component: String, closed: WebSocketPeerClosed)>.makeStream()
         let token = try self.relayOptions.token()
         // One session per component: the relay and the connector audit each on its own.
         let sessions = try components.map { component in
@@ -92,7 +92,7 @@ struct Open: AsyncParsableCommand {
                 caFile: self.relayOptions.caFile)
             target.otherRelays = Array(urls.dropFirst())
             do {
-                return try SessionClient(target: target, group: group, logger: logger) { ended.continuation.yield($0) }
+                return try SessionClient(target: target, group: group, logger: logger) { ended.continuation.yield((component, $0)) }
             } catch {
                 throw relayctlFailure("\(error)", RelayCtlExit.failure)
             }
@@ -131,17 +131,25 @@ struct Open: AsyncParsableCommand {
             print("scripts: \(address) with header X-Relayctl-Token: the token in \(path)")
         }
         fflush(stdout)
-        // Ends on Ctrl-C, or when the relay ends the session with a reason (revoked, expired,
-        // killed). A relay node draining (1012) or a dropped connection is not an end: the next
-        // request redials.
+        // Ends on Ctrl-C, or when the relay has ended every component's session with a reason
+        // (revoked, expired, killed: a grant's end ends them all; an operator may kill one, and
+        // the others go on). A relay node draining (1012) or a dropped connection is not an end:
+        // the next request redials.
         let outcome = await withTaskGroup(of: WebSocketPeerClosed?.self) { group in
             group.addTask {
                 for await _ in signals { break }
                 return nil
             }
             group.addTask {
-                for await closed in ended.stream {
-                    if closed.endsTheSession { return closed }
+                var over: Set<String> = []
+                for await (component, closed) in ended.stream {
+                    if closed.endsTheSession {
+                        over.insert(component)
+                        if over.count == components.count { return closed }
+                        FileHandle.standardError.write(
+                            Data("relayctl: the relay ended the session of component \(component) (\(closed.why)); the other components go on\n".utf8))
+                        continue
+                    }
                     if closed.code != .normalClosure {
                         FileHandle.standardError.write(
                             Data("relayctl: the relay closed the connection (\(closed.why)); the next request reconnects\n".utf8))

@@ -125,6 +125,35 @@ import TunnelCore
         try? await api.close()
     }
 
+    /// An operator's kill of one component's session leaves the others (relayctl says which
+    /// ended); relayctl exits 8 once the last one is ended.
+    @Test func endingOneComponentsSessionLeavesTheOthersAndTheLastEndsRelayctl() async throws {
+        let api = try await DemoComponent.start(name: "api", group: TestStack.group)
+        let stack = try await TestStack.start(extraComponents: ["api": api.url])
+        let file = TestStack.temporaryDirectory("local-token") + "/token"
+        let session = try await OpenedSession.start(stack, ["--component", "ui", "--component", "api", "--local-token-file", file])
+        defer { session.process.terminate() }
+        try await stack.waitUntil("one relay session per component") { stack.relay.sessions.all.count == 2 }
+        let token = try String(contentsOfFile: file, encoding: .utf8).trimmingCharacters(in: .whitespacesAndNewlines)
+        func kill(_ component: String) async throws {
+            let id = try #require(stack.relay.sessions.all.first { $0.record.component == component }?.record.id)
+            let _: SessionRecord = try await stack.api().post("\(APIPath.sessions)/\(id)/kill", [String: String]())
+        }
+        try await kill("api")
+        try await stack.waitUntil("relayctl to say so") { session.process.stderr.contains("ended the session of component api") }
+        #expect(session.process.stderr.contains("session killed by ops:root") && session.process.isRunning, "\(session.process.stderr)")
+        let ui = try await TestHTTPConnection.request(
+            port: session.port, .GET, "/api/status", headers: [("host", "ui.demo.localhost:\(session.port)"), ("x-relayctl-token", token)])
+        #expect(ui.status == .ok, "the ui component goes on")
+        let ended = try await TestHTTPConnection.request(
+            port: session.port, .GET, "/api/status", headers: [("host", "api.demo.localhost:\(session.port)"), ("x-relayctl-token", token)])
+        #expect(ended.status == .forbidden && ended.headers.first(name: WireHeader.error) == "session_ended", "\(ended.text)")
+        try await kill("ui")
+        #expect(await session.process.exitStatus(seconds: 60) == RelayCtlExit.sessionEnded, "\(session.process.stderr)")
+        await stack.stop()
+        try? await api.close()
+    }
+
     @Test func aScriptUsesTheTokenFileOnThePlainAddressAndTheFileIsGoneAfterwards() async throws {
         let stack = try await TestStack.start()
         let file = TestStack.temporaryDirectory("local-token") + "/token"
