@@ -45,7 +45,7 @@ class Browser:
     def __init__(self, chromium, work):
         self.port = free_port()
         self.proc = subprocess.Popen(
-            [chromium, "--headless=new", "--no-sandbox", "--disable-gpu", "--no-first-run", "--window-size=1000,600",
+            [chromium, "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run", "--window-size=1000,600",
              f"--remote-debugging-port={self.port}", f"--user-data-dir={work}/chromium", "about:blank"],
             stdout=subprocess.DEVNULL, stderr=open(f"{work}/chromium.log", "w"))
         deadline = time.time() + 60
