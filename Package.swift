@@ -76,7 +76,7 @@ let package = Package(
         // Replays every input kept under Tests/Fuzz/TARGET/ (seeds and past findings).
         .testTarget(name: "FuzzReplayTests", dependencies: ["FuzzEntryPoints"]),
         .testTarget(name: "RelayCtlKitTests", dependencies: ["RelayCtlKit", "TunnelCore", .product(name: "NIOHTTP1", package: "swift-nio"), .product(name: "NIOEmbedded", package: "swift-nio")]),
-        .testTarget(name: "TunnelCoreTests", dependencies: ["TunnelCore", .product(name: "NIOEmbedded", package: "swift-nio"), .product(name: "NIOHTTP2", package: "swift-nio-http2"), .product(name: "NIOHPACK", package: "swift-nio-http2")]),
+        .testTarget(name: "TunnelCoreTests", dependencies: ["TunnelCore", "TestSupport", .product(name: "NIOPosix", package: "swift-nio"), .product(name: "NIOEmbedded", package: "swift-nio"), .product(name: "NIOHTTP2", package: "swift-nio-http2"), .product(name: "NIOHPACK", package: "swift-nio-http2")]),
         .testTarget(name: "ConfigKitTests", dependencies: ["ConfigKit", "Relay", "Connector"]),
         .testTarget(name: "ConnectorTests", dependencies: ["Connector", "RelayAPI", "RelayModel", "TestSupport", .product(name: "NIOEmbedded", package: "swift-nio"), .product(name: "ServiceLifecycleTestKit", package: "swift-service-lifecycle")] + lifecycle),
         .testTarget(name: "PrivacyPolicyTests", dependencies: ["PrivacyPolicy", "RelayModel"]),

@@ -47,6 +47,12 @@ public final class WebSocketByteStreamHandler: ChannelDuplexHandler, RemovableCh
     /// When the peer last sent a frame (the event loop's clock), and whether a ping went out since.
     private var lastInbound = NIODeadline.uptimeNanoseconds(0)
     private var pinged = false
+    /// When the unanswered ping was queued, and when it left (its write completed): the peer's
+    /// time to answer counts from the latter, or from the former for a ping that cannot leave.
+    private var pingQueuedAt: NIODeadline?
+    private var pingSentAt: NIODeadline?
+    /// When the keepalive timer was due: a tick that runs late means this side's loop stalled.
+    private var tickDue = NIODeadline.uptimeNanoseconds(0)
     private var pongInFlight = false
     /// The code and reason a plain `close()` sends (1000 unless a `WebSocketClosePlan` said otherwise).
     private var plannedClose = WebSocketCloseRequest(code: 1000, reason: "")
@@ -104,13 +110,23 @@ public final class WebSocketByteStreamHandler: ChannelDuplexHandler, RemovableCh
     /// One timer, re-armed at each check for the next moment that matters; frames only note the
     /// time they came (no timer work per frame).
     private func checkKeepalive(context: ChannelHandlerContext, at deadline: NIODeadline) {
+        self.tickDue = deadline
         self.keepaliveTask = context.eventLoop.scheduleTask(deadline: deadline) { self.keepaliveTick(context: context) }
     }
 
+    /// After `interval` of silence a ping; the peer is taken for gone only when that ping, once
+    /// out, has had `keepaliveTimeout - interval` to be answered, judged by a tick that ran on
+    /// time. A late tick means this side's loop was stalled (a paused VM, a starved process): the
+    /// peer's answer may be unread in the socket, so reads run first and the tick comes again.
     private func keepaliveTick(context: ChannelHandlerContext) {
         guard self.state == .open, let interval = self.keepaliveInterval else { return }
-        let silence = context.eventLoop.now - self.lastInbound
-        if silence >= self.keepaliveTimeout {
+        let now = context.eventLoop.now
+        let window = self.keepaliveTimeout - interval
+        if self.pinged, let queued = self.pingQueuedAt {
+            let since = self.pingSentAt ?? queued
+            guard now - since >= window else { return self.checkKeepalive(context: context, at: since + window) }
+            let tolerance = TimeAmount.nanoseconds(min(TimeAmount.seconds(1).nanoseconds, window.nanoseconds / 2))
+            if now - self.tickDue > tolerance { return self.checkKeepalive(context: context, at: now + tolerance) }
             // No close frame and no TLS goodbye: the peer is gone, and TLS would wait 5 s more for
             // its close_notify before letting the socket go.
             let seconds = self.keepaliveTimeout.nanoseconds / 1_000_000_000
@@ -119,13 +135,18 @@ public final class WebSocketByteStreamHandler: ChannelDuplexHandler, RemovableCh
                 WebSocketByteStreamError(code: .goingAway, reason: "no frame from the peer for \(seconds) s (keepalive_timeout): taken for gone"))
             return Self.closeWithoutGoodbye(context)
         }
-        if silence >= interval && !self.pinged {
-            self.pinged = true
-            let ping = WebSocketFrame(
-                fin: true, opcode: .ping, maskKey: self.maskKey(), data: context.channel.allocator.buffer(string: "ka"))
-            context.writeAndFlush(self.wrapOutboundOut(ping), promise: nil)
+        guard now - self.lastInbound >= interval else { return self.checkKeepalive(context: context, at: self.lastInbound + interval) }
+        self.pinged = true
+        self.pingQueuedAt = now
+        self.pingSentAt = nil
+        let ping = WebSocketFrame(fin: true, opcode: .ping, maskKey: self.maskKey(), data: context.channel.allocator.buffer(string: "ka"))
+        let sent = context.eventLoop.makePromise(of: Void.self)
+        sent.futureResult.whenSuccess {
+            // Still the same unanswered ping (no frame came meanwhile).
+            if self.pinged && self.pingQueuedAt == now { self.pingSentAt = context.eventLoop.now }
         }
-        self.checkKeepalive(context: context, at: self.lastInbound + (self.pinged ? self.keepaliveTimeout : interval))
+        context.writeAndFlush(self.wrapOutboundOut(ping), promise: sent)
+        self.checkKeepalive(context: context, at: now + window)
     }
 
     /// Closes the socket under TLS (from the TLS handler's place in the pipeline), skipping its
@@ -147,6 +168,8 @@ public final class WebSocketByteStreamHandler: ChannelDuplexHandler, RemovableCh
         if self.keepaliveInterval != nil {
             self.lastInbound = context.eventLoop.now
             self.pinged = false
+            self.pingQueuedAt = nil
+            self.pingSentAt = nil
         }
         if frame.rsv1 || frame.rsv2 || frame.rsv3 {
             return self.fail(context: context, code: .protocolError, reason: "reserved bits set without an extension")

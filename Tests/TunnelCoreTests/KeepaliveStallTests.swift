@@ -1,0 +1,72 @@
+import NIOCore
+import NIOPosix
+import NIOWebSocket
+import TestSupport
+import Testing
+
+@testable import TunnelCore
+
+/// The keepalive on real sockets and real event loops, where a loop can run late: a stall of this
+/// side's own loop is not the peer's silence, while a peer that stays silent is still dropped.
+/// (An EmbeddedEventLoop runs every task exactly on time, so it cannot show a late tick.)
+@Suite(.serialized) struct KeepaliveStallTests {
+    static let interval = TimeAmount.milliseconds(100)
+    static let timeout = TimeAmount.milliseconds(300)
+
+    static func handlers(_ role: WebSocketByteStreamHandler.Role) -> [ChannelHandler] {
+        [
+            ByteToMessageHandler(WebSocketFrameDecoder(maxFrameSize: 1 << 16)), WebSocketFrameEncoder(),
+            WebSocketProtocolErrorHandler(isServer: role == .server),
+            WebSocketByteStreamHandler(role: role, keepaliveInterval: Self.interval, keepaliveTimeout: Self.timeout),
+        ]
+    }
+
+    /// A websocket pair over loopback TCP: the server's end on `serverGroup`, the client's on `clientGroup`.
+    static func pair(server serverGroup: EventLoopGroup, client clientGroup: EventLoopGroup) async throws -> (server: Channel, client: Channel, listener: Channel) {
+        let accepted = serverGroup.next().makePromise(of: Channel.self)
+        let listener = try await ServerBootstrap(group: serverGroup)
+            .childChannelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    try channel.pipeline.syncOperations.addHandlers(Self.handlers(.server))
+                    accepted.succeed(channel)
+                }
+            }
+            .bind(host: "127.0.0.1", port: 0).get()
+        let client = try await ClientBootstrap(group: clientGroup)
+            .channelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture { try channel.pipeline.syncOperations.addHandlers(Self.handlers(.client)) }
+            }
+            .connect(host: "127.0.0.1", port: listener.localAddress!.port!).get()
+        return (try await accepted.futureResult.get(), client, listener)
+    }
+
+    @Test func aStallOfTheLoopBothEndsShareIsNotTakenForThePeersSilence() async throws {
+        let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
+        let (server, client, listener) = try await Self.pair(server: group, client: group)
+        try await Task.sleep(for: .milliseconds(350))  // pings and pongs going both ways
+        #expect(server.isActive && client.isActive)
+        // Twice the timeout with nothing run: on waking, every tick is late and no frame has been read.
+        group.next().execute { usleep(700_000) }
+        try await Task.sleep(for: .milliseconds(1200))
+        #expect(server.isActive && client.isActive, "a live peer was taken for gone after our own loop stalled")
+        try await client.close()
+        try await listener.close()
+        try await group.shutdownGracefully()
+    }
+
+    @Test func aPeerThatStaysSilentIsStillTakenForGone() async throws {
+        let ours = MultiThreadedEventLoopGroup(numberOfThreads: 1)
+        let peers = MultiThreadedEventLoopGroup(numberOfThreads: 1)
+        let (server, client, listener) = try await Self.pair(server: ours, client: peers)
+        try await Task.sleep(for: .milliseconds(200))
+        #expect(server.isActive)
+        // The peer's loop stalls far past the timeout: ours, on time, must give up on it.
+        peers.next().execute { usleep(1_500_000) }
+        let dropped = try await TestWait.poll(seconds: 5) { !server.isActive }
+        #expect(dropped, "a silent peer was kept")
+        try? await client.close()
+        try await listener.close()
+        try await ours.shutdownGracefully()
+        try await peers.shutdownGracefully()
+    }
+}
