@@ -23,6 +23,13 @@ struct SessionWait {
                 return
             } catch let error as DialError {
                 guard case .rejected(let status) = error.kind else {
+                    // Reached but slow to upgrade (a loaded relay): tried again within --wait. A
+                    // refused connection or a TLS failure (a wrong --relay or --ca) is said at once.
+                    let waited = ContinuousClock.now - self.start
+                    if error.kind == .timedOut && waited < .seconds(self.seconds) {
+                        line.show("the relay was slow to answer; trying again", waited: waited, intro: error.message)
+                        continue
+                    }
                     line.finish()
                     FileHandle.standardError.write(Data("relayctl: \(error.message); check --relay, --ca and that the relay is running\n".utf8))
                     throw ExitCode(RelayCtlExit.unreachable)
