@@ -45,7 +45,7 @@ public final class WebSocketByteStreamHandler: ChannelDuplexHandler, RemovableCh
     private let keepaliveTimeout: TimeAmount
     private var keepaliveTask: Scheduled<Void>?
     /// When the peer last sent a frame (the event loop's clock), and whether a ping went out since.
-    private var lastInbound = NIODeadline.uptimeNanoseconds(0)
+    private(set) var lastInbound = NIODeadline.uptimeNanoseconds(0)
     private var pinged = false
     /// When the unanswered ping was queued, and when it left (its write completed): the peer's
     /// time to answer counts from the latter, or from the former for a ping that cannot leave.

@@ -33,7 +33,12 @@ import TunnelCore
             return refusal?.status == .serviceUnavailable
         }
         #expect(refusal?.headers.first(name: WireHeader.error) == "connector_stopping", "\(refusal?.text ?? "")")
-        #expect(stack.relay.registry.tunnels(cluster: "demo").count == 1, "the tunnel stays while a request runs")
+        // While the download is still running at the connector, its tunnel stays. (The kernel's
+        // socket buffers can grow large enough to take its last byte early: then the connector has
+        // nothing running and closes; the download still completes, checked below.)
+        if stack.privacy.runningRequests == 1 {
+            #expect(stack.relay.registry.tunnels(cluster: "demo").count == 1 || stack.privacy.runningRequests == 0, "the tunnel stays while a request runs")
+        }
         download.readFreely()
         let result = try await download.result(seconds: 110)  // within the drain's 120 s
         #expect(result.status == 200 && result.bodyBytes == size && result.sha256 == DemoComponent.sha256OfPattern(size: size))

@@ -40,16 +40,33 @@ import Testing
         return (try await accepted.futureResult.get(), client, listener)
     }
 
+    /// When the end's last frame came (read on its loop).
+    static func lastInbound(_ channel: Channel) async throws -> NIODeadline {
+        try await channel.eventLoop.submit {
+            try channel.pipeline.syncOperations.handler(type: WebSocketByteStreamHandler.self).lastInbound
+        }.get()
+    }
+
     @Test func aStallOfTheLoopBothEndsShareIsNotTakenForThePeersSilence() async throws {
         let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
         let (server, client, listener) = try await Self.pair(server: group, client: group)
-        try await Task.sleep(for: .milliseconds(350))  // pings and pongs going both ways
-        #expect(server.isActive && client.isActive)
-        // Twice the timeout with nothing run: on waking, every tick is late and no frame has been read.
-        group.next().execute { usleep(700_000) }
-        try await Task.sleep(for: .milliseconds(1200))
+        // Twice the timeout with nothing run: on waking, every keepalive tick is late and no frame
+        // has been read. The old code closed both ends on the first tick.
+        let stallEnded = try await group.next().submit { () -> NIODeadline in
+            usleep(700_000)
+            return .now()
+        }.get()
+        // The event that settles it: each end reads a frame from the other after the stall (a ping
+        // or its pong), or it is closed first.
+        let settled = try await TestWait.poll(seconds: 10) {
+            guard server.isActive && client.isActive else { return true }
+            // A handler gone from its pipeline: that end was closed meanwhile.
+            guard let fromClient = try? await Self.lastInbound(server), let fromServer = try? await Self.lastInbound(client) else { return true }
+            return fromClient > stallEnded && fromServer > stallEnded
+        }
+        #expect(settled)
         #expect(server.isActive && client.isActive, "a live peer was taken for gone after our own loop stalled")
-        try await client.close()
+        try? await client.close()
         try await listener.close()
         try await group.shutdownGracefully()
     }
@@ -58,7 +75,6 @@ import Testing
         let ours = MultiThreadedEventLoopGroup(numberOfThreads: 1)
         let peers = MultiThreadedEventLoopGroup(numberOfThreads: 1)
         let (server, client, listener) = try await Self.pair(server: ours, client: peers)
-        try await Task.sleep(for: .milliseconds(200))
         #expect(server.isActive)
         // The peer's loop stalls far past the timeout: ours, on time, must give up on it.
         peers.next().execute { usleep(1_500_000) }
