@@ -251,6 +251,24 @@ public struct SessionRecord: Codable, Sendable, Equatable {
     }
 }
 
+/// A relay node as it announces itself in the shared store: connectors are sent the tunnel URL of
+/// every node seen within the liveness deadline, and the survivors end a silent node's sessions.
+public struct RelayNodeRecord: Codable, Sendable, Equatable {
+    /// The node's `node_name`.
+    public var id: String
+    /// Where connectors dial this node (`wss://HOST:PORT/v1/tunnel`); engineers' sessions use the same listener.
+    public var tunnelURL: String
+    public var startedAt: Date
+    public var lastSeenAt: Date
+
+    public init(id: String, tunnelURL: String, startedAt: Date, lastSeenAt: Date) {
+        self.id = id
+        self.tunnelURL = tunnelURL
+        self.startedAt = startedAt
+        self.lastSeenAt = lastSeenAt
+    }
+}
+
 /// One line of the relay's audit trail.
 public struct AuditRecord: Codable, Sendable, Equatable {
     public enum Outcome: String, Codable, Sendable { case ok, denied }

@@ -63,6 +63,7 @@ extension EnrollmentRecord: FetchableRecord, PersistableRecord { public static l
 extension TokenRecord: FetchableRecord, PersistableRecord { public static let databaseTableName = "tokens" }
 extension SessionRecord: FetchableRecord, PersistableRecord { public static let databaseTableName = "sessions" }
 extension AuditRecord: FetchableRecord, PersistableRecord { public static let databaseTableName = "audit" }
+extension RelayNodeRecord: FetchableRecord, PersistableRecord { public static let databaseTableName = "relayNodes" }
 
 extension Row {
     /// A string column holding an enum's raw value, as the Codable encoder wrote it.

@@ -5,6 +5,8 @@ import GRDB
 /// The embedded store: one SQLite file (WAL mode) in the relay's data directory.
 public final class SQLiteStore: Store {
     private let pool: DatabasePool
+    /// Never yields; finished when the store closes.
+    private let noChanges = AsyncStream<Void>.makeStream()
 
     /// Opens (creating if needed) `path` and applies any migrations not yet applied.
     public init(path: String) throws {
@@ -15,6 +17,7 @@ public final class SQLiteStore: Store {
     }
 
     public func close() async throws {
+        self.noChanges.continuation.finish()
         try self.pool.close()
     }
 
@@ -113,7 +116,30 @@ public final class SQLiteStore: Store {
                 t.column("reason", .text)
             }
         }
+        migrator.registerMigration("v2") { db in
+            try db.create(table: "relayNodes") { t in
+                t.primaryKey("id", .text)
+                t.column("tunnelURL", .text).notNull()
+                t.column("startedAt", .datetime).notNull()
+                t.column("lastSeenAt", .datetime).notNull()
+            }
+            try db.create(table: "settings") { t in
+                t.primaryKey("name", .text)
+                t.column("value", .text).notNull()
+            }
+            // A sweep finds a silent node's live sessions.
+            try db.create(index: "sessions_relayNode", on: "sessions", columns: ["relayNode", "endedAt"])
+        }
         return migrator
+    }
+
+    /// The migrations `migrator` would apply to the database at `path`, without applying them.
+    public static func pendingMigrations(path: String) throws -> [String] {
+        guard FileManager.default.fileExists(atPath: path) else { return Self.migrator.migrations }
+        let queue = try DatabaseQueue(path: path)
+        defer { try? queue.close() }
+        let applied = try queue.read { try Self.migrator.appliedMigrations($0) }
+        return Self.migrator.migrations.filter { !applied.contains($0) }
     }
 
     /// Migration identifiers applied to this database, oldest first.
@@ -349,6 +375,45 @@ public final class SQLiteStore: Store {
             return session
         }
     }
+
+    public func endSessions(onRelayNode relayNode: String, at: Date, reason: String) async throws -> [SessionRecord] {
+        try await self.pool.write { db in
+            let live = try SessionRecord.filter(Column("relayNode") == relayNode && Column("endedAt") == nil).order(Column("startedAt")).fetchAll(db)
+            return try live.map { session in
+                var ended = session
+                ended.endedAt = at
+                ended.endReason = reason
+                try ended.update(db)
+                return ended
+            }
+        }
+    }
+
+    // MARK: relay nodes and settings
+
+    public func announceRelayNode(_ node: RelayNodeRecord) async throws {
+        try await self.pool.write { try node.save($0) }
+    }
+
+    public func relayNodes() async throws -> [RelayNodeRecord] {
+        try await self.pool.read { try RelayNodeRecord.order(Column("id")).fetchAll($0) }
+    }
+
+    public func removeRelayNode(id: String) async throws {
+        _ = try await self.pool.write { try RelayNodeRecord.deleteOne($0, key: id) }
+    }
+
+    public func claimSetting(_ name: String, value: String) async throws -> String {
+        try await self.pool.write { db in
+            try db.execute(sql: "INSERT OR IGNORE INTO settings (name, value) VALUES (?, ?)", arguments: [name, value])
+            return try String.fetchOne(db, sql: "SELECT value FROM settings WHERE name = ?", arguments: [name]) ?? value
+        }
+    }
+
+    // One file, one node: no other node to tell.
+    public func announceAccessChange() async {}
+
+    public func accessChanges() -> AsyncStream<Void> { self.noChanges.stream }
 
     // MARK: audit
 

@@ -1,8 +1,8 @@
 import Foundation
 import RelayModel
 
-/// The relay's persistent state, behind a small protocol so that several relay nodes can share a
-/// PostgreSQL backend later; `SQLiteStore` is the embedded default. Every method is one transaction.
+/// The relay's persistent state, behind a small protocol: `SQLiteStore` is the embedded default,
+/// `PostgresStore` lets several relay nodes share one database. Every method is one transaction.
 public protocol Store: Sendable {
     /// Closes the database; nothing may call the store afterwards (the relay stops it last).
     func close() async throws
@@ -57,6 +57,29 @@ public protocol Store: Sendable {
     func updateSession(_ session: SessionRecord) async throws
     /// Records a kill request for a live session; nil when there is no live session with that ID.
     func requestKill(sessionID: String, by: String) async throws -> SessionRecord?
+
+    /// Ends every live session carried by relay node `relayNode` (it stopped announcing itself), in
+    /// one statement: of several nodes sweeping at once, one ends each session. Returns those ended here.
+    func endSessions(onRelayNode relayNode: String, at: Date, reason: String) async throws -> [SessionRecord]
+
+    // Relay nodes
+    /// Inserts or refreshes the node's row (its URL, start and last-seen time).
+    func announceRelayNode(_ node: RelayNodeRecord) async throws
+    func relayNodes() async throws -> [RelayNodeRecord]
+    /// A node leaving on purpose (a drain): connectors stop being sent its URL at once.
+    func removeRelayNode(id: String) async throws
+
+    /// Stores `value` under `name` unless a value is stored already; returns the stored value. What
+    /// every node must agree on (the token hash key's fingerprint) is checked against the first.
+    func claimSetting(_ name: String, value: String) async throws -> String
+
+    // Changes between nodes
+    /// Tells every node sharing the store that access changed (a request decided or ended, a token
+    /// revoked, a session killed), so that their reconcilers look now rather than at their next tick.
+    /// Best effort: a lost message costs the other nodes one reconcile interval.
+    func announceAccessChange() async
+    /// Yields when another node (or this one) announced an access change; ends when the store closes.
+    func accessChanges() -> AsyncStream<Void>
 
     // Audit trail (append only)
     func appendAudit(_ records: [AuditRecord]) async throws

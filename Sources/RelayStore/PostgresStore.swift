@@ -1,0 +1,224 @@
+import Foundation
+import Logging
+import NIOConcurrencyHelpers
+import NIOCore
+import NIOPosix
+import NIOSSL
+import PostgresNIO
+import RelayModel
+
+/// The shared store: several relay nodes on one PostgreSQL database (postgres-nio's pooled client).
+/// Every query has a deadline; once the database is found gone, queries fail at once with
+/// `StoreUnavailable` (the relay answers 503) until a background probe gets an answer again.
+/// Access changes are announced to every node with NOTIFY on `accessChannel`.
+public final class PostgresStore: Store {
+    static let accessChannel = "relay_access_changed"
+
+    public let settings: PostgresSettings
+    private let client: PostgresClient
+    let logger: Logger
+    private let runner: Task<Void, Never>
+    private let availability = NIOLockedValueBox(DatabaseAvailability())
+    private let changes = AsyncStream<Void>.makeStream(bufferingPolicy: .bufferingNewest(1))
+    private let background = NIOLockedValueBox<[Task<Void, Never>]>([])
+    private let closed = NIOLockedValueBox(false)
+
+    private init(settings: PostgresSettings, client: PostgresClient, logger: Logger) {
+        self.settings = settings
+        self.client = client
+        self.logger = logger
+        // Detached: a graceful shutdown of whatever opens the store must not stop its connections;
+        // `close()` does, last.
+        self.runner = Task.detached { await client.run() }
+    }
+
+    /// Connects, applies the migrations not yet applied (under an advisory lock: several nodes may
+    /// start at once) and starts listening for other nodes' access changes.
+    public static func open(_ settings: PostgresSettings, logger: Logger) async throws -> PostgresStore {
+        let store = PostgresStore(settings: settings, client: PostgresClient(configuration: try Self.clientConfiguration(settings), backgroundLogger: logger), logger: logger)
+        do {
+            let applied = try await store.withConnection("migrate") { connection in
+                try await PostgresSchema.migrate(connection, logger: store.logger)
+            }
+            if !applied.isEmpty { logger.notice("database migrated", metadata: ["applied": "\(applied.joined(separator: ", "))"]) }
+        } catch {
+            try? await store.close()
+            throw error
+        }
+        store.startListening()
+        return store
+    }
+
+    /// The migrations a start would apply to this database now (`relay migrate --check`).
+    public static func pendingMigrations(_ settings: PostgresSettings, logger: Logger) async throws -> [String] {
+        let client = PostgresClient(configuration: try Self.clientConfiguration(settings), backgroundLogger: logger)
+        let runner = Task.detached { await client.run() }
+        defer { runner.cancel() }
+        return try await withDeadline(settings.operationTimeout) {
+            try await client.withConnection { try await PostgresSchema.pending($0, logger: logger) }
+        }
+    }
+
+    static func clientConfiguration(_ settings: PostgresSettings) throws -> PostgresClient.Configuration {
+        let tls: PostgresClient.Configuration.TLS
+        switch settings.tls {
+        case .disable:
+            tls = .disable
+        case .require(let caFile):
+            var configuration = TLSConfiguration.makeClientConfiguration()
+            if let caFile { configuration.trustRoots = .file(caFile) }
+            tls = .require(configuration)
+        }
+        var configuration = PostgresClient.Configuration(
+            host: settings.host, port: settings.port, username: settings.username, password: settings.password,
+            database: settings.database, tls: tls)
+        // One more than the pool for queries: the LISTEN for other nodes' changes holds one for good.
+        configuration.options.maximumConnections = settings.poolSize + 1
+        configuration.options.connectTimeout = settings.operationTimeout
+        return configuration
+    }
+
+    public func close() async throws {
+        guard self.closed.withLockedValue({ let was = $0; $0 = true; return !was }) else { return }
+        self.availability.withLockedValue { $0.probeStopped() }
+        for task in self.background.withLockedValue({ $0 }) { task.cancel() }
+        self.changes.continuation.finish()
+        self.runner.cancel()
+        await self.runner.value
+    }
+
+    // MARK: running queries
+
+    /// Runs `body` on a pooled connection within the deadline; a connection-level failure or a
+    /// missed deadline marks the database unavailable (see the type's comment).
+    func withConnection<T: Sendable>(_ what: String, _ body: @escaping @Sendable (PostgresConnection) async throws -> T) async throws -> T {
+        if let reason = self.availability.withLockedValue({ $0.downReason }) { throw StoreUnavailable(reason: reason) }
+        let client = self.client
+        do {
+            return try await withDeadline(self.settings.operationTimeout) {
+                try await client.withConnection { connection in try await body(connection) }
+            }
+        } catch is DeadlinePassed {
+            throw self.unavailable("no answer within \(self.settings.operationTimeout) (\(what))")
+        } catch let error as PSQLError {
+            guard let reason = Self.unavailability(error) else { throw error }
+            throw self.unavailable(reason)
+        }
+    }
+
+    /// `body` in one transaction (READ COMMITTED unless `isolation` says otherwise).
+    func transaction<T: Sendable>(
+        _ what: String, isolation: String = "", _ body: @escaping @Sendable (PostgresConnection) async throws -> T
+    ) async throws -> T {
+        let logger = self.logger
+        return try await self.withConnection(what) { connection in
+            try await connection.query(PostgresQuery(unsafeSQL: "BEGIN" + isolation), logger: logger)
+            do {
+                let result = try await body(connection)
+                try await connection.query("COMMIT", logger: logger)
+                return result
+            } catch {
+                try? await connection.query("ROLLBACK", logger: logger)
+                throw error
+            }
+        }
+    }
+
+    /// One statement's rows, read by `read`.
+    func fetch<T: Sendable>(_ what: String, _ query: PostgresQuery, _ read: @escaping @Sendable (PostgresRandomAccessRow) throws -> T) async throws -> [T] {
+        let logger = self.logger
+        return try await self.withConnection(what) { try await $0.query(query, logger: logger).records(read) }
+    }
+
+    /// Why `error` means the database is not there (as opposed to a refused statement); nil for an
+    /// SQL error. Built from codes only: a PSQLError's details may quote arguments.
+    static func unavailability(_ error: PSQLError) -> String? {
+        switch error.code {
+        case .server:
+            let state = error.serverInfo?[.sqlState] ?? ""
+            // 08: connection exceptions; 57P0x: shutting down, cannot connect now; 53300: too many connections.
+            if state.hasPrefix("08") || state.hasPrefix("57P") || state == "53300" { return "the server said \(state)" }
+            return nil
+        case .queryCancelled:
+            return nil
+        default:
+            return "\(error.code)"
+        }
+    }
+
+    private func unavailable(_ reason: String) -> StoreUnavailable {
+        let startProbe = self.availability.withLockedValue { $0.failed(reason) }
+        let current = self.availability.withLockedValue { $0.downReason } ?? reason
+        if startProbe {
+            self.logger.error("database unavailable; API calls and heartbeats answer 503 until it is back", metadata: [
+                "database": "\(self.settings.displayURL)", "reason": "\(current)",
+            ])
+            self.startProbe()
+        }
+        return StoreUnavailable(reason: current)
+    }
+
+    /// Asks `SELECT 1` every second until it is answered, then lets queries through again.
+    private func startProbe() {
+        let client = self.client
+        let timeout = self.settings.operationTimeout
+        let logger = self.logger
+        self.keep(Task { [availability, settings] in
+            while !Task.isCancelled {
+                try? await Task.sleep(for: .seconds(1))
+                let answered = (try? await withDeadline(timeout) { try await client.query("SELECT 1", logger: logger).collect().count }) != nil
+                if answered {
+                    availability.withLockedValue { $0.recovered() }
+                    logger.notice("database reachable again", metadata: ["database": "\(settings.displayURL)"])
+                    return
+                }
+            }
+        })
+    }
+
+    private func keep(_ task: Task<Void, Never>) {
+        self.background.withLockedValue { tasks in
+            tasks.removeAll { $0.isCancelled }
+            tasks.append(task)
+        }
+    }
+
+    // MARK: access changes between nodes
+
+    public func announceAccessChange() async {
+        let logger = self.logger
+        do {
+            try await self.withConnection("notify") {
+                try await $0.query("SELECT pg_notify(\(Self.accessChannel), '')", logger: logger)
+            }
+        } catch {
+            logger.warning("cannot tell the other relay nodes of an access change; they see it at their next reconcile", metadata: ["error": "\(error)"])
+        }
+    }
+
+    public func accessChanges() -> AsyncStream<Void> { self.changes.stream }
+
+    /// Holds one connection listening on `accessChannel`, again after any loss (a restart of the
+    /// database, say); each (re)start counts as a change, since some may have been missed.
+    private func startListening() {
+        let client = self.client
+        let logger = self.logger
+        let changes = self.changes.continuation
+        self.keep(Task.detached {
+            while !Task.isCancelled {
+                do {
+                    try await client.withConnection { connection in
+                        try await connection.listen(on: Self.accessChannel) { notifications in
+                            changes.yield()
+                            for try await _ in notifications { changes.yield() }
+                        }
+                    }
+                } catch {
+                    if Task.isCancelled { return }
+                    logger.debug("listening for access changes stopped; again in 1 s", metadata: ["error": "\(error)"])
+                }
+                try? await Task.sleep(for: .seconds(1))
+            }
+        })
+    }
+}
