@@ -9,8 +9,8 @@ import TunnelCore
 /// Every `interval`, on every relay node: expires requests past their window, closes tunnels of
 /// clusters whose flag went away and sessions whose request ended, whose token was revoked or that an
 /// operator killed, each with a reason the engineer sees. Also saves live sessions' counts.
-/// Polling the shared store (rather than messaging nodes) keeps this correct with several relay nodes;
-/// a change made on this node wakes it at once.
+/// Polling the shared store keeps this correct with several relay nodes whatever messages are lost;
+/// a change made on this node, or announced by another through the store, wakes it at once.
 public struct AccessReconciler: Service {
     let control: MissionControl
     let registry: TunnelRegistry
@@ -40,6 +40,10 @@ public struct AccessReconciler: Service {
         await withDiscardingTaskGroup { group in
             group.addTask { [clock, interval, wake] in
                 while (try? await clock.sleep(for: interval, tolerance: nil)) != nil { wake.yield() }
+            }
+            // Another relay node changed access (PostgreSQL NOTIFY): look now, not at the next tick.
+            group.addTask { [changes = self.control.store.accessChanges(), wake] in
+                for await _ in changes { wake.yield() }
             }
             for await _ in self.wakeups.cancelOnGracefulShutdown() {
                 do {

@@ -1,6 +1,7 @@
 import ConfigKit
 import NIOHTTP1
 import RelayModel
+import RelayStore
 import TunnelCore
 
 /// What an upgrade request is allowed to become, decided before the upgrade: a connector's tunnel,
@@ -39,6 +40,8 @@ struct HandshakeGate: Sendable {
             }
         } catch let refusal as ProxyRefusal {
             return .refuse(refusal)
+        } catch let error as StoreUnavailable {
+            return .refuse(.storeUnavailable(error))
         } catch {
             self.control.logger.error("handshake failed", metadata: ["error": "\(error)"])
             return .refuse(ProxyRefusal(.internalServerError, code: "internal", message: "the relay could not decide; try again"))

@@ -68,7 +68,7 @@ extension MissionControl {
         guard try await self.store.updateRequest(revoked, expecting: request.state) else {
             throw ProxyRefusal(.conflict, code: "request_changed", message: "request \(id) changed meanwhile; list it and try again")
         }
-        self.reconcileNow()
+        await self.accessChanged()
         await self.audit(actor: Self.actor(caller), "request.revoke", cluster: request.clusterID, subject: String(id), reason: reason)
         return revoked
     }
@@ -155,7 +155,7 @@ extension MissionControl {
         guard let session = try await self.store.requestKill(sessionID: id, by: Self.actor(caller)) else {
             throw ProxyRefusal(.notFound, code: "unknown_session", message: "no live session \(id); see relayctl sessions list")
         }
-        self.reconcileNow()
+        await self.accessChanged()
         await self.audit(actor: Self.actor(caller), "session.kill", cluster: session.clusterID, subject: id)
         return session
     }
@@ -190,7 +190,7 @@ extension MissionControl {
         guard let token = try await self.store.revokeToken(name: name, by: Self.actor(caller), at: self.now) else {
             throw ProxyRefusal(.notFound, code: "unknown_token", message: "no token named \"\(name)\"; see relayctl tokens list")
         }
-        self.reconcileNow()
+        await self.accessChanged()
         await self.audit(actor: Self.actor(caller), "token.revoke", subject: name)
         return TokenView(token)
     }
@@ -199,7 +199,12 @@ extension MissionControl {
     /// that the operator can create their own tokens and then revoke it.
     public func createBootstrapToken(at path: String) async throws -> Bool {
         guard try await self.store.tokens().isEmpty else { return false }
-        let created = try await self.createToken(CreateTokenRequest(name: "bootstrap", role: .ops, ttlSeconds: nil), by: nil)
+        let created: TokenCreated
+        do {
+            created = try await self.createToken(CreateTokenRequest(name: "bootstrap", role: .ops, ttlSeconds: nil), by: nil)
+        } catch let refusal as ProxyRefusal where refusal.code == "token_exists" {
+            return false  // another relay node sharing the store started first and made it
+        }
         guard try PrivateFile.create(path, with: Data((created.secret + "\n").utf8)) else {
             throw TokenKeyError(path: path, problem: "exists already; move it away (the relay writes a new one only on first start)")
         }

@@ -28,6 +28,8 @@ public final class MissionControl: Sendable {
         /// Sent in heartbeat answers: connectors spread their redials over this window after a
         /// tunnel drops (`reconnect_spread`).
         public var reconnectSpreadMilliseconds: Int64 = 15_000
+        /// A relay node not seen for this long is not live (`node_ttl`).
+        public var nodeTTLMilliseconds: Int64 = 30_000
 
         public init(nodeName: String) {
             self.nodeName = nodeName
@@ -39,17 +41,27 @@ public final class MissionControl: Sendable {
     let hasher: TokenHasher
     let clock: @Sendable () -> Date
     let logger: Logger
-    private let tunnelURLBox = NIOLockedValueBox<[String]>([])
+    private let fixedTunnelURLs = NIOLockedValueBox<[String]>([])
+    private let liveTunnelURLs = NIOLockedValueBox<[String]>([])
     private let denials = NIOLockedValueBox(DenialAggregator())
     /// Heartbeats' time and health, written behind (`flushLiveness`).
     private let liveness = NIOLockedValueBox(NodeLiveness())
     private let lastPrune = NIOLockedValueBox<Date?>(nil)
     private let reconcileObservers = NIOLockedValueBox<[@Sendable () -> Void]>([])
 
-    /// Every relay node's tunnel URL, sent to connectors in heartbeat answers (set once the port is known).
+    /// The tunnel URLs sent to connectors in heartbeat answers: a fixed list when one is set (relay.yaml
+    /// `tunnel_urls`), else every live relay node's, as `RelayNodePresence` last read them from the store.
     public var tunnelURLs: [String] {
-        get { self.tunnelURLBox.withLockedValue { $0 } }
-        set { self.tunnelURLBox.withLockedValue { $0 = newValue } }
+        get {
+            let fixed = self.fixedTunnelURLs.withLockedValue { $0 }
+            return fixed.isEmpty ? self.liveTunnelURLs.withLockedValue { $0 } : fixed
+        }
+        set { self.fixedTunnelURLs.withLockedValue { $0 = newValue } }
+    }
+
+    /// The live relay nodes' tunnel URLs (`RelayNodePresence`).
+    func setLiveTunnelURLs(_ urls: [String]) {
+        self.liveTunnelURLs.withLockedValue { $0 = urls }
     }
 
     public init(store: any Store, hasher: TokenHasher, settings: Settings, clock: @escaping @Sendable () -> Date = { Date() }, logger: Logger) {
@@ -64,13 +76,21 @@ public final class MissionControl: Sendable {
 
     /// Calls `observer` whenever access changes on this node (a request approved or ended, a session
     /// killed, a token revoked, a tunnel attached), so that this node's reconciler acts at once and
-    /// knows what is in force; other nodes learn changes from their next poll of the store.
+    /// knows what is in force; other nodes hear of it from the store (`accessChanged`), or at their
+    /// next poll of it.
     func onReconcileNeeded(_ observer: @escaping @Sendable () -> Void) {
         self.reconcileObservers.withLockedValue { $0.append(observer) }
     }
 
     func reconcileNow() {
         for observer in self.reconcileObservers.withLockedValue({ $0 }) { observer() }
+    }
+
+    /// Access changed here (a request decided or ended, a token revoked, a session killed): this
+    /// node's reconciler acts at once, and every other node sharing the store is told to (NOTIFY).
+    func accessChanged() async {
+        self.reconcileNow()
+        await self.store.announceAccessChange()
     }
 
     /// One answer for every credential problem (unknown, wrong cluster, revoked, expired, malformed),
@@ -346,7 +366,7 @@ public final class MissionControl: Sendable {
         ended.changedBy = by
         ended.endReason = reason
         if try await self.store.updateRequest(ended, expecting: request.state) {
-            self.reconcileNow()
+            await self.accessChanged()
             await self.audit(
                 actor: by, state == .revoked ? "request.revoke" : "request.reject", cluster: request.clusterID, subject: String(request.id), reason: reason)
         }
@@ -363,7 +383,7 @@ public final class MissionControl: Sendable {
             // Someone else decided first (a heartbeat's automatic approval, say): what is stored is the answer.
             return try await self.store.request(id: request.id) ?? request
         }
-        self.reconcileNow()
+        await self.accessChanged()
         await self.audit(actor: by, "request.approve", cluster: request.clusterID, subject: String(request.id))
         return approved
     }
@@ -420,6 +440,14 @@ public final class MissionControl: Sendable {
         } catch {
             self.liveness.withLockedValue { $0.unflushed(records) }
             throw error
+        }
+    }
+
+    /// The relay nodes sharing the store, live or not yet dropped.
+    public func relayNodes() async throws -> [RelayNodeView] {
+        let deadline = self.now.addingTimeInterval(-Double(self.settings.nodeTTLMilliseconds) / 1000)
+        return try await self.store.relayNodes().map {
+            RelayNodeView(id: $0.id, tunnelURL: $0.tunnelURL, startedAt: $0.startedAt, lastSeenAt: $0.lastSeenAt, live: $0.lastSeenAt >= deadline)
         }
     }
 

@@ -2,6 +2,7 @@ import Foundation
 import NIOHTTP1
 import RelayAPI
 import RelayModel
+import RelayStore
 import TunnelCore
 
 /// One API request, fully read.
@@ -38,7 +39,7 @@ public struct APIRequest: Sendable {
 struct Route {
     static let patterns = [
         "register", "heartbeat", "whoami", "clusters", "clusters/*", "clusters/*/enroll", "requests", "requests/*/revoke",
-        "sessions", "sessions/*/kill", "tokens", "tokens/*/revoke", "audit",
+        "sessions", "sessions/*/kill", "tokens", "tokens/*/revoke", "audit", "relay-nodes",
     ]
     let method: HTTPMethod
     let segments: [String]
@@ -100,6 +101,8 @@ public struct RelayAPIRouter: Sendable {
             refusal = error
         } catch let error as DecodingError {
             refusal = ProxyRefusal(.badRequest, code: "bad_request", message: "the request body is not valid: \(Self.describe(error))")
+        } catch let error as StoreUnavailable {
+            refusal = .storeUnavailable(error)
         } catch {
             self.control.logger.error("API request failed", metadata: ["path": "\(request.path)", "error": "\(error)"])
             refusal = ProxyRefusal(.internalServerError, code: "internal", message: "the relay failed to answer; try again")
@@ -137,6 +140,9 @@ public struct RelayAPIRouter: Sendable {
         let control = self.control
         if route.match(.GET, "whoami") != nil {
             return try Self.encode(WhoAmI(name: caller.name, role: caller.role))
+        } else if route.match(.GET, "relay-nodes") != nil {
+            // Any token: relayctl finds the other nodes from the one it was given.
+            return try Self.encode(try await control.relayNodes())
         } else if route.match(.GET, "clusters") != nil {
             var details: [ClusterDetail] = []
             for cluster in try await control.clusters() { details.append(try await self.detail(cluster)) }

@@ -12,8 +12,19 @@ public struct RelayConfig: Sendable {
     public var dataDirectory: String
     /// This node's name, recorded on the sessions it carries.
     public var nodeName: String
-    /// Every relay node's tunnel URL; empty means this node's own `wss://listen/v1/tunnel`.
+    /// A fixed list of tunnel URLs sent to connectors instead of the live relay nodes' (a load
+    /// balancer's name, say); empty: every live node's, from the store.
     public var tunnelURLs: [String]
+    /// This node's address as connectors and engineers reach it (`public_url`), announced in the
+    /// store; nil: `wss://LISTEN/v1/tunnel`.
+    public var publicURL: String?
+    /// A relay node not seen for this long drops out of heartbeat answers and its sessions are ended (`node_ttl`).
+    public var nodeTTLMilliseconds: Int64 = 30_000
+    /// Where the records live (`store:`): the embedded SQLite file, or a PostgreSQL database shared by several nodes.
+    public var store: StoreChoice = .sqlite
+    /// The key tokens are hashed with (`token_hash_key_file`, default `data_dir/token-hash.key`):
+    /// nodes sharing a store must share it too.
+    public var tokenHashKeyFile: String?
     public var heartbeatIntervalSeconds: Int?
     public var enrollmentTTLSeconds: Int64
     /// A request the customer has not decided within this long expires (an engineer is not left waiting on it for ever).
@@ -82,6 +93,19 @@ public struct RelayConfig: Sendable {
                 throw root.error("tunnel_urls[\(index)]", "\(error)")
             }
         }
+        var publicURL: String?
+        if let text = try root.string("public_url") {
+            do {
+                var url = try WebSocketURL(parsing: text)
+                if url.path == "/" { url.path = WirePath.tunnel }
+                publicURL = url.description
+            } catch {
+                throw root.error("public_url", "\(error)")
+            }
+        }
+        let nodeTTL = try root.durationMilliseconds("node_ttl", default: 30_000, range: 3000...600_000)
+        let store = try StoreChoice.read(root)
+        let tokenKey = try root.filePath("token_hash_key_file")
         var heartbeat: Int?
         if root.has("heartbeat_interval") {
             heartbeat = Int(try root.durationMilliseconds("heartbeat_interval", default: 60_000, range: 1000...3_600_000) / 1000)
@@ -113,13 +137,19 @@ public struct RelayConfig: Sendable {
         config.drainTimeoutMilliseconds = drain
         config.reconnectSpreadMilliseconds = spread
         config.pendingRequestTTLSeconds = pendingTTL
+        config.publicURL = publicURL
+        config.nodeTTLMilliseconds = nodeTTL
+        config.store = store
+        config.tokenHashKeyFile = tokenKey
         return config
     }
 
-    /// The tunnel URLs sent to connectors: the configured list, or this node's own listen address.
-    public func effectiveTunnelURLs(boundPort: Int) -> [String] {
-        if !self.tunnelURLs.isEmpty { return self.tunnelURLs }
+    /// This node's tunnel URL: `public_url`, or its own listen address.
+    public func ownTunnelURL(boundPort: Int) -> String {
+        if let publicURL = self.publicURL { return publicURL }
         let host = self.listenHost == "0.0.0.0" || self.listenHost == "::" ? "127.0.0.1" : self.listenHost
-        return [WebSocketURL(host: host, port: boundPort, path: WirePath.tunnel).description]
+        return WebSocketURL(host: host, port: boundPort, path: WirePath.tunnel).description
     }
+
+    public var tokenHashKeyPath: String { self.tokenHashKeyFile ?? self.dataDirectory + "/token-hash.key" }
 }

@@ -35,6 +35,8 @@ public final class RelayServer: Service, Sendable {
     public let tasks = OwnedTasks()
     /// Set when the drain begins: a session still upgrading then is closed at once (1012).
     private let draining = NIOLockedValueBox(false)
+    private let presence = NIOLockedValueBox<RelayNodePresence?>(nil)
+    private let timers: any Clock<Duration>
 
     /// - Parameters:
     ///   - handshakeDeadlines: when new connections' handshake deadlines pass (real time by default).
@@ -53,6 +55,7 @@ public final class RelayServer: Service, Sendable {
         self.router = RelayAPIRouter(control: control, registry: self.registry)
         self.tls = try TLSFiles.serverContext(certificateFile: config.certificateFile, privateKeyFile: config.privateKeyFile)
         self.connections = ConnectionLimiter(limits: config.connectionLimits, logger: logger)
+        self.timers = timers
         self.reconciler = AccessReconciler(
             control: control, registry: self.registry, sessions: self.sessions,
             interval: .milliseconds(config.reconcileIntervalMilliseconds), clock: timers)
@@ -62,7 +65,12 @@ public final class RelayServer: Service, Sendable {
     /// tunnels told why), then the reconciler, the work already started (records of the ends), and
     /// the store last, once they are written.
     /// `start()` binds before they run.
-    public var services: [any Service] { [StoreService(control: self.control), self.tasks, self.reconciler, self] }
+    /// The node's presence among the relay nodes joins them once `start()` knows its URL: it stops
+    /// after the listener (leaving the store once drained).
+    public var services: [any Service] {
+        let presence: [any Service] = self.presence.withLockedValue { $0.map { [$0] } ?? [] }
+        return [StoreService(control: self.control), self.tasks, self.reconciler] + presence + [self]
+    }
 
     /// Serves (bound by `start()`) until graceful shutdown, then stops.
     public func run() async throws {
@@ -71,20 +79,13 @@ public final class RelayServer: Service, Sendable {
     }
 
     /// Opens the embedded SQLite store in `config.dataDirectory` (created 0700 if missing) and the
-    /// token hash key beside it.
+    /// token hash key, without the checks a shared store needs (`openControl`): for tests.
     public static func openEmbeddedControl(config: RelayConfig, logger: Logger, clock: @escaping @Sendable () -> Date = { Date() }) throws -> MissionControl {
         try FileManager.default.createDirectory(
             atPath: config.dataDirectory, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
         let store = try SQLiteStore(path: config.dataDirectory + "/relay.sqlite")
-        let key = try TokenHasher.loadOrCreateKey(at: config.dataDirectory + "/token-hash.key")
-        var settings = MissionControl.Settings(nodeName: config.nodeName)
-        settings.enrollmentTTLSeconds = config.enrollmentTTLSeconds
-        settings.pendingRequestTTLSeconds = config.pendingRequestTTLSeconds
-        settings.maxRequestSeconds = config.maxRequestSeconds
-        settings.heartbeatIntervalSeconds = config.heartbeatIntervalSeconds
-        settings.auditRetentionSeconds = config.auditRetentionSeconds
-        settings.reconnectSpreadMilliseconds = config.reconnectSpreadMilliseconds
-        return MissionControl(store: store, hasher: TokenHasher(key: key), settings: settings, clock: clock, logger: logger)
+        let key = try TokenHasher.loadOrCreateKey(at: config.tokenHashKeyPath)
+        return MissionControl(store: store, hasher: TokenHasher(key: key), settings: Self.settings(config), clock: clock, logger: logger)
     }
 
     /// Binds and starts accepting; returns the bound address (useful with port 0).
@@ -109,8 +110,16 @@ public final class RelayServer: Service, Sendable {
             .get()
         self.serverChannel.set(channel)
         let address = channel.localAddress!
-        self.control.tunnelURLs = self.config.effectiveTunnelURLs(boundPort: address.port ?? self.config.listenPort)
-        self.logger.info("relay listening", metadata: ["address": "\(address.display)", "tunnel_urls": "\(self.control.tunnelURLs)"])
+        let own = self.config.ownTunnelURL(boundPort: address.port ?? self.config.listenPort)
+        if !self.config.tunnelURLs.isEmpty { self.control.tunnelURLs = self.config.tunnelURLs }
+        // This node's own until the store says which others are live (at once, as its services start).
+        self.control.setLiveTunnelURLs([own])
+        self.presence.withLockedValue {
+            $0 = RelayNodePresence(
+                control: self.control, nodeID: self.config.nodeName, tunnelURL: own, ttl: .milliseconds(self.config.nodeTTLMilliseconds),
+                clock: self.timers)
+        }
+        self.logger.info("relay listening", metadata: ["address": "\(address.display)", "tunnel_url": "\(own)"])
         return address
     }
 

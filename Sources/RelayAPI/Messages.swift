@@ -12,6 +12,7 @@ public enum APIPath {
     public static let tokens = "/v1/tokens"
     public static let audit = "/v1/audit"
     public static let whoami = "/v1/whoami"
+    public static let relayNodes = "/v1/relay-nodes"
 }
 
 // MARK: connector <-> relay
@@ -313,6 +314,25 @@ public struct AuditPage: Codable, Sendable {
     public init(records: [AuditRecord], nextAfter: Int64?) {
         self.records = records
         self.nextAfter = nextAfter
+    }
+}
+
+/// `GET /v1/relay-nodes`: the relay nodes sharing this store, as connectors are sent them.
+public struct RelayNodeView: Codable, Sendable, Equatable {
+    public var id: String
+    /// Where connectors dial it; relayctl opens sessions on the same host and port.
+    public var tunnelURL: String
+    public var startedAt: Date
+    public var lastSeenAt: Date
+    /// Seen within `node_ttl`: listed in heartbeat answers.
+    public var live: Bool
+
+    public init(id: String, tunnelURL: String, startedAt: Date, lastSeenAt: Date, live: Bool) {
+        self.id = id
+        self.tunnelURL = tunnelURL
+        self.startedAt = startedAt
+        self.lastSeenAt = lastSeenAt
+        self.live = live
     }
 }
 

@@ -68,7 +68,7 @@ enum PostgresSchema {
 
     /// Applies the migrations not yet applied, under the migration lock; returns those applied.
     static func migrate(_ connection: PostgresConnection, logger: Logger) async throws -> [String] {
-        try await connection.query("SELECT pg_advisory_lock(\(Self.migrationLock))", logger: logger)
+        _ = try await connection.query("SELECT pg_advisory_lock(\(Self.migrationLock))", logger: logger).collect()
         do {
             try await connection.query(
                 "CREATE TABLE IF NOT EXISTS schema_migrations (identifier text PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())",
@@ -87,10 +87,10 @@ enum PostgresSchema {
                 }
                 done.append(migration.id)
             }
-            try await connection.query("SELECT pg_advisory_unlock(\(Self.migrationLock))", logger: logger)
+            _ = try await connection.query("SELECT pg_advisory_unlock(\(Self.migrationLock))", logger: logger).collect()
             return done
         } catch {
-            _ = try? await connection.query("SELECT pg_advisory_unlock(\(Self.migrationLock))", logger: logger)
+            _ = try? await connection.query("SELECT pg_advisory_unlock(\(Self.migrationLock))", logger: logger).collect()
             throw error
         }
     }

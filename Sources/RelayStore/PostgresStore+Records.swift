@@ -335,7 +335,7 @@ extension PostgresStore {
         let logger = self.logger
         try await self.transaction("audit append") { db in
             // IDs in commit order (PostgresSchema.auditLock).
-            try await db.query("SELECT pg_advisory_xact_lock(\(PostgresSchema.auditLock))", logger: logger)
+            _ = try await db.query("SELECT pg_advisory_xact_lock(\(PostgresSchema.auditLock))", logger: logger).collect()
             for record in records {
                 try await db.query(
                     """

@@ -67,6 +67,9 @@ public final class PostgresStore: Store {
         case .require(let caFile):
             var configuration = TLSConfiguration.makeClientConfiguration()
             if let caFile { configuration.trustRoots = .file(caFile) }
+            // postgres-nio builds its TLS context at the first connection and keeps a failure for
+            // good: a bad CA file is said now, at start.
+            _ = try NIOSSLContext(configuration: configuration)
             tls = .require(configuration)
         }
         var configuration = PostgresClient.Configuration(
@@ -189,7 +192,7 @@ public final class PostgresStore: Store {
         let logger = self.logger
         do {
             try await self.withConnection("notify") {
-                try await $0.query("SELECT pg_notify(\(Self.accessChannel), '')", logger: logger)
+                _ = try await $0.query("SELECT pg_notify(\(Self.accessChannel), '')", logger: logger).collect()
             }
         } catch {
             logger.warning("cannot tell the other relay nodes of an access change; they see it at their next reconcile", metadata: ["error": "\(error)"])

@@ -3,6 +3,7 @@ import Foundation
 import Logging
 import NIOPosix
 import Relay
+import RelayStore
 import ServiceLifecycle
 import TunnelCore
 import UnixSignals
@@ -11,7 +12,13 @@ import UnixSignals
 struct RelayCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "relay",
-        abstract: "Relay node: registration, heartbeats and the ops API; accepts connector tunnels and expert sessions.")
+        abstract: "Relay node: registration, heartbeats and the ops API; accepts connector tunnels and expert sessions.",
+        subcommands: [Serve.self, Migrate.self], defaultSubcommand: Serve.self)
+}
+
+struct Serve: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Run the relay node (the default: relay --config relay.yaml).")
 
     @Option(name: .shortAndLong, help: "Path to relay.yaml (see Config/relay.yaml).")
     var config: String = "relay.yaml"
@@ -36,7 +43,7 @@ struct RelayCommand: AsyncParsableCommand {
             print("\(self.config): OK (certificate and key match; data in \(config.dataDirectory), node \(config.nodeName))")
             return
         }
-        let control = try RelayServer.openEmbeddedControl(config: config, logger: logger)
+        let control = try await RelayServer.openControl(config: config, logger: logger)
         let bootstrapPath = config.dataDirectory + "/bootstrap-ops-token"
         let firstStart = try await control.createBootstrapToken(at: bootstrapPath)
         if firstStart {
@@ -72,3 +79,42 @@ struct RelayCommand: AsyncParsableCommand {
 }
 
 extension Logger.Level: @retroactive ExpressibleByArgument {}
+
+/// `relay migrate`: applies the store's pending migrations and exits (a start does the same);
+/// `--check` says what would run and changes nothing.
+struct Migrate: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Apply the store's pending schema migrations (a start applies them too); --check only lists them.")
+
+    @Option(name: .shortAndLong, help: "Path to relay.yaml.")
+    var config: String = "relay.yaml"
+
+    @Flag(help: "List the migrations that would run, change nothing; exit 0 when none is pending, 3 when some are.")
+    var check = false
+
+    func run() async throws {
+        LoggingSystem.bootstrap { StreamLogHandler.standardError(label: $0) }
+        var logger = Logger(label: "relay")
+        logger.logLevel = .warning
+        let config = try RelayConfig.load(path: self.config)
+        let store: String
+        let pending: [String]
+        switch config.store {
+        case .sqlite:
+            let path = config.dataDirectory + "/relay.sqlite"
+            store = "SQLite \(path)"
+            pending = try SQLiteStore.pendingMigrations(path: path)
+        case .postgres(let settings):
+            store = "PostgreSQL \(settings.displayURL)"
+            pending = try await PostgresStore.pendingMigrations(settings, logger: logger)
+        }
+        if self.check {
+            print(pending.isEmpty ? "\(store): up to date" : "\(store): would apply \(pending.joined(separator: ", "))")
+            if !pending.isEmpty { throw ExitCode(3) }
+            return
+        }
+        let control = try await RelayServer.openControl(config: config, logger: logger)
+        try await control.store.close()
+        print(pending.isEmpty ? "\(store): up to date" : "\(store): applied \(pending.joined(separator: ", "))")
+    }
+}

@@ -327,3 +327,22 @@ struct Audit: AsyncParsableCommand {
         }
     }
 }
+
+// MARK: relay nodes
+
+struct Relays: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "The relay nodes sharing one store.", subcommands: [List.self])
+
+    struct List: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "List the relay nodes: tunnel URL, last seen, live (sent to connectors) or not.")
+        @OptionGroup var relay: RelayOptions
+
+        func run() async throws {
+            try await self.relay.run({ try await $0.get(APIPath.relayNodes, as: [RelayNodeView].self) }) { nodes in
+                TextTable.render(
+                    ["NODE", "TUNNEL URL", "LIVE", "LAST SEEN", "STARTED"],
+                    nodes.map { [$0.id, $0.tunnelURL, $0.live ? "yes" : "no", HumanFormat.time($0.lastSeenAt), HumanFormat.time($0.startedAt)] })
+            }
+        }
+    }
+}

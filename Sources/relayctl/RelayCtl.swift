@@ -12,7 +12,7 @@ struct RelayCtl: AsyncParsableCommand {
         commandName: "relayctl",
         abstract: "Operate the relay and open sessions to cluster components.",
         discussion: "Exit codes: 0 ok, 1 other failure, 2 bad request, 3 relay unreachable, 4 credentials refused or not allowed, 5 not found, 6 conflicting state, 7 timed out waiting, 8 session ended by the relay, 64 usage.",
-        subcommands: [Clusters.self, Requests.self, Sessions.self, Tokens.self, Audit.self, Session.self])
+        subcommands: [Clusters.self, Requests.self, Sessions.self, Tokens.self, Audit.self, Session.self, Relays.self])
 }
 
 struct RelayOptions: ParsableArguments {

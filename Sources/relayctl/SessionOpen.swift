@@ -60,12 +60,11 @@ struct Open: AsyncParsableCommand {
             role = parsed
         }
         let waitSeconds = try parseDurationSeconds(self.wait, option: "--wait")
-        let urls = try self.relayOptions.relayURLs().map { url in
-            var url = url
-            url.path = WirePath.session
-            return url
-        }
         let api = try self.relayOptions.client()
+        // Every other live node too: any of them may hold the cluster's tunnel (an older relay
+        // without the list answers 404: the nodes given are all there is).
+        let nodes = (try? await api.get(APIPath.relayNodes, as: [RelayNodeView].self)) ?? []
+        let urls = RelayDiscovery.sessionURLs(given: try self.relayOptions.relayURLs(), nodes: nodes)
         var components: [String] = []
         for name in try await self.componentsToOpen(api) where !components.contains(name) { components.append(name) }
         // Checked before any wait: two names that would share a host name fail now, not after approval.

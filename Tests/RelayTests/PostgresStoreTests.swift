@@ -9,7 +9,7 @@ import Testing
 /// goes away and comes back, and change announcements between nodes.
 @Suite(.enabled(if: PostgresTestServer.settings != nil || PostgresTestServer.required))
 struct PostgresStoreTests {
-    let logger = Logger(label: "postgres-store-test")
+    let logger = storeTestLogger
 
     @Test func severalNodesStartingAtOnceMigrateOnceAndCheckSaysWhatWouldRun() async throws {
         let database = try await PostgresTestServer.makeDatabase()

@@ -35,7 +35,7 @@ enum TestDatabase: Sendable {
     func open() async throws -> any Store {
         switch self {
         case .sqlite(let path): return try SQLiteStore(path: path)
-        case .postgres(let settings): return try await PostgresStore.open(settings, logger: Logger(label: "store-test"))
+        case .postgres(let settings): return try await PostgresStore.open(settings, logger: storeTestLogger)
         }
     }
 
@@ -64,3 +64,10 @@ func withStore<T>(_ backend: StoreBackend, _ body: (any Store) async throws -> T
         throw error
     }
 }
+
+/// Quiet unless TEST_LOG_LEVEL says otherwise (the database outage tests log on purpose).
+let storeTestLogger: Logger = {
+    var logger = Logger(label: "store-test")
+    logger.logLevel = ProcessInfo.processInfo.environment["TEST_LOG_LEVEL"].flatMap(Logger.Level.init(rawValue:)) ?? .critical
+    return logger
+}()

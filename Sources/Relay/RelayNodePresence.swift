@@ -1,0 +1,91 @@
+import Foundation
+import Logging
+import RelayModel
+import RelayStore
+import ServiceLifecycle
+
+/// This node's place among the relay nodes sharing a store. Every `interval` it announces itself
+/// (its tunnel URL, last seen now), reads the others and gives heartbeat answers the URL of every
+/// node seen within `ttl`; a node silent for longer (killed, host lost) drops out, and its sessions
+/// left open in the store are ended by the first survivor to see it. On start it ends what an
+/// earlier run of itself left open; at the end of a drain it leaves, so connectors stop dialing it.
+public struct RelayNodePresence: Service {
+    let control: MissionControl
+    let nodeID: String
+    let tunnelURL: String
+    let ttl: Duration
+    let interval: Duration
+    let clock: any Clock<Duration>
+    let startedAt: Date
+
+    init(control: MissionControl, nodeID: String, tunnelURL: String, ttl: Duration, clock: any Clock<Duration>) {
+        self.control = control
+        self.nodeID = nodeID
+        self.tunnelURL = tunnelURL
+        self.ttl = ttl
+        // Three chances within the deadline: one slow write does not make a node look gone.
+        self.interval = ttl / 3
+        self.clock = clock
+        self.startedAt = control.now
+    }
+
+    public func run() async {
+        await self.endLeftovers()
+        while true {
+            do {
+                try await self.tick()
+            } catch {
+                self.control.logger.error("cannot announce this relay node or read the others; retrying", metadata: ["error": "\(error)"])
+            }
+            do {
+                try await cancelWhenGracefulShutdown { [clock, interval] in try await clock.sleep(for: interval, tolerance: nil) }
+            } catch {
+                break  // graceful shutdown (or cancelled)
+            }
+        }
+        // Drained (the listener stopped first): connectors are no longer sent this node's URL.
+        do {
+            try await self.control.store.removeRelayNode(id: self.nodeID)
+        } catch {
+            self.control.logger.warning("cannot remove this relay node from the store; the others drop it after node_ttl", metadata: ["error": "\(error)"])
+        }
+    }
+
+    /// Sessions this node's earlier run left live in the store (it stopped without ending them).
+    func endLeftovers() async {
+        do {
+            try await self.end(sessionsOf: self.nodeID, reason: "relay node \(self.nodeID) restarted")
+        } catch {
+            self.control.logger.error("cannot end the sessions an earlier run of this node left open", metadata: ["error": "\(error)"])
+        }
+    }
+
+    func tick() async throws {
+        let now = self.control.now
+        try await self.control.store.announceRelayNode(
+            RelayNodeRecord(id: self.nodeID, tunnelURL: self.tunnelURL, startedAt: self.startedAt, lastSeenAt: now))
+        let nodes = try await self.control.store.relayNodes()
+        let deadline = now.addingTimeInterval(-Double(self.ttl.components.seconds) - Double(self.ttl.components.attoseconds) / 1e18)
+        let live = nodes.filter { $0.id == self.nodeID || $0.lastSeenAt >= deadline }
+        var urls: [String] = []
+        for node in live where !urls.contains(node.tunnelURL) { urls.append(node.tunnelURL) }
+        self.control.setLiveTunnelURLs(urls)
+        for silent in nodes where !live.contains(where: { $0.id == silent.id }) {
+            self.control.logger.notice("relay node silent past node_ttl: dropped, its sessions ended", metadata: [
+                "node": "\(silent.id)", "last_seen": "\(Timestamp.text(silent.lastSeenAt))",
+            ])
+            try await self.end(
+                sessionsOf: silent.id, reason: "relay node \(silent.id) stopped answering (last seen \(Timestamp.text(silent.lastSeenAt)))")
+            try await self.control.store.removeRelayNode(id: silent.id)
+        }
+    }
+
+    private func end(sessionsOf node: String, reason: String) async throws {
+        let ended = try await self.control.store.endSessions(onRelayNode: node, at: self.control.now, reason: reason)
+        for session in ended {
+            await self.control.audit(
+                actor: "relay:\(self.nodeID)", "session.end", cluster: session.clusterID, subject: session.id,
+                reason: "\(reason); expert \(session.expert), component \(session.component)")
+        }
+    }
+}
