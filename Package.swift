@@ -83,9 +83,9 @@ let package = Package(
         .executableTarget(name: "tunnel-swarm", dependencies: ["Connector", "TunnelCore", .product(name: "Logging", package: "swift-log"), .product(name: "NIOPosix", package: "swift-nio"), .product(name: "ArgumentParser", package: "swift-argument-parser")] + lifecycle),
         // Replays every input kept under Tests/Fuzz/TARGET/ (seeds and past findings).
         .testTarget(name: "FuzzReplayTests", dependencies: ["FuzzEntryPoints"]),
-        .testTarget(name: "RelayCtlKitTests", dependencies: ["RelayCtlKit", "TunnelCore", .product(name: "NIOHTTP1", package: "swift-nio"), .product(name: "NIOEmbedded", package: "swift-nio")]),
+        .testTarget(name: "RelayCtlKitTests", dependencies: ["RelayCtlKit", "RelayAPI", "TunnelCore", .product(name: "NIOHTTP1", package: "swift-nio"), .product(name: "NIOEmbedded", package: "swift-nio")]),
         .testTarget(name: "TunnelCoreTests", dependencies: ["TunnelCore", "TestSupport", .product(name: "NIOPosix", package: "swift-nio"), .product(name: "NIOEmbedded", package: "swift-nio"), .product(name: "NIOHTTP2", package: "swift-nio-http2"), .product(name: "NIOHPACK", package: "swift-nio-http2")]),
-        .testTarget(name: "ConfigKitTests", dependencies: ["ConfigKit", "Relay", "Connector"]),
+        .testTarget(name: "ConfigKitTests", dependencies: ["ConfigKit", "Relay", "RelayStore", "Connector"]),
         .testTarget(name: "ConnectorTests", dependencies: ["Connector", "RelayAPI", "RelayModel", "TestSupport", .product(name: "NIOEmbedded", package: "swift-nio"), .product(name: "ServiceLifecycleTestKit", package: "swift-service-lifecycle")] + lifecycle),
         .testTarget(name: "PrivacyPolicyTests", dependencies: ["PrivacyPolicy", "RelayModel"]),
         .testTarget(name: "CustomerAuditTests", dependencies: ["CustomerAudit"]),

@@ -2,6 +2,7 @@ import ConfigKit
 import Connector
 import Foundation
 import Relay
+import RelayStore
 import Testing
 import TunnelCore
 
@@ -93,6 +94,39 @@ private func edit(_ yaml: String, replace old: String? = nil, with new: String) 
         #expect(config.limits.maxConcurrentStreams == TunnelLimits().maxConcurrentStreams)
     }
 
+    /// A shared store: the password read from its file (never from the URL), TLS verified against
+    /// the CA file, the nodes' shared token key.
+    @Test func aPostgresStoreIsReadWithItsPasswordFromAFile() throws {
+        let folder = FileManager.default.temporaryDirectory.appendingPathComponent("relay-config-\(UUID().uuidString)").path
+        try FileManager.default.createDirectory(atPath: folder, withIntermediateDirectories: true)
+        try "canary-db-password\nignored\n".write(toFile: folder + "/db-password", atomically: true, encoding: .utf8)
+        let yaml = goodRelay + """
+
+            public_url: wss://relay-a.example.com:8443
+            node_ttl: 45s
+            token_hash_key_file: keys/token-hash.key
+            store: postgres
+            postgres:
+              url: postgres://relay@db.example.com:6543/relay
+              password_file: db-password
+              tls: require
+              ca_file: db-ca.pem
+              pool_size: 20
+              operation_timeout: 2s
+            """
+        let config = try RelayConfig.parse(yaml: yaml, file: folder + "/relay.yaml")
+        var expected = PostgresSettings(host: "db.example.com", port: 6543, username: "relay", database: "relay", password: "canary-db-password")
+        expected.tls = .require(caFile: folder + "/db-ca.pem")
+        expected.poolSize = 20
+        expected.operationTimeout = .seconds(2)
+        #expect(config.store == .postgres(expected))
+        #expect(config.publicURL == "wss://relay-a.example.com:8443/v1/tunnel")
+        #expect(config.ownTunnelURL(boundPort: 1) == "wss://relay-a.example.com:8443/v1/tunnel")
+        #expect(config.nodeTTLMilliseconds == 45_000)
+        #expect(config.tokenHashKeyPath == folder + "/keys/token-hash.key")
+        #expect(try RelayConfig.parse(yaml: goodRelay, file: folder + "/relay.yaml").store == .sqlite, "SQLite unless told")
+    }
+
     @Test func shippedExampleIsValid() throws {
         let path = repoRoot.appendingPathComponent("Config/relay.yaml").path
         let text = try String(contentsOfFile: path, encoding: .utf8)
@@ -121,6 +155,19 @@ private func edit(_ yaml: String, replace old: String? = nil, with new: String) 
         BadConfig(edit(goodRelay, replace: "  handshake_timeout: 5s", with: "  max_streams: 5"), "limits.max_streams", "unknown key"),
         BadConfig(edit(goodRelay, with: "data_dir: x"), "", "duplicated key(s): 'data_dir'"),
         BadConfig(edit(goodRelay, with: "clusters: []"), "clusters", "unknown key"),
+        BadConfig(edit(goodRelay, with: "store: mysql"), "store", "one of sqlite, postgres"),
+        BadConfig(edit(goodRelay, with: "store: postgres"), "postgres", "required with store: postgres"),
+        BadConfig(edit(goodRelay, with: "postgres:\n  url: postgres://relay@db/relay"), "postgres", "only with store: postgres"),
+        BadConfig(edit(goodRelay, with: "store: postgres\npostgres:\n  url: postgres://relay:s3cret@db/relay"), "postgres.url", "must not hold the password"),
+        BadConfig(edit(goodRelay, with: "store: postgres\npostgres:\n  url: mysql://relay@db/relay"), "postgres.url", "postgres://USER@HOST"),
+        BadConfig(edit(goodRelay, with: "store: postgres\npostgres:\n  url: postgres://relay@db/relay?sslmode=disable"), "postgres.url", "takes no parameters"),
+        BadConfig(edit(goodRelay, with: "store: postgres\npostgres:\n  url: postgres://relay@db/relay\n  password_file: /nonexistent/pw"), "postgres.password_file", "cannot read"),
+        BadConfig(edit(goodRelay, with: "store: postgres\npostgres:\n  url: postgres://relay@db/relay\n  password_env: RELAY_TEST_UNSET_VARIABLE"), "postgres.password_env", "not set"),
+        BadConfig(edit(goodRelay, with: "store: postgres\npostgres:\n  url: postgres://relay@db/relay\n  ca_file: ca.pem"), "postgres.ca_file", "only with tls: require"),
+        BadConfig(edit(goodRelay, with: "store: postgres\npostgres:\n  url: postgres://relay@db/relay\n  pool_size: 0"), "postgres.pool_size", "1 ... 500"),
+        BadConfig(edit(goodRelay, with: "store: postgres\npostgres:\n  url: postgres://relay@db/relay\n  pool: 5"), "postgres.pool", "unknown key"),
+        BadConfig(edit(goodRelay, with: "public_url: http://relay-a.example"), "public_url", "use wss://"),
+        BadConfig(edit(goodRelay, with: "node_ttl: 1s"), "node_ttl", "between"),
         BadConfig("listen: [1, 2]", "listen", "expected a string"),
         BadConfig("- a\n- b", "", "mapping"),
         BadConfig("listen: \"unterminated", "", "not valid YAML"),

@@ -1,5 +1,6 @@
 import Foundation
 import Relay
+import RelayStore
 import RelayAPI
 import RelayCtlKit
 import RelayModel
@@ -109,5 +110,34 @@ import TunnelCore
             .filter { $0.actor == "expert:alice" && $0.action == "api GET /v1/tokens" }
         #expect(tokenRefusals.count == 3, "the earlier one, the first of the minute, the summary: \(tokenRefusals.map { $0.reason ?? "" })")
         await stack.stop()
+    }
+
+    /// `relay migrate --check` says what a start would apply and changes nothing; `relay migrate`
+    /// applies it; on SQLite and on PostgreSQL alike (the same history), no password in any output.
+    @Test(arguments: ["sqlite", "postgres"])
+    func migrateCheckSaysWhatWouldRunAndMigrateAppliesIt(_ backend: String) async throws {
+        let folder = TestStack.temporaryDirectory("migrate-\(backend)")
+        let config = try Self.writeRelayConfig(folder: folder, certificate: TestCerts.trusted + "/relay.pem", key: TestCerts.trusted + "/relay.key")
+        var database: PostgresSettings?
+        if backend == "postgres" {
+            guard PostgresTestServer.settings != nil || PostgresTestServer.required else { return }
+            let created = try await PostgresTestServer.makeDatabase()
+            database = created
+            FileManager.default.createFile(atPath: folder + "/db-password", contents: Data((created.password ?? "").utf8), attributes: [.posixPermissions: 0o600])
+            let yaml = try String(contentsOfFile: config, encoding: .utf8)
+                + "\nstore: postgres\npostgres:\n  url: \(created.displayURL)\n  password_file: db-password\n"
+            try yaml.write(toFile: config, atomically: true, encoding: .utf8)
+        }
+        defer { if let database { Task { await PostgresTestServer.drop(database) } } }
+        let secret = database?.password ?? "no password"
+
+        let (pending, pendingOut, pendingErr) = try await TestProcess.run(Self.relay, ["migrate", "--check", "--config", config])
+        #expect(pending == 3 && pendingOut.contains("would apply v1, v2"), "\(pendingOut) \(pendingErr)")
+        if backend == "sqlite" { #expect(!FileManager.default.fileExists(atPath: folder + "/data/relay.sqlite"), "--check creates nothing") }
+        let (applied, appliedOut, appliedErr) = try await TestProcess.run(Self.relay, ["migrate", "--config", config])
+        #expect(applied == 0 && appliedOut.contains("applied v1, v2"), "\(appliedOut) \(appliedErr)")
+        let (done, doneOut, _) = try await TestProcess.run(Self.relay, ["migrate", "--check", "--config", config])
+        #expect(done == 0 && doneOut.contains("up to date"), "\(doneOut)")
+        for output in [pendingOut, pendingErr, appliedOut, appliedErr, doneOut] { #expect(!output.contains(secret)) }
     }
 }

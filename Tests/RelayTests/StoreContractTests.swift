@@ -1,4 +1,5 @@
 import Foundation
+import Relay
 import RelayModel
 import RelayStore
 import TestSupport
@@ -317,5 +318,32 @@ import Testing
 
         try await one.close()
         try await two.close()
+    }
+}
+
+/// Nodes sharing a store must hash tokens with one key: a node started with another key refuses
+/// to start and says which file to fix, instead of refusing every token it is shown.
+@Suite struct TokenKeyAgreementTests {
+    @Test(arguments: StoreBackend.available)
+    func aNodeWithAnotherTokenKeyRefusesToStart(_ backend: StoreBackend) async throws {
+        let database = try await backend.makeDatabase()
+        let folder = FileManager.default.temporaryDirectory.appendingPathComponent("token-key-\(UUID().uuidString)").path
+        var config = RelayConfig(certificateFile: "unused.pem", privateKeyFile: "unused.key", dataDirectory: folder + "/a")
+        switch database {
+        case .sqlite(let path): config.dataDirectory = (path as NSString).deletingLastPathComponent + "/\(UUID().uuidString)"
+        case .postgres(let settings): config.store = .postgres(settings)
+        }
+        let first = try await RelayServer.openControl(config: config, logger: storeTestLogger)
+        try await first.store.close()
+        // The same key again (a restart, or a second node given a copy): it starts.
+        let again = try await RelayServer.openControl(config: config, logger: storeTestLogger)
+        try await again.store.close()
+
+        config.tokenHashKeyFile = folder + "/other/token-hash.key"  // a new key is made there
+        try FileManager.default.createDirectory(atPath: folder + "/other", withIntermediateDirectories: true)
+        let error = await #expect(throws: TokenKeyError.self) { _ = try await RelayServer.openControl(config: config, logger: storeTestLogger) }
+        #expect(error?.path == folder + "/other/token-hash.key")
+        #expect(error.map { "\($0)".contains("not the key the other relay nodes sharing this store hash tokens with") } == true)
+        await database.remove()
     }
 }
