@@ -30,9 +30,10 @@ def register_nodes(stack, cluster, count):
     return nodes
 
 
-def heartbeats(stack, count, duration, repeats):
-    """Heartbeats as a fleet sends them: `count` nodes in turn, each with its own credential and a
-    CPU load that differs on every beat (a real node's health is never the same twice)."""
+def heartbeat_script(stack, count):
+    """A wrk script sending heartbeats as a fleet does: `count` nodes in turn, each with its own
+    credential and a CPU load that differs on every beat (a real node's health is never the same
+    twice). Returns its path."""
     cluster = stack.credential["clusterID"]
     nodes = register_nodes(stack, cluster, count)
     bodies = [json.dumps({"clusterID": cluster, "nodeID": node_id, "sourceType": "server", "connectorVersion": "perf",
@@ -48,6 +49,12 @@ def heartbeats(stack, count, duration, repeats):
            "['Authorization'] = auths[i]}, body)\n"
            "end\n")
     stack.write("heartbeats.lua", lua)
+    return f"{stack.work}/heartbeats.lua"
+
+
+def heartbeats(stack, count, duration, repeats):
+    """Heartbeats/s and latency one relay node answers (`heartbeat_script`), at 16 and 64 connections."""
+    script = heartbeat_script(stack, count)
     base = f"https://127.0.0.1:{stack.relay_port}"
     relay = stack.procs["relay"].pid
 
@@ -62,7 +69,7 @@ def heartbeats(stack, count, duration, repeats):
     healthz = []
     for connections in runs:
         for _ in range(repeats):
-            run = measured(f"{base}/v1/heartbeat", connections, script=f"{stack.work}/heartbeats.lua")
+            run = measured(f"{base}/v1/heartbeat", connections, script=script)
             if run.non2xx or run.socket_errors:
                 raise SystemExit(f"heartbeats: {run.non2xx} non-2xx answers, {run.socket_errors} socket errors")
             runs[connections].append(run)

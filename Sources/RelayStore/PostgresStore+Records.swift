@@ -126,18 +126,48 @@ extension PostgresStore {
 
     public func heartbeatView(credentialHash: String, clusterID: String, nodeID: String, endedSince: Date, endedLimit: Int) async throws -> HeartbeatView {
         let logger = self.logger
-        // One snapshot for every read, as SQLite's single read transaction gives.
-        return try await self.transaction("heartbeat read", isolation: " ISOLATION LEVEL REPEATABLE READ READ ONLY") { db in
-            let credential = try await db.query("SELECT * FROM credentials WHERE credential_hash = \(credentialHash)", logger: logger)
-                .records(PostgresRows.credential).first
-            guard let credential, credential.authenticates(cluster: clusterID, node: nodeID) else { return HeartbeatView(credential: credential) }
-            let cluster = try await db.query("SELECT * FROM clusters WHERE id = \(clusterID)", logger: logger).records(PostgresRows.cluster).first
-            let node = try await db.query("SELECT * FROM nodes WHERE cluster_id = \(clusterID) AND node_id = \(nodeID)", logger: logger)
-                .records(PostgresRows.node).first
+        let open = [RequestState.pending, .approved].map(\.rawValue)
+        let ended = [RequestState.expired, .revoked, .rejected].map(\.rawValue)
+        // Two round trips on one connection, the rate every heartbeat pays: the credential with the
+        // cluster's mode and the node's row, then (only for a credential of this cluster and node)
+        // the open requests and the recently ended ones. Not one snapshot, as SQLite's read is: a
+        // request decided between the two reads is seen by the next heartbeat.
+        return try await self.withConnection("heartbeat read") { db in
+            let first = try await db.query(
+                """
+                SELECT c.credential_hash, c.cluster_id, c.node_id, c.created_at, c.revoked_at, cl.privacy_mode AS cluster_mode,
+                  n.source_type, n.connector_version, n.privacy_mode, n.privacy_json, n.health_json, n.last_heartbeat_at,
+                  n.registered_at, n.remote_ui_requested
+                FROM credentials c LEFT JOIN clusters cl ON cl.id = \(clusterID)
+                  LEFT JOIN nodes n ON n.cluster_id = \(clusterID) AND n.node_id = \(nodeID)
+                WHERE c.credential_hash = \(credentialHash)
+                """, logger: logger
+            ).records { row -> (CredentialRecord, PrivacyMode?, NodeRecord?) in
+                let credential = try PostgresRows.credential(row)
+                let mode = try row.rawIfPresent("cluster_mode", as: PrivacyMode.self)
+                guard try row["source_type"].decode(String?.self) != nil else { return (credential, mode, nil) }
+                let node = NodeRecord(
+                    clusterID: clusterID, nodeID: nodeID, sourceType: try row.value("source_type"),
+                    connectorVersion: try row.value("connector_version"), privacyMode: try row.raw("privacy_mode", as: PrivacyMode.self),
+                    privacyJSON: try row.value("privacy_json"), healthJSON: try row.value("health_json"),
+                    lastHeartbeatAt: try row.value("last_heartbeat_at"), registeredAt: try row.value("registered_at"),
+                    remoteUIRequested: try row.value("remote_ui_requested"))
+                return (credential, mode, node)
+            }.first
+            guard let (credential, mode, node) = first else { return HeartbeatView(credential: nil) }
+            guard credential.authenticates(cluster: clusterID, node: nodeID) else { return HeartbeatView(credential: credential) }
+            let requests = try await db.query(
+                """
+                (SELECT * FROM access_requests WHERE cluster_id = \(clusterID) AND state = ANY(\(open)))
+                UNION ALL
+                (SELECT * FROM access_requests WHERE cluster_id = \(clusterID) AND state = ANY(\(ended)) AND changed_at >= \(endedSince)
+                 ORDER BY changed_at DESC LIMIT \(Int64(endedLimit)))
+                """, logger: logger
+            ).records(PostgresRows.request)
             return HeartbeatView(
-                credential: credential, node: node, clusterMode: cluster?.privacyMode,
-                open: try await Self.requests(db, clusterID: clusterID, states: [.pending, .approved]),
-                ended: try await Self.endedRequests(db, clusterID: clusterID, since: endedSince, limit: endedLimit))
+                credential: credential, node: node, clusterMode: mode,
+                open: requests.filter { !$0.state.isFinal }.sorted { $0.id < $1.id },
+                ended: requests.filter(\.state.isFinal).sorted { ($0.changedAt, $0.id) > ($1.changedAt, $1.id) })
         }
     }
 

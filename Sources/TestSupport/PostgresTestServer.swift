@@ -45,7 +45,8 @@ public enum PostgresTestServer {
     }
 
     private static func admin(_ settings: PostgresSettings, _ body: @escaping @Sendable (PostgresConnection, Logger) async throws -> Void) async throws {
-        let logger = Logger(label: "postgres-test-server")
+        var logger = Logger(label: "postgres-test-server")
+        logger.logLevel = .error
         let client = PostgresClient(
             configuration: PostgresClient.Configuration(
                 host: settings.host, port: settings.port, username: settings.username, password: settings.password,

@@ -101,6 +101,20 @@ import Testing
             #expect(view.clusterMode == .all)
             #expect(view.open == [request])
             #expect(view.ended.isEmpty)
+            // Ended ones: since the time given, newest first, at most the limit.
+            var ended: [AccessRequestRecord] = []
+            for index in 0..<3 {
+                var done = try await store.createRequest(self.request("c1", at: Double(index)))
+                let pending = done
+                done.state = index == 0 ? .rejected : .revoked
+                done.changedAt = self.at(200 + Double(index))
+                #expect(try await store.updateRequest(done, expecting: pending.state))
+                ended.append(done)
+            }
+            let recent = try await store.heartbeatView(credentialHash: "h1", clusterID: "c1", nodeID: "n1", endedSince: self.at(201), endedLimit: 10)
+            #expect(recent.open == [request])
+            #expect(recent.ended == [ended[2], ended[1]])
+            #expect(try await store.heartbeatView(credentialHash: "h1", clusterID: "c1", nodeID: "n1", endedSince: self.t0, endedLimit: 1).ended == [ended[2]])
             // Another node's claim: the credential is returned (to be refused), nothing else is read.
             let other = try await store.heartbeatView(credentialHash: "h1", clusterID: "c1", nodeID: "n2", endedSince: self.t0, endedLimit: 10)
             #expect(other.credential?.nodeID == "n1")
