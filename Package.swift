@@ -61,6 +61,8 @@ let package = Package(
             "RelayModel", "TunnelCore", .product(name: "GRDB", package: "GRDB.swift"), .product(name: "Crypto", package: "swift-crypto"),
             .product(name: "PostgresNIO", package: "postgres-nio"), .product(name: "Logging", package: "swift-log"),
             .product(name: "NIOSSL", package: "swift-nio-ssl"),
+            // ConnectionPoolError: how postgres-nio's pool says it cannot connect at all.
+            .product(name: "_ConnectionPoolModule", package: "postgres-nio"),
         ] + lifecycle),
         // The relay's HTTPS JSON API: message types and a small client (connector and relayctl).
         .target(name: "RelayAPI", dependencies: ["RelayModel", "TunnelCore", .product(name: "NIOSSL", package: "swift-nio-ssl")] + nio),

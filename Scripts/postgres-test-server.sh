@@ -34,10 +34,9 @@ start)
     # The superuser exists only over the unix socket in $dir; the tests get a role with a password.
     as_user "$bin/initdb" -D "$dir/data" -U admin --auth-local=trust --auth-host=scram-sha-256 -E UTF8 --no-sync >/dev/null
     as_user "$bin/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w -o "-c listen_addresses=127.0.0.1 -p $port -k $dir -c fsync=off -c max_connections=300" start >/dev/null
-    as_user "$bin/psql" -h "$dir" -p "$port" -U admin -d postgres -v ON_ERROR_STOP=1 -q \
-      -c "CREATE ROLE relay_test LOGIN CREATEDB PASSWORD '$password'" >/dev/null
-    # The tests (run as anyone) read the password file.
-    chmod 644 "$dir/password"
+    # On stdin, not the command line: no password in the process list.
+    printf "CREATE ROLE relay_test LOGIN CREATEDB PASSWORD '%s';\n" "$password" \
+      | as_user "$bin/psql" -h "$dir" -p "$port" -U admin -d postgres -v ON_ERROR_STOP=1 -q >/dev/null
   fi
   echo "export RELAY_TEST_POSTGRES_URL=postgres://relay_test@127.0.0.1:$port/postgres"
   echo "export RELAY_TEST_POSTGRES_PASSWORD_FILE=$dir/password"

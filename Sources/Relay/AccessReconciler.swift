@@ -63,8 +63,9 @@ public struct AccessReconciler: Service {
         // Never in the way of expiry and revocation: a failed flush is retried on the next tick.
         do {
             try await self.control.flushLiveness()
+            try await self.control.flushUnwritten()
         } catch {
-            self.control.logger.error("cannot write heartbeats kept in memory; retrying next tick", metadata: ["error": "\(error)"])
+            self.control.logger.error("cannot write what is kept in memory (heartbeats, records); retrying next tick", metadata: ["error": "\(error)"])
         }
         // One instant for the whole tick: what expires and what is closed for it agree.
         let now = self.control.now
@@ -97,10 +98,17 @@ public struct AccessReconciler: Service {
             } else if let token = tokens[record.expert], !token.isValid(at: now) {
                 let reason = token.revokedAt != nil ? "token \"\(token.name)\" was revoked by \(token.revokedBy ?? "an operator")" : "token \"\(token.name)\" expired"
                 session.end(code: WireCloseCode.sessionKilled, reason: reason)
-            } else if let stored = try await self.control.store.session(id: record.id), let by = stored.killRequestedBy {
-                session.end(code: WireCloseCode.sessionKilled, reason: "session killed by \(by)")
             } else {
-                try await self.control.store.updateSession(record)
+                let stored = try await self.control.store.session(id: record.id)
+                if let by = stored?.killRequestedBy {
+                    session.end(code: WireCloseCode.sessionKilled, reason: "session killed by \(by)")
+                } else if let stored, stored.endedAt != nil {
+                    // Ended in the store by another node (this one was taken for gone): the record
+                    // is final, so the session goes too rather than run on unrecorded.
+                    session.end(code: WireCloseCode.sessionKilled, reason: stored.endReason ?? "ended by another relay node")
+                } else {
+                    try await self.control.store.updateSession(record)
+                }
             }
         }
     }

@@ -143,7 +143,8 @@ extension MissionControl {
         do {
             try await self.store.updateSession(session)
         } catch {
-            self.logger.error("session record failed", metadata: ["session": "\(session.id)", "error": "\(error)"])
+            self.logger.error("session record failed; kept to write again", metadata: ["session": "\(session.id)", "error": "\(error)"])
+            self.keepUnwritten(sessions: [session])
         }
         await self.audit(
             actor: "expert:\(session.expert)", "session.end", cluster: session.clusterID, subject: session.id,

@@ -48,6 +48,7 @@ public final class MissionControl: Sendable {
     private let liveness = NIOLockedValueBox(NodeLiveness())
     private let lastPrune = NIOLockedValueBox<Date?>(nil)
     private let reconcileObservers = NIOLockedValueBox<[@Sendable () -> Void]>([])
+    private let unwritten = NIOLockedValueBox(UnwrittenRecords())
 
     /// The tunnel URLs sent to connectors in heartbeat answers: a fixed list when one is set (relay.yaml
     /// `tunnel_urls`), else every live relay node's, as `RelayNodePresence` last read them from the store.
@@ -401,7 +402,8 @@ public final class MissionControl: Sendable {
         do {
             try await self.store.appendAudit([record])
         } catch {
-            self.logger.error("audit write failed", metadata: ["action": "\(action)", "error": "\(error)"])
+            self.logger.error("audit write failed; kept to write again", metadata: ["action": "\(action)", "error": "\(error)"])
+            self.keepUnwritten(audit: [record])
         }
         if let denied {
             self.logger.notice("denied", metadata: ["actor": "\(record.actor)", "action": "\(record.action)", "reason": "\(AuditText.clean(denied) ?? "")"])
@@ -451,6 +453,36 @@ public final class MissionControl: Sendable {
         }
     }
 
+    /// Audit records and session ends the store refused (a database outage): written again by the
+    /// reconciler's next ticks, in their order, so that nothing accepted is lost while this node runs.
+    func keepUnwritten(audit: [AuditRecord] = [], sessions: [SessionRecord] = []) {
+        let dropped = self.unwritten.withLockedValue { $0.keep(audit: audit, sessions: sessions) }
+        if dropped > 0 {
+            self.logger.critical("records kept for the store past the limit; the oldest are dropped", metadata: ["dropped": "\(dropped)"])
+        }
+    }
+
+    /// Writes what `keepUnwritten` kept; what fails again stays kept.
+    public func flushUnwritten() async throws {
+        let (audit, sessions) = self.unwritten.withLockedValue { $0.take() }
+        guard !audit.isEmpty || !sessions.isEmpty else { return }
+        do {
+            try await self.store.appendAudit(audit)
+        } catch {
+            self.unwritten.withLockedValue { $0.putBack(audit: audit, sessions: sessions) }
+            throw error
+        }
+        for (index, session) in sessions.enumerated() {
+            do {
+                try await self.store.updateSession(session)
+            } catch {
+                self.unwritten.withLockedValue { $0.putBack(audit: [], sessions: Array(sessions[index...])) }
+                throw error
+            }
+        }
+        self.logger.notice("records kept during a store failure written", metadata: ["audit": "\(audit.count)", "sessions": "\(sessions.count)"])
+    }
+
     /// Nodes of a cluster with their latest heartbeat, written or not.
     public func nodes(clusterID: String) async throws -> [NodeRecord] {
         let stored = try await self.store.nodes(clusterID: clusterID)
@@ -497,7 +529,36 @@ public final class MissionControl: Sendable {
         do {
             try await self.store.appendAudit(records)
         } catch {
-            self.logger.error("audit write failed", metadata: ["action": "denial summary", "error": "\(error)"])
+            self.logger.error("audit write failed; kept to write again", metadata: ["action": "denial summary", "error": "\(error)"])
+            self.keepUnwritten(audit: records)
         }
+    }
+}
+
+/// What the store could not take yet, oldest first, bounded (`MissionControl.keepUnwritten`).
+struct UnwrittenRecords {
+    static let limit = 100_000
+    private(set) var audit: [AuditRecord] = []
+    private(set) var sessions: [SessionRecord] = []
+
+    /// Returns how many of the oldest were dropped to stay within `limit`.
+    mutating func keep(audit: [AuditRecord], sessions: [SessionRecord]) -> Int {
+        self.audit += audit
+        self.sessions += sessions
+        let over = max(0, self.audit.count - Self.limit) + max(0, self.sessions.count - Self.limit)
+        if self.audit.count > Self.limit { self.audit.removeFirst(self.audit.count - Self.limit) }
+        if self.sessions.count > Self.limit { self.sessions.removeFirst(self.sessions.count - Self.limit) }
+        return over
+    }
+
+    mutating func take() -> ([AuditRecord], [SessionRecord]) {
+        defer { (self.audit, self.sessions) = ([], []) }
+        return (self.audit, self.sessions)
+    }
+
+    /// A flush failed: these go first again.
+    mutating func putBack(audit: [AuditRecord], sessions: [SessionRecord]) {
+        self.audit = audit + self.audit
+        self.sessions = sessions + self.sessions
     }
 }

@@ -105,6 +105,10 @@ public struct RelayConfig: Sendable {
         }
         let nodeTTL = try root.durationMilliseconds("node_ttl", default: 30_000, range: 3000...600_000)
         let store = try StoreChoice.read(root)
+        if case .postgres = store, publicURL == nil, ["0.0.0.0", "::"].contains(listen.host) {
+            // Other nodes would send connectors 127.0.0.1 for this one.
+            throw root.error("public_url", "is required with store: postgres and a wildcard listen address: how connectors reach this node")
+        }
         let tokenKey = try root.filePath("token_hash_key_file")
         var heartbeat: Int?
         if root.has("heartbeat_interval") {

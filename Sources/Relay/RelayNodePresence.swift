@@ -2,6 +2,7 @@ import Foundation
 import Logging
 import RelayModel
 import RelayStore
+import NIOConcurrencyHelpers
 import ServiceLifecycle
 
 /// This node's place among the relay nodes sharing a store. Every `interval` it announces itself
@@ -9,6 +10,10 @@ import ServiceLifecycle
 /// node seen within `ttl`; a node silent for longer (killed, host lost) drops out, and its sessions
 /// left open in the store are ended by the first survivor to see it. On start it ends what an
 /// earlier run of itself left open; at the end of a drain it leaves, so connectors stop dialing it.
+///
+/// A node judges the others only once it has itself announced without a gap for `ttl`: after a
+/// database outage (or its own), every node's last announcement is old, and the first node back
+/// must not take the others, still serving, for gone; until then it keeps the URLs it sent before.
 public struct RelayNodePresence: Service {
     let control: MissionControl
     let nodeID: String
@@ -17,6 +22,15 @@ public struct RelayNodePresence: Service {
     let interval: Duration
     let clock: any Clock<Duration>
     let startedAt: Date
+    private let state = NIOLockedValueBox(Continuity())
+
+    /// Since when this node has announced itself without a gap longer than `ttl`, and the URLs it
+    /// last gave heartbeat answers.
+    struct Continuity {
+        var since: Date?
+        var lastAnnounced: Date?
+        var urls: [String] = []
+    }
 
     init(control: MissionControl, nodeID: String, tunnelURL: String, ttl: Duration, clock: any Clock<Duration>) {
         self.control = control
@@ -45,7 +59,7 @@ public struct RelayNodePresence: Service {
         }
         // Drained (the listener stopped first): connectors are no longer sent this node's URL.
         do {
-            try await self.control.store.removeRelayNode(id: self.nodeID)
+            try await self.control.store.removeRelayNode(id: self.nodeID, seenBefore: nil)
         } catch {
             self.control.logger.warning("cannot remove this relay node from the store; the others drop it after node_ttl", metadata: ["error": "\(error)"])
         }
@@ -54,7 +68,10 @@ public struct RelayNodePresence: Service {
     /// Sessions this node's earlier run left live in the store (it stopped without ending them).
     func endLeftovers() async {
         do {
-            try await self.end(sessionsOf: self.nodeID, reason: "relay node \(self.nodeID) restarted")
+            let ended = try await self.control.store.endSessions(
+                onRelayNode: self.nodeID, startedBefore: self.startedAt, unlessSeenSince: nil, at: self.control.now,
+                reason: "relay node \(self.nodeID) restarted")
+            await self.audit(ended)
         } catch {
             self.control.logger.error("cannot end the sessions an earlier run of this node left open", metadata: ["error": "\(error)"])
         }
@@ -64,28 +81,47 @@ public struct RelayNodePresence: Service {
         let now = self.control.now
         try await self.control.store.announceRelayNode(
             RelayNodeRecord(id: self.nodeID, tunnelURL: self.tunnelURL, startedAt: self.startedAt, lastSeenAt: now))
+        let ttl = Double(self.ttl.components.seconds) + Double(self.ttl.components.attoseconds) / 1e18
+        let continuous = self.state.withLockedValue { state -> Bool in
+            if let last = state.lastAnnounced, now.timeIntervalSince(last) <= ttl, let since = state.since {
+                state.lastAnnounced = now
+                return now.timeIntervalSince(since) >= ttl
+            }
+            state.since = now  // first announcement, or one after a gap: judge no one for a while
+            state.lastAnnounced = now
+            return false
+        }
         let nodes = try await self.control.store.relayNodes()
-        let deadline = now.addingTimeInterval(-Double(self.ttl.components.seconds) - Double(self.ttl.components.attoseconds) / 1e18)
+        let deadline = now.addingTimeInterval(-ttl)
         let live = nodes.filter { $0.id == self.nodeID || $0.lastSeenAt >= deadline }
         var urls: [String] = []
         for node in live where !urls.contains(node.tunnelURL) { urls.append(node.tunnelURL) }
-        self.control.setLiveTunnelURLs(urls)
+        let sent = self.state.withLockedValue { state -> [String] in
+            // Not yet in a position to judge: nothing sent before is taken away.
+            if !continuous { for url in state.urls where !urls.contains(url) { urls.append(url) } }
+            state.urls = urls
+            return urls
+        }
+        self.control.setLiveTunnelURLs(sent)
+        guard continuous else { return }
         for silent in nodes where !live.contains(where: { $0.id == silent.id }) {
+            let reason = "relay node \(silent.id) stopped answering (last seen \(Timestamp.text(silent.lastSeenAt)))"
+            // Checked again in the store: a node that announced itself meanwhile keeps its sessions.
+            let ended = try await self.control.store.endSessions(
+                onRelayNode: silent.id, startedBefore: now, unlessSeenSince: deadline, at: now, reason: reason)
+            try await self.control.store.removeRelayNode(id: silent.id, seenBefore: deadline)
             self.control.logger.notice("relay node silent past node_ttl: dropped, its sessions ended", metadata: [
-                "node": "\(silent.id)", "last_seen": "\(Timestamp.text(silent.lastSeenAt))",
+                "node": "\(silent.id)", "last_seen": "\(Timestamp.text(silent.lastSeenAt))", "sessions": "\(ended.count)",
             ])
-            try await self.end(
-                sessionsOf: silent.id, reason: "relay node \(silent.id) stopped answering (last seen \(Timestamp.text(silent.lastSeenAt)))")
-            try await self.control.store.removeRelayNode(id: silent.id)
+            await self.audit(ended)
         }
     }
 
-    private func end(sessionsOf node: String, reason: String) async throws {
-        let ended = try await self.control.store.endSessions(onRelayNode: node, at: self.control.now, reason: reason)
+    private func audit(_ ended: [SessionRecord]) async {
         for session in ended {
             await self.control.audit(
                 actor: "relay:\(self.nodeID)", "session.end", cluster: session.clusterID, subject: session.id,
-                reason: "\(reason); expert \(session.expert), component \(session.component)")
+                reason: "\(session.endReason ?? "ended"); expert \(session.expert), component \(session.component)")
         }
     }
 }

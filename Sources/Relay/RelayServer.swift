@@ -372,8 +372,9 @@ struct StoreService: Service {
         try? await gracefulShutdown()
         do {
             try await self.control.flushLiveness()
+            try await self.control.flushUnwritten()
         } catch {
-            self.control.logger.error("cannot write heartbeats kept in memory before closing the store", metadata: ["error": "\(error)"])
+            self.control.logger.error("cannot write what is kept in memory before closing the store", metadata: ["error": "\(error)"])
         }
         try await self.control.store.close()
     }

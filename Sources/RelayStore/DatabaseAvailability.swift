@@ -41,7 +41,9 @@ struct DatabaseAvailability: Sendable {
     }
 }
 
-struct DeadlinePassed: Error {}
+struct DeadlinePassed: Error, CustomStringConvertible {
+    var description: String { "no answer in time" }
+}
 
 /// The first of `operation` and a timer of `timeout`. The operation is not awaited past the
 /// timeout: a query stuck on a silent connection ends with its connection, not with the caller.

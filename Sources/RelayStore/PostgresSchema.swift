@@ -68,6 +68,20 @@ enum PostgresSchema {
 
     /// Applies the migrations not yet applied, under the migration lock; returns those applied.
     static func migrate(_ connection: PostgresConnection, logger: Logger) async throws -> [String] {
+        // No statement_timeout here: the wait for another node's migration, and the migration
+        // itself, take what they take. The connection goes back to the pool as it came.
+        try await connection.query("SET statement_timeout = 0", logger: logger)
+        do {
+            let done = try await Self.migrateLocked(connection, logger: logger)
+            try await connection.query("RESET statement_timeout", logger: logger)
+            return done
+        } catch {
+            _ = try? await connection.query("RESET statement_timeout", logger: logger)
+            throw error
+        }
+    }
+
+    private static func migrateLocked(_ connection: PostgresConnection, logger: Logger) async throws -> [String] {
         _ = try await connection.query("SELECT pg_advisory_lock(\(Self.migrationLock))", logger: logger).collect()
         do {
             try await connection.query(

@@ -50,8 +50,9 @@ public struct PostgresSettings: Sendable, Equatable {
         guard let host = components.host, !host.isEmpty else { throw PostgresSettingsError("names no host") }
         let database = String(components.path.drop(while: { $0 == "/" }))
         guard !database.isEmpty, !database.contains("/") else { throw PostgresSettingsError("names no database (postgres://USER@HOST/DATABASE)") }
+        // Not echoed: a parameter may hold a secret (password=, sslpassword=).
         if let query = components.query, !query.isEmpty {
-            throw PostgresSettingsError("takes no parameters (\(query)); TLS is set with tls and ca_file")
+            throw PostgresSettingsError("takes no parameters; TLS is set with tls and ca_file, the password with password_file or password_env")
         }
         let port = components.port ?? 5432
         guard (1...65535).contains(port) else { throw PostgresSettingsError("has port \(port), out of range") }
@@ -63,6 +64,17 @@ public struct PostgresSettings: Sendable, Equatable {
         let host = self.host.contains(":") ? "[\(self.host)]" : self.host
         return "postgres://\(self.username)@\(host):\(self.port)/\(self.database)"
     }
+}
+
+extension PostgresSettings: CustomStringConvertible, CustomDebugStringConvertible, CustomReflectable {
+    /// Never the password: what a log line, an error or a failed test expectation shows.
+    public var description: String {
+        "\(self.displayURL) (password \(self.password == nil ? "none" : "<redacted>"), tls \(self.tls), pool \(self.poolSize), timeout \(self.operationTimeout))"
+    }
+
+    public var debugDescription: String { self.description }
+
+    public var customMirror: Mirror { Mirror(self, children: ["url": self.displayURL, "tls": self.tls, "poolSize": self.poolSize]) }
 }
 
 public struct PostgresSettingsError: Error, CustomStringConvertible {

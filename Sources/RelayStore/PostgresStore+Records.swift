@@ -107,20 +107,28 @@ extension PostgresStore {
 
     public func recordLiveness(_ nodes: [NodeRecord]) async throws {
         guard !nodes.isEmpty else { return }
+        // Two statements whatever the number of nodes; rows locked in one order (sorted input, and
+        // clusters locked by ID) so that two relay nodes flushing at once cannot deadlock.
+        let sorted = nodes.sorted { ($0.clusterID, $0.nodeID) < ($1.clusterID, $1.nodeID) }
+        let clusters = sorted.map(\.clusterID)
+        let ids = sorted.map(\.nodeID)
+        let times = sorted.map(\.lastHeartbeatAt)
+        let health = sorted.map(\.healthJSON)
         let logger = self.logger
-        try await self.transaction("liveness write") { db in
-            for record in nodes {
-                try await db.query(
-                    """
-                    UPDATE nodes SET last_heartbeat_at = \(record.lastHeartbeatAt), health_json = \(record.healthJSON)
-                    WHERE cluster_id = \(record.clusterID) AND node_id = \(record.nodeID) AND last_heartbeat_at < \(record.lastHeartbeatAt)
-                    """, logger: logger)
-                try await db.query(
-                    """
-                    UPDATE clusters SET last_heartbeat_at = \(record.lastHeartbeatAt)
-                    WHERE id = \(record.clusterID) AND (last_heartbeat_at IS NULL OR last_heartbeat_at < \(record.lastHeartbeatAt))
-                    """, logger: logger)
-            }
+        try await self.withConnection("liveness write") { db in
+            try await db.query(
+                """
+                UPDATE nodes AS nd SET last_heartbeat_at = v.t, health_json = v.h
+                FROM unnest(\(clusters)::text[], \(ids)::text[], \(times)::timestamptz[], \(health)::text[]) AS v(c, n, t, h)
+                WHERE nd.cluster_id = v.c AND nd.node_id = v.n AND nd.last_heartbeat_at < v.t
+                """, logger: logger)
+            try await db.query(
+                """
+                WITH v AS (SELECT c, max(t) AS t FROM unnest(\(clusters)::text[], \(times)::timestamptz[]) AS u(c, t) GROUP BY c),
+                locked AS (SELECT cl.id FROM clusters cl JOIN v ON cl.id = v.c ORDER BY cl.id FOR UPDATE OF cl)
+                UPDATE clusters AS cl SET last_heartbeat_at = v.t FROM v, locked
+                WHERE cl.id = v.c AND locked.id = cl.id AND (cl.last_heartbeat_at IS NULL OR cl.last_heartbeat_at < v.t)
+                """, logger: logger)
         }
     }
 
@@ -320,11 +328,14 @@ extension PostgresStore {
         ).first
     }
 
-    public func endSessions(onRelayNode relayNode: String, at: Date, reason: String) async throws -> [SessionRecord] {
+    public func endSessions(onRelayNode relayNode: String, startedBefore: Date, unlessSeenSince: Date?, at: Date, reason: String) async throws -> [SessionRecord] {
         let ended = try await self.fetch(
             "sessions end",
             """
-            UPDATE sessions SET ended_at = \(at), end_reason = \(reason) WHERE relay_node = \(relayNode) AND ended_at IS NULL RETURNING *
+            UPDATE sessions SET ended_at = \(at), end_reason = \(reason)
+            WHERE relay_node = \(relayNode) AND ended_at IS NULL AND started_at < \(startedBefore)
+              AND NOT EXISTS (SELECT 1 FROM relay_nodes WHERE id = \(relayNode) AND last_seen_at >= \(unlessSeenSince))
+            RETURNING *
             """, PostgresRows.session)
         return ended.sorted { $0.startedAt < $1.startedAt }
     }
@@ -345,8 +356,10 @@ extension PostgresStore {
         try await self.fetch("relay nodes", "SELECT * FROM relay_nodes ORDER BY id", PostgresRows.relayNode)
     }
 
-    public func removeRelayNode(id: String) async throws {
-        _ = try await self.fetch("relay node remove", "DELETE FROM relay_nodes WHERE id = \(id)") { _ in () }
+    public func removeRelayNode(id: String, seenBefore: Date?) async throws {
+        _ = try await self.fetch(
+            "relay node remove", "DELETE FROM relay_nodes WHERE id = \(id) AND (\(seenBefore)::timestamptz IS NULL OR last_seen_at < \(seenBefore))"
+        ) { _ in () }
     }
 
     public func claimSetting(_ name: String, value: String) async throws -> String {

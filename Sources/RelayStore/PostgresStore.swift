@@ -6,6 +6,7 @@ import NIOPosix
 import NIOSSL
 import PostgresNIO
 import RelayModel
+import _ConnectionPoolModule
 
 /// The shared store: several relay nodes on one PostgreSQL database (postgres-nio's pooled client).
 /// Every query has a deadline; once the database is found gone, queries fail at once with
@@ -37,7 +38,8 @@ public final class PostgresStore: Store {
     public static func open(_ settings: PostgresSettings, logger: Logger) async throws -> PostgresStore {
         let store = PostgresStore(settings: settings, client: PostgresClient(configuration: try Self.clientConfiguration(settings), backgroundLogger: logger), logger: logger)
         do {
-            let applied = try await store.withConnection("migrate") { connection in
+            // A migration (or the wait for another node's) may take longer than a query may.
+            let applied = try await store.withConnection("migrate", deadline: .seconds(3600)) { connection in
                 try await PostgresSchema.migrate(connection, logger: store.logger)
             }
             if !applied.isEmpty { logger.notice("database migrated", metadata: ["applied": "\(applied.joined(separator: ", "))"]) }
@@ -54,8 +56,12 @@ public final class PostgresStore: Store {
         let client = PostgresClient(configuration: try Self.clientConfiguration(settings), backgroundLogger: logger)
         let runner = Task.detached { await client.run() }
         defer { runner.cancel() }
-        return try await withDeadline(settings.operationTimeout) {
-            try await client.withConnection { try await PostgresSchema.pending($0, logger: logger) }
+        do {
+            return try await withDeadline(settings.operationTimeout) {
+                try await client.withConnection { try await PostgresSchema.pending($0, logger: logger) }
+            }
+        } catch is DeadlinePassed {
+            throw StoreUnavailable(reason: "no answer from \(settings.displayURL) within \(settings.operationTimeout); check the url, the password and that the server runs")
         }
     }
 
@@ -78,13 +84,19 @@ public final class PostgresStore: Store {
         // One more than the pool for queries: the LISTEN for other nodes' changes holds one for good.
         configuration.options.maximumConnections = settings.poolSize + 1
         configuration.options.connectTimeout = settings.operationTimeout
+        // The server ends a statement running past operation_timeout (a lock wait, say): that call
+        // fails alone, the database is not taken for gone.
+        let milliseconds = settings.operationTimeout.components.seconds * 1000 + settings.operationTimeout.components.attoseconds / 1_000_000_000_000_000
+        configuration.options.additionalStartupParameters = [("statement_timeout", String(milliseconds))]
         return configuration
     }
 
     public func close() async throws {
         guard self.closed.withLockedValue({ let was = $0; $0 = true; return !was }) else { return }
         self.availability.withLockedValue { $0.probeStopped() }
-        for task in self.background.withLockedValue({ $0 }) { task.cancel() }
+        // Under the same lock `keep` takes: no task is kept after this.
+        let tasks = self.closed.withLockedValue { _ in self.background.withLockedValue { $0 } }
+        for task in tasks { task.cancel() }
         self.changes.continuation.finish()
         self.runner.cancel()
         await self.runner.value
@@ -92,18 +104,30 @@ public final class PostgresStore: Store {
 
     // MARK: running queries
 
-    /// Runs `body` on a pooled connection within the deadline; a connection-level failure or a
-    /// missed deadline marks the database unavailable (see the type's comment).
-    func withConnection<T: Sendable>(_ what: String, _ body: @escaping @Sendable (PostgresConnection) async throws -> T) async throws -> T {
+    /// Runs `body` on a pooled connection within the deadline (`operation_timeout` and a second for
+    /// the way back, unless given); a connection-level failure or a missed deadline marks the
+    /// database unavailable (see the type's comment).
+    func withConnection<T: Sendable>(
+        _ what: String, deadline: Duration? = nil, _ body: @escaping @Sendable (PostgresConnection) async throws -> T
+    ) async throws -> T {
         if let reason = self.availability.withLockedValue({ $0.downReason }) { throw StoreUnavailable(reason: reason) }
         let client = self.client
+        let leased = NIOLockedValueBox(false)
         do {
-            return try await withDeadline(self.settings.operationTimeout) {
-                try await client.withConnection { connection in try await body(connection) }
+            return try await withDeadline(deadline ?? self.settings.operationTimeout + .seconds(1)) {
+                try await client.withConnection { connection in
+                    leased.withLockedValue { $0 = true }
+                    return try await body(connection)
+                }
             }
         } catch is DeadlinePassed {
-            throw self.unavailable("no answer within \(self.settings.operationTimeout) (\(what))")
-        } catch let error as PSQLError {
+            throw self.unavailable(
+                leased.withLockedValue { $0 }
+                    ? "a connection stopped answering (\(what))" : "no connection within \(self.settings.operationTimeout) (\(what))")
+        } catch let error as PSQLError where error.code == .server && error.serverInfo?[.sqlState] == "57014" {
+            // statement_timeout: this call ran too long; the database itself answers.
+            throw StoreUnavailable(reason: "\(what) ran past operation_timeout")
+        } catch {
             guard let reason = Self.unavailability(error) else { throw error }
             throw self.unavailable(reason)
         }
@@ -118,6 +142,8 @@ public final class PostgresStore: Store {
             try await connection.query(PostgresQuery(unsafeSQL: "BEGIN" + isolation), logger: logger)
             do {
                 let result = try await body(connection)
+                // The caller gave up (its deadline passed): what it was told failed must not commit.
+                guard !Task.isCancelled else { throw CancellationError() }
                 try await connection.query("COMMIT", logger: logger)
                 return result
             } catch {
@@ -135,7 +161,15 @@ public final class PostgresStore: Store {
 
     /// Why `error` means the database is not there (as opposed to a refused statement); nil for an
     /// SQL error. Built from codes only: a PSQLError's details may quote arguments.
-    static func unavailability(_ error: PSQLError) -> String? {
+    static func unavailability(_ error: any Error) -> String? {
+        if let error = error as? ConnectionPoolError {
+            switch error {
+            case .connectionCreationCircuitBreakerTripped: return "connection attempts have failed for a minute"
+            case .poolShutdown: return "the store is closing"
+            default: return nil  // cancelled
+            }
+        }
+        guard let error = error as? PSQLError else { return nil }
         switch error.code {
         case .server:
             let state = error.serverInfo?[.sqlState] ?? ""
@@ -150,6 +184,7 @@ public final class PostgresStore: Store {
     }
 
     private func unavailable(_ reason: String) -> StoreUnavailable {
+        guard !self.closed.withLockedValue({ $0 }) else { return StoreUnavailable(reason: "the store is closing") }
         let startProbe = self.availability.withLockedValue { $0.failed(reason) }
         let current = self.availability.withLockedValue { $0.downReason } ?? reason
         if startProbe {
@@ -179,11 +214,14 @@ public final class PostgresStore: Store {
         })
     }
 
+    /// Keeps `task` to be cancelled at `close()`; cancels it at once if the store closed meanwhile.
     private func keep(_ task: Task<Void, Never>) {
-        self.background.withLockedValue { tasks in
-            tasks.removeAll { $0.isCancelled }
-            tasks.append(task)
+        let closed = self.closed.withLockedValue { closed in
+            guard !closed else { return true }
+            self.background.withLockedValue { $0.append(task) }
+            return false
         }
+        if closed { task.cancel() }
     }
 
     // MARK: access changes between nodes

@@ -376,9 +376,11 @@ public final class SQLiteStore: Store {
         }
     }
 
-    public func endSessions(onRelayNode relayNode: String, at: Date, reason: String) async throws -> [SessionRecord] {
+    public func endSessions(onRelayNode relayNode: String, startedBefore: Date, unlessSeenSince: Date?, at: Date, reason: String) async throws -> [SessionRecord] {
         try await self.pool.write { db in
-            let live = try SessionRecord.filter(Column("relayNode") == relayNode && Column("endedAt") == nil).order(Column("startedAt")).fetchAll(db)
+            if let seen = unlessSeenSince, let node = try RelayNodeRecord.fetchOne(db, key: relayNode), node.lastSeenAt >= seen { return [] }
+            let live = try SessionRecord.filter(Column("relayNode") == relayNode && Column("endedAt") == nil && Column("startedAt") < startedBefore)
+                .order(Column("startedAt")).fetchAll(db)
             return try live.map { session in
                 var ended = session
                 ended.endedAt = at
@@ -399,8 +401,14 @@ public final class SQLiteStore: Store {
         try await self.pool.read { try RelayNodeRecord.order(Column("id")).fetchAll($0) }
     }
 
-    public func removeRelayNode(id: String) async throws {
-        _ = try await self.pool.write { try RelayNodeRecord.deleteOne($0, key: id) }
+    public func removeRelayNode(id: String, seenBefore: Date?) async throws {
+        try await self.pool.write { db in
+            if let seenBefore {
+                try db.execute(sql: "DELETE FROM relayNodes WHERE id = ? AND lastSeenAt < ?", arguments: [id, seenBefore])
+            } else {
+                _ = try RelayNodeRecord.deleteOne(db, key: id)
+            }
+        }
     }
 
     public func claimSetting(_ name: String, value: String) async throws -> String {

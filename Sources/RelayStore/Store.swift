@@ -58,16 +58,19 @@ public protocol Store: Sendable {
     /// Records a kill request for a live session; nil when there is no live session with that ID.
     func requestKill(sessionID: String, by: String) async throws -> SessionRecord?
 
-    /// Ends every live session carried by relay node `relayNode` (it stopped announcing itself), in
-    /// one statement: of several nodes sweeping at once, one ends each session. Returns those ended here.
-    func endSessions(onRelayNode relayNode: String, at: Date, reason: String) async throws -> [SessionRecord]
+    /// Ends the live sessions relay node `relayNode` carries that started before `startedBefore`,
+    /// and, with `unlessSeenSince`, only if the node has not announced itself since then (checked in
+    /// the same transaction: a node that came back keeps its sessions). Of several nodes sweeping at
+    /// once, one ends each session. Returns those ended here.
+    func endSessions(onRelayNode relayNode: String, startedBefore: Date, unlessSeenSince: Date?, at: Date, reason: String) async throws -> [SessionRecord]
 
     // Relay nodes
     /// Inserts or refreshes the node's row (its URL, start and last-seen time).
     func announceRelayNode(_ node: RelayNodeRecord) async throws
     func relayNodes() async throws -> [RelayNodeRecord]
-    /// A node leaving on purpose (a drain): connectors stop being sent its URL at once.
-    func removeRelayNode(id: String) async throws
+    /// Removes the node's row: a node leaving on purpose (a drain; `seenBefore` nil), or a silent one
+    /// (only if it has not announced itself since `seenBefore`).
+    func removeRelayNode(id: String, seenBefore: Date?) async throws
 
     /// Stores `value` under `name` unless a value is stored already; returns the stored value. What
     /// every node must agree on (the token hash key's fingerprint) is checked against the first.

@@ -113,8 +113,15 @@ struct Migrate: AsyncParsableCommand {
             if !pending.isEmpty { throw ExitCode(3) }
             return
         }
-        let control = try await RelayServer.openControl(config: config, logger: logger)
-        try await control.store.close()
+        // The store alone: no token key is made or claimed here (a deploy host has not got the nodes' key).
+        switch config.store {
+        case .sqlite:
+            try FileManager.default.createDirectory(
+                atPath: config.dataDirectory, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
+            try await SQLiteStore(path: config.dataDirectory + "/relay.sqlite").close()
+        case .postgres(let settings):
+            try await PostgresStore.open(settings, logger: logger).close()
+        }
         print(pending.isEmpty ? "\(store): up to date" : "\(store): applied \(pending.joined(separator: ", "))")
     }
 }

@@ -224,11 +224,21 @@ import Testing
             #expect(try await store.sessions(live: true).map(\.id) == ["s2", "s3"])
             #expect(try await store.sessions(live: false).map(\.id) == ["s1", "s2", "s3"])
 
+            // A node that announced itself since the deadline keeps its sessions (it came back).
+            try await store.announceRelayNode(RelayNodeRecord(id: "relay-2", tunnelURL: "wss://r2/v1/tunnel", startedAt: self.t0, lastSeenAt: self.at(50)))
+            #expect(try await store.endSessions(
+                onRelayNode: "relay-2", startedBefore: self.at(90), unlessSeenSince: self.at(40), at: self.at(90), reason: "silent").isEmpty)
+            // A restarted node ends only what started before it.
+            let leftovers = try await store.endSessions(
+                onRelayNode: "relay-2", startedBefore: self.at(1.5), unlessSeenSince: nil, at: self.at(60), reason: "relay node relay-2 restarted")
+            #expect(leftovers.map(\.id) == ["s2"])
             // A silent relay node's live sessions end in one sweep; a second sweep finds none.
-            let swept = try await store.endSessions(onRelayNode: "relay-2", at: self.at(90), reason: "relay node relay-2 went silent")
-            #expect(swept.map(\.id) == ["s2", "s3"])
+            let swept = try await store.endSessions(
+                onRelayNode: "relay-2", startedBefore: self.at(90), unlessSeenSince: self.at(60), at: self.at(90), reason: "relay node relay-2 went silent")
+            #expect(swept.map(\.id) == ["s3"])
             #expect(swept.allSatisfy { $0.endedAt == self.at(90) && $0.endReason == "relay node relay-2 went silent" })
-            #expect(try await store.endSessions(onRelayNode: "relay-2", at: self.at(91), reason: "again").isEmpty)
+            #expect(try await store.endSessions(
+                onRelayNode: "relay-2", startedBefore: self.at(91), unlessSeenSince: self.at(60), at: self.at(91), reason: "again").isEmpty)
             #expect(try await store.session(id: "s1") == ended)
             #expect(try await store.sessions(live: true).isEmpty)
         }
@@ -264,9 +274,13 @@ import Testing
             a.lastSeenAt = self.at(11)
             try await store.announceRelayNode(a)
             #expect(try await store.relayNodes() == [a, b])
-            try await store.removeRelayNode(id: "relay-b")
-            try await store.removeRelayNode(id: "relay-x")
+            // A silent node is removed only if it has not announced itself since the deadline.
+            try await store.removeRelayNode(id: "relay-a", seenBefore: self.at(5))
+            try await store.removeRelayNode(id: "relay-b", seenBefore: self.at(5))
+            try await store.removeRelayNode(id: "relay-x", seenBefore: nil)
             #expect(try await store.relayNodes() == [a])
+            try await store.removeRelayNode(id: "relay-a", seenBefore: nil)
+            #expect(try await store.relayNodes().isEmpty)
 
             #expect(try await store.claimSetting("token_key_fingerprint", value: "f1") == "f1")
             #expect(try await store.claimSetting("token_key_fingerprint", value: "f2") == "f1")
@@ -279,7 +293,6 @@ import Testing
         let database = try await backend.makeDatabase()
         let one = try await database.open()
         let two = try await database.open()
-        defer { Task { await database.remove() } }
         try await one.createCluster(self.cluster("c1"), enrollment: self.enrollment("e1", cluster: "c1"))
 
         // 2 x 25 requests at once: every one stored, under its own ID.
@@ -332,6 +345,7 @@ import Testing
 
         try await one.close()
         try await two.close()
+        await database.remove()
     }
 }
 
