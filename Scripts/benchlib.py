@@ -120,10 +120,20 @@ def cpu_seconds(pids):
 
 
 def release_bin(no_build):
+    return built_bin(no_build, debug=False)
+
+
+def built_bin(no_build, debug):
+    """The folder of the programs, built first unless `no_build`: release, or debug (the tests' build)."""
+    configuration = [] if debug else ["-c", "release"]
     if not no_build:
-        subprocess.run(["swift", "build", "-c", "release"], cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
-    return subprocess.run(["swift", "build", "-c", "release", "--show-bin-path"], cwd=ROOT, check=True,
+        subprocess.run(["swift", "build", *configuration], cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
+    path = subprocess.run(["swift", "build", *configuration, "--show-bin-path"], cwd=ROOT, check=True,
                           capture_output=True, text=True).stdout.strip()
+    for product in ("demo-component", "relay", "connector", "relayctl") if debug else ():
+        if not os.path.exists(f"{path}/{product}"):  # `swift test` builds what the tests run
+            subprocess.run(["swift", "build", "--product", product], cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
+    return path
 
 
 class Stack:

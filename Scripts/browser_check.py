@@ -16,19 +16,11 @@ PyPI `websockets`; loopback only, every wait bounded.
 import argparse, asyncio, base64, json, os, re, shutil, subprocess, sys, tempfile, time, urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from benchlib import ROOT, Stack, free_port, log_tail, release_bin, wait_port  # noqa: E402
+from benchlib import ROOT, Stack, free_port, log_tail, built_bin, wait_port  # noqa: E402
 
 
 def bin_dir(debug, no_build):
-    if not debug:
-        return release_bin(no_build)
-    if not no_build:
-        subprocess.run(["swift", "build"], cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
-    path = subprocess.run(["swift", "build", "--show-bin-path"], cwd=ROOT, check=True, capture_output=True, text=True).stdout.strip()
-    for product in ("demo-component", "relay", "connector", "relayctl"):
-        if not os.path.exists(f"{path}/{product}"):  # `swift test` builds what the tests run
-            subprocess.run(["swift", "build", "--product", product], cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
-    return path
+    return built_bin(no_build, debug=debug)
 
 
 def sign_in_link(stack, name="relayctl"):

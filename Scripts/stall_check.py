@@ -10,7 +10,7 @@ failed."""
 import argparse, os, subprocess, sys, tempfile, time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from benchlib import ROOT, Stack, free_port, header_args, nginx, release_bin, require_tools, wait_port, wrk  # noqa: E402
+from benchlib import ROOT, Stack, free_port, header_args, nginx, built_bin, require_tools, wait_port, wrk  # noqa: E402
 
 
 def main():
@@ -22,12 +22,7 @@ def main():
     parser.add_argument("--no-build", action="store_true")
     args = parser.parse_args()
     require_tools("wrk", "nginx", "curl")
-    if args.debug:
-        if not args.no_build:
-            subprocess.run(["swift", "build"], cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
-        bin_dir = subprocess.run(["swift", "build", "--show-bin-path"], cwd=ROOT, check=True, capture_output=True, text=True).stdout.strip()
-    else:
-        bin_dir = release_bin(args.no_build)
+    bin_dir = built_bin(args.no_build, debug=args.debug)
     work = tempfile.mkdtemp(prefix="relay-stall-")
     component_port = free_port()
     web = nginx(work, component_port)
