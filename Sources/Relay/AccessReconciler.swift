@@ -3,6 +3,7 @@ import Logging
 import NIOConcurrencyHelpers
 import NIOCore
 import RelayModel
+import RelayStore
 import ServiceLifecycle
 import TunnelCore
 
@@ -50,6 +51,8 @@ public struct AccessReconciler: Service {
                     try await self.tick()
                 } catch is CancellationError {
                     break  // the relay is stopping
+                } catch is StoreUnavailable {
+                    continue  // the store said so once, when it found the database gone; ticks go on
                 } catch {
                     self.control.logger.error("reconcile failed", metadata: ["error": "\(error)"])
                 }
@@ -64,6 +67,8 @@ public struct AccessReconciler: Service {
         do {
             try await self.control.flushLiveness()
             try await self.control.flushUnwritten()
+        } catch is StoreUnavailable {
+            // Said once by the store; what is kept is written once it answers.
         } catch {
             self.control.logger.error("cannot write what is kept in memory (heartbeats, records); retrying next tick", metadata: ["error": "\(error)"])
         }

@@ -47,7 +47,7 @@ struct PostgresStoreTests {
         // Every call now fails at once with the same reason, not after a timeout of its own.
         let started = ContinuousClock.now
         await #expect(throws: unavailable) { try await store.clusters() }
-        #expect(ContinuousClock.now - started < .seconds(1))
+        #expect(ContinuousClock.now - started < .seconds(3), "not after a deadline of its own (3 s here)")
 
         try await PostgresTestServer.administer("ALTER DATABASE \(database.database) ALLOW_CONNECTIONS true")
         #expect(try await TestWait.poll { (try? await store.tokens()) != nil }, "the store answers again once the database is back")
