@@ -19,7 +19,22 @@ struct DatabaseAvailability: Sendable {
     /// Set while a probe runs: one at a time.
     private(set) var probing = false
 
+    /// Calls in a row whose connection answered too slowly: one is a slow statement, several a
+    /// connection path gone silent (a network cut without a reset).
+    private(set) var slowInARow = 0
+    static let slowLimit = 3
+
     var isUp: Bool { self.downReason == nil }
+
+    /// A call got its connection but no answer in time. True when that makes `slowLimit` in a row.
+    mutating func answeredTooSlowly() -> Bool {
+        self.slowInARow += 1
+        return self.slowInARow >= Self.slowLimit
+    }
+
+    mutating func answered() {
+        self.slowInARow = 0
+    }
 
     /// A query failed for want of the database. True when a probe should start now.
     mutating func failed(_ reason: String) -> Bool {
@@ -33,6 +48,7 @@ struct DatabaseAvailability: Sendable {
     mutating func recovered() {
         self.downReason = nil
         self.probing = false
+        self.slowInARow = 0
     }
 
     /// The store is closing: no probe runs any more.

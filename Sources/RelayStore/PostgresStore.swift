@@ -102,6 +102,9 @@ public final class PostgresStore: Store {
         await self.runner.value
     }
 
+    /// Why the database is taken for gone now, or nil while calls go through (for readiness checks).
+    public var unavailability: String? { self.availability.withLockedValue { $0.downReason } }
+
     // MARK: running queries
 
     /// Runs `body` on a pooled connection within the deadline (`operation_timeout` and a second for
@@ -114,16 +117,25 @@ public final class PostgresStore: Store {
         let client = self.client
         let leased = NIOLockedValueBox(false)
         do {
-            return try await withDeadline(deadline ?? self.settings.operationTimeout + .seconds(1)) {
+            let result = try await withDeadline(deadline ?? self.settings.operationTimeout + .seconds(1)) {
                 try await client.withConnection { connection in
                     leased.withLockedValue { $0 = true }
                     return try await body(connection)
                 }
             }
+            self.availability.withLockedValue { $0.answered() }
+            return result
         } catch is DeadlinePassed {
-            throw self.unavailable(
-                leased.withLockedValue { $0 }
-                    ? "a connection stopped answering (\(what))" : "no connection within \(self.settings.operationTimeout) (\(what))")
+            // No connection in time: the database is taken for gone. A connection that answers too
+            // slowly (lock waits, a loaded server) fails this call alone, unless several in a row
+            // did (connections gone silent).
+            guard leased.withLockedValue({ $0 }) else {
+                throw self.unavailable("no connection within \(self.settings.operationTimeout) (\(what))")
+            }
+            if self.availability.withLockedValue({ $0.answeredTooSlowly() }) {
+                throw self.unavailable("\(DatabaseAvailability.slowLimit) calls in a row got no answer in time (\(what))")
+            }
+            throw StoreUnavailable(reason: "\(what) took longer than operation_timeout")
         } catch let error as PSQLError where error.code == .server && error.serverInfo?[.sqlState] == "57014" {
             // statement_timeout: this call ran too long; the database itself answers.
             throw StoreUnavailable(reason: "\(what) ran past operation_timeout")

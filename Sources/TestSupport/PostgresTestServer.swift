@@ -15,6 +15,9 @@ public enum PostgresTestServer {
             settings.password = (try? String(contentsOfFile: file, encoding: .utf8))?.trimmingCharacters(in: .whitespacesAndNewlines)
         }
         settings.poolSize = 4
+        // Generous: under a loaded machine a new connection (SCRAM in a debug build) has taken over
+        // 5 s. Tests of the deadline itself set their own.
+        settings.operationTimeout = .seconds(20)
         return settings
     }
 

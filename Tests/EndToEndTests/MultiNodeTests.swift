@@ -88,7 +88,9 @@ struct MultiNodeTests {
     }
 
     @Test func whenANodeIsKilledSessionsOpenThroughTheOtherAtOnceAndItsSessionsAreEnded() async throws {
-        try await Fleet.with("node-loss") { fleet in
+        // node_ttl 10 s: short for the test, long enough that a loaded machine's late announcement
+        // is not taken for a dead node.
+        try await Fleet.with("node-loss", nodeTTLSeconds: 10) { fleet in
             _ = try await fleet.createRequest(on: fleet.apiB, expert: "alice")
             try await fleet.waitForTunnels(a: 2, b: 2)
             // A heartbeat answered by A carries the flag for a request made on B.
@@ -130,12 +132,12 @@ struct MultiNodeTests {
             _ = await fleet.relayB.exitStatus()
             let killed = ContinuousClock.now
             // relayctl given both nodes, B first: B refuses the connection, A holds tunnels already.
-            #expect(fleet.relayA.registry.tunnels(cluster: "demo").count == 2)
+            #expect(!fleet.relayA.registry.tunnels(cluster: "demo").isEmpty)
             let next = try await fleet.openSession(expert: "alice", on: [fleet.portB, fleet.portA])
             let opened = ContinuousClock.now - killed
             #expect(try await next.get("/").status == .ok)
 
-            // The survivor ends B's session in the store once B is silent past node_ttl (3 s here).
+            // The survivor ends B's session in the store once B is silent past node_ttl (10 s here).
             try await fleet.waitFor("node A to end node B's session") { try await fleet.controlA.store.session(id: onBID)?.endedAt != nil }
             let swept = ContinuousClock.now - killed
             let record = try #require(try await fleet.controlA.store.session(id: onBID))
@@ -145,7 +147,8 @@ struct MultiNodeTests {
             try await fleet.waitFor("node-1 to be sent node A alone") {
                 fleet.connectors[0].runtime.driver.lastAnswer?.websocketURLs == [fleet.urlA]
             }
-            #expect(fleet.relayA.registry.tunnels(cluster: "demo").count == 2)
+            // node-2 keeps (or, after a drop on a loaded machine, dials again) its tunnel to A.
+            try await fleet.waitFor("both connector nodes' tunnels on A") { fleet.relayA.registry.tunnels(cluster: "demo").count == 2 }
             let nodes: [RelayNodeView] = try await fleet.apiA.get(APIPath.relayNodes)
             #expect(nodes.map(\.id) == ["relay-a"] && nodes.allSatisfy(\.live))
             print("node loss: a session opened through the survivor \(opened) after the kill; the dead node's session ended in the store after \(swept)")
@@ -225,7 +228,7 @@ struct Fleet {
     /// A fleet for the length of `body`, stopped after it whatever happens (relay B is a process: it
     /// must not outlive the test).
     static func with(
-        _ name: String, reconcileMilliseconds: Int64 = 100, nodeTTLSeconds: Int64 = 3, timersA: any Clock<Duration> = ContinuousClock(),
+        _ name: String, reconcileMilliseconds: Int64 = 100, nodeTTLSeconds: Int64 = 10, timersA: any Clock<Duration> = ContinuousClock(),
         _ body: (Fleet) async throws -> Void
     ) async throws {
         let fleet = try await Self.start(name, reconcileMilliseconds: reconcileMilliseconds, nodeTTLSeconds: nodeTTLSeconds, timersA: timersA)
@@ -259,6 +262,7 @@ struct Fleet {
                 postgres:
                   url: \(database.displayURL)
                   password_file: \(passwordFile)
+                  operation_timeout: 20s
                 """)
         // Whatever fails from here on, relay B (a process) and the database go with it.
         do {

@@ -125,7 +125,7 @@ import TunnelCore
             database = created
             FileManager.default.createFile(atPath: folder + "/db-password", contents: Data((created.password ?? "").utf8), attributes: [.posixPermissions: 0o600])
             let yaml = try String(contentsOfFile: config, encoding: .utf8)
-                + "\nstore: postgres\npostgres:\n  url: \(created.displayURL)\n  password_file: db-password\n"
+                + "\nstore: postgres\npostgres:\n  url: \(created.displayURL)\n  password_file: db-password\n  operation_timeout: 20s\n"
             try yaml.write(toFile: config, atomically: true, encoding: .utf8)
         }
         defer { if let database { Task { await PostgresTestServer.drop(database) } } }

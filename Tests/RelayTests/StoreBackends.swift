@@ -21,9 +21,7 @@ enum StoreBackend: String, CaseIterable, CustomTestStringConvertible, Sendable {
         case .sqlite:
             return .sqlite(FileManager.default.temporaryDirectory.appendingPathComponent("store-\(UUID().uuidString).sqlite").path)
         case .postgres:
-            var settings = try await PostgresTestServer.makeDatabase()
-            settings.operationTimeout = .seconds(10)
-            return .postgres(settings)
+            return .postgres(try await PostgresTestServer.makeDatabase())
         }
     }
 }
