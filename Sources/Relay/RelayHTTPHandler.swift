@@ -12,7 +12,7 @@ final class ConnectionHandshake: @unchecked Sendable {
     var deadline: Deadlines.Armed?
 }
 
-/// Answers every request that was not upgraded: the health probe, the JSON API (kept alive, one
+/// Answers every request that was not upgraded: the health and readiness probes, the JSON API (kept alive, one
 /// request at a time, idle connections closed) and refusals of tunnel and session handshakes with a
 /// JSON body that says why.
 final class RelayHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
@@ -34,7 +34,14 @@ final class RelayHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
     private var queued: [(HTTPRequestHead, Data, Bool)] = []
     private var idleTask: Scheduled<Void>?
 
-    init(router: RelayAPIRouter, tasks: OwnedTasks, handshake: ConnectionHandshake, idleTimeout: TimeAmount, logger: Logger) {
+    /// `/readyz`: 200 while this node should get traffic, else 503 with the reasons.
+    private let readiness: @Sendable () async -> APIResponse
+
+    init(
+        router: RelayAPIRouter, tasks: OwnedTasks, handshake: ConnectionHandshake, idleTimeout: TimeAmount, logger: Logger,
+        readiness: @escaping @Sendable () async -> APIResponse
+    ) {
+        self.readiness = readiness
         self.tasks = tasks
         self.router = router
         self.handshake = handshake
@@ -97,21 +104,28 @@ final class RelayHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
             } else {
                 self.refuse(context: context, head, ProxyRefusal(.upgradeRequired, code: "upgrade_required", message: "this endpoint needs a websocket upgrade"), close: true)
             }
+        case WirePath.ready:
+            self.answerLater(context: context, head: head, self.readiness)
         default:
-            self.busy = true
             let request = APIRequest(
                 method: head.method, uri: head.uri, bearer: head.bearer, body: body, source: context.channel.remoteAddress?.ipAddress)
             let router = self.router
-            self.tasks.submit(on: context.eventLoop) { await router.handle(request) }.whenComplete { result in
-                self.busy = false
-                switch result {
-                case .success(let response):
-                    var extra = HTTPHeaders()
-                    if let code = response.errorCode { extra.add(name: WireHeader.error, value: code) }
-                    self.write(context: context, head: head, status: response.status, body: response.body, extra: extra)
-                case .failure:
-                    self.refuse(context: context, head, OwnedTasks.stopping, close: true)
-                }
+            self.answerLater(context: context, head: head) { await router.handle(request) }
+        }
+    }
+
+    /// Answers with what `work` returns, off the event loop; the next queued request waits for it.
+    private func answerLater(context: ChannelHandlerContext, head: HTTPRequestHead, _ work: @escaping @Sendable () async -> APIResponse) {
+        self.busy = true
+        self.tasks.submit(on: context.eventLoop) { await work() }.whenComplete { result in
+            self.busy = false
+            switch result {
+            case .success(let response):
+                var extra = HTTPHeaders()
+                if let code = response.errorCode { extra.add(name: WireHeader.error, value: code) }
+                self.write(context: context, head: head, status: response.status, body: response.body, extra: extra)
+            case .failure:
+                self.refuse(context: context, head, OwnedTasks.stopping, close: true)
             }
         }
     }

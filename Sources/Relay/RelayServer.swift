@@ -123,6 +123,28 @@ public final class RelayServer: Service, Sendable {
         return address
     }
 
+    /// `/readyz`: 200 `{"status":"ready"}` while this node should get traffic; else 503 with the
+    /// reasons (`draining`, `not listening`, `store unavailable`; details go to the log, not to
+    /// whoever asks: the probe needs no token).
+    public func readiness() async -> APIResponse {
+        var reasons: [String] = []
+        if self.draining.withLockedValue({ $0 }) { reasons.append("draining") }
+        if self.serverChannel.get()?.isActive != true { reasons.append("not listening") }
+        do {
+            try await self.control.store.ping()
+        } catch {
+            self.logger.warning("readiness: the store did not answer", metadata: ["error": "\(error)"])
+            reasons.append("store unavailable")
+        }
+        guard reasons.isEmpty else { return Self.notReady(reasons) }
+        return APIResponse(status: .ok, body: Data("{\"status\":\"ready\"}\n".utf8), errorCode: nil)
+    }
+
+    static func notReady(_ reasons: [String]) -> APIResponse {
+        let body = (try? JSONSerialization.data(withJSONObject: ["status": "not_ready", "reasons": reasons], options: [.sortedKeys])) ?? Data()
+        return APIResponse(status: .serviceUnavailable, body: body + Data("\n".utf8), errorCode: "not_ready")
+    }
+
     /// Why a draining node closes sessions and tunnels (1012), as relayctl and connectors show it.
     static let drainingReason = "the relay node is draining (restart or upgrade); reconnect"
 
@@ -171,7 +193,7 @@ public final class RelayServer: Service, Sendable {
             logger: self.logger)
         let fallback = RelayHTTPHandler(
             router: self.router, tasks: self.tasks, handshake: handshake, idleTimeout: .milliseconds(self.config.apiIdleTimeoutMilliseconds),
-            logger: self.logger)
+            logger: self.logger, readiness: { [weak self] in await self?.readiness() ?? Self.notReady(["stopping"]) })
         // handshake_timeout: TLS and the websocket upgrade (or a first plain request) must come by
         // then, or the connection is closed.
         handshake.deadline = self.handshakeDeadlines.arm(channel.eventLoop, self.config.limits.handshakeTimeout) {

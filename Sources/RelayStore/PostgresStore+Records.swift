@@ -7,6 +7,10 @@ import RelayModel
 // decides on locked (FOR UPDATE), so several nodes writing at once agree.
 
 extension PostgresStore {
+    public func ping() async throws {
+        _ = try await self.fetch("ping", "SELECT 1 AS one") { try $0.value("one", as: Int64.self) }
+    }
+
     // MARK: clusters and registration
 
     public func createCluster(_ cluster: ClusterRecord, enrollment: EnrollmentRecord) async throws {

@@ -21,6 +21,10 @@ public final class SQLiteStore: Store {
         try self.pool.close()
     }
 
+    public func ping() async throws {
+        _ = try await self.pool.read { try Int.fetchOne($0, sql: "SELECT 1") }
+    }
+
     /// Versioned schema. Never edit a shipped migration: add the next one.
     static var migrator: DatabaseMigrator {
         var migrator = DatabaseMigrator()

@@ -6,6 +6,8 @@ import RelayModel
 public protocol Store: Sendable {
     /// Closes the database; nothing may call the store afterwards (the relay stops it last).
     func close() async throws
+    /// One trivial query: whether the store answers now (readiness).
+    func ping() async throws
 
     // Clusters and registration
     /// Fails with `StoreError.conflict` when the cluster exists.

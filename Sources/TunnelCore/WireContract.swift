@@ -8,6 +8,8 @@ public enum WirePath {
     public static let session = "/v1/session"
     /// Plain HTTPS liveness probe.
     public static let health = "/healthz"
+    /// Readiness (relay): 200 while the node should get traffic (store reachable, listening, not draining), else 503 with reasons.
+    public static let ready = "/readyz"
 }
 
 public enum WireHeader {

@@ -171,6 +171,7 @@ struct MultiNodeTests {
                 return live.count == 2
             }
 
+            #expect(try await fleet.readiness() == (200, #"{"status":"ready"}"#))
             try await PostgresTestServer.administer("ALTER DATABASE \(fleet.database.database) ALLOW_CONNECTIONS false")
             try await PostgresTestServer.administer(
                 "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '\(fleet.database.database)' AND pid <> pg_backend_pid()")
@@ -188,6 +189,8 @@ struct MultiNodeTests {
             }
             for _ in 0..<5 { #expect(try await session.get("/").status == .ok) }
             #expect(fleet.relayA.registry.tunnels(cluster: "demo").count == 2)
+            // A load balancer's probe takes the node out meanwhile (no token: the reason, no detail).
+            #expect(try await fleet.readiness() == (503, #"{"reasons":["store unavailable"],"status":"not_ready"}"#))
             // Its end cannot be written now: it is kept, and written once the database is back.
             try #require(fleet.relayA.sessions.session(id: other)).end(code: WireCloseCode.sessionKilled, reason: "ended during the outage")
             try await fleet.waitFor("the session to close") { fleet.relayA.sessions.session(id: other) == nil }
@@ -197,6 +200,7 @@ struct MultiNodeTests {
                 (try? await fleet.apiA.get(APIPath.clusters, as: [ClusterDetail].self)) != nil
             }
             #expect(try await session.get("/").status == .ok)
+            #expect(try await fleet.readiness() == (200, #"{"status":"ready"}"#))
             try await fleet.waitFor("the kept records to be written") { try await fleet.controlA.store.session(id: other)?.endedAt != nil }
             #expect(try await fleet.controlA.store.session(id: other)?.endReason == "ended during the outage")
             let audit = try await fleet.controlA.store.audit(since: nil, afterID: 0, limit: 10_000)
@@ -347,6 +351,12 @@ struct Fleet {
     /// automatically: the connectors' mode is `all`).
     func createRequest(on api: APIClient, expert: String) async throws -> AccessRequestRecord {
         try await api.post(APIPath.requests, CreateAccessRequest(clusterID: "demo", expert: expert, reason: "multi-node test", role: .admin, durationSeconds: 3600))
+    }
+
+    /// Node A's `/readyz`: status and body (trimmed).
+    func readiness() async throws -> (UInt, String) {
+        let (status, body) = try await self.apiA.send(.GET, WirePath.ready, body: nil)
+        return (status, String(decoding: body, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines))
     }
 
     /// Waits until node A holds `a` tunnels of cluster demo and node B (asked over its API) `b`.

@@ -30,6 +30,17 @@ import TunnelCore
         try await TestWait.poll(seconds: 20) { !channels.contains { $0.isActive } }
     }
 
+    /// `/readyz` for a load balancer: ready while serving (no token needed), not once draining.
+    @Test func readinessSaysReadyWhileServingAndNotWhenDraining() async throws {
+        let (relay, port, services) = try await TestStack.relayAlone()
+        let ready = try await runCurl(["-s", "--max-time", "30", "--cacert", TestCerts.trusted + "/ca.pem", "https://127.0.0.1:\(port)/readyz"])
+        #expect(ready.trimmingCharacters(in: .whitespacesAndNewlines) == #"{"status":"ready"}"#)
+        await services.stop()
+        let drained = await relay.readiness()
+        #expect(drained.status == .serviceUnavailable)
+        #expect(String(decoding: drained.body, as: UTF8.self).contains(#""draining","not listening""#), "\(String(decoding: drained.body, as: UTF8.self))")
+    }
+
     @Test func aLargeContentLengthThenNothingIsClosedAtTheDeadline() async throws {
         var limits = TestStack.limits
         limits.handshakeTimeout = .seconds(2)
