@@ -1,4 +1,5 @@
 import Foundation
+import TunnelCore
 import RelayAPI
 
 /// Reads this node's health for the heartbeat, from /proc and statvfs (Linux). Only the fields of
@@ -60,5 +61,5 @@ public struct NodeHealthProbe: Sendable {
 }
 
 public enum ConnectorVersion {
-    public static let current = "0.3.0"
+    public static let current = ProductVersion.current
 }

@@ -60,6 +60,11 @@ public enum WireHeader {
     ]
 }
 
+/// The version the three programs print (`--version`) and the connector reports in heartbeats.
+public enum ProductVersion {
+    public static let current = "0.3.0"
+}
+
 public enum WireProtocolVersion {
     /// Sent as `Sec-WebSocket-Protocol`; a peer with another version is refused at the upgrade.
     public static let current = "relay-tunnel.v1"

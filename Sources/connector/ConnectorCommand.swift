@@ -11,6 +11,17 @@ struct ConnectorCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "connector",
         abstract: "Cluster-side connector: heartbeats to the relay, dials out when access is requested, serves the allowed components. Never listens.",
+        discussion: """
+            Examples:
+              connector register --config /etc/connector/connector.yaml --enrollment-token-file enrollment.txt
+              connector --config /etc/connector/connector.yaml            # run (the default subcommand)
+              connector run --check-config --config /etc/connector/connector.yaml
+              connector status --json
+              connector requests approve 12 --as carol
+              connector mode disabled --as carol                          # the customer's kill switch
+              connector audit verify
+            """,
+        version: ProductVersion.current,
         subcommands: [
             Run.self, Register.self, Status.self, Requests.self, Sessions.self, Audit.self, Mode.self, Reload.self,
         ], defaultSubcommand: Run.self)

@@ -13,6 +13,14 @@ struct RelayCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "relay",
         abstract: "Relay node: registration, heartbeats and the ops API; accepts connector tunnels and expert sessions.",
+        discussion: """
+            Examples:
+              relay --config /etc/relay/relay.yaml                 # serve (the default subcommand)
+              relay serve --check-config --config /etc/relay/relay.yaml
+              relay migrate --check --config /etc/relay/relay.yaml  # what a start would migrate; exit 3 if anything
+              relay --generate-completion-script bash > /etc/bash_completion.d/relay
+            """,
+        version: ProductVersion.current,
         subcommands: [Serve.self, Migrate.self], defaultSubcommand: Serve.self)
 }
 

@@ -11,7 +11,19 @@ struct RelayCtl: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "relayctl",
         abstract: "Operate the relay and open sessions to cluster components.",
-        discussion: "Exit codes: 0 ok, 1 other failure, 2 bad request, 3 relay unreachable, 4 credentials refused or not allowed, 5 not found, 6 conflicting state, 7 timed out waiting, 8 session ended by the relay, 64 usage.",
+        discussion: """
+            Examples:
+              relayctl requests create --cluster acme --role user --reason "ticket 4711" --wait 10m
+              relayctl session open --cluster acme            # every component, on http://COMPONENT.acme.localhost:PORT/
+              relayctl clusters list --json
+              relayctl sessions kill SESSION_ID
+              relayctl relays list
+              relayctl audit export --since 2026-11-01T00:00:00Z
+            The relay, token and CA come from --relay, --token-file and --ca, or RELAYCTL_RELAY, RELAYCTL_TOKEN_FILE and RELAYCTL_CA.
+
+            Exit codes: 0 ok, 1 other failure, 2 bad request, 3 relay unreachable, 4 credentials refused or not allowed, 5 not found, 6 conflicting state, 7 timed out waiting, 8 session ended by the relay, 64 usage.
+            """,
+        version: ProductVersion.current,
         subcommands: [Clusters.self, Requests.self, Sessions.self, Tokens.self, Audit.self, Session.self, Relays.self])
 }
 

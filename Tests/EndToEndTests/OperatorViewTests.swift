@@ -140,4 +140,19 @@ import TunnelCore
         #expect(done == 0 && doneOut.contains("up to date"), "\(doneOut)")
         for output in [pendingOut, pendingErr, appliedOut, appliedErr, doneOut] { #expect(!output.contains(secret)) }
     }
+
+    /// Each program says its version, writes shell completions (argument-parser's) that know its
+    /// subcommands, and shows examples in its help.
+    @Test(arguments: [("relay", "migrate"), ("relayctl", "session"), ("connector", "register")])
+    func everyProgramPrintsItsVersionCompletionsAndExamples(_ program: String, _ subcommand: String) async throws {
+        let binary = TestProcess.binary(program)
+        let (versionCode, version, _) = try await TestProcess.run(binary, ["--version"])
+        #expect(versionCode == 0 && version.trimmingCharacters(in: .whitespacesAndNewlines) == ProductVersion.current)
+        for shell in ["bash", "zsh", "fish"] {
+            let (code, script, err) = try await TestProcess.run(binary, ["--generate-completion-script", shell])
+            #expect(code == 0 && script.contains(subcommand), "\(program) \(shell): \(err)")
+        }
+        let (helpCode, help, _) = try await TestProcess.run(binary, ["--help"])
+        #expect(helpCode == 0 && help.contains("Examples:") && help.contains("\(program) "), "\(help)")
+    }
 }
