@@ -145,13 +145,13 @@ public final class PostgresStore: Store {
         }
     }
 
-    /// `body` in one transaction (READ COMMITTED unless `isolation` says otherwise).
+    /// `body` in one transaction (READ COMMITTED).
     func transaction<T: Sendable>(
-        _ what: String, isolation: String = "", _ body: @escaping @Sendable (PostgresConnection) async throws -> T
+        _ what: String, _ body: @escaping @Sendable (PostgresConnection) async throws -> T
     ) async throws -> T {
         let logger = self.logger
         return try await self.withConnection(what) { connection in
-            try await connection.query(PostgresQuery(unsafeSQL: "BEGIN" + isolation), logger: logger)
+            try await connection.query("BEGIN", logger: logger)
             do {
                 let result = try await body(connection)
                 // The caller gave up (its deadline passed): what it was told failed must not commit.

@@ -1,3 +1,4 @@
+import Dispatch
 import NIOCore
 import NIOPosix
 import NIOWebSocket
@@ -50,8 +51,10 @@ import Testing
     @Test func aStallOfTheLoopBothEndsShareIsNotTakenForThePeersSilence() async throws {
         let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
         let (server, client, listener) = try await Self.pair(server: group, client: group)
+        #expect(try await TestWait.poll(seconds: 30) { server.isActive && client.isActive })
         // Twice the timeout with nothing run: on waking, every keepalive tick is late and no frame
-        // has been read. The old code closed both ends on the first tick.
+        // has been read. The old code closed both ends on the first tick. The sleep is the stall
+        // under test, not a wait: a loaded machine only makes it longer, which changes nothing.
         let stallEnded = try await group.next().submit { () -> NIODeadline in
             usleep(700_000)
             return .now()
@@ -75,10 +78,14 @@ import Testing
         let ours = MultiThreadedEventLoopGroup(numberOfThreads: 1)
         let peers = MultiThreadedEventLoopGroup(numberOfThreads: 1)
         let (server, client, listener) = try await Self.pair(server: ours, client: peers)
-        #expect(server.isActive)
-        // The peer's loop stalls far past the timeout: ours, on time, must give up on it.
-        peers.next().execute { usleep(1_500_000) }
-        let dropped = try await TestWait.poll(seconds: 5) { !server.isActive }
+        // Accepted is not yet active (the initializer runs first): wait for it, or a drop proves nothing.
+        #expect(try await TestWait.poll(seconds: 30) { server.isActive })
+        // The peer's loop stays stalled until ours has given up on it (or a generous bound passes):
+        // no stall length that a loaded machine could outlast before ours ticks.
+        let release = DispatchSemaphore(value: 0)
+        peers.next().execute { _ = release.wait(timeout: .now() + 60) }
+        let dropped = try await TestWait.poll(seconds: 30) { !server.isActive }
+        release.signal()
         #expect(dropped, "a silent peer was kept")
         try? await client.close()
         try await listener.close()
