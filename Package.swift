@@ -35,6 +35,8 @@ let package = Package(
         .package(url: "https://github.com/swift-server/swift-service-lifecycle.git", from: "2.13.0"),
         .package(url: "https://github.com/apple/swift-nio-extras.git", from: "1.35.2"),
         .package(url: "https://github.com/vapor/postgres-nio.git", from: "1.33.2"),
+        .package(url: "https://github.com/apple/swift-metrics.git", from: "2.13.0"),
+        .package(url: "https://github.com/swift-server/swift-prometheus.git", from: "2.4.1"),
     ],
     targets: [
         // Wire contract shared by all programs: websocket <-> byte stream, HTTP/2 setup, TLS, glue.
@@ -66,7 +68,9 @@ let package = Package(
         ] + lifecycle),
         // The relay's HTTPS JSON API: message types and a small client (connector and relayctl).
         .target(name: "RelayAPI", dependencies: ["RelayModel", "TunnelCore", .product(name: "NIOSSL", package: "swift-nio-ssl")] + nio),
-        .target(name: "Relay", dependencies: ["TunnelCore", "ConfigKit", "RelayModel", "RelayStore", "RelayAPI", .product(name: "Logging", package: "swift-log"), .product(name: "NIOHTTP2", package: "swift-nio-http2"), .product(name: "NIOSSL", package: "swift-nio-ssl"), .product(name: "NIOWebSocket", package: "swift-nio")] + nio + lifecycle),
+        .target(name: "Relay", dependencies: ["TunnelCore", "ConfigKit", "RelayModel", "RelayStore", "RelayAPI", .product(name: "Logging", package: "swift-log"),
+            // Prometheus metrics: instrumented through swift-metrics, exposed by swift-prometheus.
+            .product(name: "CoreMetrics", package: "swift-metrics"), .product(name: "Prometheus", package: "swift-prometheus"), .product(name: "NIOHTTP2", package: "swift-nio-http2"), .product(name: "NIOSSL", package: "swift-nio-ssl"), .product(name: "NIOWebSocket", package: "swift-nio")] + nio + lifecycle),
         .target(name: "Connector", dependencies: ["TunnelCore", "PrivacyPolicy", "CustomerAudit", "ConfigKit", "RelayAPI", "RelayModel", .product(name: "Logging", package: "swift-log"), .product(name: "NIOHTTP2", package: "swift-nio-http2"), .product(name: "NIOSSL", package: "swift-nio-ssl")] + nio + lifecycle),
         // Test doubles shared by the test targets (a clock that moves only when told).
         .target(name: "TestSupport", dependencies: [

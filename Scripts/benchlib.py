@@ -143,8 +143,9 @@ class Stack:
         self.work, self.bin, self.procs = work, bin_dir, {}
         subprocess.run([os.path.join(ROOT, "Certs/make-dev-certs.sh"), work], check=True, stdout=subprocess.DEVNULL)
         self.relay_port = free_port()
+        self.admin_port = free_port()
         limits_block = ("limits:\n" + "".join(f"  {item.replace('=', ': ', 1)}\n" for item in limits)) if limits else ""
-        self.write("relay.yaml", f"listen: 127.0.0.1:{self.relay_port}\ntls:\n  certificate_file: relay.pem\n"
+        self.write("relay.yaml", f"listen: 127.0.0.1:{self.relay_port}\nadmin_listen: 127.0.0.1:{self.admin_port}\ntls:\n  certificate_file: relay.pem\n"
                                  f"  private_key_file: relay.key\ndata_dir: relay-data\n{limits_block}{relay_extra}")
         self.write("connector.yaml", f"node_id: n1\ncredential_file: credential.json\nrelay:\n"
                                      f"  url: https://127.0.0.1:{self.relay_port}\n  ca_file: ca.pem\n"

@@ -121,6 +121,7 @@ def measure(name, bin_dir, work, component_port, args, server=None, password=Non
         if nodes == 2:
             port_b = free_port()
             config = open(f"{work}/relay.yaml").read().replace(f"127.0.0.1:{stack.relay_port}", f"127.0.0.1:{port_b}")
+            config = config.replace(f"admin_listen: 127.0.0.1:{stack.admin_port}", f"admin_listen: 127.0.0.1:{free_port()}")
             config = config.replace("data_dir: relay-data", "data_dir: relay-data-b").replace("node_name: relay-a", "node_name: relay-b")
             stack.write("relay-b.yaml", config)
             stack.start("relay-b", [f"{bin_dir}/relay", "--config", f"{work}/relay-b.yaml", "--log-level", "warning"])

@@ -37,6 +37,8 @@ public final class MissionControl: Sendable {
     }
 
     public let store: any Store
+    /// This node's Prometheus metrics (`/metrics` on the admin listener).
+    public let metrics: RelayMetrics
     public let settings: Settings
     let hasher: TokenHasher
     let clock: @Sendable () -> Date
@@ -65,8 +67,13 @@ public final class MissionControl: Sendable {
         self.liveTunnelURLs.withLockedValue { $0 = urls }
     }
 
-    public init(store: any Store, hasher: TokenHasher, settings: Settings, clock: @escaping @Sendable () -> Date = { Date() }, logger: Logger) {
-        self.store = store
+    /// - Parameter metrics: where this node's figures go; every store call is timed into it.
+    public init(
+        store: any Store, hasher: TokenHasher, settings: Settings, clock: @escaping @Sendable () -> Date = { Date() }, logger: Logger,
+        metrics: RelayMetrics = RelayMetrics()
+    ) {
+        self.metrics = metrics
+        self.store = MeasuredStore(base: store, metrics: metrics)
         self.hasher = hasher
         self.settings = settings
         self.clock = clock
@@ -108,6 +115,7 @@ public final class MissionControl: Sendable {
         {
             return token
         }
+        self.metrics.authFailed(.apiToken)
         await self.denyAnonymous(action, source: source, cluster: cluster, reason: "invalid, expired or revoked token")
         throw Self.unauthorized
     }
@@ -131,6 +139,7 @@ public final class MissionControl: Sendable {
         {
             return credential
         }
+        self.metrics.authFailed(.connectorCredential)
         await self.denyAnonymous(
             action, source: source, cluster: cluster.flatMap { Identifier.isValid($0) ? $0 : nil },
             subject: node.flatMap { Identifier.isValid($0) ? $0 : nil }, reason: "invalid node credential")
@@ -212,16 +221,19 @@ public final class MissionControl: Sendable {
             return RegisterResponse(clusterID: cluster, nodeID: body.nodeID, credential: credential)
         case .unknownToken:
             await self.denyAnonymous("node.register", source: source, subject: body.nodeID, reason: "unknown enrollment token")
+            self.metrics.authFailed(.enrollment)
             throw ProxyRefusal(
                 .unauthorized, code: "enrollment_invalid",
                 message: "this enrollment token is not valid; ask the vendor's operator for a new one (relayctl clusters enroll CLUSTER)")
         case .alreadyUsed(let at):
             await self.denyAnonymous("node.register", source: source, subject: body.nodeID, reason: "enrollment token already used")
+            self.metrics.authFailed(.enrollment)
             throw ProxyRefusal(
                 .unauthorized, code: "enrollment_used",
                 message: "this enrollment token was already used at \(Timestamp.text(at)); each token registers one node once, ask for a new one")
         case .expired(let at):
             await self.denyAnonymous("node.register", source: source, subject: body.nodeID, reason: "enrollment token expired")
+            self.metrics.authFailed(.enrollment)
             throw ProxyRefusal(
                 .unauthorized, code: "enrollment_expired",
                 message: "this enrollment token expired at \(Timestamp.text(at)); ask for a new one")

@@ -53,6 +53,12 @@ struct Route {
     /// Whether some pattern has this path (whatever the method): unknown paths get 404 before authentication.
     var isKnown: Bool { Self.patterns.contains { self.captures($0) != nil } }
 
+    /// `GET /v1/clusters/*`: what metrics label a call with (a path would make a series per ID).
+    var label: String {
+        guard let pattern = Self.patterns.first(where: { self.captures($0) != nil }) else { return "other" }
+        return "\(self.method) /v1/\(pattern)"
+    }
+
     /// The `*` segments, when method and path match.
     func match(_ method: HTTPMethod, _ pattern: String) -> [String]? {
         guard method == self.method else { return nil }
@@ -94,6 +100,25 @@ public struct RelayAPIRouter: Sendable {
     }
 
     public func handle(_ request: APIRequest) async -> APIResponse {
+        let clock = ContinuousClock()
+        let start = clock.now
+        let response = await self.answer(request)
+        let route = Route(request)
+        self.control.metrics.apiRequest(route: route.label, status: response.status.code, took: clock.now - start)
+        if route.match(.POST, "heartbeat") != nil {
+            let outcome: String
+            switch response.errorCode {
+            case nil: outcome = "ok"
+            case "unauthorized", "store_unavailable": outcome = response.errorCode!
+            case "internal": outcome = "error"
+            default: outcome = "refused"
+            }
+            self.control.metrics.heartbeat(outcome: outcome)
+        }
+        return response
+    }
+
+    private func answer(_ request: APIRequest) async -> APIResponse {
         let refusal: ProxyRefusal
         do {
             return APIResponse(status: .ok, body: try await self.route(request), errorCode: nil)
@@ -127,6 +152,7 @@ public struct RelayAPIRouter: Sendable {
         do {
             return try await self.route(route, request, caller: caller)
         } catch let refusal as ProxyRefusal {
+            if refusal.code == "ops_only" { control.metrics.authFailed(.role) }
             await control.deny(caller: caller, action, source: request.source, reason: "\(refusal.code): \(refusal.message)")
             throw refusal
         } catch let error as DecodingError {

@@ -20,6 +20,8 @@ public struct RelayConfig: Sendable {
     public var publicURL: String?
     /// A relay node not seen for this long drops out of heartbeat answers and its sessions are ended (`node_ttl`).
     public var nodeTTLMilliseconds: Int64 = 30_000
+    /// The admin listener (`admin_listen`: `/metrics`, `/healthz`, `/readyz`, plain HTTP); nil: none.
+    public var adminListen: (host: String, port: Int)?
     /// Where the records live (`store:`): the embedded SQLite file, or a PostgreSQL database shared by several nodes.
     public var store: StoreChoice = .sqlite
     /// The key tokens are hashed with (`token_hash_key_file`, default `data_dir/token-hash.key`):
@@ -110,6 +112,7 @@ public struct RelayConfig: Sendable {
             throw root.error("public_url", "is required with store: postgres and a wildcard listen address: how connectors reach this node")
         }
         let tokenKey = try root.filePath("token_hash_key_file")
+        let admin = try root.string("admin_listen", default: "127.0.0.1:9464") == "off" ? nil : try root.hostPort("admin_listen", default: "127.0.0.1:9464")
         var heartbeat: Int?
         if root.has("heartbeat_interval") {
             heartbeat = Int(try root.durationMilliseconds("heartbeat_interval", default: 60_000, range: 1000...3_600_000) / 1000)
@@ -145,6 +148,7 @@ public struct RelayConfig: Sendable {
         config.nodeTTLMilliseconds = nodeTTL
         config.store = store
         config.tokenHashKeyFile = tokenKey
+        config.adminListen = admin
         return config
     }
 

@@ -36,6 +36,7 @@ public final class RelayServer: Service, Sendable {
     /// Set when the drain begins: a session still upgrading then is closed at once (1012).
     private let draining = NIOLockedValueBox(false)
     private let presence = NIOLockedValueBox<RelayNodePresence?>(nil)
+    private let admin = NIOLockedValueBox<AdminServer?>(nil)
     private let timers: any Clock<Duration>
 
     /// - Parameters:
@@ -120,8 +121,15 @@ public final class RelayServer: Service, Sendable {
                 clock: self.timers)
         }
         self.logger.info("relay listening", metadata: ["address": "\(address.display)", "tunnel_url": "\(own)"])
+        if let admin = self.config.adminListen {
+            let server = try await AdminServer.start(host: admin.host, port: admin.port, server: self, group: self.group, logger: self.logger)
+            self.admin.withLockedValue { $0 = server }
+        }
         return address
     }
+
+    /// Where the admin listener (`/metrics`) is bound, if it is.
+    public var adminAddress: SocketAddress? { self.admin.withLockedValue { $0 }?.address }
 
     /// `/readyz`: 200 `{"status":"ready"}` while this node should get traffic; else 503 with the
     /// reasons (`draining`, `not listening`, `store unavailable`; details go to the log, not to
@@ -138,6 +146,29 @@ public final class RelayServer: Service, Sendable {
         }
         guard reasons.isEmpty else { return Self.notReady(reasons) }
         return APIResponse(status: .ok, body: Data("{\"status\":\"ready\"}\n".utf8), errorCode: nil)
+    }
+
+    /// `/metrics`: the figures that describe now are read at the scrape (tunnels, sessions,
+    /// requests, readiness); the counters and histograms are kept as events happen.
+    public func scrapeMetrics() async -> [UInt8] {
+        let tunnels = self.registry.clusterIDs.map { self.registry.tunnels(cluster: $0).count }
+        var requests = ["pending": 0, "approved": 0]
+        var storeUp = true
+        do {
+            let now = self.control.now
+            for request in try await self.control.store.requests(clusterID: nil, states: [.pending, .approved]) {
+                if request.state == .pending { requests["pending", default: 0] += 1 }
+                if request.state == .approved, request.isActive(at: now) { requests["approved", default: 0] += 1 }
+            }
+        } catch {
+            storeUp = false
+        }
+        let ready = await self.readiness().status == .ok
+        self.control.metrics.record(
+            .init(
+                tunnels: tunnels.reduce(0, +), clusters: tunnels.filter { $0 > 0 }.count, sessions: self.sessions.all.count,
+                requests: storeUp ? requests : [:], ready: ready, storeAvailable: storeUp))
+        return self.control.metrics.exposition()
     }
 
     static func notReady(_ reasons: [String]) -> APIResponse {
@@ -178,6 +209,8 @@ public final class RelayServer: Service, Sendable {
             tunnel.channel.closeFuture.whenComplete { _ in cut.cancel() }
         }
         for tunnel in closing { try? await tunnel.channel.closeFuture.get() }
+        // Scraped through the drain; closed once it is over.
+        await self.admin.withLockedValue { $0 }?.close()
     }
 
     public var closeFuture: EventLoopFuture<Void>? { self.serverChannel.get()?.closeFuture }
@@ -186,6 +219,8 @@ public final class RelayServer: Service, Sendable {
 
     private func initializeConnection(_ channel: Channel) throws {
         let sync = channel.pipeline.syncOperations
+        let accepted = NIODeadline.now()
+        let metrics = self.control.metrics
         try sync.addHandler(NIOSSLServerHandler(context: self.tls))
         let handshake = ConnectionHandshake()
         let slow = SlowRequestGuard(
@@ -232,6 +267,11 @@ public final class RelayServer: Service, Sendable {
                     // The HTTP codecs are gone; the fallback handler must go too, before tunnel bytes flow.
                     channel.pipeline.syncOperations.removeHandler(fallback).whenComplete { _ in }
                     channel.pipeline.syncOperations.removeHandler(slow).whenComplete { _ in }
+                    switch handshake.decision {
+                    case .tunnel: metrics.handshake(link: "tunnel", took: .now() - accepted)
+                    case .session: metrics.handshake(link: "session", took: .now() - accepted)
+                    case .refuse, nil: break
+                    }
                     switch handshake.decision {
                     case .tunnel(let cluster, let node):
                         try self.acceptTunnel(channel, cluster: cluster, node: node, dialedAs: head.headers.first(name: "host") ?? "")
@@ -284,6 +324,7 @@ public final class RelayServer: Service, Sendable {
                 WebSocketCloseRequest(code: WireCloseCode.replaced, reason: "a newer tunnel from node \(node) replaced this one"), promise: nil)
         }
         let control = self.control
+        control.metrics.tunnelUp(cluster: cluster, node: node)
         control.reconcileNow()  // the reconciler tells connectors only of ends it saw in force: let it look now
         logger.info("tunnel up", metadata: ["cluster": "\(cluster)", "node": "\(node)", "peer": "\(channel.remoteAddress?.display ?? "?")"])
         _ = self.tasks.submit(on: channel.eventLoop) { await control.audit(actor: "node:\(cluster)/\(node)", "tunnel.open", cluster: cluster, subject: node) }
@@ -341,6 +382,7 @@ public final class RelayServer: Service, Sendable {
                             requestTrailers: .tunnel(limits), responseHeaders: .session(limits), drainLimit: limits.refusedBodyDrainLimit),
                         onComplete: { exchange in
                         live.count(exchange)
+                        control.metrics.stream(exchange)
                         if let reason = exchange.responseHeaders.first(name: WireHeader.sessionEnded) {
                             // The customer's connector ended this session: say so and close it.
                             // After the refusal itself is written (this runs just before), so the engineer sees both.

@@ -66,6 +66,9 @@ struct Serve: AsyncParsableCommand {
         let announce = ClosureService {
             let hangups = await UnixSignalsSequence(trapping: .sighup)
             print("relay listening on \(address.display)")
+            if let admin = server.adminAddress {
+                print("metrics on http://\(admin.display)/metrics (probes /healthz, /readyz)")
+            }
             if firstStart {
                 let ip = address.ipAddress ?? "127.0.0.1"
                 let host = ["0.0.0.0", "::"].contains(ip) ? "127.0.0.1" : ip.contains(":") ? "[\(ip)]" : ip

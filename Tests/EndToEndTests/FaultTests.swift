@@ -210,6 +210,7 @@ import TunnelCore
         let path = folder + "/relay.yaml"
         try """
             listen: 127.0.0.1:\(port)
+            admin_listen: 127.0.0.1:0
             tls:
               certificate_file: \(TestCerts.trusted)/relay.pem
               private_key_file: \(TestCerts.trusted)/relay.key

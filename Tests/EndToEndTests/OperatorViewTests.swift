@@ -18,6 +18,7 @@ import TunnelCore
         let path = folder + "/relay.yaml"
         try """
             listen: 127.0.0.1:0
+            admin_listen: 127.0.0.1:0
             tls:
               certificate_file: \(certificate)
               private_key_file: \(key)
