@@ -51,7 +51,7 @@ let package = Package(
             .product(name: "Crypto", package: "swift-crypto"),
         ]),
         // Strict YAML config reading: unknown keys and bad values are errors that name the key.
-        .target(name: "ConfigKit", dependencies: ["TunnelCore", "RelayModel", .product(name: "Yams", package: "Yams")]),
+        .target(name: "ConfigKit", dependencies: ["TunnelCore", "RelayModel", .product(name: "Yams", package: "Yams"), .product(name: "Logging", package: "swift-log")]),
         // The relay's records (clusters, tokens, access requests, sessions, audit): plain values, no I/O.
         .target(name: "RelayModel"),
         // The customer's privacy settings decided per stream: pure, default deny, no I/O.
@@ -81,8 +81,8 @@ let package = Package(
         .target(name: "DemoComponentKit", dependencies: nio + [.product(name: "Crypto", package: "swift-crypto"), .product(name: "NIOWebSocket", package: "swift-nio")]),
         // The fuzz targets' bodies, shared by the fuzzers (FuzzTesting/) and the replay tests.
         .target(name: "FuzzEntryPoints", dependencies: ["ConfigKit", "Connector", "PrivacyPolicy", "Relay", "RelayAPI", "RelayModel", "TunnelCore", .product(name: "NIOEmbedded", package: "swift-nio"), .product(name: "NIOWebSocket", package: "swift-nio")] + nio),
-        .executableTarget(name: "relay", dependencies: ["Relay", "RelayStore", "TunnelCore", .product(name: "Logging", package: "swift-log"), .product(name: "NIOPosix", package: "swift-nio"), .product(name: "ArgumentParser", package: "swift-argument-parser")] + lifecycle),
-        .executableTarget(name: "connector", dependencies: ["Connector", "CustomerAudit", "PrivacyPolicy", "RelayCtlKit", "RelayAPI", "RelayModel", "TunnelCore", .product(name: "Logging", package: "swift-log"), .product(name: "NIOPosix", package: "swift-nio"), .product(name: "ArgumentParser", package: "swift-argument-parser")] + lifecycle),
+        .executableTarget(name: "relay", dependencies: ["Relay", "ConfigKit", "RelayStore", "TunnelCore", .product(name: "Logging", package: "swift-log"), .product(name: "NIOPosix", package: "swift-nio"), .product(name: "ArgumentParser", package: "swift-argument-parser")] + lifecycle),
+        .executableTarget(name: "connector", dependencies: ["Connector", "ConfigKit", "CustomerAudit", "PrivacyPolicy", "RelayCtlKit", "RelayAPI", "RelayModel", "TunnelCore", .product(name: "Logging", package: "swift-log"), .product(name: "NIOPosix", package: "swift-nio"), .product(name: "ArgumentParser", package: "swift-argument-parser")] + lifecycle),
         .executableTarget(name: "relayctl", dependencies: ["RelayCtlKit", "RelayAPI", "RelayModel", "ConfigKit", "TunnelCore", .product(name: "Logging", package: "swift-log"), .product(name: "NIOPosix", package: "swift-nio"), .product(name: "ArgumentParser", package: "swift-argument-parser"), .product(name: "UnixSignals", package: "swift-service-lifecycle")]),
         .executableTarget(name: "demo-component", dependencies: ["DemoComponentKit", "ConfigKit", "TunnelCore", .product(name: "NIOPosix", package: "swift-nio"), .product(name: "ArgumentParser", package: "swift-argument-parser"), .product(name: "UnixSignals", package: "swift-service-lifecycle")]),
         // A benchmark tool (Scripts/perf.py): one process holding many nodes' tunnels through the real TunnelConnector.

@@ -118,6 +118,8 @@ public struct ConnectorConfig: Sendable {
     public var upstreamTimeoutMilliseconds: Int64 = 60_000
     /// The HTTP proxy every connection to the relay goes through (CONNECT), if any (`relay.proxy`).
     public var proxy: OutboundProxy?
+    /// `log:`: level and format (text or JSON lines).
+    public var log = LogSettings()
 
     public init(
         nodeID: String, sourceType: String = "server", credentialFile: String, relayURL: WebSocketURL, caFile: String,
@@ -291,6 +293,7 @@ public struct ConnectorConfig: Sendable {
         if components.isEmpty { throw root.error("components", "needs at least one component") }
         let limits = try TunnelLimits.read(from: try root.map("limits"))
         let upstreamTimeout = try root.durationMilliseconds("upstream_timeout", default: 60_000, range: 1000...3_600_000)
+        let log = try LogSettings.read(try root.map("log"))
         try root.finish()
         var config = ConnectorConfig(
             nodeID: node, sourceType: sourceType, credentialFile: credentialFile, relayURL: relayURL, caFile: caFile,
@@ -300,6 +303,7 @@ public struct ConnectorConfig: Sendable {
         config.drainMilliseconds = drain
         config.upstreamTimeoutMilliseconds = upstreamTimeout
         config.proxy = proxy
+        config.log = log
         return config
     }
 

@@ -152,6 +152,12 @@ public final class HeartbeatDriver: Service, Sendable {
     }
 
     private func send() async {
+        // Sent as x-request-id: the relay's log and audit (a decision delivered, say) carry it too.
+        let id = RequestID.generate()
+        await RequestID.$current.withValue(id) { await self.send(id: id) }
+    }
+
+    private func send(id: String) async {
         let jitter = Double.random(in: -1...1)
         do {
             let config = self.privacy.config  // the settings in force (reloads change them)
@@ -165,6 +171,12 @@ public final class HeartbeatDriver: Service, Sendable {
             self.failure.withLockedValue { $0 = nil }
             defer { self.answers.withLockedValue { $0 += 1 } }
             self.privacy.heartbeatAnswered(pending: answer.pendingApprovals, sent: decisions)
+            self.logger.debug("heartbeat answered", metadata: ["request_id": "\(id)", "remote_ui": "\(answer.remoteUIRequested)"])
+            if !decisions.isEmpty {
+                self.logger.info(
+                    "the customer's decisions delivered to the relay",
+                    metadata: ["requests": "\(decisions.map { "\($0.requestID) \($0.verdict.rawValue)" })", "request_id": "\(id)"])
+            }
             // Requests the relay ended, before any tunnel closes for them: sessions end with the relay's reason.
             for ended in (answer.endedRequests ?? []).prefix(50) {
                 self.privacy.relaySaid(
@@ -192,7 +204,7 @@ public final class HeartbeatDriver: Service, Sendable {
             self.perform(self.machine.withLockedValue { $0.received(state, jitter: jitter) })
         } catch {
             guard !Task.isCancelled else { return }  // shutting down
-            self.logger.warning("heartbeat failed", metadata: ["error": "\(error)"])
+            self.logger.warning("heartbeat failed", metadata: ["error": "\(error)", "request_id": "\(id)"])
             self.failure.withLockedValue { $0 = "\(error)" }
             self.perform(self.machine.withLockedValue { $0.failed(jitter: jitter) })
         }

@@ -295,6 +295,8 @@ public final class TunnelConnector: Service, Sendable {
                                         "expert": "\(record.head.headers.first(name: WireHeader.expert) ?? "-")",
                                         "component": "\(record.head.headers.first(name: WireHeader.component) ?? "-")",
                                         "method": "\(record.head.method)", "status": "\(record.status.map(String.init) ?? "-")",
+                                        "session": "\(record.head.headers.first(name: WireHeader.session) ?? "-")",
+                                        "request_id": "\(record.requestID ?? "-")", "refused": "\(record.refusalCode ?? "-")",
                                     ])
                             },
                             responseEndGate: { privacy.commit($0, ticket: ticket) },

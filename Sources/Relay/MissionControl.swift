@@ -410,7 +410,8 @@ public final class MissionControl: Sendable {
     ) async {
         let record = AuditRecord(
             time: self.now, actor: AuditText.clean(actor) ?? "", action: AuditText.clean(action) ?? "", clusterID: AuditText.clean(cluster),
-            subject: AuditText.clean(subject), outcome: denied == nil ? .ok : .denied, reason: AuditText.clean(denied ?? reason))
+            subject: AuditText.clean(subject), outcome: denied == nil ? .ok : .denied, reason: AuditText.clean(denied ?? reason),
+            requestID: RequestID.current)
         do {
             try await self.store.appendAudit([record])
         } catch {
@@ -418,7 +419,10 @@ public final class MissionControl: Sendable {
             self.keepUnwritten(audit: [record])
         }
         if let denied {
-            self.logger.notice("denied", metadata: ["actor": "\(record.actor)", "action": "\(record.action)", "reason": "\(AuditText.clean(denied) ?? "")"])
+            self.logger.notice(
+                "denied",
+                metadata: ["actor": "\(record.actor)", "action": "\(record.action)", "reason": "\(AuditText.clean(denied) ?? "")",
+                           "request_id": "\(record.requestID ?? "-")"])
         }
     }
 

@@ -104,7 +104,16 @@ public struct RelayAPIRouter: Sendable {
         let start = clock.now
         let response = await self.answer(request)
         let route = Route(request)
-        self.control.metrics.apiRequest(route: route.label, status: response.status.code, took: clock.now - start)
+        let took = clock.now - start
+        self.control.metrics.apiRequest(route: route.label, status: response.status.code, took: took)
+        // Heartbeats come every minute from every node: their lines are for debugging.
+        self.control.logger.log(
+            level: route.label == "POST /v1/heartbeat" && response.errorCode == nil ? .debug : .info, "api call",
+            metadata: [
+                "route": "\(route.label)", "status": "\(response.status.code)", "error": "\(response.errorCode ?? "-")",
+                "duration_ms": "\(took.components.seconds * 1000 + took.components.attoseconds / 1_000_000_000_000_000)",
+                "source": "\(request.source ?? "-")", "request_id": "\(RequestID.current ?? "-")",
+            ])
         if route.match(.POST, "heartbeat") != nil {
             let outcome: String
             switch response.errorCode {
@@ -256,7 +265,7 @@ public struct RelayAPIRouter: Sendable {
     }
 
     static func errorBody(_ refusal: ProxyRefusal) -> Data {
-        (try? APIJSON.encoder().encode(APIErrorBody(error: refusal.code, message: refusal.message))) ?? Data()
+        (try? APIJSON.encoder().encode(APIErrorBody(error: refusal.code, message: refusal.message, requestID: RequestID.current))) ?? Data()
     }
 
     private static func describe(_ error: DecodingError) -> String {

@@ -22,6 +22,8 @@ public struct RelayConfig: Sendable {
     public var nodeTTLMilliseconds: Int64 = 30_000
     /// The admin listener (`admin_listen`: `/metrics`, `/healthz`, `/readyz`, plain HTTP); nil: none.
     public var adminListen: (host: String, port: Int)?
+    /// `log:`: level and format (text or JSON lines).
+    public var log = LogSettings()
     /// Where the records live (`store:`): the embedded SQLite file, or a PostgreSQL database shared by several nodes.
     public var store: StoreChoice = .sqlite
     /// The key tokens are hashed with (`token_hash_key_file`, default `data_dir/token-hash.key`):
@@ -135,6 +137,7 @@ public struct RelayConfig: Sendable {
                 try map.durationMilliseconds("tcp_keepalive_idle", default: Int64(connections.tcpKeepaliveIdleSeconds) * 1000, range: 1000...7_200_000) / 1000)
             try map.finish()
         }
+        let log = try LogSettings.read(try root.map("log"))
         try root.finish()
         var config = RelayConfig(
             listenHost: listen.host, listenPort: listen.port, certificateFile: certificate, privateKeyFile: key,
@@ -149,6 +152,7 @@ public struct RelayConfig: Sendable {
         config.store = store
         config.tokenHashKeyFile = tokenKey
         config.adminListen = admin
+        config.log = log
         return config
     }
 

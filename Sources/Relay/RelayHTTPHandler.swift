@@ -10,6 +10,8 @@ final class ConnectionHandshake: @unchecked Sendable {
     var decision: HandshakeDecision?
     /// Closes the connection if it neither upgrades nor sends a plain request in time.
     var deadline: Deadlines.Armed?
+    /// The upgrade request's ID (`x-request-id`): on its audit records, its log lines and the answer.
+    var requestID: String?
 }
 
 /// Answers every request that was not upgraded: the health and readiness probes, the JSON API (kept alive, one
@@ -33,6 +35,8 @@ final class RelayHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
     private var busy = false
     private var queued: [(HTTPRequestHead, Data, Bool)] = []
     private var idleTask: Scheduled<Void>?
+    /// The ID of the request being answered (`x-request-id` on its answer).
+    private var requestID: String?
 
     /// `/readyz`: 200 while this node should get traffic, else 503 with the reasons.
     private let readiness: @Sendable () async -> APIResponse
@@ -87,6 +91,10 @@ final class RelayHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
             return
         }
         let (head, body, tooLarge) = self.queued.removeFirst()
+        // An upgrade refused here keeps the ID the gate recorded it under.
+        let isHandshake = head.path == WirePath.tunnel || head.path == WirePath.session
+        self.requestID = (isHandshake ? self.handshake.requestID : nil)
+            ?? RequestID.accepting(head.headers.first(name: RequestID.header)) ?? RequestID.generate()
         if tooLarge {
             self.refuse(context: context, head, ProxyRefusal(.payloadTooLarge, code: "too_large", message: "request bodies are limited to 1 MiB"))
             return
@@ -99,7 +107,7 @@ final class RelayHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
                 self.logger.notice(
                     "handshake refused",
                     metadata: ["path": "\(head.path)", "status": "\(refusal.status.code)", "reason": "\(refusal.code)",
-                               "peer": "\(context.channel.remoteAddress?.display ?? "?")"])
+                               "peer": "\(context.channel.remoteAddress?.display ?? "?")", "request_id": "\(self.requestID ?? "-")"])
                 self.refuse(context: context, head, refusal, close: true)
             } else {
                 self.refuse(context: context, head, ProxyRefusal(.upgradeRequired, code: "upgrade_required", message: "this endpoint needs a websocket upgrade"), close: true)
@@ -110,7 +118,8 @@ final class RelayHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
             let request = APIRequest(
                 method: head.method, uri: head.uri, bearer: head.bearer, body: body, source: context.channel.remoteAddress?.ipAddress)
             let router = self.router
-            self.answerLater(context: context, head: head) { await router.handle(request) }
+            let id = self.requestID
+            self.answerLater(context: context, head: head) { await RequestID.$current.withValue(id) { await router.handle(request) } }
         }
     }
 
@@ -147,6 +156,7 @@ final class RelayHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
         headers.add(name: "content-length", value: String(body.count))
         headers.add(name: "cache-control", value: "no-store")
         if let extra { headers.add(contentsOf: extra) }
+        if let id = self.requestID { headers.add(name: RequestID.header, value: id) }
         if !keepAlive { headers.add(name: "connection", value: "close") }
         context.write(self.wrapOutboundOut(.head(HTTPResponseHead(version: request.version, status: status, headers: headers))), promise: nil)
         context.write(self.wrapOutboundOut(.body(.byteBuffer(ByteBuffer(bytes: body)))), promise: nil)

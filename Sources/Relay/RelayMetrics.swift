@@ -60,17 +60,12 @@ public final class RelayMetrics: Sendable {
 
     /// One expert request carried by a session: opened or refused (by the relay or the customer's connector), bytes, time.
     func stream(_ exchange: ProxyExchangeRecord) {
-        switch exchange.outcome {
-        case .refused(let refusal):
-            self.counter("relay_streams_refused_total", ["code": refusal.code]).increment()
-            return
-        case .completed, .aborted:
-            self.counter("relay_streams_opened_total", [:]).increment()
-        }
-        if let code = exchange.responseHeaders.first(name: WireHeader.error) {
-            // Answered by the connector, but a refusal (the customer's privacy settings, say).
+        if let code = exchange.refusalCode {
+            // The relay's own refusal, or the connector's answer saying it refused (privacy settings, say).
             self.counter("relay_streams_refused_total", ["code": Self.boundedCode(code)]).increment()
         }
+        if case .refused = exchange.outcome { return }
+        self.counter("relay_streams_opened_total", [:]).increment()
         self.counter("relay_bytes_total", ["direction": "to_cluster"]).increment(by: Int64(exchange.requestBodyBytes))
         self.counter("relay_bytes_total", ["direction": "to_expert"]).increment(by: Int64(exchange.responseBodyBytes))
         self.timer("relay_stream_duration_seconds", [:]).recordNanoseconds(exchange.duration.nanoseconds)

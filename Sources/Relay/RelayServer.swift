@@ -244,11 +244,16 @@ public final class RelayServer: Service, Sendable {
                 // The client has done its part; the time the relay takes to decide is not its fault.
                 handshake.deadline?.cancel()
                 let source = channel.remoteAddress?.ipAddress
-                return tasks.submit(on: channel.eventLoop) { await gate.decide(head, source: source) }.map { decision -> HTTPHeaders? in
+                let id = RequestID.accepting(head.headers.first(name: RequestID.header)) ?? RequestID.generate()
+                handshake.requestID = id
+                return tasks.submit(on: channel.eventLoop) {
+                    await RequestID.$current.withValue(id) { await gate.decide(head, source: source) }
+                }.map { decision -> HTTPHeaders? in
                     handshake.decision = decision
                     if case .refuse = decision { return nil }  // not upgraded: RelayHTTPHandler answers why
                     var headers = HTTPHeaders()
                     headers.add(name: "sec-websocket-protocol", value: WireProtocolVersion.current)
+                    headers.add(name: RequestID.header, value: id)
                     if case .session(let plan) = decision {
                         // What the session runs under, for relayctl's banner.
                         headers.add(name: WireHeader.role, value: plan.grant.role.rawValue)
@@ -274,9 +279,10 @@ public final class RelayServer: Service, Sendable {
                     }
                     switch handshake.decision {
                     case .tunnel(let cluster, let node):
-                        try self.acceptTunnel(channel, cluster: cluster, node: node, dialedAs: head.headers.first(name: "host") ?? "")
+                        try self.acceptTunnel(
+                            channel, cluster: cluster, node: node, dialedAs: head.headers.first(name: "host") ?? "", requestID: handshake.requestID)
                     case .session(let plan):
-                        try self.acceptSession(channel, plan: plan)
+                        try self.acceptSession(channel, plan: plan, requestID: handshake.requestID)
                     case .refuse, nil:
                         channel.close(promise: nil)
                     }
@@ -290,7 +296,7 @@ public final class RelayServer: Service, Sendable {
     }
 
     /// - Parameter dialedAs: the Host the connector dialed: it keeps one tunnel per relay URL.
-    private func acceptTunnel(_ channel: Channel, cluster: String, node: String, dialedAs: String) throws {
+    private func acceptTunnel(_ channel: Channel, cluster: String, node: String, dialedAs: String, requestID: String?) throws {
         let peerClose = NIOLockedValueBox<WebSocketPeerClosed?>(nil)
         let peerSettings = PeerSettings()
         let multiplexer = try TunnelPipeline.configure(
@@ -326,8 +332,14 @@ public final class RelayServer: Service, Sendable {
         let control = self.control
         control.metrics.tunnelUp(cluster: cluster, node: node)
         control.reconcileNow()  // the reconciler tells connectors only of ends it saw in force: let it look now
-        logger.info("tunnel up", metadata: ["cluster": "\(cluster)", "node": "\(node)", "peer": "\(channel.remoteAddress?.display ?? "?")"])
-        _ = self.tasks.submit(on: channel.eventLoop) { await control.audit(actor: "node:\(cluster)/\(node)", "tunnel.open", cluster: cluster, subject: node) }
+        logger.info(
+            "tunnel up",
+            metadata: ["cluster": "\(cluster)", "node": "\(node)", "peer": "\(channel.remoteAddress?.display ?? "?")", "request_id": "\(requestID ?? "-")"])
+        _ = self.tasks.submit(on: channel.eventLoop) {
+            await RequestID.$current.withValue(requestID) {
+                await control.audit(actor: "node:\(cluster)/\(node)", "tunnel.open", cluster: cluster, subject: node)
+            }
+        }
         channel.closeFuture.whenComplete { _ in
             let close: WebSocketPeerClosed? = peerClose.withLockedValue { $0 }
             let how = close.map { "the connector closed it (\($0.why))" }
@@ -337,7 +349,7 @@ public final class RelayServer: Service, Sendable {
         }
     }
 
-    private func acceptSession(_ channel: Channel, plan: SessionPlan) throws {
+    private func acceptSession(_ channel: Channel, plan: SessionPlan, requestID: String?) throws {
         if self.draining.withLockedValue({ $0 }) {
             // Upgraded after the drain began: relayctl dials again, elsewhere or after the restart.
             _ = try TunnelPipeline.configure(
@@ -390,14 +402,24 @@ public final class RelayServer: Service, Sendable {
                                 live.end(code: WireCloseCode.endedByCustomer, reason: "ended by the customer's connector: \(reason)")
                             }
                         }
-                        logger.debug("session request", metadata: record.metadata)
+                        // One line per request, with the ID the customer's audit log has for it too.
+                        logger.info(
+                            "session request",
+                            metadata: record.metadata.merging([
+                                "request_id": "\(exchange.requestID ?? "-")", "method": "\(exchange.head.method.rawValue)",
+                                "status": "\(exchange.status.map(String.init) ?? "-")", "bytes_in": "\(exchange.requestBodyBytes)",
+                                "bytes_out": "\(exchange.responseBodyBytes)", "duration_ms": "\(exchange.duration.nanoseconds / 1_000_000)",
+                                "refused": "\(exchange.refusalCode ?? "-")",
+                            ]) { $1 })
                     }),
                 ])
             }
         }
         self.sessions.add(live)
-        live.started.withLockedValue { $0 = self.tasks.submit(on: channel.eventLoop) { await control.sessionStarted(record) } }
-        logger.info("session opened", metadata: record.metadata)
+        live.started.withLockedValue {
+            $0 = self.tasks.submit(on: channel.eventLoop) { await RequestID.$current.withValue(requestID) { await control.sessionStarted(record) } }
+        }
+        logger.info("session opened", metadata: record.metadata.merging(["request_id": "\(requestID ?? "-")"]) { $1 })
         channel.closeFuture.whenComplete { _ in
             self.sessions.remove(record.id)
             let final = live.finish(at: control.now)

@@ -15,6 +15,8 @@ public struct APIError: Error, CustomStringConvertible, Sendable {
     }
     public var kind: Kind
     public var message: String
+    /// The call's `x-request-id` (sent with every call): the relay's log and audit trail have it.
+    public var requestID: String?
     public var description: String { self.message }
 
     public var status: UInt? {
@@ -81,12 +83,13 @@ public struct APIClient: Sendable {
 
     public func call<Body: Encodable, Response: Decodable>(_ method: HTTPMethod, _ path: String, body: Body?) async throws -> Response {
         let payload = try body.map { try APIJSON.encoder().encode($0) }
-        let (status, data) = try await self.send(method, path, body: payload)
+        let requestID = RequestID.current ?? RequestID.generate()
+        let (status, data) = try await RequestID.$current.withValue(requestID) { try await self.send(method, path, body: payload) }
         guard (200..<300).contains(status) else {
             let error = try? APIJSON.decoder().decode(APIErrorBody.self, from: data)
             throw APIError(
                 kind: .status(status, code: error?.error ?? "http_\(status)"),
-                message: error?.message ?? "\(self.peer) answered \(status)")
+                message: error?.message ?? "\(self.peer) answered \(status)", requestID: requestID)
         }
         do {
             return try APIJSON.decoder().decode(Response.self, from: data)
@@ -134,6 +137,7 @@ public struct APIClient: Sendable {
         headers.add(name: "accept", value: "application/json")
         headers.add(name: "connection", value: "close")
         if let bearer = self.bearer { headers.add(name: "authorization", value: "Bearer \(bearer)") }
+        if let id = RequestID.current { headers.add(name: RequestID.header, value: id) }
         if let body {
             headers.add(name: "content-type", value: "application/json")
             headers.add(name: "content-length", value: String(body.count))

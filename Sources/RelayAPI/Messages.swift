@@ -349,9 +349,12 @@ public struct WhoAmI: Codable, Sendable {
 public struct APIErrorBody: Codable, Sendable, Equatable {
     public var error: String
     public var message: String
-    public init(error: String, message: String) {
+    /// The call's `x-request-id`: what to quote to the relay's operators (their log and audit have it).
+    public var requestID: String?
+    public init(error: String, message: String, requestID: String? = nil) {
         self.error = error
         self.message = message
+        self.requestID = requestID
     }
 }
 

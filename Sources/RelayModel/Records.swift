@@ -285,11 +285,15 @@ public struct AuditRecord: Codable, Sendable, Equatable {
     public var subject: String?
     public var outcome: Outcome
     public var reason: String?
+    /// The API call or upgrade this was recorded while answering (`x-request-id`): the same ID is
+    /// in the relay's log and, for a call the connector made, in the customer's audit log.
+    public var requestID: String?
 
     public init(
         id: Int64 = 0, time: Date, actor: String, action: String, clusterID: String? = nil, subject: String? = nil,
-        outcome: Outcome = .ok, reason: String? = nil
+        outcome: Outcome = .ok, reason: String? = nil, requestID: String? = nil
     ) {
+        self.requestID = requestID
         self.id = id
         self.time = time
         self.actor = actor

@@ -92,7 +92,7 @@ enum PostgresRows {
         AuditRecord(
             id: try r.value("id"), time: try r.value("time"), actor: try r.value("actor"), action: try r.value("action"),
             clusterID: try r.value("cluster_id"), subject: try r.value("subject"),
-            outcome: try r.raw("outcome", as: AuditRecord.Outcome.self), reason: try r.value("reason"))
+            outcome: try r.raw("outcome", as: AuditRecord.Outcome.self), reason: try r.value("reason"), requestID: try r.value("request_id"))
     }
 
     @Sendable static func relayNode(_ r: PostgresRandomAccessRow) throws -> RelayNodeRecord {

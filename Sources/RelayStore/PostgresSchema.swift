@@ -1,7 +1,7 @@
 import Logging
 import PostgresNIO
 
-/// The PostgreSQL schema, versioned with the same identifiers as `SQLiteStore.migrator` (v1, v2):
+/// The PostgreSQL schema, versioned with the same identifiers as `SQLiteStore.migrator` (v1, v2, v3):
 /// one history, two dialects. Never edit a shipped migration: add the next one to both.
 enum PostgresSchema {
     static let migrations: [(id: String, statements: [String])] = [
@@ -57,6 +57,7 @@ enum PostgresSchema {
             "CREATE TABLE settings (name text PRIMARY KEY, value text NOT NULL)",
             "CREATE INDEX sessions_relay_node ON sessions (relay_node, ended_at)",
         ]),
+        ("v3", ["ALTER TABLE audit ADD COLUMN request_id text"]),
     ]
 
     /// Held (session level) while migrating: of several nodes starting at once, one migrates and

@@ -386,9 +386,9 @@ extension PostgresStore {
             for record in records {
                 try await db.query(
                     """
-                    INSERT INTO audit (time, actor, action, cluster_id, subject, outcome, reason)
+                    INSERT INTO audit (time, actor, action, cluster_id, subject, outcome, reason, request_id)
                     VALUES (\(record.time), \(record.actor), \(record.action), \(record.clusterID), \(record.subject), \(record.outcome.rawValue),
-                      \(record.reason))
+                      \(record.reason), \(record.requestID))
                     """, logger: logger)
             }
         }

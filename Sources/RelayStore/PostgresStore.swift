@@ -36,6 +36,7 @@ public final class PostgresStore: Store {
     /// Connects, applies the migrations not yet applied (under an advisory lock: several nodes may
     /// start at once) and starts listening for other nodes' access changes.
     public static func open(_ settings: PostgresSettings, logger: Logger) async throws -> PostgresStore {
+        try await Self.checkLogin(settings, logger: logger)
         let store = PostgresStore(settings: settings, client: PostgresClient(configuration: try Self.clientConfiguration(settings), backgroundLogger: logger), logger: logger)
         do {
             // A migration (or the wait for another node's) may take longer than a query may.
@@ -49,6 +50,34 @@ public final class PostgresStore: Store {
         }
         store.startListening()
         return store
+    }
+
+    /// One direct connection at start: a refused login or a missing database is a setting to fix,
+    /// said at once (the pool would retry it for a minute). Anything else (the server starting,
+    /// unreachable) is left to the pool's retries.
+    static func checkLogin(_ settings: PostgresSettings, logger: Logger) async throws {
+        let tls: PostgresConnection.Configuration.TLS
+        if let configuration = Self.tlsConfiguration(settings) {
+            tls = .require(try NIOSSLContext(configuration: configuration))
+        } else {
+            tls = .disable
+        }
+        let configuration = PostgresConnection.Configuration(
+            host: settings.host, port: settings.port, username: settings.username, password: settings.password, database: settings.database, tls: tls)
+        do {
+            let connection = try await withDeadline(settings.operationTimeout) {
+                try await PostgresConnection.connect(configuration: configuration, id: 0, logger: logger)
+            }
+            try? await connection.close()
+        } catch let error as PSQLError where error.code == .server {
+            let state = error.serverInfo?[.sqlState] ?? ""
+            // 28: invalid authorization (a wrong password, an unknown role); 3D000: no such database.
+            guard state.hasPrefix("28") || state == "3D000" else { return }
+            throw PostgresLoginRefused(
+                database: settings.displayURL, state: state, message: error.serverInfo?[.message] ?? "the login was refused")
+        } catch {
+            return
+        }
     }
 
     /// The migrations a start would apply to this database now (`relay migrate --check`).
@@ -65,14 +94,17 @@ public final class PostgresStore: Store {
         }
     }
 
+    /// TLS as `tls:` asks (nil: disable), checked against `ca_file` or the system's roots.
+    static func tlsConfiguration(_ settings: PostgresSettings) -> TLSConfiguration? {
+        guard case .require(let caFile) = settings.tls else { return nil }
+        var configuration = TLSConfiguration.makeClientConfiguration()
+        if let caFile { configuration.trustRoots = .file(caFile) }
+        return configuration
+    }
+
     static func clientConfiguration(_ settings: PostgresSettings) throws -> PostgresClient.Configuration {
-        let tls: PostgresClient.Configuration.TLS
-        switch settings.tls {
-        case .disable:
-            tls = .disable
-        case .require(let caFile):
-            var configuration = TLSConfiguration.makeClientConfiguration()
-            if let caFile { configuration.trustRoots = .file(caFile) }
+        var tls = PostgresClient.Configuration.TLS.disable
+        if let configuration = Self.tlsConfiguration(settings) {
             // postgres-nio builds its TLS context at the first connection and keeps a failure for
             // good: a bad CA file is said now, at start.
             _ = try NIOSSLContext(configuration: configuration)
@@ -273,5 +305,15 @@ public final class PostgresStore: Store {
                 try? await Task.sleep(for: .seconds(1))
             }
         })
+    }
+}
+
+/// The server refused the relay's login (wrong password, unknown role or database): a setting to fix.
+public struct PostgresLoginRefused: Error, CustomStringConvertible {
+    public var database: String
+    public var state: String
+    public var message: String
+    public var description: String {
+        "PostgreSQL at \(self.database) refused the login: \(self.message) (SQLSTATE \(self.state)); check postgres.url and password_file or password_env"
     }
 }

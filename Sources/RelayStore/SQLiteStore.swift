@@ -134,6 +134,10 @@ public final class SQLiteStore: Store {
             // A sweep finds a silent node's live sessions.
             try db.create(index: "sessions_relayNode", on: "sessions", columns: ["relayNode", "endedAt"])
         }
+        migrator.registerMigration("v3") { db in
+            // The call each record was made while answering (`AuditRecord.requestID`).
+            try db.alter(table: "audit") { t in t.add(column: "requestID", .text) }
+        }
         return migrator
     }
 

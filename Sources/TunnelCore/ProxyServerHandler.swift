@@ -28,6 +28,14 @@ public struct ProxyExchangeRecord: Sendable {
     public var outcome: Outcome
     /// The reused connection closed before answering, and the request was sent again on a fresh one.
     public var retried = false
+    /// `x-relay-request-id` as sent on (or, at the connector, as received from) the tunnel.
+    public var requestID: String?
+
+    /// The refusal's code: this hop's, or the next hop's (`x-relay-error`).
+    public var refusalCode: String? {
+        if case .refused(let refusal) = self.outcome { return refusal.code }
+        return self.responseHeaders.first(name: WireHeader.error)
+    }
 }
 
 /// The client-facing half of a proxy hop, used at every hop of the product: relayctl's local listener,
@@ -51,6 +59,7 @@ public final class ProxyServerHandler: ChannelDuplexHandler {
         var upstream: ProxyUpstreamHandler
         /// Sent once more on a fresh connection after the reused one closed before answering.
         var retried = false
+        var requestID: String?
         let started = NIODeadline.now()
         var phase = Phase.opening
         var buffered: [HTTPClientRequestPart] = []
@@ -196,6 +205,7 @@ public final class ProxyServerHandler: ChannelDuplexHandler {
             switch result {
             case .success(var upstreamHead):
                 upstreamHead.headers.removeHopByHop()
+                exchange.requestID = upstreamHead.headers.first(name: WireHeader.requestID) ?? exchange.head.headers.first(name: WireHeader.requestID)
                 exchange.phase = .forwarding
                 exchange.upstream.send(.head(upstreamHead))
                 if !exchange.holdsBody {
@@ -478,7 +488,8 @@ public final class ProxyServerHandler: ChannelDuplexHandler {
     private func record(_ exchange: Exchange) -> ProxyExchangeRecord {
         ProxyExchangeRecord(
             head: exchange.head, status: exchange.status, responseHeaders: exchange.responseHeaders, requestBodyBytes: exchange.requestBytes,
-            responseBodyBytes: exchange.responseBytes, duration: .now() - exchange.started, outcome: exchange.outcome, retried: exchange.retried)
+            responseBodyBytes: exchange.responseBytes, duration: .now() - exchange.started, outcome: exchange.outcome, retried: exchange.retried,
+            requestID: exchange.requestID ?? exchange.head.headers.first(name: WireHeader.requestID))
     }
 }
 

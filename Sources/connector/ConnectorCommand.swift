@@ -1,4 +1,5 @@
 import ArgumentParser
+import ConfigKit
 import Connector
 import Foundation
 import Logging
@@ -31,14 +32,17 @@ struct CommonOptions: ParsableArguments {
     @Option(name: .shortAndLong, help: "Path to connector.yaml (see Config/connector.yaml).")
     var config: String = "connector.yaml"
 
-    @Option(help: "trace, debug, info, notice, warning, error or critical.")
-    var logLevel: Logger.Level = .info
+    @Option(help: "trace, debug, info, notice, warning, error or critical (default: log.level in connector.yaml, else info).")
+    var logLevel: Logger.Level?
 
+    /// For commands that do not read connector.yaml (they talk to the control socket).
     func logger() -> Logger {
-        LoggingSystem.bootstrap { StreamLogHandler.standardError(label: $0) }
-        var logger = Logger(label: "connector")
-        logger.logLevel = self.logLevel
-        return logger
+        LogSettings().bootstrap(label: "connector", overridingLevel: self.logLevel)
+    }
+
+    /// As connector.yaml `log:` says, `--log-level` winning.
+    func logger(_ config: ConnectorConfig) -> Logger {
+        config.log.bootstrap(label: "connector", overridingLevel: self.logLevel)
     }
 }
 
@@ -51,8 +55,8 @@ struct Run: AsyncParsableCommand {
     var checkConfig = false
 
     func run() async throws {
-        let logger = self.options.logger()
         let config = try ConnectorConfig.load(path: self.options.config)
+        let logger = self.options.logger(config)
         let credential = try ConnectorCredential.load(path: config.credentialFile)
         if self.checkConfig {
             let proxy = config.proxy.map { ", through the proxy \($0)" } ?? ""
@@ -90,8 +94,8 @@ struct Register: AsyncParsableCommand {
     var enrollmentTokenFile: String?
 
     func run() async throws {
-        let logger = self.options.logger()
         let config = try ConnectorConfig.load(path: self.options.config)
+        let logger = self.options.logger(config)
         let token: String
         if let path = self.enrollmentTokenFile {
             guard let text = try? String(contentsOfFile: path, encoding: .utf8) else {

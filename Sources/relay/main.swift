@@ -1,4 +1,5 @@
 import ArgumentParser
+import ConfigKit
 import Foundation
 import Logging
 import NIOPosix
@@ -31,8 +32,8 @@ struct Serve: AsyncParsableCommand {
     @Option(name: .shortAndLong, help: "Path to relay.yaml (see Config/relay.yaml).")
     var config: String = "relay.yaml"
 
-    @Option(help: "trace, debug, info, notice, warning, error or critical.")
-    var logLevel: Logger.Level = .info
+    @Option(help: "trace, debug, info, notice, warning, error or critical (default: log.level in relay.yaml, else info).")
+    var logLevel: Logger.Level?
 
     @Flag(help: "Validate the config file and exit.")
     var checkConfig = false
@@ -40,10 +41,8 @@ struct Serve: AsyncParsableCommand {
     func run() async throws {
         // Each line reaches a redirected log as it is written, not when the relay exits.
         setvbuf(stdout, nil, _IOLBF, 0)
-        LoggingSystem.bootstrap { StreamLogHandler.standardError(label: $0) }
-        var logger = Logger(label: "relay")
-        logger.logLevel = self.logLevel
         let config = try RelayConfig.load(path: self.config)
+        let logger = config.log.bootstrap(label: "relay", overridingLevel: self.logLevel)
         // The certificate chain and key load and match, as a start needs, before anything is
         // created on disk (data_dir, the bootstrap token).
         _ = try TLSFiles.serverContext(certificateFile: config.certificateFile, privateKeyFile: config.privateKeyFile)

@@ -111,13 +111,16 @@ struct RelayOptions: ParsableArguments {
 
     func fail(_ error: APIError) -> Never {
         if self.json {
-            let body = APIErrorBody(error: error.code ?? (error.kind == .unreachable ? "unreachable" : "bad_response"), message: error.message)
+            let body = APIErrorBody(
+                error: error.code ?? (error.kind == .unreachable ? "unreachable" : "bad_response"), message: error.message, requestID: error.requestID)
             print(String(decoding: (try? APIJSON.encoder().encode(body)) ?? Data(), as: UTF8.self))
         }
         var message = "relayctl: \(error.message)"
         if error.kind == .unreachable {
             message += "; check --relay (\(self.relay)), --ca (\(self.caDescription)) and that the relay is running"
         }
+        // What the relay's operators find the call by in their log and audit trail.
+        if let id = error.requestID, error.kind != .unreachable { message += " (request ID \(id))" }
         message += "\n"
         FileHandle.standardError.write(Data(message.utf8))
         Foundation.exit(RelayCtlExit.forError(error))

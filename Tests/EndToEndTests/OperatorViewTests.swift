@@ -133,10 +133,10 @@ import TunnelCore
         let secret = database?.password ?? "no password"
 
         let (pending, pendingOut, pendingErr) = try await TestProcess.run(Self.relay, ["migrate", "--check", "--config", config])
-        #expect(pending == 3 && pendingOut.contains("would apply v1, v2"), "\(pendingOut) \(pendingErr)")
+        #expect(pending == 3 && pendingOut.contains("would apply v1, v2, v3"), "\(pendingOut) \(pendingErr)")
         if backend == "sqlite" { #expect(!FileManager.default.fileExists(atPath: folder + "/data/relay.sqlite"), "--check creates nothing") }
         let (applied, appliedOut, appliedErr) = try await TestProcess.run(Self.relay, ["migrate", "--config", config])
-        #expect(applied == 0 && appliedOut.contains("applied v1, v2"), "\(appliedOut) \(appliedErr)")
+        #expect(applied == 0 && appliedOut.contains("applied v1, v2, v3"), "\(appliedOut) \(appliedErr)")
         let (done, doneOut, _) = try await TestProcess.run(Self.relay, ["migrate", "--check", "--config", config])
         #expect(done == 0 && doneOut.contains("up to date"), "\(doneOut)")
         for output in [pendingOut, pendingErr, appliedOut, appliedErr, doneOut] { #expect(!output.contains(secret)) }

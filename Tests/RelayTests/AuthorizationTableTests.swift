@@ -144,11 +144,11 @@ struct Fixture {
 @Suite struct StoreTests {
     @Test func migrationsAreVersionedAndDataSurvivesReopening() async throws {
         let fixture = try Fixture()
-        #expect(try fixture.store.appliedMigrations() == ["v1", "v2"])
+        #expect(try fixture.store.appliedMigrations() == ["v1", "v2", "v3"])
         #expect(try SQLiteStore.pendingMigrations(path: fixture.path).isEmpty, "relay migrate --check: nothing left")
         let (secret, _) = try await fixture.token("alice", .expert)
         let reopened = try SQLiteStore(path: fixture.path)
-        #expect(try reopened.appliedMigrations() == ["v1", "v2"])
+        #expect(try reopened.appliedMigrations() == ["v1", "v2", "v3"])
         #expect(try await reopened.tokens().map(\.name) == ["alice"])
         // Only the keyed hash is stored: the secret's bytes are nowhere in the database files.
         for file in [fixture.path, fixture.path + "-wal"] {
