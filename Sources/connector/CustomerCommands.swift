@@ -1,4 +1,5 @@
 import ArgumentParser
+import ConfigKit
 import Connector
 import CustomerAudit
 import Foundation
@@ -332,7 +333,32 @@ private func printApplied(_ applied: SettingsApplied) {
 struct Audit: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "The customer's audit log (read from disk; works while the connector is stopped).",
-        subcommands: [Tail.self, Verify.self])
+        subcommands: [Tail.self, Export.self, Verify.self])
+
+    /// For a SIEM: every record as stored (JSON lines, chain fields included), then, with
+    /// `--follow`, each new one as it is written, across rotations.
+    struct Export: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Print every record as stored, one JSON line each (seq, prev and hash included); --follow keeps printing new ones.",
+            discussion: "A shipper that restarts passes the last seq it sent: connector audit export --follow --after 1234")
+        @OptionGroup var options: CustomerOptions
+        @Flag(help: "Keep running and print records as they are written (Ctrl-C or SIGTERM ends).") var follow = false
+        @Option(help: "Skip records up to this seq.") var after: Int64 = 0
+        @Option(help: "With --follow, how often to look for new records (e.g. 500ms, 2s).") var interval: String = "1s"
+
+        func run() async throws {
+            guard let milliseconds = parseDurationMilliseconds(self.interval), milliseconds >= 10 else {
+                throw ValidationError("--interval must be a duration such as 500ms or 2s")
+            }
+            var follower = AuditFollower(directory: self.options.auditDirectory(), afterSeq: self.after)
+            while true {
+                for line in try follower.poll() { print(line) }
+                fflush(stdout)  // a shipper reading the pipe gets each batch now
+                guard self.follow else { return }
+                try await Task.sleep(for: .milliseconds(milliseconds))
+            }
+        }
+    }
 
     struct Tail: AsyncParsableCommand {
         static let configuration = CommandConfiguration(abstract: "The last records, oldest first.")

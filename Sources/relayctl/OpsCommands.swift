@@ -291,14 +291,21 @@ struct Audit: AsyncParsableCommand {
 
     struct Export: AsyncParsableCommand {
         static let configuration = CommandConfiguration(
-            abstract: "Stream audit records, oldest first: JSON lines with --json, a table otherwise.")
+            abstract: "Stream audit records, oldest first: JSON lines with --json, a table otherwise; --follow keeps printing new ones.",
+            discussion: "For a SIEM: relayctl audit export --json --follow --after LAST_ID (a shipper that restarts resumes after the last ID it sent)")
         @OptionGroup var relay: RelayOptions
         @Option(help: "Only records at or after this time (ISO 8601, e.g. 2026-11-21T09:00:00Z).") var since: String?
+        @Option(help: "Only records after this ID.") var after: Int64 = 0
+        @Flag(help: "Keep running and print records as they are written (Ctrl-C or SIGTERM ends).") var follow = false
+        @Option(help: "With --follow, how often to ask the relay for new records (e.g. 2s).") var interval: String = "2s"
 
         func run() async throws {
+            guard let pause = parseDurationMilliseconds(self.interval), pause >= 100 else {
+                throw ValidationError("--interval must be a duration of at least 100ms, such as 2s")
+            }
             let client = try self.relay.client()
             let encoder = APIJSON.encoder()
-            var after: Int64 = 0
+            var after = self.after
             var header = !self.relay.json
             do {
                 // Page by page, printing as it goes: memory stays bounded however long the trail.
@@ -311,15 +318,18 @@ struct Audit: AsyncParsableCommand {
                             print(String(decoding: try encoder.encode(record), as: UTF8.self))
                         } else {
                             if header {
-                                print(TextTable.render(["ID", "TIME", "ACTOR", "ACTION", "CLUSTER", "SUBJECT", "OUTCOME", "REASON"], []))
+                                print(TextTable.render(["ID", "TIME", "ACTOR", "ACTION", "CLUSTER", "SUBJECT", "OUTCOME", "REASON", "REQUEST ID"], []))
                                 header = false
                             }
                             print([String(record.id), HumanFormat.time(record.time), record.actor, record.action, record.clusterID ?? "-",
-                                   record.subject ?? "-", record.outcome.rawValue, record.reason ?? ""].joined(separator: "  "))
+                                   record.subject ?? "-", record.outcome.rawValue, record.reason ?? "-", record.requestID ?? "-"].joined(separator: "  "))
                         }
+                        after = record.id
                     }
-                    guard let next = page.nextAfter else { break }
-                    after = next
+                    fflush(stdout)  // a shipper reading the pipe gets each page now
+                    if page.nextAfter != nil { continue }
+                    guard self.follow else { break }
+                    try await Task.sleep(for: .milliseconds(pause))
                 }
             } catch let error as APIError {
                 self.relay.fail(error)
