@@ -68,10 +68,14 @@ let package = Package(
         ] + lifecycle),
         // The relay's HTTPS JSON API: message types and a small client (connector and relayctl).
         .target(name: "RelayAPI", dependencies: ["RelayModel", "TunnelCore", .product(name: "NIOSSL", package: "swift-nio-ssl")] + nio),
-        .target(name: "Relay", dependencies: ["TunnelCore", "ConfigKit", "RelayModel", "RelayStore", "RelayAPI", .product(name: "Logging", package: "swift-log"),
-            // Prometheus metrics: instrumented through swift-metrics, exposed by swift-prometheus.
-            .product(name: "CoreMetrics", package: "swift-metrics"), .product(name: "Prometheus", package: "swift-prometheus"), .product(name: "NIOHTTP2", package: "swift-nio-http2"), .product(name: "NIOSSL", package: "swift-nio-ssl"), .product(name: "NIOWebSocket", package: "swift-nio")] + nio + lifecycle),
-        .target(name: "Connector", dependencies: ["TunnelCore", "PrivacyPolicy", "CustomerAudit", "ConfigKit", "RelayAPI", "RelayModel", .product(name: "Logging", package: "swift-log"), .product(name: "NIOHTTP2", package: "swift-nio-http2"), .product(name: "NIOSSL", package: "swift-nio-ssl")] + nio + lifecycle),
+        // Prometheus metrics: recorded through swift-metrics, kept and written out by swift-prometheus.
+        .target(name: "Telemetry", dependencies: [
+            .product(name: "CoreMetrics", package: "swift-metrics"), .product(name: "Prometheus", package: "swift-prometheus"),
+            .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
+        ]),
+        .target(name: "Relay", dependencies: ["TunnelCore", "ConfigKit", "RelayModel", "RelayStore", "RelayAPI", "Telemetry", .product(name: "Logging", package: "swift-log"),
+            .product(name: "CoreMetrics", package: "swift-metrics"), .product(name: "NIOHTTP2", package: "swift-nio-http2"), .product(name: "NIOSSL", package: "swift-nio-ssl"), .product(name: "NIOWebSocket", package: "swift-nio")] + nio + lifecycle),
+        .target(name: "Connector", dependencies: ["TunnelCore", "PrivacyPolicy", "CustomerAudit", "ConfigKit", "RelayAPI", "RelayModel", "Telemetry", .product(name: "CoreMetrics", package: "swift-metrics"), .product(name: "Logging", package: "swift-log"), .product(name: "NIOHTTP2", package: "swift-nio-http2"), .product(name: "NIOSSL", package: "swift-nio-ssl")] + nio + lifecycle),
         // Test doubles shared by the test targets (a clock that moves only when told).
         .target(name: "TestSupport", dependencies: [
             "RelayStore", .product(name: "NIOConcurrencyHelpers", package: "swift-nio"), .product(name: "Logging", package: "swift-log"),

@@ -39,6 +39,9 @@ def main():
         stack = Stack(work, bin_dir, component_port)
         stack.start("component", [f"{bin_dir}/demo-component", "--name", "ui", "--listen", f"127.0.0.1:{component_port}"])
         wait_port(component_port, timeout=30, proc=stack.procs["component"], log=stack.log("component"))
+        # The connector's figures for node_exporter: written at every interval and at its stop.
+        with open(f"{work}/connector.yaml", "a") as f:
+            f.write("metrics_textfile: connector.prom\nmetrics_textfile_interval: 1s\n")
         stack.start("connector", [f"{bin_dir}/connector", "run", "--config", f"{work}/connector.yaml", "--log-level", "notice"])
         stack.request_access("1h", "metrics check")
         url = stack.open_session()
@@ -93,6 +96,16 @@ def main():
             if not family.documentation:
                 problems.append(f"{family.name} has no HELP")
         print(f"{len(families)} families, {sum(len(f.samples) for f in families.values())} samples; scrape in {args.out}")
+        stack.stop()
+        textfile = open(f"{work}/connector.prom").read()
+        lint = subprocess.run([promtool, "check", "metrics"], input=textfile, capture_output=True, text=True)
+        if lint.returncode != 0:
+            problems.append(f"promtool check metrics on the connector's textfile (exit {lint.returncode}): {lint.stdout}{lint.stderr}")
+        connector = {f.name: f for f in text_string_to_metric_families(textfile)}
+        allowed = [s.value for s in connector["connector_requests"].samples if s.labels.get("decision") == "allow"]
+        if allowed != [5]:
+            problems.append(f"the connector's textfile counts {allowed} allowed requests, not 5")
+        print(f"  connector textfile     {len(connector)} families, requests allowed {allowed}")
         if problems:
             raise SystemExit("metrics check failed:\n  " + "\n  ".join(problems))
         print("metrics check passed (promtool check metrics: clean; prometheus_client parser: every family read)")

@@ -120,6 +120,10 @@ public struct ConnectorConfig: Sendable {
     public var proxy: OutboundProxy?
     /// `log:`: level and format (text or JSON lines).
     public var log = LogSettings()
+    /// `metrics_textfile`: where to write the connector's figures for node_exporter's textfile
+    /// collector (`*.prom`), every `metrics_textfile_interval`; nil: not written.
+    public var metricsTextfile: String?
+    public var metricsTextfileIntervalMilliseconds: Int64 = 15_000
 
     public init(
         nodeID: String, sourceType: String = "server", credentialFile: String, relayURL: WebSocketURL, caFile: String,
@@ -294,6 +298,11 @@ public struct ConnectorConfig: Sendable {
         let limits = try TunnelLimits.read(from: try root.map("limits"))
         let upstreamTimeout = try root.durationMilliseconds("upstream_timeout", default: 60_000, range: 1000...3_600_000)
         let log = try LogSettings.read(try root.map("log"))
+        let textfile = try root.filePath("metrics_textfile")
+        if let textfile, !textfile.hasSuffix(".prom") {
+            throw root.error("metrics_textfile", "must end in .prom (node_exporter's textfile collector reads only those)")
+        }
+        let textfileInterval = try root.durationMilliseconds("metrics_textfile_interval", default: 15_000, range: 1000...3_600_000)
         try root.finish()
         var config = ConnectorConfig(
             nodeID: node, sourceType: sourceType, credentialFile: credentialFile, relayURL: relayURL, caFile: caFile,
@@ -304,6 +313,8 @@ public struct ConnectorConfig: Sendable {
         config.upstreamTimeoutMilliseconds = upstreamTimeout
         config.proxy = proxy
         config.log = log
+        config.metricsTextfile = textfile
+        config.metricsTextfileIntervalMilliseconds = textfileInterval
         return config
     }
 

@@ -23,7 +23,9 @@ public final class ConnectorRuntime: Sendable {
     /// In start order. A `ServiceGroup` stops them in reverse: heartbeats first (an answer in flight
     /// can no longer redial), then the tunnels (requests in flight finish, then close with 1000), the
     /// sweep, the control socket, and the audit log last, once every end is recorded.
-    public var services: [any Service] { [self.privacy, self.control, self.sweep, self.tunnels, self.driver] }
+    public var services: [any Service] { [self.privacy, self.control, self.sweep, self.tunnels, self.driver] + (self.textfile.map { [$0] } ?? []) }
+    /// Writes `metrics_textfile` for node_exporter, if configured.
+    private let textfile: MetricsTextfileWriter?
 
     /// Builds every part and binds the control socket (so the CLI works as soon as this returns).
     /// - Parameters:
@@ -54,6 +56,11 @@ public final class ConnectorRuntime: Sendable {
         self.configPath = configPath
         self.sweep = SweepService(privacy: privacy, interval: sweepInterval, clock: timers)
         self.logger = logger
+        self.textfile = config.metricsTextfile.map { path in
+            MetricsTextfileWriter(
+                path: path, interval: .milliseconds(config.metricsTextfileIntervalMilliseconds), figures: privacy.figures, clock: timers,
+                logger: logger, status: { api.status() })
+        }
     }
 
     /// Reads the config file again and puts its privacy settings and components in force. The relay

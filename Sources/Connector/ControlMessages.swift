@@ -43,6 +43,8 @@ public struct ConnectorStatus: Codable, Sendable, Equatable {
     public var configFileMode: PrivacyMode?
     public var configProblem: String?
     public var settingsLoadedAt: Date?
+    /// Heartbeats, tunnels, requests and bytes since the connector started.
+    public var figures: ConnectorFigures.Counts?
 }
 
 /// A session as the connector has seen it.

@@ -92,6 +92,22 @@ public struct ControlAPI: Sendable {
         self.refresh = refresh
     }
 
+    /// `connector status`: what the connector runs under and does now, and its figures since start.
+    func status() -> ConnectorStatus {
+        let last = self.lastAnswer()
+        let config = self.privacy.config
+        let source = self.privacy.modeOverride.map { "customer CLI (\($0.by) at \(Timestamp.text($0.at)))" } ?? "config"
+        let file = self.configFile()
+        return ConnectorStatus(
+            cluster: self.credential.clusterID, node: self.credential.nodeID, mode: self.privacy.mode, modeSource: source,
+            components: config.components.map(\.name).sorted(), tunnels: self.tunnels(), remoteUIRequested: last.flag,
+            lastHeartbeatAt: last.at, heartbeatFailure: last.failure, liveSessions: self.privacy.sessions.filter { $0.endReason == nil }.count,
+            pendingRequests: self.privacy.requests.pending.count, auditDirectory: config.audit.directory,
+            auditFailure: self.privacy.audit.failure.map { "failing since \(Timestamp.text($0.since)): \($0.message)" },
+            modeOverride: self.privacy.modeOverride, configFile: file?.path, configFileMode: file?.mode, configProblem: file?.problem,
+            settingsLoadedAt: self.privacy.configLoadedAt, figures: self.privacy.figures.counts)
+    }
+
     func handle(method: HTTPMethod, path: String, body: Data) throws -> Data {
         let segments = path.split(separator: "/").map(String.init)
         let route = segments.enumerated().map { $0.offset == 2 && segments.count == 4 ? "*" : $0.element }.joined(separator: "/")
@@ -99,19 +115,7 @@ public struct ControlAPI: Sendable {
         let encoder = APIJSON.encoder()
         switch (method, route) {
         case (.GET, "v1/status"):
-            let last = self.lastAnswer()
-            let config = self.privacy.config
-            let source = self.privacy.modeOverride.map { "customer CLI (\($0.by) at \(Timestamp.text($0.at)))" } ?? "config"
-            let file = self.configFile()
-            return try encoder.encode(
-                ConnectorStatus(
-                    cluster: self.credential.clusterID, node: self.credential.nodeID, mode: self.privacy.mode, modeSource: source,
-                    components: config.components.map(\.name).sorted(), tunnels: self.tunnels(), remoteUIRequested: last.flag,
-                    lastHeartbeatAt: last.at, heartbeatFailure: last.failure, liveSessions: self.privacy.sessions.filter { $0.endReason == nil }.count,
-                    pendingRequests: self.privacy.requests.pending.count, auditDirectory: config.audit.directory,
-                    auditFailure: self.privacy.audit.failure.map { "failing since \(Timestamp.text($0.since)): \($0.message)" },
-                    modeOverride: self.privacy.modeOverride, configFile: file?.path, configFileMode: file?.mode, configProblem: file?.problem,
-                    settingsLoadedAt: self.privacy.configLoadedAt))
+            return try encoder.encode(self.status())
         case (.GET, "v1/requests"):
             return try encoder.encode(self.privacy.requests)
         case (.POST, "v1/requests/*/approve"), (.POST, "v1/requests/*/reject"):

@@ -171,6 +171,7 @@ public final class HeartbeatDriver: Service, Sendable {
             self.failure.withLockedValue { $0 = nil }
             defer { self.answers.withLockedValue { $0 += 1 } }
             self.privacy.heartbeatAnswered(pending: answer.pendingApprovals, sent: decisions)
+            self.privacy.figures.heartbeat(answered: true)
             self.logger.debug("heartbeat answered", metadata: ["request_id": "\(id)", "remote_ui": "\(answer.remoteUIRequested)"])
             if !decisions.isEmpty {
                 self.logger.info(
@@ -204,6 +205,7 @@ public final class HeartbeatDriver: Service, Sendable {
             self.perform(self.machine.withLockedValue { $0.received(state, jitter: jitter) })
         } catch {
             guard !Task.isCancelled else { return }  // shutting down
+            self.privacy.figures.heartbeat(answered: false)
             self.logger.warning("heartbeat failed", metadata: ["error": "\(error)", "request_id": "\(id)"])
             self.failure.withLockedValue { $0 = "\(error)" }
             self.perform(self.machine.withLockedValue { $0.failed(jitter: jitter) })

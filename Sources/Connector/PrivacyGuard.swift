@@ -16,6 +16,8 @@ import TunnelCore
 /// customer's audit log. One per connector process; every tunnel's streams pass through it.
 public final class PrivacyGuard: Sendable {
     public let audit: AuditLog
+    /// What the connector has done since it started (`connector status`, the metrics textfile).
+    public let figures: ConnectorFigures
     let clock: @Sendable () -> Date
     let logger: Logger
     let inner: NIOLockedValueBox<Inner>
@@ -111,6 +113,7 @@ public final class PrivacyGuard: Sendable {
         self.audit = try AuditLog(directory: config.audit.directory, maxFileBytes: config.audit.maxFileBytes, maxRotatedFiles: config.audit.maxFiles)
         self.clock = clock
         self.logger = logger
+        self.figures = ConnectorFigures(since: clock())
         let rules = config.privacyRules(mode: persisted.modeOverride?.mode)
         let tally = MinuteTally<RefusalKey>(recordedPerMinute: config.audit.refusalsPerMinute, maxKeys: 10_000) { _ in
             RefusalKey(session: "-", expert: "-")
@@ -335,6 +338,9 @@ public final class PrivacyGuard: Sendable {
     }
 
     private func count(_ record: ProxyExchangeRecord, ticket: Ticket) {
+        self.figures.request(
+            allowed: ticket.permit != nil && record.refusalCode == nil, bytesToCluster: record.requestBodyBytes,
+            bytesToExperts: record.responseBodyBytes)
         guard let permit = ticket.permit else { return }
         self.inner.withLockedValue { inner in
             guard var session = inner.sessions[permit.session] else { return }

@@ -197,6 +197,7 @@ public final class TunnelConnector: Service, Sendable {
                     state.redials[url.description] = nil
                 }
                 self.logger.info("tunnel up", metadata: ["relay": "\(url)"])
+                self.privacy.figures.tunnelOpened()
                 try? await channel.closeFuture.get()
                 let up = upFor()
                 wanted.channel.withLockedValue { $0 = nil }

@@ -2,7 +2,7 @@ import CoreMetrics
 import Foundation
 import NIOConcurrencyHelpers
 import NIOCore
-import Prometheus
+import Telemetry
 import TunnelCore
 
 /// The relay node's Prometheus metrics (docs/OPERATIONS.md "Metrics"). Code records through
@@ -10,16 +10,11 @@ import TunnelCore
 /// own registry (tests run several nodes in one process), so nothing goes through the global
 /// `MetricsSystem`.
 public final class RelayMetrics: Sendable {
-    public let registry = PrometheusCollectorRegistry()
-    private let factory: DescribedMetricsFactory
-    private let counters = NIOLockedValueBox<[String: CoreMetrics.Counter]>([:])
-    private let timers = NIOLockedValueBox<[String: CoreMetrics.Timer]>([:])
-    private let gauges = NIOLockedValueBox<[String: CoreMetrics.Gauge]>([:])
+    private let metrics = MetricsRegistry(catalog: RelayMetrics.catalog)
     /// Tunnels seen since start, by cluster and node: a later tunnel from one of them is a reconnect.
     private let seenTunnels = NIOLockedValueBox<Set<String>>([])
 
     public init() {
-        self.factory = DescribedMetricsFactory(registry: self.registry, catalog: Self.catalog)
         // Known series start at 0, so that rate() sees their first increase.
         for outcome in ["ok", "unauthorized", "refused", "store_unavailable", "error"] { _ = self.counter("relay_heartbeats_total", ["outcome": outcome]) }
         for kind in AuthFailure.allCases { _ = self.counter("relay_auth_failures_total", ["kind": kind.rawValue]) }
@@ -73,17 +68,14 @@ public final class RelayMetrics: Sendable {
 
     /// One API call, labelled by its route (not its path: IDs would make a series each).
     func apiRequest(route: String, status: UInt, took: Duration) {
-        self.timer("relay_api_request_duration_seconds", ["route": route, "status": String(status)]).recordNanoseconds(Self.nanoseconds(took))
+        self.timer("relay_api_request_duration_seconds", ["route": route, "status": String(status)]).recordNanoseconds(MetricsRegistry.nanoseconds(took))
     }
 
     func storeOperation(_ operation: String, failed: Bool, took: Duration) {
         self.timer("relay_store_operation_duration_seconds", ["operation": operation, "outcome": failed ? "error" : "ok"])
-            .recordNanoseconds(Self.nanoseconds(took))
+            .recordNanoseconds(MetricsRegistry.nanoseconds(took))
     }
 
-    private static func nanoseconds(_ duration: Duration) -> Int64 {
-        duration.components.seconds * 1_000_000_000 + duration.components.attoseconds / 1_000_000_000
-    }
 
     // MARK: state, set when scraped
 
@@ -107,47 +99,11 @@ public final class RelayMetrics: Sendable {
     }
 
     /// The Prometheus text exposition (format 0.0.4).
-    public func exposition() -> [UInt8] { self.registry.emitToBuffer() }
+    public func exposition() -> [UInt8] { self.metrics.exposition() }
 
-    // MARK: handles
-
-    private func counter(_ name: String, _ labels: [String: String]) -> CoreMetrics.Counter {
-        let key = Self.key(name, labels)
-        return self.counters.withLockedValue { cache in
-            if let counter = cache[key] { return counter }
-            let counter = CoreMetrics.Counter(label: name, dimensions: Self.sorted(labels), factory: self.factory)
-            cache[key] = counter
-            return counter
-        }
-    }
-
-    private func timer(_ name: String, _ labels: [String: String]) -> CoreMetrics.Timer {
-        let key = Self.key(name, labels)
-        return self.timers.withLockedValue { cache in
-            if let timer = cache[key] { return timer }
-            let timer = CoreMetrics.Timer(label: name, dimensions: Self.sorted(labels), factory: self.factory)
-            cache[key] = timer
-            return timer
-        }
-    }
-
-    private func gauge(_ name: String, _ labels: [String: String]) -> CoreMetrics.Gauge {
-        let key = Self.key(name, labels)
-        return self.gauges.withLockedValue { cache in
-            if let gauge = cache[key] { return gauge }
-            let gauge = CoreMetrics.Gauge(label: name, dimensions: Self.sorted(labels), factory: self.factory)
-            cache[key] = gauge
-            return gauge
-        }
-    }
-
-    private static func key(_ name: String, _ labels: [String: String]) -> String {
-        ([name] + Self.sorted(labels).map { "\($0.0)=\($0.1)" }).joined(separator: "\u{1}")
-    }
-
-    private static func sorted(_ labels: [String: String]) -> [(String, String)] {
-        labels.sorted { $0.key < $1.key }.map { ($0.key, $0.value) }
-    }
+    private func counter(_ name: String, _ labels: [String: String]) -> CoreMetrics.Counter { self.metrics.counter(name, labels) }
+    private func timer(_ name: String, _ labels: [String: String]) -> CoreMetrics.Timer { self.metrics.timer(name, labels) }
+    private func gauge(_ name: String, _ labels: [String: String]) -> CoreMetrics.Gauge { self.metrics.gauge(name, labels) }
 
     /// A code the connector sent: kept only if it looks like one (a label value must not be anything a peer likes).
     static func boundedCode(_ code: String) -> String {
@@ -177,54 +133,3 @@ public final class RelayMetrics: Sendable {
     ]
 }
 
-/// swift-prometheus's factory, with each metric's help text from the catalog (its own factory
-/// writes none, and promtool asks for one).
-struct DescribedMetricsFactory: MetricsFactory {
-    let registry: PrometheusCollectorRegistry
-    let catalog: [String: String]
-    private let plain: PrometheusMetricsFactory
-    /// Handshakes and API calls take milliseconds; a store call under 1 ms is common.
-    static let buckets: [Duration] = [
-        .microseconds(500), .milliseconds(1), .milliseconds(2.5), .milliseconds(5), .milliseconds(10), .milliseconds(25),
-        .milliseconds(50), .milliseconds(100), .milliseconds(250), .milliseconds(500), .seconds(1), .milliseconds(2500),
-        .seconds(5), .seconds(10),
-    ]
-
-    init(registry: PrometheusCollectorRegistry, catalog: [String: String]) {
-        self.registry = registry
-        self.catalog = catalog
-        self.plain = PrometheusMetricsFactory(registry: registry)
-    }
-
-    private func descriptor(_ label: String, suffix: String) -> MetricNameDescriptor {
-        precondition(self.catalog[label] != nil, "metric \(label) is missing from RelayMetrics.catalog")
-        let base = label.hasSuffix("_" + suffix) ? String(label.dropLast(suffix.count + 1)) : label
-        return MetricNameDescriptor(metricName: base, unitName: label.hasSuffix("_" + suffix) ? suffix : "", helpText: self.catalog[label] ?? "")
-    }
-
-    func makeCounter(label: String, dimensions: [(String, String)]) -> any CounterHandler {
-        self.registry.makeCounter(descriptor: self.descriptor(label, suffix: "total"), labels: dimensions)
-    }
-
-    func makeFloatingPointCounter(label: String, dimensions: [(String, String)]) -> any FloatingPointCounterHandler {
-        self.registry.makeCounter(descriptor: self.descriptor(label, suffix: "total"), labels: dimensions)
-    }
-
-    func makeRecorder(label: String, dimensions: [(String, String)], aggregate: Bool) -> any RecorderHandler {
-        self.registry.makeGauge(descriptor: self.descriptor(label, suffix: ""), labels: dimensions)
-    }
-
-    func makeMeter(label: String, dimensions: [(String, String)]) -> any MeterHandler {
-        self.registry.makeGauge(descriptor: self.descriptor(label, suffix: ""), labels: dimensions)
-    }
-
-    func makeTimer(label: String, dimensions: [(String, String)]) -> any TimerHandler {
-        self.registry.makeDurationHistogram(descriptor: self.descriptor(label, suffix: "seconds"), labels: dimensions, buckets: Self.buckets)
-    }
-
-    func destroyCounter(_ handler: any CounterHandler) { self.plain.destroyCounter(handler) }
-    func destroyFloatingPointCounter(_ handler: any FloatingPointCounterHandler) { self.plain.destroyFloatingPointCounter(handler) }
-    func destroyRecorder(_ handler: any RecorderHandler) { self.plain.destroyRecorder(handler) }
-    func destroyMeter(_ handler: any MeterHandler) { self.plain.destroyMeter(handler) }
-    func destroyTimer(_ handler: any TimerHandler) { self.plain.destroyTimer(handler) }
-}

@@ -94,6 +94,12 @@ struct Status: AsyncParsableCommand {
         if let failure = status.heartbeatFailure { print("HEARTBEATS FAIL: \(failure)") }
         print("tunnels: \(status.tunnels.isEmpty ? "none" : status.tunnels.joined(separator: ", "))")
         print("live sessions: \(status.liveSessions), requests waiting for approval: \(status.pendingRequests)")
+        if let figures = status.figures {
+            print(
+                "since \(HumanFormat.time(figures.since)): \(figures.heartbeatsAnswered) heartbeats answered, \(figures.heartbeatsFailed) failed; "
+                    + "\(figures.tunnelsOpened) tunnels opened; \(figures.requestsAllowed) requests allowed, \(figures.requestsRefused) refused; "
+                    + "\(figures.bytesToCluster) bytes to the cluster, \(figures.bytesToExperts) to experts")
+        }
         print("audit log: \(status.auditDirectory)")
         if let failure = status.auditFailure {
             print("AUDIT LOG NOT WRITABLE, every request is refused: \(failure)")

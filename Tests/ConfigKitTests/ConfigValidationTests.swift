@@ -137,6 +137,8 @@ private func edit(_ yaml: String, replace old: String? = nil, with new: String) 
 
     @Test(arguments: [
         BadConfig(edit(goodRelay, with: "listn: 1.2.3.4:5"), "listn", "unknown key"),
+        BadConfig(edit(goodRelay, with: "admin_listen: 9464"), "admin_listen", "host:port"),
+        BadConfig(edit(goodRelay, with: "log:\n  format: xml"), "log.format", "text"),
         BadConfig(edit(goodRelay, replace: "listen: 127.0.0.1:0", with: "listen: localhost"), "listen", "host:port"),
         BadConfig(edit(goodRelay, replace: "listen: 127.0.0.1:0", with: "listen: 127.0.0.1:70000"), "listen", "host:port"),
         BadConfig(edit(goodRelay, replace: "  private_key_file: relay.key", with: "  private_key: relay.key"), "tls.private_key_file", "required"),
@@ -250,6 +252,9 @@ private func edit(_ yaml: String, replace old: String? = nil, with new: String) 
     @Test(arguments: [
         BadConfig(edit(goodConnector, with: "proxy: yes"), "proxy", "unknown key"),
         BadConfig(edit(goodConnector, with: "cluster_id: demo"), "cluster_id", "unknown key"),
+        BadConfig(edit(goodConnector, with: "metrics_textfile: /tmp/connector.txt"), "metrics_textfile", "must end in .prom"),
+        BadConfig(edit(goodConnector, with: "log:\n  format: xml"), "log.format", "text"),
+        BadConfig(edit(goodConnector, with: "log:\n  level: loud"), "log.level", "trace"),
         BadConfig(edit(goodConnector, replace: "node_id: node-1", with: "node_id: a/b"), "node_id", "letters, digits"),
         BadConfig(edit(goodConnector, replace: "  url: https://127.0.0.1:8443", with: "  url: http://127.0.0.1:8443"), "relay.url", "plain http://"),
         BadConfig(edit(goodConnector, replace: "  url: https://127.0.0.1:8443", with: "  url: https://127.0.0.1:99999"), "relay.url", "bad port"),

@@ -91,8 +91,13 @@ struct Scrape {
     static func take(port: Int) async throws -> Scrape {
         let response = try await TestHTTPConnection.request(port: port, .GET, "/metrics")
         guard response.status == .ok else { throw TestFailure("/metrics answered \(response.status): \(response.text)") }
-        var scrape = Scrape(text: response.text, contentType: response.headers.first(name: "content-type") ?? "")
-        for line in response.text.split(separator: "\n") where !line.hasPrefix("#") {
+        return Scrape(text: response.text, contentType: response.headers.first(name: "content-type") ?? "")
+    }
+
+    init(text: String, contentType: String = "") {
+        self.text = text
+        self.contentType = contentType
+        for line in text.split(separator: "\n") where !line.hasPrefix("#") {
             guard let space = line.lastIndex(of: " "), let value = Double(line[line.index(after: space)...]) else { continue }
             let series = line[..<space]
             var labels: [String: String] = [:]
@@ -105,9 +110,8 @@ struct Scrape {
                     if parts.count == 2 { labels[String(parts[0])] = String(parts[1].dropFirst().dropLast()) }
                 }
             }
-            scrape.samples.append((name, labels, value))
+            self.samples.append((name, labels, value))
         }
-        return scrape
     }
 
     func value(_ name: String, _ labels: [String: String] = [:]) -> Double? {
