@@ -55,8 +55,8 @@ public enum ConnectorRegistration {
         config: ConnectorConfig, enrollmentToken: String, group: EventLoopGroup, logger: Logger
     ) async throws -> ConnectorCredential {
         let client = try APIClient(base: config.relayURL, caFile: config.caFile, bearer: nil, group: group, proxy: config.proxy)
-        let answer: RegisterResponse = try await client.post(
-            APIPath.register, RegisterRequest(enrollmentToken: enrollmentToken, nodeID: config.nodeID))
+        let answer = try await client.call(
+            RelayEndpoints.register, body: RegisterRequest(enrollmentToken: enrollmentToken, nodeID: config.nodeID))
         let credential = ConnectorCredential(clusterID: answer.clusterID, nodeID: answer.nodeID, credential: answer.credential)
         try credential.save(path: config.credentialFile)
         logger.info("registered", metadata: ["cluster": "\(answer.clusterID)", "node": "\(answer.nodeID)", "credential_file": "\(config.credentialFile)"])

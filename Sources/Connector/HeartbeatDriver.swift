@@ -162,9 +162,9 @@ public final class HeartbeatDriver: Service, Sendable {
         do {
             let config = self.privacy.config  // the settings in force (reloads change them)
             let decisions = self.privacy.undeliveredDecisions
-            let answer: HeartbeatResponse = try await self.client.post(
-                APIPath.heartbeat,
-                Self.makeRequest(
+            let answer = try await self.client.call(
+                RelayEndpoints.heartbeat,
+                body: Self.makeRequest(
                     config: config, credential: self.credential, health: self.health.sample(), mode: self.privacy.mode,
                     decisions: decisions))
             self.last.withLockedValue { $0 = (answer, self.privacy.clock()) }

@@ -1,4 +1,5 @@
 import Foundation
+import RelayAPI
 import RelayModel
 
 /// Why an authenticated caller may not open a session. Every case says what to do next.
@@ -12,15 +13,15 @@ public enum SessionDenial: Error, Equatable, Sendable, CustomStringConvertible {
     case roleNotGranted(requestID: Int64, asked: AccessRole, granted: AccessRole)
 
     /// Stable code for `x-relay-error` and the JSON body.
-    public var code: String {
+    public var code: APIErrorCode {
         switch self {
-        case .notAnExpert: "not_an_expert"
-        case .noRequest: "no_access_request"
-        case .pending: "request_pending"
-        case .rejected: "request_rejected"
-        case .revoked: "request_revoked"
-        case .expired: "request_expired"
-        case .roleNotGranted: "role_not_granted"
+        case .notAnExpert: .notAnExpert
+        case .noRequest: .noAccessRequest
+        case .pending: .requestPending
+        case .rejected: .requestRejected
+        case .revoked: .requestRevoked
+        case .expired: .requestExpired
+        case .roleNotGranted: .roleNotGranted
         }
     }
 

@@ -87,7 +87,7 @@ private final class AdminHandler: ChannelInboundHandler, @unchecked Sendable {
                         throw MissionControl.unauthorized
                     }
                 } catch {
-                    let code = (error as? ProxyRefusal)?.code ?? "unauthorized"
+                    let code = (error as? RelayError)?.code.rawValue ?? "unauthorized"
                     return (.unauthorized, json, Array("{\"error\":\"\(code)\",\"message\":\"/metrics on this address needs an ops token\"}\n".utf8))
                 }
             }

@@ -32,19 +32,19 @@ struct HandshakeGate: Sendable {
 
     func decide(_ head: HTTPRequestHead, source: String?) async -> HandshakeDecision {
         do {
-            if let refusal = Self.checkProtocol(head) { return .refuse(refusal) }
+            if let refusal = Self.checkProtocol(head) { return .refuse(ProxyRefusal(refusal)) }
             switch head.path {
             case WirePath.tunnel: return try await self.decideTunnel(head, source: source)
             case WirePath.session: return try await self.decideSession(head, source: source)
-            default: return .refuse(ProxyRefusal(.notFound, code: "not_found", message: "no such endpoint"))
+            default: return .refuse(ProxyRefusal(.notFound, "no such endpoint"))
             }
-        } catch let refusal as ProxyRefusal {
-            return .refuse(refusal)
+        } catch let refusal as RelayError {
+            return .refuse(ProxyRefusal(refusal))
         } catch let error as StoreUnavailable {
-            return .refuse(.storeUnavailable(error))
+            return .refuse(ProxyRefusal(.storeUnavailable(error)))
         } catch {
             self.control.logger.error("handshake failed", metadata: ["error": "\(error)"])
-            return .refuse(ProxyRefusal(.internalServerError, code: "internal", message: "the relay could not decide; try again"))
+            return .refuse(ProxyRefusal(.internalError, "the relay could not decide; try again"))
         }
     }
 
@@ -58,9 +58,7 @@ struct HandshakeGate: Sendable {
             await self.control.audit(
                 actor: "node:\(credential.clusterID)/\(credential.nodeID)", "tunnel.open", cluster: credential.clusterID,
                 subject: credential.nodeID, denied: "no approved access request")
-            throw ProxyRefusal(
-                .forbidden, code: "no_access_request",
-                message: "no approved access request for this cluster; the connector dials only while its heartbeat answer asks it to")
+            throw RelayError(.noAccessRequest, "no approved access request for this cluster; the connector dials only while its heartbeat answer asks it to")
         }
         return .tunnel(cluster: credential.clusterID, node: credential.nodeID)
     }
@@ -70,17 +68,16 @@ struct HandshakeGate: Sendable {
         guard let cluster = head.headers.first(name: WireHeader.cluster), Identifier.isValid(cluster),
             let component = head.headers.first(name: WireHeader.component), Identifier.isValid(component)
         else {
-            throw ProxyRefusal(
-                .badRequest, code: "bad_request", message: "\(WireHeader.cluster) and \(WireHeader.component) must be \(Identifier.rule)")
+            throw RelayError(.badRequest, "\(WireHeader.cluster) and \(WireHeader.component) must be \(Identifier.rule)")
         }
         let node = head.headers.first(name: WireHeader.node)
         if let node, !Identifier.isValid(node) {
-            throw ProxyRefusal(.badRequest, code: "bad_request", message: "\(WireHeader.node) must be \(Identifier.rule)")
+            throw RelayError(.badRequest, "\(WireHeader.node) must be \(Identifier.rule)")
         }
         var role: AccessRole?
         if let text = head.headers.first(name: WireHeader.role) {
             guard let parsed = AccessRole(rawValue: text) else {
-                throw ProxyRefusal(.badRequest, code: "bad_request", message: "\(WireHeader.role) must be viewer, user or admin")
+                throw RelayError(.badRequest, "\(WireHeader.role) must be viewer, user or admin")
             }
             role = parsed
         }
@@ -90,29 +87,23 @@ struct HandshakeGate: Sendable {
         let offered = Set(reported.flatMap(\.components))
         if !offered.isEmpty, !offered.contains(component) {
             await self.control.deny(caller: token, "session.open", source: source, reason: "unknown component \(component) of cluster \(cluster)")
-            throw ProxyRefusal(
-                .notFound, code: "unknown_component",
-                message: "cluster \"\(cluster)\" offers no component \"\(component)\"; it offers \(offered.sorted().joined(separator: ", ")) (relayctl clusters show \(cluster))")
+            throw RelayError(.unknownComponent, "cluster \"\(cluster)\" offers no component \"\(component)\"; it offers \(offered.sorted().joined(separator: ", ")) (relayctl clusters show \(cluster))")
         }
         // Authorized, but the connector has not dialed this relay node yet: relayctl waits and retries.
         guard self.registry.pick(cluster: cluster, node: node) != nil else {
             let target = node.map { "node \"\($0)\" of cluster \"\(cluster)\"" } ?? "cluster \"\(cluster)\""
             let why = self.registry.absence(cluster: cluster, node: node).map { "; \($0)" } ?? ""
-            throw ProxyRefusal(
-                .serviceUnavailable, code: "no_tunnel",
-                message: "request \(grant.request.id) is approved, but \(target) has no connector connected to this relay yet\(why); it dials at its next heartbeat")
+            throw RelayError(.noTunnel, "request \(grant.request.id) is approved, but \(target) has no connector connected to this relay yet\(why); it dials at its next heartbeat")
         }
         let modes = Set(reported.map(\.mode))
         return .session(
             SessionPlan(expert: token, grant: grant, cluster: cluster, component: component, node: node, customerMode: modes.count == 1 ? modes.first : nil))
     }
 
-    private static func checkProtocol(_ head: HTTPRequestHead) -> ProxyRefusal? {
+    private static func checkProtocol(_ head: HTTPRequestHead) -> RelayError? {
         let offered = head.headers[canonicalForm: "sec-websocket-protocol"].map { $0.trimmingSpaces }
         guard offered.contains(WireProtocolVersion.current) else {
-            return ProxyRefusal(
-                .badRequest, code: "unsupported_protocol",
-                message: "this relay speaks \(WireProtocolVersion.current); upgrade the connector or relayctl")
+            return RelayError(.unsupportedProtocol, "this relay speaks \(WireProtocolVersion.current); upgrade the connector or relayctl")
         }
         return nil
     }

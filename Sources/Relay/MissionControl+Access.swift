@@ -12,25 +12,23 @@ extension MissionControl {
     public func createRequest(_ body: CreateAccessRequest, by caller: TokenRecord) async throws -> AccessRequestRecord {
         let expert = body.expert ?? caller.name
         if caller.role == .expert && expert != caller.name {
-            throw ProxyRefusal(.forbidden, code: "ops_only", message: "experts ask for access for themselves only; an operator can ask on someone's behalf")
+            throw RelayError(.opsOnly, "experts ask for access for themselves only; an operator can ask on someone's behalf")
         }
         guard (1...self.settings.maxRequestSeconds).contains(body.durationSeconds) else {
-            throw ProxyRefusal(
-                .badRequest, code: "bad_request",
-                message: "duration must be between 1 s and \(self.settings.maxRequestSeconds / 3600) h")
+            throw RelayError(.badRequest, "duration must be between 1 s and \(self.settings.maxRequestSeconds / 3600) h")
         }
         let reason = body.reason.trimmingCharacters(in: .whitespacesAndNewlines)
         guard !reason.isEmpty, reason.count <= 500 else {
-            throw ProxyRefusal(.badRequest, code: "bad_request", message: "a reason of 1 to 500 characters is required")
+            throw RelayError(.badRequest, "a reason of 1 to 500 characters is required")
         }
         // The customer reads the reason in a terminal and approves on it: one plain line only.
         guard !hasControlCharacters(reason) else {
-            throw ProxyRefusal(.badRequest, code: "bad_request", message: "the reason may not contain line breaks, tabs or other control characters")
+            throw RelayError(.badRequest, "the reason may not contain line breaks, tabs or other control characters")
         }
         guard let cluster = try await self.store.cluster(id: body.clusterID) else { throw Self.unknownCluster(body.clusterID) }
         let tokens = try await self.store.tokens()
         guard tokens.contains(where: { $0.name == expert && $0.role == .expert && $0.revokedAt == nil }) else {
-            throw ProxyRefusal(.notFound, code: "unknown_expert", message: "no valid expert token is named \"\(expert)\"; see relayctl tokens list")
+            throw RelayError(.unknownExpert, "no valid expert token is named \"\(expert)\"; see relayctl tokens list")
         }
         let now = self.now
         var request = try await self.store.createRequest(
@@ -55,10 +53,10 @@ extension MissionControl {
 
     public func revokeRequest(id: Int64, reason: String?, by caller: TokenRecord) async throws -> AccessRequestRecord {
         guard let request = try await self.store.request(id: id), caller.role == .ops || request.expert == caller.name else {
-            throw ProxyRefusal(.notFound, code: "unknown_request", message: "no access request \(id) that you may see; see relayctl requests list")
+            throw RelayError(.unknownRequest, "no access request \(id) that you may see; see relayctl requests list")
         }
         guard !request.state.isFinal else {
-            throw ProxyRefusal(.conflict, code: "request_ended", message: AccessPolicy.endReason(of: request, now: self.now) ?? "request \(id) has ended")
+            throw RelayError(.requestEnded, AccessPolicy.endReason(of: request, now: self.now) ?? "request \(id) has ended")
         }
         var revoked = request
         revoked.state = .revoked
@@ -66,7 +64,7 @@ extension MissionControl {
         revoked.changedBy = Self.actor(caller)
         revoked.endReason = reason.map { String($0.prefix(500)) }
         guard try await self.store.updateRequest(revoked, expecting: request.state) else {
-            throw ProxyRefusal(.conflict, code: "request_changed", message: "request \(id) changed meanwhile; list it and try again")
+            throw RelayError(.requestChanged, "request \(id) changed meanwhile; list it and try again")
         }
         await self.accessChanged()
         await self.audit(actor: Self.actor(caller), "request.revoke", cluster: request.clusterID, subject: String(id), reason: reason)
@@ -124,7 +122,7 @@ extension MissionControl {
                 throw Self.unknownCluster(cluster)
             }
             await self.audit(actor: Self.actor(caller), "session.open", cluster: cluster, denied: denial.description)
-            throw ProxyRefusal(.forbidden, code: denial.code, message: denial.description)
+            throw RelayError(denial.code, denial.description)
         }
     }
 
@@ -154,7 +152,7 @@ extension MissionControl {
     public func killSession(id: String, by caller: TokenRecord) async throws -> SessionRecord {
         try Self.requireOps(caller)
         guard let session = try await self.store.requestKill(sessionID: id, by: Self.actor(caller)) else {
-            throw ProxyRefusal(.notFound, code: "unknown_session", message: "no live session \(id); see relayctl sessions list")
+            throw RelayError(.unknownSession, "no live session \(id); see relayctl sessions list")
         }
         await self.accessChanged()
         await self.audit(actor: Self.actor(caller), "session.kill", cluster: session.clusterID, subject: id)
@@ -166,10 +164,10 @@ extension MissionControl {
     public func createToken(_ body: CreateTokenRequest, by caller: TokenRecord?) async throws -> TokenCreated {
         if let caller { try Self.requireOps(caller) }
         guard Identifier.isValid(body.name) else {
-            throw ProxyRefusal(.badRequest, code: "bad_request", message: "token name must be \(Identifier.rule)")
+            throw RelayError(.badRequest, "token name must be \(Identifier.rule)")
         }
         if let ttl = body.ttlSeconds, ttl < 1 {
-            throw ProxyRefusal(.badRequest, code: "bad_request", message: "ttl must be at least 1 s")
+            throw RelayError(.badRequest, "ttl must be at least 1 s")
         }
         let now = self.now
         let secret = IssuedToken.api.generate()
@@ -180,7 +178,7 @@ extension MissionControl {
         do {
             try await self.store.createToken(record)
         } catch StoreError.conflict {
-            throw ProxyRefusal(.conflict, code: "token_exists", message: "a token named \"\(body.name)\" exists; pick another name or revoke it first")
+            throw RelayError(.tokenExists, "a token named \"\(body.name)\" exists; pick another name or revoke it first")
         }
         await self.audit(actor: actor, "token.create", subject: body.name, reason: "role \(body.role.rawValue)")
         return TokenCreated(token: TokenView(record), secret: secret)
@@ -189,7 +187,7 @@ extension MissionControl {
     public func revokeToken(name: String, by caller: TokenRecord) async throws -> TokenView {
         try Self.requireOps(caller)
         guard let token = try await self.store.revokeToken(name: name, by: Self.actor(caller), at: self.now) else {
-            throw ProxyRefusal(.notFound, code: "unknown_token", message: "no token named \"\(name)\"; see relayctl tokens list")
+            throw RelayError(.unknownToken, "no token named \"\(name)\"; see relayctl tokens list")
         }
         await self.accessChanged()
         await self.audit(actor: Self.actor(caller), "token.revoke", subject: name)
@@ -203,7 +201,7 @@ extension MissionControl {
         let created: TokenCreated
         do {
             created = try await self.createToken(CreateTokenRequest(name: "bootstrap", role: .ops, ttlSeconds: nil), by: nil)
-        } catch let refusal as ProxyRefusal where refusal.code == "token_exists" {
+        } catch let refusal as RelayError where refusal.code == .tokenExists {
             return false  // another relay node sharing the store started first and made it
         }
         guard try PrivateFile.create(path, with: Data((created.secret + "\n").utf8)) else {

@@ -103,8 +103,7 @@ public final class MissionControl: Sendable {
 
     /// One answer for every credential problem (unknown, wrong cluster, revoked, expired, malformed),
     /// so a caller learns nothing about which part was wrong.
-    public static let unauthorized = ProxyRefusal(
-        .unauthorized, code: "unauthorized", message: "invalid credentials; check the configured credential or token")
+    public static let unauthorized = RelayError(.unauthorized, "invalid credentials; check the configured credential or token")
 
     // MARK: authentication
 
@@ -146,10 +145,10 @@ public final class MissionControl: Sendable {
         throw Self.unauthorized
     }
 
+    static let opsOnly = RelayError(.opsOnly, "this needs an ops token; ask an operator")
+
     public static func requireOps(_ caller: TokenRecord) throws {
-        guard caller.role == .ops else {
-            throw ProxyRefusal(.forbidden, code: "ops_only", message: "this needs an ops token; ask an operator")
-        }
+        guard caller.role == .ops else { throw Self.opsOnly }
     }
 
     static func actor(_ token: TokenRecord) -> String { "\(token.role.rawValue):\(token.name)" }
@@ -159,7 +158,7 @@ public final class MissionControl: Sendable {
     public func addCluster(_ body: CreateClusterRequest, by caller: TokenRecord) async throws -> EnrollmentResponse {
         try Self.requireOps(caller)
         guard Identifier.isValid(body.id) else {
-            throw ProxyRefusal(.badRequest, code: "bad_request", message: "cluster ID must be \(Identifier.rule)")
+            throw RelayError(.badRequest, "cluster ID must be \(Identifier.rule)")
         }
         let now = self.now
         let (enrollment, token) = self.makeEnrollment(cluster: body.id, by: caller, now: now)
@@ -167,9 +166,7 @@ public final class MissionControl: Sendable {
             try await self.store.createCluster(
                 ClusterRecord(id: body.id, description: body.description, createdAt: now, createdBy: Self.actor(caller)), enrollment: enrollment)
         } catch StoreError.conflict {
-            throw ProxyRefusal(
-                .conflict, code: "cluster_exists",
-                message: "cluster \"\(body.id)\" already exists; for another node run relayctl clusters enroll \(body.id)")
+            throw RelayError(.clusterExists, "cluster \"\(body.id)\" already exists; for another node run relayctl clusters enroll \(body.id)")
         }
         await self.audit(actor: Self.actor(caller), "cluster.add", cluster: body.id)
         return EnrollmentResponse(clusterID: body.id, enrollmentToken: token, expiresAt: enrollment.expiresAt)
@@ -196,13 +193,13 @@ public final class MissionControl: Sendable {
         return (record, token)
     }
 
-    static func unknownCluster(_ id: String) -> ProxyRefusal {
-        ProxyRefusal(.notFound, code: "unknown_cluster", message: "cluster \"\(id)\" is not known to this relay; see relayctl clusters list")
+    static func unknownCluster(_ id: String) -> RelayError {
+        RelayError(.unknownCluster, "cluster \"\(id)\" is not known to this relay; see relayctl clusters list")
     }
 
     public func register(_ body: RegisterRequest, source: String? = nil) async throws -> RegisterResponse {
         guard Identifier.isValid(body.nodeID) else {
-            throw ProxyRefusal(.badRequest, code: "bad_request", message: "node ID must be \(Identifier.rule)")
+            throw RelayError(.badRequest, "node ID must be \(Identifier.rule)")
         }
         let now = self.now
         let credential = IssuedToken.credential.generate()
@@ -222,21 +219,15 @@ public final class MissionControl: Sendable {
         case .unknownToken:
             await self.denyAnonymous("node.register", source: source, subject: body.nodeID, reason: "unknown enrollment token")
             self.metrics.authFailed(.enrollment)
-            throw ProxyRefusal(
-                .unauthorized, code: "enrollment_invalid",
-                message: "this enrollment token is not valid; ask the vendor's operator for a new one (relayctl clusters enroll CLUSTER)")
+            throw RelayError(.enrollmentInvalid, "this enrollment token is not valid; ask the vendor's operator for a new one (relayctl clusters enroll CLUSTER)")
         case .alreadyUsed(let at):
             await self.denyAnonymous("node.register", source: source, subject: body.nodeID, reason: "enrollment token already used")
             self.metrics.authFailed(.enrollment)
-            throw ProxyRefusal(
-                .unauthorized, code: "enrollment_used",
-                message: "this enrollment token was already used at \(Timestamp.text(at)); each token registers one node once, ask for a new one")
+            throw RelayError(.enrollmentUsed, "this enrollment token was already used at \(Timestamp.text(at)); each token registers one node once, ask for a new one")
         case .expired(let at):
             await self.denyAnonymous("node.register", source: source, subject: body.nodeID, reason: "enrollment token expired")
             self.metrics.authFailed(.enrollment)
-            throw ProxyRefusal(
-                .unauthorized, code: "enrollment_expired",
-                message: "this enrollment token expired at \(Timestamp.text(at)); ask for a new one")
+            throw RelayError(.enrollmentExpired, "this enrollment token expired at \(Timestamp.text(at)); ask for a new one")
         }
     }
 
@@ -465,7 +456,9 @@ public final class MissionControl: Sendable {
     public func relayNodes() async throws -> [RelayNodeView] {
         let deadline = self.now.addingTimeInterval(-Double(self.settings.nodeTTLMilliseconds) / 1000)
         return try await self.store.relayNodes().map {
-            RelayNodeView(id: $0.id, tunnelURL: $0.tunnelURL, startedAt: $0.startedAt, lastSeenAt: $0.lastSeenAt, live: $0.lastSeenAt >= deadline)
+            RelayNodeView(
+                id: $0.id, tunnelURL: $0.tunnelURL, startedAt: $0.startedAt, lastSeenAt: $0.lastSeenAt, live: $0.lastSeenAt >= deadline,
+                tunnels: $0.tunnels, sessions: $0.sessions)
         }
     }
 

@@ -14,7 +14,7 @@ public final class OwnedTasks: Service, Sendable {
         (self.jobs, self.continuation) = AsyncStream.makeStream(of: Job.self)
     }
 
-    static let stopping = ProxyRefusal(.serviceUnavailable, code: "relay_stopping", message: "the relay node is shutting down; retry")
+    static let stopping = RelayError(.relayStopping, "the relay node is shutting down; retry")
 
     /// Runs `work`; its result completes the returned future on `loop`. Once the relay stops,
     /// the future fails with 503 `relay_stopping`.

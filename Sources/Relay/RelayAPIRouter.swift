@@ -35,52 +35,6 @@ public struct APIRequest: Sendable {
     }
 }
 
-/// Matches `/v1/...` paths against patterns such as `clusters/*/enroll`.
-struct Route {
-    static let patterns = [
-        "register", "heartbeat", "whoami", "clusters", "clusters/*", "clusters/*/enroll", "requests", "requests/*/revoke",
-        "sessions", "sessions/*/kill", "tokens", "tokens/*/revoke", "audit", "relay-nodes",
-    ]
-    let method: HTTPMethod
-    let segments: [String]
-
-    init(_ request: APIRequest) {
-        self.method = request.method
-        let all = request.path.split(separator: "/").map(String.init)
-        self.segments = all.first == "v1" ? Array(all.dropFirst()) : []
-    }
-
-    /// Whether some pattern has this path (whatever the method): unknown paths get 404 before authentication.
-    var isKnown: Bool { Self.patterns.contains { self.captures($0) != nil } }
-
-    /// `GET /v1/clusters/*`: what metrics label a call with (a path would make a series per ID).
-    var label: String {
-        guard let pattern = Self.patterns.first(where: { self.captures($0) != nil }) else { return "other" }
-        return "\(self.method) /v1/\(pattern)"
-    }
-
-    /// The `*` segments, when method and path match.
-    func match(_ method: HTTPMethod, _ pattern: String) -> [String]? {
-        guard method == self.method else { return nil }
-        return self.captures(pattern)
-    }
-
-    private func captures(_ pattern: String) -> [String]? {
-        let parts = pattern.split(separator: "/").map(String.init)
-        guard parts.count == self.segments.count, !parts.isEmpty else { return nil }
-        var captured: [String] = []
-        for (part, segment) in zip(parts, self.segments) {
-            if part == "*" {
-                guard let decoded = segment.removingPercentEncoding, !decoded.isEmpty else { return nil }
-                captured.append(decoded)
-            } else if part != segment {
-                return nil
-            }
-        }
-        return captured
-    }
-}
-
 /// One API answer: status, JSON body, and the error code for `x-relay-error` on failures.
 public struct APIResponse: Sendable {
     public var status: HTTPResponseStatus
@@ -88,38 +42,48 @@ public struct APIResponse: Sendable {
     public var errorCode: String?
 }
 
-/// Routes the relay's JSON API (docs/API.md) to `MissionControl`. Errors become
-/// `{"error", "message"}` with their status; nothing here touches a socket.
+/// Routes the relay's JSON API (docs/API.md) to `MissionControl`, by the endpoint table
+/// (`RelayEndpoints`): who may call each endpoint is checked here, before it runs. What Mission
+/// Control refuses (`RelayError`) becomes `{"error", "message", "requestID"}` with the code's
+/// status; nothing here touches a socket.
 public struct RelayAPIRouter: Sendable {
     let control: MissionControl
     let registry: TunnelRegistry
+    private let routes: [APIRoute]
 
     public init(control: MissionControl, registry: TunnelRegistry) {
         self.control = control
         self.registry = registry
+        self.routes = Self.table(control: control, registry: registry)
     }
+
+    /// The endpoints this router answers (every one of `RelayEndpoints.all`).
+    public var endpoints: [EndpointDescription] { self.routes.map(\.endpoint) }
 
     public func handle(_ request: APIRequest) async -> APIResponse {
         let clock = ContinuousClock()
         let start = clock.now
-        let response = await self.answer(request)
-        let route = Route(request)
+        let route = self.routes.first { $0.endpoint.method == request.method && $0.endpoint.template.match(request.path) != nil }
+        let response = await self.answer(request, route)
+        let label = route?.endpoint.label ?? "other"
         let took = clock.now - start
-        self.control.metrics.apiRequest(route: route.label, status: response.status.code, took: took)
+        self.control.metrics.apiRequest(route: label, status: response.status.code, took: took)
+        let isHeartbeat = route?.endpoint == RelayEndpoints.heartbeat.description
         // Heartbeats come every minute from every node: their lines are for debugging.
         self.control.logger.log(
-            level: route.label == "POST /v1/heartbeat" && response.errorCode == nil ? .debug : .info, "api call",
+            level: isHeartbeat && response.errorCode == nil ? .debug : .info, "api call",
             metadata: [
-                "route": "\(route.label)", "status": "\(response.status.code)", "error": "\(response.errorCode ?? "-")",
+                "route": "\(label)", "status": "\(response.status.code)", "error": "\(response.errorCode ?? "-")",
                 "duration_ms": "\(took.components.seconds * 1000 + took.components.attoseconds / 1_000_000_000_000_000)",
                 "source": "\(request.source ?? "-")", "request_id": "\(RequestID.current ?? "-")",
             ])
-        if route.match(.POST, "heartbeat") != nil {
+        if isHeartbeat {
             let outcome: String
-            switch response.errorCode {
-            case nil: outcome = "ok"
-            case "unauthorized", "store_unavailable": outcome = response.errorCode!
-            case "internal": outcome = "error"
+            switch response.errorCode.flatMap(APIErrorCode.init(rawValue:)) {
+            case nil where response.errorCode == nil: outcome = "ok"
+            case .unauthorized: outcome = "unauthorized"
+            case .storeUnavailable: outcome = "store_unavailable"
+            case .internalError: outcome = "error"
             default: outcome = "refused"
             }
             self.control.metrics.heartbeat(outcome: outcome)
@@ -127,145 +91,60 @@ public struct RelayAPIRouter: Sendable {
         return response
     }
 
-    private func answer(_ request: APIRequest) async -> APIResponse {
-        let refusal: ProxyRefusal
+    private func answer(_ request: APIRequest, _ route: APIRoute?) async -> APIResponse {
+        let refusal: RelayError
         do {
-            return APIResponse(status: .ok, body: try await self.route(request), errorCode: nil)
-        } catch let error as ProxyRefusal {
+            return APIResponse(status: .ok, body: try await self.run(request, route), errorCode: nil)
+        } catch let error as RelayError {
             refusal = error
         } catch let error as DecodingError {
-            refusal = ProxyRefusal(.badRequest, code: "bad_request", message: "the request body is not valid: \(Self.describe(error))")
+            refusal = Self.badBody(error)
         } catch let error as StoreUnavailable {
             refusal = .storeUnavailable(error)
         } catch {
             self.control.logger.error("API request failed", metadata: ["path": "\(request.path)", "error": "\(error)"])
-            refusal = ProxyRefusal(.internalServerError, code: "internal", message: "the relay failed to answer; try again")
+            refusal = RelayError(.internalError, "the relay failed to answer; try again")
         }
-        return APIResponse(status: refusal.status, body: Self.errorBody(refusal), errorCode: refusal.code)
+        return APIResponse(status: refusal.code.status, body: Self.errorBody(ProxyRefusal(refusal)), errorCode: refusal.code.rawValue)
     }
 
-    private func route(_ request: APIRequest) async throws -> Data {
-        let route = Route(request)
-        let control = self.control
-        if route.match(.POST, "register") != nil {
-            return try Self.encode(try await control.register(try Self.decode(RegisterRequest.self, request.body), source: request.source))
+    private func run(_ request: APIRequest, _ route: APIRoute?) async throws -> Data {
+        // A path no endpoint has: 404 before any authentication.
+        guard self.routes.contains(where: { $0.endpoint.template.match(request.path) != nil }) else { throw Self.notFound }
+        let access = route?.endpoint.access ?? .anyToken
+        guard access == .anyToken || access == .ops else {
+            // Registration and heartbeats: Mission Control authenticates the enrollment token or the node credential.
+            return try await route!.run(APICall(request: request, caller: nil, parameters: route!.parameters(request)))
         }
-        if route.match(.POST, "heartbeat") != nil {
-            let body = try Self.decode(HeartbeatRequest.self, request.body)
-            return try Self.encode(try await control.heartbeat(body, bearer: request.bearer, source: request.source))
-        }
-        guard route.isKnown else { throw Self.notFound }
         let action = "api \(request.method) \(request.path)"
-        let caller = try await control.authenticateUser(bearer: request.bearer, action: action, source: request.source)
+        let caller = try await self.control.authenticateUser(bearer: request.bearer, action: action, source: request.source)
         // Every refusal of an authenticated caller is in the audit trail too (docs/API.md).
         do {
-            return try await self.route(route, request, caller: caller)
-        } catch let refusal as ProxyRefusal {
-            if refusal.code == "ops_only" { control.metrics.authFailed(.role) }
-            await control.deny(caller: caller, action, source: request.source, reason: "\(refusal.code): \(refusal.message)")
+            guard let route else { throw Self.notFound }  // the path exists, not with this method
+            if access == .ops, caller.role != .ops {
+                self.control.metrics.authFailed(.role)
+                throw MissionControl.opsOnly
+            }
+            return try await route.run(APICall(request: request, caller: caller, parameters: route.parameters(request)))
+        } catch let refusal as RelayError {
+            if refusal.code == .opsOnly, access != .ops { self.control.metrics.authFailed(.role) }  // decided by Mission Control
+            await self.control.deny(caller: caller, action, source: request.source, reason: "\(refusal.code.rawValue): \(refusal.message)")
             throw refusal
         } catch let error as DecodingError {
-            let refusal = ProxyRefusal(.badRequest, code: "bad_request", message: "the request body is not valid: \(Self.describe(error))")
-            await control.deny(caller: caller, action, source: request.source, reason: "\(refusal.code): \(refusal.message)")
+            let refusal = Self.badBody(error)
+            await self.control.deny(caller: caller, action, source: request.source, reason: "\(refusal.code.rawValue): \(refusal.message)")
             throw refusal
         }
     }
 
-    private func route(_ route: Route, _ request: APIRequest, caller: TokenRecord) async throws -> Data {
-        let control = self.control
-        if route.match(.GET, "whoami") != nil {
-            return try Self.encode(WhoAmI(name: caller.name, role: caller.role))
-        } else if route.match(.GET, "relay-nodes") != nil {
-            // Any token: relayctl finds the other nodes from the one it was given.
-            return try Self.encode(try await control.relayNodes())
-        } else if route.match(.GET, "clusters") != nil {
-            var details: [ClusterDetail] = []
-            for cluster in try await control.clusters() { details.append(try await self.detail(cluster)) }
-            return try Self.encode(details)
-        } else if route.match(.POST, "clusters") != nil {
-            return try Self.encode(try await control.addCluster(try Self.decode(CreateClusterRequest.self, request.body), by: caller))
-        } else if let captured = route.match(.GET, "clusters/*") {
-            let id = captured[0]
-            guard let cluster = try await control.cluster(id: id) else { throw MissionControl.unknownCluster(id) }
-            return try Self.encode(try await self.detail(cluster))
-        } else if let captured = route.match(.POST, "clusters/*/enroll") {
-            let id = captured[0]
-            return try Self.encode(try await control.enroll(cluster: id, by: caller))
-        } else if route.match(.GET, "requests") != nil {
-            var states: Set<RequestState>?
-            if let text = request.query["state"], !text.isEmpty {
-                states = Set(try text.split(separator: ",").map { name in
-                    guard let state = RequestState(rawValue: String(name)) else {
-                        throw ProxyRefusal(.badRequest, code: "bad_request", message: "state must be pending, approved, expired, revoked or rejected")
-                    }
-                    return state
-                })
-            }
-            return try Self.encode(try await control.requests(for: caller, cluster: request.query["cluster"], states: states))
-        } else if route.match(.POST, "requests") != nil {
-            return try Self.encode(try await control.createRequest(try Self.decode(CreateAccessRequest.self, request.body), by: caller))
-        } else if let captured = route.match(.POST, "requests/*/revoke") {
-            let id = captured[0]
-            guard let id = Int64(id) else { throw Self.notFound }
-            let body = request.body.isEmpty ? RevokeRequest(reason: nil) : try Self.decode(RevokeRequest.self, request.body)
-            return try Self.encode(try await control.revokeRequest(id: id, reason: body.reason, by: caller))
-        } else if route.match(.GET, "sessions") != nil {
-            let all = try await control.store.sessions(live: request.query["all"] != "true")
-            return try Self.encode(caller.role == .ops ? all : all.filter { $0.expert == caller.name })
-        } else if let captured = route.match(.POST, "sessions/*/kill") {
-            let id = captured[0]
-            return try Self.encode(try await control.killSession(id: id, by: caller))
-        } else if route.match(.GET, "tokens") != nil {
-            try MissionControl.requireOps(caller)
-            return try Self.encode(try await control.store.tokens().map(TokenView.init))
-        } else if route.match(.POST, "tokens") != nil {
-            return try Self.encode(try await control.createToken(try Self.decode(CreateTokenRequest.self, request.body), by: caller))
-        } else if let captured = route.match(.POST, "tokens/*/revoke") {
-            let name = captured[0]
-            return try Self.encode(try await control.revokeToken(name: name, by: caller))
-        } else if route.match(.GET, "audit") != nil {
-            try MissionControl.requireOps(caller)
-            var since: Date?
-            if let text = request.query["since"], !text.isEmpty {
-                guard let date = ISO8601DateFormatter().date(from: text) else {
-                    throw ProxyRefusal(.badRequest, code: "bad_request", message: "since must be an ISO 8601 time such as 2026-11-21T09:00:00Z")
-                }
-                since = date
-            }
-            let after = Int64(request.query["after"] ?? "") ?? 0
-            let limit = min(max(Int(request.query["limit"] ?? "") ?? 500, 1), 5000)
-            let records = try await control.store.audit(since: since, afterID: after, limit: limit)
-            return try Self.encode(AuditPage(records: records, nextAfter: records.count == limit ? records.last?.id : nil))
-        }
-        throw Self.notFound
-    }
-
-    private func detail(_ cluster: ClusterRecord) async throws -> ClusterDetail {
-        let now = self.control.now
-        let active = try await self.control.store.requests(clusterID: cluster.id, states: [.approved]).filter { $0.isActive(at: now) }
-        let tunnels = self.registry.tunnels(cluster: cluster.id)
-        let nodes = try await self.control.nodes(clusterID: cluster.id).map { node in
-            ClusterDetail.Node(
-                record: node, health: try? APIJSON.decoder().decode(NodeHealth.self, from: Data(node.healthJSON.utf8)),
-                tunnelsHere: tunnels.filter { $0.node == node.nodeID }.count)
-        }
-        // The flag a connector sees: off while the customer turned remote access off on every node.
-        let disabled = !nodes.isEmpty && nodes.allSatisfy { $0.record.privacyMode == .disabled }
-        return ClusterDetail(cluster: cluster, remoteUIRequested: !active.isEmpty && !disabled, nodes: nodes, activeRequests: active)
-    }
-
-    static let notFound = ProxyRefusal(.notFound, code: "not_found", message: "no such API endpoint; see docs/API.md")
-
-    static func decode<T: Decodable>(_ type: T.Type, _ body: Data) throws -> T {
-        try APIJSON.decoder().decode(type, from: body)
-    }
-
-    static func encode<T: Encodable>(_ value: T) throws -> Data {
-        try APIJSON.encoder().encode(value)
-    }
+    static let notFound = RelayError(.notFound, "no such API endpoint; see docs/API.md")
 
     static func errorBody(_ refusal: ProxyRefusal) -> Data {
         (try? APIJSON.encoder().encode(APIErrorBody(error: refusal.code, message: refusal.message, requestID: RequestID.current))) ?? Data()
+    }
+
+    private static func badBody(_ error: DecodingError) -> RelayError {
+        RelayError(.badRequest, "the request body is not valid: \(Self.describe(error))")
     }
 
     private static func describe(_ error: DecodingError) -> String {
@@ -277,4 +156,44 @@ public struct RelayAPIRouter: Sendable {
         @unknown default: return "not JSON of the expected shape"
         }
     }
+}
+
+/// One call as a handler sees it: the request, the authenticated caller (nil for registration and
+/// heartbeats), and the path's parameters by name.
+struct APICall: Sendable {
+    let request: APIRequest
+    let caller: TokenRecord?
+    let parameters: [String: String]
+
+    /// The caller the router authenticated (for endpoints that take a token).
+    var token: TokenRecord {
+        get throws {
+            guard let caller = self.caller else { throw MissionControl.unauthorized }
+            return caller
+        }
+    }
+
+    func parameter(_ name: String) -> String { self.parameters[name] ?? "" }
+}
+
+/// An endpoint and what answers it. The body is decoded as the endpoint's request type (no body,
+/// or `{}`, for `NoBody`) and the answer encoded as its response type.
+struct APIRoute: Sendable {
+    let endpoint: EndpointDescription
+    let run: @Sendable (APICall) async throws -> Data
+
+    init<Request, Response>(_ endpoint: Endpoint<Request, Response>, _ handler: @escaping @Sendable (APICall, Request) async throws -> Response) {
+        self.endpoint = endpoint.description
+        self.run = { call in
+            let body: Request
+            if Request.self == NoBody.self, call.request.body.isEmpty {
+                body = NoBody() as! Request
+            } else {
+                body = try APIJSON.decoder().decode(Request.self, from: call.request.body.isEmpty ? Data("{}".utf8) : call.request.body)
+            }
+            return try APIJSON.encoder().encode(try await handler(call, body))
+        }
+    }
+
+    func parameters(_ request: APIRequest) -> [String: String] { self.endpoint.template.match(request.path) ?? [:] }
 }

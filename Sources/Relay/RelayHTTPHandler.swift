@@ -96,7 +96,7 @@ final class RelayHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
         self.requestID = (isHandshake ? self.handshake.requestID : nil)
             ?? RequestID.accepting(head.headers.first(name: RequestID.header)) ?? RequestID.generate()
         if tooLarge {
-            self.refuse(context: context, head, ProxyRefusal(.payloadTooLarge, code: "too_large", message: "request bodies are limited to 1 MiB"))
+            self.refuse(context: context, head, ProxyRefusal(.tooLarge, "request bodies are limited to 1 MiB"))
             return
         }
         switch head.path {
@@ -110,7 +110,7 @@ final class RelayHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
                                "peer": "\(context.channel.remoteAddress?.display ?? "?")", "request_id": "\(self.requestID ?? "-")"])
                 self.refuse(context: context, head, refusal, close: true)
             } else {
-                self.refuse(context: context, head, ProxyRefusal(.upgradeRequired, code: "upgrade_required", message: "this endpoint needs a websocket upgrade"), close: true)
+                self.refuse(context: context, head, ProxyRefusal(.upgradeRequired, "this endpoint needs a websocket upgrade"), close: true)
             }
         case WirePath.ready:
             self.answerLater(context: context, head: head, self.readiness)
@@ -134,7 +134,7 @@ final class RelayHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
                 if let code = response.errorCode { extra.add(name: WireHeader.error, value: code) }
                 self.write(context: context, head: head, status: response.status, body: response.body, extra: extra)
             case .failure:
-                self.refuse(context: context, head, OwnedTasks.stopping, close: true)
+                self.refuse(context: context, head, ProxyRefusal(OwnedTasks.stopping), close: true)
             }
         }
     }

@@ -22,6 +22,8 @@ public struct RelayNodePresence: Service {
     let interval: Duration
     let clock: any Clock<Duration>
     let startedAt: Date
+    /// What this node carries now (tunnels, sessions), announced with it for the status page.
+    let load: @Sendable () -> (tunnels: Int, sessions: Int)
     private let state = NIOLockedValueBox(Continuity())
 
     /// Since when this node has announced itself without a gap longer than `ttl`, and the URLs it
@@ -32,7 +34,11 @@ public struct RelayNodePresence: Service {
         var urls: [String] = []
     }
 
-    init(control: MissionControl, nodeID: String, tunnelURL: String, ttl: Duration, clock: any Clock<Duration>) {
+    init(
+        control: MissionControl, nodeID: String, tunnelURL: String, ttl: Duration, clock: any Clock<Duration>,
+        load: @escaping @Sendable () -> (tunnels: Int, sessions: Int) = { (0, 0) }
+    ) {
+        self.load = load
         self.control = control
         self.nodeID = nodeID
         self.tunnelURL = tunnelURL
@@ -80,7 +86,9 @@ public struct RelayNodePresence: Service {
     func tick() async throws {
         let now = self.control.now
         try await self.control.store.announceRelayNode(
-            RelayNodeRecord(id: self.nodeID, tunnelURL: self.tunnelURL, startedAt: self.startedAt, lastSeenAt: now))
+            RelayNodeRecord(
+                id: self.nodeID, tunnelURL: self.tunnelURL, startedAt: self.startedAt, lastSeenAt: now, tunnels: self.load().tunnels,
+                sessions: self.load().sessions))
         let ttl = Double(self.ttl.components.seconds) + Double(self.ttl.components.attoseconds) / 1e18
         let continuous = self.state.withLockedValue { state -> Bool in
             if let last = state.lastAnnounced, now.timeIntervalSince(last) <= ttl, let since = state.since {

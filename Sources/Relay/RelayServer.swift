@@ -118,7 +118,7 @@ public final class RelayServer: Service, Sendable {
         self.presence.withLockedValue {
             $0 = RelayNodePresence(
                 control: self.control, nodeID: self.config.nodeName, tunnelURL: own, ttl: .milliseconds(self.config.nodeTTLMilliseconds),
-                clock: self.timers)
+                clock: self.timers, load: { [registry = self.registry, sessions = self.sessions] in (registry.count, sessions.all.count) })
         }
         self.logger.info("relay listening", metadata: ["address": "\(address.display)", "tunnel_url": "\(own)"])
         if let admin = self.config.adminListen {

@@ -62,10 +62,10 @@ public enum StoreChoice: Sendable, Equatable {
     }
 }
 
-extension ProxyRefusal {
+extension RelayError {
     /// The store cannot answer: a 503 that says so (the caller retries; tunnels already up go on).
-    static func storeUnavailable(_ error: StoreUnavailable) -> ProxyRefusal {
-        ProxyRefusal(.serviceUnavailable, code: "store_unavailable", message: "\(error); try again shortly")
+    static func storeUnavailable(_ error: StoreUnavailable) -> RelayError {
+        RelayError(.storeUnavailable, "\(error); try again shortly")
     }
 }
 

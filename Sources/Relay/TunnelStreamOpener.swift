@@ -30,9 +30,7 @@ struct TunnelStreamOpener: Sendable {
             let target = self.session.node.map { "node \"\($0)\" of cluster \"\(self.session.clusterID)\"" }
                 ?? "cluster \"\(self.session.clusterID)\""
             return upstream.downstreamEventLoop.makeFailedFuture(
-                ProxyRefusal(
-                    .serviceUnavailable, code: "no_tunnel",
-                    message: "\(target) has no connector connected to this relay"
+                ProxyRefusal(.noTunnel, "\(target) has no connector connected to this relay"
                         + (self.registry.absence(cluster: self.session.clusterID, node: self.session.node).map { "; \($0)" } ?? "")
                         + "; wait for it to dial in and retry"))
         }

@@ -73,6 +73,20 @@ public struct APIClient: Sendable {
         self.peer = peer
     }
 
+    /// Calls `endpoint` (`RelayEndpoints`) with its path parameters in order, a query, and its body.
+    public func call<Request, Response>(
+        _ endpoint: Endpoint<Request, Response>, _ parameters: String..., query: [(String, String?)] = [], body: Request
+    ) async throws -> Response {
+        try await self.call(endpoint.method, endpoint.template.path(parameters, query: query), body: body)
+    }
+
+    /// Calls an endpoint that takes no body.
+    public func call<Response>(
+        _ endpoint: Endpoint<NoBody, Response>, _ parameters: String..., query: [(String, String?)] = []
+    ) async throws -> Response {
+        try await self.call(endpoint.method, endpoint.template.path(parameters, query: query), body: endpoint.method == .GET ? nil : NoBody())
+    }
+
     public func get<Response: Decodable>(_ path: String, as type: Response.Type = Response.self) async throws -> Response {
         try await self.call(.GET, path, body: Optional<Empty>.none)
     }

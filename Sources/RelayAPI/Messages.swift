@@ -2,17 +2,19 @@ import Foundation
 import RelayModel
 
 /// JSON bodies of the relay's HTTPS API (docs/API.md). Keys are camelCase, like the store's records,
-/// which the ops endpoints return as they are.
+/// which the ops endpoints return as they are. The endpoints themselves are `RelayEndpoints`.
+///
+/// Paths without parameters, from the endpoint table: for raw calls (tests sending odd input).
 public enum APIPath {
-    public static let register = "/v1/register"
-    public static let heartbeat = "/v1/heartbeat"
-    public static let clusters = "/v1/clusters"
-    public static let requests = "/v1/requests"
-    public static let sessions = "/v1/sessions"
-    public static let tokens = "/v1/tokens"
-    public static let audit = "/v1/audit"
-    public static let whoami = "/v1/whoami"
-    public static let relayNodes = "/v1/relay-nodes"
+    public static let register = RelayEndpoints.register.template.description
+    public static let heartbeat = RelayEndpoints.heartbeat.template.description
+    public static let clusters = RelayEndpoints.clusters.template.description
+    public static let requests = RelayEndpoints.requests.template.description
+    public static let sessions = RelayEndpoints.sessions.template.description
+    public static let tokens = RelayEndpoints.tokens.template.description
+    public static let audit = RelayEndpoints.audit.template.description
+    public static let whoami = RelayEndpoints.whoami.template.description
+    public static let relayNodes = RelayEndpoints.relayNodes.template.description
 }
 
 // MARK: connector <-> relay
@@ -326,13 +328,46 @@ public struct RelayNodeView: Codable, Sendable, Equatable {
     public var lastSeenAt: Date
     /// Seen within `node_ttl`: listed in heartbeat answers.
     public var live: Bool
+    /// Tunnels and sessions it carried when it last announced itself.
+    public var tunnels: Int
+    public var sessions: Int
 
-    public init(id: String, tunnelURL: String, startedAt: Date, lastSeenAt: Date, live: Bool) {
+    public init(id: String, tunnelURL: String, startedAt: Date, lastSeenAt: Date, live: Bool, tunnels: Int = 0, sessions: Int = 0) {
+        self.tunnels = tunnels
+        self.sessions = sessions
         self.id = id
         self.tunnelURL = tunnelURL
         self.startedAt = startedAt
         self.lastSeenAt = lastSeenAt
         self.live = live
+    }
+}
+
+/// `GET /v1/status`: what the operators' status page shows, from the node that answers (its
+/// tunnels; the others' counts as they last announced them).
+public struct RelayStatus: Codable, Sendable {
+    /// The node that answered, and when.
+    public var node: String
+    public var generatedAt: Date
+    public var relayNodes: [RelayNodeView]
+    /// Clusters with their nodes (last heartbeat, mode, health, tunnels to the answering node) and active requests.
+    public var clusters: [ClusterDetail]
+    /// Live sessions on every node.
+    public var sessions: [SessionRecord]
+    public var pendingRequests: [AccessRequestRecord]
+    public var activeRequests: [AccessRequestRecord]
+
+    public init(
+        node: String, generatedAt: Date, relayNodes: [RelayNodeView], clusters: [ClusterDetail], sessions: [SessionRecord],
+        pendingRequests: [AccessRequestRecord], activeRequests: [AccessRequestRecord]
+    ) {
+        self.node = node
+        self.generatedAt = generatedAt
+        self.relayNodes = relayNodes
+        self.clusters = clusters
+        self.sessions = sessions
+        self.pendingRequests = pendingRequests
+        self.activeRequests = activeRequests
     }
 }
 

@@ -58,7 +58,7 @@ public struct ApprovalWait: Sendable {
                 return .ended(request)
             case .pending:
                 let waited = now() - start
-                let detail: ClusterDetail? = try? await self.client.get("\(APIPath.clusters)/\(self.cluster)")
+                let detail = try? await self.client.call(RelayEndpoints.cluster, self.cluster)
                 progress(request, detail?.cluster.privacyMode, waited)
                 if waited >= .seconds(seconds) { return .stillPending(request) }
                 try await Task.sleep(for: min(self.poll, .seconds(seconds) - waited + .milliseconds(1)))
@@ -67,8 +67,7 @@ public struct ApprovalWait: Sendable {
     }
 
     private func requests() async throws -> [AccessRequestRecord] {
-        let cluster = self.cluster.addingPercentEncoding(withAllowedCharacters: .alphanumerics) ?? self.cluster
-        return try await self.client.get("\(APIPath.requests)?cluster=\(cluster)")
+        try await self.client.call(RelayEndpoints.requests, query: [("cluster", self.cluster)])
     }
 }
 

@@ -260,8 +260,13 @@ public struct RelayNodeRecord: Codable, Sendable, Equatable {
     public var tunnelURL: String
     public var startedAt: Date
     public var lastSeenAt: Date
+    /// Tunnels and sessions the node carried when it last announced itself (the status page).
+    public var tunnels: Int
+    public var sessions: Int
 
-    public init(id: String, tunnelURL: String, startedAt: Date, lastSeenAt: Date) {
+    public init(id: String, tunnelURL: String, startedAt: Date, lastSeenAt: Date, tunnels: Int = 0, sessions: Int = 0) {
+        self.tunnels = tunnels
+        self.sessions = sessions
         self.id = id
         self.tunnelURL = tunnelURL
         self.startedAt = startedAt

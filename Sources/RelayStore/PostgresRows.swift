@@ -98,6 +98,6 @@ enum PostgresRows {
     @Sendable static func relayNode(_ r: PostgresRandomAccessRow) throws -> RelayNodeRecord {
         RelayNodeRecord(
             id: try r.value("id"), tunnelURL: try r.value("tunnel_url"), startedAt: try r.value("started_at"),
-            lastSeenAt: try r.value("last_seen_at"))
+            lastSeenAt: try r.value("last_seen_at"), tunnels: try r.value("tunnels"), sessions: try r.value("sessions"))
     }
 }

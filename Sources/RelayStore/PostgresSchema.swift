@@ -57,7 +57,10 @@ enum PostgresSchema {
             "CREATE TABLE settings (name text PRIMARY KEY, value text NOT NULL)",
             "CREATE INDEX sessions_relay_node ON sessions (relay_node, ended_at)",
         ]),
-        ("v3", ["ALTER TABLE audit ADD COLUMN request_id text"]),
+        ("v3", [
+            "ALTER TABLE audit ADD COLUMN request_id text",
+            "ALTER TABLE relay_nodes ADD COLUMN tunnels integer NOT NULL DEFAULT 0, ADD COLUMN sessions integer NOT NULL DEFAULT 0",
+        ]),
     ]
 
     /// Held (session level) while migrating: of several nodes starting at once, one migrates and

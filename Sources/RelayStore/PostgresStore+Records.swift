@@ -350,8 +350,10 @@ extension PostgresStore {
         _ = try await self.fetch(
             "relay node announce",
             """
-            INSERT INTO relay_nodes (id, tunnel_url, started_at, last_seen_at) VALUES (\(node.id), \(node.tunnelURL), \(node.startedAt), \(node.lastSeenAt))
-            ON CONFLICT (id) DO UPDATE SET tunnel_url = EXCLUDED.tunnel_url, started_at = EXCLUDED.started_at, last_seen_at = EXCLUDED.last_seen_at
+            INSERT INTO relay_nodes (id, tunnel_url, started_at, last_seen_at, tunnels, sessions)
+            VALUES (\(node.id), \(node.tunnelURL), \(node.startedAt), \(node.lastSeenAt), \(node.tunnels), \(node.sessions))
+            ON CONFLICT (id) DO UPDATE SET tunnel_url = EXCLUDED.tunnel_url, started_at = EXCLUDED.started_at, last_seen_at = EXCLUDED.last_seen_at,
+              tunnels = EXCLUDED.tunnels, sessions = EXCLUDED.sessions
             """
         ) { _ in () }
     }

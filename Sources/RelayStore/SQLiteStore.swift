@@ -137,6 +137,11 @@ public final class SQLiteStore: Store {
         migrator.registerMigration("v3") { db in
             // The call each record was made while answering (`AuditRecord.requestID`).
             try db.alter(table: "audit") { t in t.add(column: "requestID", .text) }
+            // What each node carries, as it announces itself (the status page).
+            try db.alter(table: "relayNodes") { t in
+                t.add(column: "tunnels", .integer).notNull().defaults(to: 0)
+                t.add(column: "sessions", .integer).notNull().defaults(to: 0)
+            }
         }
         return migrator
     }

@@ -18,7 +18,7 @@ struct Clusters: AsyncParsableCommand {
         @Option(help: "Free text shown in lists.") var description: String = ""
 
         func run() async throws {
-            try await self.relay.run({ try await $0.post(APIPath.clusters, CreateClusterRequest(id: self.id, description: self.description), as: EnrollmentResponse.self) }) {
+            try await self.relay.run({ try await $0.call(RelayEndpoints.createCluster, body: CreateClusterRequest(id: self.id, description: self.description)) }) {
                 enrollmentText($0)
             }
         }
@@ -30,7 +30,7 @@ struct Clusters: AsyncParsableCommand {
         @Argument(help: "Cluster ID.") var id: String
 
         func run() async throws {
-            try await self.relay.run({ try await $0.post("\(APIPath.clusters)/\(self.id)/enroll", [String: String](), as: EnrollmentResponse.self) }) {
+            try await self.relay.run({ try await $0.call(RelayEndpoints.enroll, self.id) }) {
                 enrollmentText($0)
             }
         }
@@ -41,7 +41,7 @@ struct Clusters: AsyncParsableCommand {
         @OptionGroup var relay: RelayOptions
 
         func run() async throws {
-            try await self.relay.run({ try await $0.get(APIPath.clusters, as: [ClusterDetail].self) }) { clusters in
+            try await self.relay.run({ try await $0.call(RelayEndpoints.clusters) }) { clusters in
                 TextTable.render(
                     ["CLUSTER", "MODE", "FLAG", "NODES", "LAST HEARTBEAT", "DESCRIPTION"],
                     clusters.map {
@@ -58,7 +58,7 @@ struct Clusters: AsyncParsableCommand {
         @Argument(help: "Cluster ID.") var id: String
 
         func run() async throws {
-            try await self.relay.run({ try await $0.get("\(APIPath.clusters)/\(self.id)", as: ClusterDetail.self) }) { detail in
+            try await self.relay.run({ try await $0.call(RelayEndpoints.cluster, self.id) }) { detail in
                 var out = "cluster \(detail.cluster.id)  \(detail.cluster.description)\n"
                 out += "privacy mode: \(detail.cluster.privacyMode?.rawValue ?? "unknown (no heartbeat yet)")\n"
                 out += "remote-UI flag: \(detail.remoteUIRequested ? "on" : "off")\n"
@@ -124,7 +124,7 @@ struct Requests: AsyncParsableCommand {
             var request: AccessRequestRecord
             var failure: (String, Int32)?
             do {
-                request = try await client.post(APIPath.requests, body, as: AccessRequestRecord.self)
+                request = try await client.call(RelayEndpoints.createRequest, body: body)
                 if let waitSeconds, request.state == .pending {
                     var line = WaitLine(seconds: waitSeconds)
                     let outcome = try await ApprovalWait(client: client, cluster: request.clusterID).wait(for: request.id, seconds: waitSeconds) { request, mode, waited in
@@ -167,11 +167,7 @@ struct Requests: AsyncParsableCommand {
         @Option(help: "Only these states, comma separated: pending,approved,expired,revoked,rejected.") var state: String?
 
         func run() async throws {
-            var query: [String] = []
-            if let cluster = self.cluster { query.append("cluster=\(cluster)") }
-            if let state = self.state { query.append("state=\(state)") }
-            let path = APIPath.requests + (query.isEmpty ? "" : "?" + query.joined(separator: "&"))
-            try await self.relay.run({ try await $0.get(path, as: [AccessRequestRecord].self) }) { requests in
+            try await self.relay.run({ try await $0.call(RelayEndpoints.requests, query: [("cluster", self.cluster), ("state", self.state)]) }) { requests in
                 TextTable.render(
                     ["ID", "CLUSTER", "EXPERT", "ROLE", "DURATION", "STATE", "CHANGED BY", "CHANGED AT", "EXPIRES", "REASON"],
                     requests.map {
@@ -191,7 +187,7 @@ struct Requests: AsyncParsableCommand {
         @Option(help: "Shown to the engineer whose session ends.") var reason: String?
 
         func run() async throws {
-            try await self.relay.run({ try await $0.post("\(APIPath.requests)/\(self.id)/revoke", RevokeRequest(reason: self.reason), as: AccessRequestRecord.self) }) {
+            try await self.relay.run({ try await $0.call(RelayEndpoints.revokeRequest, String(self.id), body: RevokeRequest(reason: self.reason)) }) {
                 "request \($0.id) revoked by \($0.changedBy) at \(HumanFormat.time($0.changedAt))"
             }
         }
@@ -209,7 +205,7 @@ struct Sessions: AsyncParsableCommand {
         @Flag(help: "Include ended sessions.") var all = false
 
         func run() async throws {
-            try await self.relay.run({ try await $0.get(APIPath.sessions + (self.all ? "?all=true" : ""), as: [SessionRecord].self) }) { sessions in
+            try await self.relay.run({ try await $0.call(RelayEndpoints.sessions, query: [("all", self.all ? "true" : nil)]) }) { sessions in
                 TextTable.render(
                     ["SESSION", "EXPERT", "CLUSTER", "NODE", "COMPONENT", "ROLE", "REQUEST", "STARTED", "ENDED", "REQUESTS", "IN", "OUT", "END REASON"],
                     sessions.map {
@@ -227,7 +223,7 @@ struct Sessions: AsyncParsableCommand {
         @Argument(help: "Session ID.") var id: String
 
         func run() async throws {
-            try await self.relay.run({ try await $0.post("\(APIPath.sessions)/\(self.id)/kill", [String: String](), as: SessionRecord.self) }) {
+            try await self.relay.run({ try await $0.call(RelayEndpoints.killSession, self.id) }) {
                 "session \($0.id) of \($0.expert) will be closed within seconds"
             }
         }
@@ -249,7 +245,7 @@ struct Tokens: AsyncParsableCommand {
         func run() async throws {
             guard let role = TokenRole(rawValue: self.role) else { throw ValidationError("--role must be expert or ops") }
             let ttl = try self.ttl.map { try parseDurationSeconds($0, option: "--ttl") }
-            try await self.relay.run({ try await $0.post(APIPath.tokens, CreateTokenRequest(name: self.name, role: role, ttlSeconds: ttl), as: TokenCreated.self) }) {
+            try await self.relay.run({ try await $0.call(RelayEndpoints.createToken, body: CreateTokenRequest(name: self.name, role: role, ttlSeconds: ttl)) }) {
                 "token \($0.token.name) (\($0.token.role.rawValue)), shown once:\n\($0.secret)\nnext: give it to its owner, who sets RELAYCTL_TOKEN or uses --token-file"
             }
         }
@@ -260,7 +256,7 @@ struct Tokens: AsyncParsableCommand {
         @OptionGroup var relay: RelayOptions
 
         func run() async throws {
-            try await self.relay.run({ try await $0.get(APIPath.tokens, as: [TokenView].self) }) { tokens in
+            try await self.relay.run({ try await $0.call(RelayEndpoints.tokens) }) { tokens in
                 TextTable.render(
                     ["NAME", "ROLE", "CREATED", "CREATED BY", "EXPIRES", "REVOKED"],
                     tokens.map { token in
@@ -277,7 +273,7 @@ struct Tokens: AsyncParsableCommand {
         @Argument(help: "Token name.") var name: String
 
         func run() async throws {
-            try await self.relay.run({ try await $0.post("\(APIPath.tokens)/\(self.name)/revoke", [String: String](), as: TokenView.self) }) {
+            try await self.relay.run({ try await $0.call(RelayEndpoints.revokeToken, self.name) }) {
                 "token \($0.name) revoked"
             }
         }
@@ -310,9 +306,8 @@ struct Audit: AsyncParsableCommand {
             do {
                 // Page by page, printing as it goes: memory stays bounded however long the trail.
                 while true {
-                    var path = "\(APIPath.audit)?after=\(after)&limit=1000"
-                    if let since = self.since { path += "&since=\(since.addingPercentEncoding(withAllowedCharacters: .alphanumerics) ?? since)" }
-                    let page: AuditPage = try await client.get(path)
+                    let page = try await client.call(
+                        RelayEndpoints.audit, query: [("after", String(after)), ("limit", "1000"), ("since", self.since)])
                     for record in page.records {
                         if self.relay.json {
                             print(String(decoding: try encoder.encode(record), as: UTF8.self))
@@ -348,7 +343,7 @@ struct Relays: AsyncParsableCommand {
         @OptionGroup var relay: RelayOptions
 
         func run() async throws {
-            try await self.relay.run({ try await $0.get(APIPath.relayNodes, as: [RelayNodeView].self) }) { nodes in
+            try await self.relay.run({ try await $0.call(RelayEndpoints.relayNodes) }) { nodes in
                 TextTable.render(
                     ["NODE", "TUNNEL URL", "LIVE", "LAST SEEN", "STARTED"],
                     nodes.map { [$0.id, $0.tunnelURL, $0.live ? "yes" : "no", HumanFormat.time($0.lastSeenAt), HumanFormat.time($0.startedAt)] })

@@ -63,7 +63,7 @@ struct Open: AsyncParsableCommand {
         let api = try self.relayOptions.client()
         // Every other live node too: any of them may hold the cluster's tunnel (an older relay
         // without the list answers 404: the nodes given are all there is).
-        let nodes = (try? await api.get(APIPath.relayNodes, as: [RelayNodeView].self)) ?? []
+        let nodes = (try? await api.call(RelayEndpoints.relayNodes)) ?? []
         let urls = RelayDiscovery.sessionURLs(given: try self.relayOptions.relayURLs(), nodes: nodes)
         var components: [String] = []
         for name in try await self.componentsToOpen(api) where !components.contains(name) { components.append(name) }
@@ -182,7 +182,7 @@ struct Open: AsyncParsableCommand {
         if !self.components.isEmpty { return self.components }
         let detail: ClusterDetail
         do {
-            detail = try await api.get("\(APIPath.clusters)/\(self.cluster)")
+            detail = try await api.call(RelayEndpoints.cluster, self.cluster)
         } catch let error as APIError {
             self.relayOptions.fail(error)
         }

@@ -83,7 +83,7 @@ import TunnelCore
         _ = try await fixture.token("alice", .expert)
         _ = try await fixture.control.addCluster(CreateClusterRequest(id: "demo", description: ""), by: root)
         for reason in ["ticket 1\napprove request 2 instead", "\u{1b}[2Jclean screen", "tab\there", "bidi \u{202e}txt.exe"] {
-            await #expect(throws: ProxyRefusal.self, "\(visibleText(reason))") {
+            await #expect(throws: RelayError.self, "\(visibleText(reason))") {
                 _ = try await fixture.control.createRequest(
                     CreateAccessRequest(clusterID: "demo", expert: "alice", reason: reason, role: .viewer, durationSeconds: 60), by: root)
             }

@@ -78,11 +78,11 @@ struct Fixture {
                                 #expect(expected != nil, "allowed \(caller) \(target) \(state) \(String(describing: asked)) \(when)")
                                 #expect(grant.request.id == request.id)
                                 #expect(grant.role == (asked ?? .user))
-                            } catch let refusal as ProxyRefusal {
+                            } catch let refusal as RelayError {
                                 denied += 1
                                 #expect(expected == nil, "denied \(caller) \(target) \(state) \(String(describing: asked)) \(when): \(refusal)")
-                                #expect(refusal.status == .forbidden)
-                                #expect(refusal.code == Self.expectedCode(caller: caller, sameCluster: target == cluster, state: state, asked: asked, when: when))
+                                #expect(refusal.code.status == .forbidden)
+                                #expect(refusal.code.rawValue == Self.expectedCode(caller: caller, sameCluster: target == cluster, state: state, asked: asked, when: when))
                             }
                         }
                     }
@@ -171,9 +171,9 @@ struct Fixture {
             do {
                 _ = try await fixture.control.register(RegisterRequest(enrollmentToken: token, nodeID: "n2"))
                 Issue.record("registered with \(code)")
-            } catch let refusal as ProxyRefusal {
-                #expect(refusal.code == code)
-                #expect(refusal.status == .unauthorized)
+            } catch let refusal as RelayError {
+                #expect(refusal.code.rawValue == code)
+                #expect(refusal.code.status == .unauthorized)
                 #expect(refusal.message.contains("ask"), "says what to do next: \(refusal.message)")
             }
         }
@@ -182,8 +182,8 @@ struct Fixture {
         do {
             _ = try await fixture.control.register(RegisterRequest(enrollmentToken: expiring.enrollmentToken, nodeID: "n3"))
             Issue.record("registered with an expired enrollment token")
-        } catch let refusal as ProxyRefusal {
-            #expect(refusal.code == "enrollment_expired")
+        } catch let refusal as RelayError {
+            #expect(refusal.code.rawValue == "enrollment_expired")
         }
         #expect(try await fixture.deniedAudit(action: "node.register").count == 4)
     }
@@ -208,8 +208,8 @@ struct Fixture {
         do {
             _ = try await fixture.control.revokeRequest(id: pending.id, reason: nil, by: root)
             Issue.record("revoked an expired request")
-        } catch let refusal as ProxyRefusal {
-            #expect(refusal.status == .conflict)
+        } catch let refusal as RelayError {
+            #expect(refusal.code.status == .conflict)
             #expect(refusal.message.contains("expired at"))
         }
         // Experts ask only for themselves.
@@ -217,8 +217,8 @@ struct Fixture {
             _ = try await fixture.control.createRequest(
                 CreateAccessRequest(clusterID: "demo", expert: "root", reason: "x", role: .admin, durationSeconds: 60), by: alice)
             Issue.record("an expert asked on someone else's behalf")
-        } catch let refusal as ProxyRefusal {
-            #expect(refusal.status == .forbidden)
+        } catch let refusal as RelayError {
+            #expect(refusal.code.status == .forbidden)
         }
         let actions = try await fixture.store.audit(since: nil, afterID: 0, limit: 100).map(\.action)
         #expect(actions.contains("request.create") && actions.contains("request.approve") && actions.contains("request.expire"))
