@@ -34,10 +34,10 @@ def sign_in_link(stack, name="relayctl"):
 class Browser:
     """One headless Chromium page driven over the DevTools protocol."""
 
-    def __init__(self, chromium, work):
+    def __init__(self, chromium, work, flags=(), size="1000,600"):
         self.port = free_port()
         self.proc = subprocess.Popen(
-            [chromium, "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run", "--window-size=1000,600",
+            [chromium, "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run", f"--window-size={size}", *flags,
              f"--remote-debugging-port={self.port}", f"--user-data-dir={work}/chromium", "about:blank"],
             stdout=subprocess.DEVNULL, stderr=open(f"{work}/chromium.log", "w"))
         deadline = time.time() + 60

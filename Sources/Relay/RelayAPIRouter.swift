@@ -40,6 +40,9 @@ public struct APIResponse: Sendable {
     public var status: HTTPResponseStatus
     public var body: Data
     public var errorCode: String?
+    public var contentType = "application/json"
+    /// More headers (the status page's cookie, redirects and security headers).
+    public var headers: [(String, String)] = []
 }
 
 /// Routes the relay's JSON API (docs/API.md) to `MissionControl`, by the endpoint table

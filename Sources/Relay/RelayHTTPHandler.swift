@@ -40,11 +40,14 @@ final class RelayHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
 
     /// `/readyz`: 200 while this node should get traffic, else 503 with the reasons.
     private let readiness: @Sendable () async -> APIResponse
+    /// `/ops/...`: the operators' status page.
+    private let console: OpsConsole
 
     init(
-        router: RelayAPIRouter, tasks: OwnedTasks, handshake: ConnectionHandshake, idleTimeout: TimeAmount, logger: Logger,
+        router: RelayAPIRouter, console: OpsConsole, tasks: OwnedTasks, handshake: ConnectionHandshake, idleTimeout: TimeAmount, logger: Logger,
         readiness: @escaping @Sendable () async -> APIResponse
     ) {
+        self.console = console
         self.readiness = readiness
         self.tasks = tasks
         self.router = router
@@ -114,6 +117,15 @@ final class RelayHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
             }
         case WirePath.ready:
             self.answerLater(context: context, head: head, self.readiness)
+        case let path where path == "/ops" || path.hasPrefix("/ops/"):
+            let request = APIRequest(
+                method: head.method, uri: head.uri, bearer: head.bearer, body: body, source: context.channel.remoteAddress?.ipAddress)
+            let console = self.console
+            let cookies = head.headers[canonicalForm: "cookie"].joined(separator: "; ")
+            let id = self.requestID
+            self.answerLater(context: context, head: head) {
+                await RequestID.$current.withValue(id) { await console.handle(request, cookies: cookies) }
+            }
         default:
             let request = APIRequest(
                 method: head.method, uri: head.uri, bearer: head.bearer, body: body, source: context.channel.remoteAddress?.ipAddress)
@@ -132,7 +144,8 @@ final class RelayHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
             case .success(let response):
                 var extra = HTTPHeaders()
                 if let code = response.errorCode { extra.add(name: WireHeader.error, value: code) }
-                self.write(context: context, head: head, status: response.status, body: response.body, extra: extra)
+                for (name, value) in response.headers { extra.add(name: name, value: value) }
+                self.write(context: context, head: head, status: response.status, body: response.body, extra: extra, contentType: response.contentType)
             case .failure:
                 self.refuse(context: context, head, ProxyRefusal(OwnedTasks.stopping), close: true)
             }
@@ -148,11 +161,11 @@ final class RelayHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
 
     private func write(
         context: ChannelHandlerContext, head request: HTTPRequestHead, status: HTTPResponseStatus, body: Data, extra: HTTPHeaders?,
-        forceClose: Bool = false
+        forceClose: Bool = false, contentType: String = "application/json"
     ) {
         let keepAlive = request.isKeepAlive && !forceClose
         var headers = HTTPHeaders()
-        headers.add(name: "content-type", value: "application/json")
+        headers.add(name: "content-type", value: contentType)
         headers.add(name: "content-length", value: String(body.count))
         headers.add(name: "cache-control", value: "no-store")
         if let extra { headers.add(contentsOf: extra) }

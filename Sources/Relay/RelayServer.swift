@@ -24,6 +24,7 @@ public final class RelayServer: Service, Sendable {
     private let logger: Logger
     private let gate: HandshakeGate
     private let router: RelayAPIRouter
+    private let console: OpsConsole
     private let tls: NIOSSLContext
     private let serverChannel = NIOLockedValueBoxChannel()
     /// Connections held open right now, capped in total and per address.
@@ -54,6 +55,7 @@ public final class RelayServer: Service, Sendable {
         self.logger = logger
         self.gate = HandshakeGate(control: control, registry: self.registry)
         self.router = RelayAPIRouter(control: control, registry: self.registry)
+        self.console = OpsConsole(control: control, registry: self.registry)
         self.tls = try TLSFiles.serverContext(certificateFile: config.certificateFile, privateKeyFile: config.privateKeyFile)
         self.connections = ConnectionLimiter(limits: config.connectionLimits, logger: logger)
         self.timers = timers
@@ -227,7 +229,7 @@ public final class RelayServer: Service, Sendable {
             pace: RequestPace(grace: self.config.limits.handshakeTimeout, minBodyBytesPerSecond: self.config.connectionLimits.minBodyBytesPerSecond),
             logger: self.logger)
         let fallback = RelayHTTPHandler(
-            router: self.router, tasks: self.tasks, handshake: handshake, idleTimeout: .milliseconds(self.config.apiIdleTimeoutMilliseconds),
+            router: self.router, console: self.console, tasks: self.tasks, handshake: handshake, idleTimeout: .milliseconds(self.config.apiIdleTimeoutMilliseconds),
             logger: self.logger, readiness: { [weak self] in await self?.readiness() ?? Self.notReady(["stopping"]) })
         // handshake_timeout: TLS and the websocket upgrade (or a first plain request) must come by
         // then, or the connection is closed.
