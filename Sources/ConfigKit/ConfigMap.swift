@@ -87,8 +87,17 @@ public final class ConfigMap {
 
     public func has(_ key: String) -> Bool { self.values[key] != nil }
 
-    private func scalar(_ key: String, expected: String) throws -> String? {
+    /// Every key the parser asks for while this is set, present or not ("relay.proxy.url"): a test
+    /// checks that the example config files document each one.
+    @TaskLocal public static var keyLog: ConfigKeyLog?
+
+    private func mark(_ key: String) {
         self.read.insert(key)
+        Self.keyLog?.insert(self.keyPath(key).replacing(#/\[\d+\]/#, with: "[]"))
+    }
+
+    private func scalar(_ key: String, expected: String) throws -> String? {
+        self.mark(key)
         guard let node = self.values[key] else { return nil }
         if case .scalar(let scalar) = node {
             if scalar.style == .plain && ["", "~", "null", "Null", "NULL"].contains(scalar.string) { return nil }
@@ -182,7 +191,7 @@ public final class ConfigMap {
     }
 
     public func map(_ key: String) throws -> ConfigMap? {
-        self.read.insert(key)
+        self.mark(key)
         guard let node = self.values[key] else { return nil }
         if case .scalar(let scalar) = node, scalar.string.isEmpty || scalar.string == "~" || scalar.string == "null" { return nil }
         return try ConfigMap(node: node, file: self.file, path: self.keyPath(key), base: self.baseDirectory)
@@ -190,7 +199,7 @@ public final class ConfigMap {
 
     /// A list of mappings, each read strictly.
     public func list(_ key: String) throws -> [ConfigMap] {
-        self.read.insert(key)
+        self.mark(key)
         guard let node = self.values[key] else { return [] }
         guard let sequence = node.sequence else {
             throw self.error(key, "expected a list")
@@ -202,7 +211,7 @@ public final class ConfigMap {
 
     /// A list of plain strings.
     public func strings(_ key: String) throws -> [String] {
-        self.read.insert(key)
+        self.mark(key)
         guard let node = self.values[key] else { return [] }
         if let text = node.scalar?.string { return [text] }
         guard let sequence = node.sequence else { throw self.error(key, "expected a list of strings") }
@@ -257,4 +266,13 @@ public func parseDurationMilliseconds(_ text: String) -> Int64? {
     }
     guard let seconds = Int64(trimmed), seconds >= 0, seconds <= Int64.max / 1000 else { return nil }
     return seconds * 1000
+}
+
+/// The keys a parse asked for (`ConfigMap.keyLog`).
+public final class ConfigKeyLog: @unchecked Sendable {
+    private let lock = NSLock()
+    private var keys: Set<String> = []
+    public init() {}
+    func insert(_ key: String) { self.lock.withLock { _ = self.keys.insert(key) } }
+    public var all: Set<String> { self.lock.withLock { self.keys } }
 }

@@ -1,0 +1,66 @@
+import ConfigKit
+import Connector
+import Foundation
+import Relay
+import Testing
+
+private let configFolder = URL(fileURLWithPath: #filePath).deletingLastPathComponent().appendingPathComponent("../../Config").standardizedFileURL.path
+
+/// Every option documented: each key the parsers read, in every section, appears in the example
+/// file an admin starts from (Config/relay.yaml, Config/connector.yaml), set or commented.
+@Suite struct ExampleCoverageTests {
+    /// Each section present (empty where it may be), so the parser asks for every key it knows.
+    static let everySectionRelay = """
+        listen: 127.0.0.1:0
+        tls:
+          certificate_file: relay.pem
+          private_key_file: relay.key
+        store: postgres
+        postgres:
+          url: postgres://relay@db.example:5432/relay
+          password_env: HOME
+        connections: {}
+        limits: {}
+        log: {}
+        """
+
+    static let everySectionConnector = """
+        node_id: node-1
+        credential_file: credential.json
+        relay:
+          url: https://127.0.0.1:8443
+          ca_file: ca.pem
+          proxy:
+            url: http://proxy.example:3128
+        heartbeat: {}
+        privacy:
+          mode: all
+        audit: {}
+        health: {}
+        components:
+          ui:
+            url: http://127.0.0.1:8080
+        limits: {}
+        log: {}
+        """
+
+    @Test(arguments: [("relay.yaml", everySectionRelay), ("connector.yaml", everySectionConnector)])
+    func everyKeyTheParserReadsIsInTheExampleFile(_ file: String, _ yaml: String) throws {
+        let log = ConfigKeyLog()
+        try ConfigMap.$keyLog.withValue(log) {
+            if file == "relay.yaml" {
+                _ = try RelayConfig.parse(yaml: yaml, file: "/etc/relay/relay.yaml")
+            } else {
+                _ = try ConnectorConfig.parse(yaml: yaml, file: "/etc/connector/connector.yaml")
+            }
+        }
+        let example = try String(contentsOfFile: "\(configFolder)/\(file)", encoding: .utf8)
+        let documented = Set(example.matches(of: #/(?m)^[#\s]*([a-z_]+):/#).map { String($0.1) })
+        let asked = log.all.filter { !$0.hasPrefix("components.ui") || $0.split(separator: ".").count > 2 }
+        #expect(asked.count > 30, "the parse asked for \(asked.count) keys")
+        for key in asked.sorted() {
+            let leaf = String(key.split(separator: ".").last ?? "")
+            #expect(documented.contains(leaf), "\(file) does not document \(key)")
+        }
+    }
+}
