@@ -25,7 +25,8 @@ public final class RelayServer: Service, Sendable {
     private let gate: HandshakeGate
     private let router: RelayAPIRouter
     private let console: OpsConsole
-    private let tls: NIOSSLContext
+    /// The certificate new connections get; `reloadCertificate()` swaps it (SIGHUP).
+    private let tls: NIOLockedValueBox<NIOSSLContext>
     private let serverChannel = NIOLockedValueBoxChannel()
     /// Connections held open right now, capped in total and per address.
     public let connections: ConnectionLimiter
@@ -56,7 +57,7 @@ public final class RelayServer: Service, Sendable {
         self.gate = HandshakeGate(control: control, registry: self.registry)
         self.router = RelayAPIRouter(control: control, registry: self.registry)
         self.console = OpsConsole(control: control, registry: self.registry)
-        self.tls = try TLSFiles.serverContext(certificateFile: config.certificateFile, privateKeyFile: config.privateKeyFile)
+        self.tls = NIOLockedValueBox(try TLSFiles.serverContext(certificateFile: config.certificateFile, privateKeyFile: config.privateKeyFile))
         self.connections = ConnectionLimiter(limits: config.connectionLimits, logger: logger)
         self.timers = timers
         self.reconciler = AccessReconciler(
@@ -128,6 +129,16 @@ public final class RelayServer: Service, Sendable {
             self.admin.withLockedValue { $0 = server }
         }
         return address
+    }
+
+    /// Reads `tls.certificate_file` and `tls.private_key_file` again: connections from now on get
+    /// the new certificate; those up keep theirs. A pair that does not load or match is refused and
+    /// the one in use stays. Connectors trust the CA, not the certificate: a renewed certificate
+    /// under the same CA needs nothing on their side.
+    public func reloadCertificate() throws {
+        let context = try TLSFiles.serverContext(certificateFile: self.config.certificateFile, privateKeyFile: self.config.privateKeyFile)
+        self.tls.withLockedValue { $0 = context }
+        self.logger.notice("TLS certificate reloaded; new connections get it", metadata: ["certificate_file": "\(self.config.certificateFile)"])
     }
 
     /// Where the admin listener (`/metrics`) is bound, if it is.
@@ -223,7 +234,7 @@ public final class RelayServer: Service, Sendable {
         let sync = channel.pipeline.syncOperations
         let accepted = NIODeadline.now()
         let metrics = self.control.metrics
-        try sync.addHandler(NIOSSLServerHandler(context: self.tls))
+        try sync.addHandler(NIOSSLServerHandler(context: self.tls.withLockedValue { $0 }))
         let handshake = ConnectionHandshake()
         let slow = SlowRequestGuard(
             pace: RequestPace(grace: self.config.limits.handshakeTimeout, minBodyBytesPerSecond: self.config.connectionLimits.minBodyBytesPerSecond),

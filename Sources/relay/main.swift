@@ -60,7 +60,7 @@ struct Serve: AsyncParsableCommand {
         let server = try RelayServer(config: config, control: control, group: MultiThreadedEventLoopGroup.singleton, logger: logger)
         let address = try await server.start()
         // Said once the group traps SIGTERM and SIGINT (before any service runs): a stop right after
-        // "listening" is kept. SIGHUP is trapped too: the relay reads its config at start only.
+        // "listening" is kept. SIGHUP is trapped too: it reloads the TLS certificate.
         let announceLogger = logger
         let announce = ClosureService {
             let hangups = await UnixSignalsSequence(trapping: .sighup)
@@ -76,7 +76,13 @@ struct Serve: AsyncParsableCommand {
                 print("(CA_FILE: the CA certificate that signed \(config.certificateFile); then revoke bootstrap: relayctl tokens revoke bootstrap)")
             }
             for await _ in hangups.cancelOnGracefulShutdown() {
-                announceLogger.notice("SIGHUP: the relay reads relay.yaml at start only; restart it to apply changes")
+                // A renewed certificate is taken without a restart; the rest of relay.yaml is read at start only.
+                do {
+                    try server.reloadCertificate()
+                } catch {
+                    announceLogger.error("SIGHUP: the certificate and key do not load; the ones in use stay", metadata: ["error": "\(error)"])
+                }
+                announceLogger.notice("SIGHUP: relay.yaml's other settings are read at start only; restart to apply them")
             }
         }
         var services = ServiceGroupConfiguration(
