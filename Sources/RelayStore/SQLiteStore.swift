@@ -16,6 +16,22 @@ public final class SQLiteStore: Store {
         try Self.migrator.migrate(self.pool)
     }
 
+    /// Copies the database at `path` to `destination` with SQLite's online backup: consistent even
+    /// while a relay writes to it. `destination` must not exist.
+    public static func backup(path: String, to destination: String) throws {
+        guard FileManager.default.fileExists(atPath: path) else { throw StoreError.notFound("the database \(path)") }
+        guard !FileManager.default.fileExists(atPath: destination) else { throw StoreError.conflict("\(destination)") }
+        var configuration = Configuration()
+        configuration.readonly = true
+        configuration.busyMode = .timeout(5)
+        let source = try DatabasePool(path: path, configuration: configuration)
+        let copy = try DatabaseQueue(path: destination)
+        try source.backup(to: copy)
+        try copy.close()
+        try source.close()
+        chmod(destination, 0o600)
+    }
+
     public func close() async throws {
         self.noChanges.continuation.finish()
         try self.pool.close()

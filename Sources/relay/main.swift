@@ -19,10 +19,11 @@ struct RelayCommand: AsyncParsableCommand {
               relay --config /etc/relay/relay.yaml                 # serve (the default subcommand)
               relay serve --check-config --config /etc/relay/relay.yaml
               relay migrate --check --config /etc/relay/relay.yaml  # what a start would migrate; exit 3 if anything
+              relay backup --config /etc/relay/relay.yaml --to /var/backups/relay-2026-12-02   # while it runs
               relay --generate-completion-script bash > /etc/bash_completion.d/relay
             """,
         version: ProductVersion.current,
-        subcommands: [Serve.self, Migrate.self], defaultSubcommand: Serve.self)
+        subcommands: [Serve.self, Migrate.self, Backup.self], defaultSubcommand: Serve.self)
 }
 
 struct Serve: AsyncParsableCommand {
@@ -139,5 +140,32 @@ struct Migrate: AsyncParsableCommand {
             try await PostgresStore.open(settings, logger: logger).close()
         }
         print(pending.isEmpty ? "\(store): up to date" : "\(store): applied \(pending.joined(separator: ", "))")
+    }
+}
+
+/// `relay backup`: the embedded store and the token hash key, copied into a new folder while the
+/// relay runs (SQLite's online backup: consistent). Restoring is putting both back in `data_dir`
+/// (docs/OPERATIONS.md "Backup and restore").
+struct Backup: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Copy the SQLite store and the token hash key into a new folder, safely while the relay runs.")
+
+    @Option(name: .shortAndLong, help: "Path to relay.yaml.")
+    var config: String = "relay.yaml"
+
+    @Option(help: "The folder to create for the copy (it must not exist).")
+    var to: String
+
+    func run() async throws {
+        let config = try RelayConfig.load(path: self.config)
+        guard case .sqlite = config.store else {
+            throw ValidationError("store: postgres is backed up with the database's own tools (pg_dump); see docs/OPERATIONS.md")
+        }
+        guard !FileManager.default.fileExists(atPath: self.to) else { throw ValidationError("\(self.to) exists; name a new folder") }
+        try FileManager.default.createDirectory(atPath: self.to, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
+        try SQLiteStore.backup(path: config.dataDirectory + "/relay.sqlite", to: self.to + "/relay.sqlite")
+        // Without the key no stored token matches: it goes with the database.
+        try FileManager.default.copyItem(atPath: config.tokenHashKeyPath, toPath: self.to + "/token-hash.key")
+        print("backed up \(config.dataDirectory)/relay.sqlite and the token hash key to \(self.to)")
     }
 }
