@@ -39,11 +39,11 @@ public struct JSONLogHandler: LogHandler {
         var fields = self.metadata
         if let provided = self.metadataProvider?.get() { fields.merge(provided) { $1 } }
         if let extra = event.metadata { fields.merge(extra) { $1 } }
-        var line = "{\"time\":\(Self.quote(Self.timestamp()))"
-        line += ",\"level\":\(Self.quote(event.level.rawValue)),\"logger\":\(Self.quote(self.label)),\"message\":\(Self.quote(event.message.description))"
+        var line = "{\"time\":\(jsonString(Self.timestamp()))"
+        line += ",\"level\":\(jsonString(event.level.rawValue)),\"logger\":\(jsonString(self.label)),\"message\":\(jsonString(event.message.description))"
         for (key, value) in fields.sorted(by: { $0.key < $1.key }) {
             let name = ["time", "level", "logger", "message"].contains(key) ? "_" + key : key
-            line += ",\(Self.quote(name)):\(Self.quote(value.description))"
+            line += ",\(jsonString(name)):\(jsonString(value.description))"
         }
         self.write(line + "}\n")
     }
@@ -61,22 +61,5 @@ public struct JSONLogHandler: LogHandler {
         return String(
             format: "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ", Int(parts.tm_year) + 1900, Int(parts.tm_mon) + 1, Int(parts.tm_mday),
             Int(parts.tm_hour), Int(parts.tm_min), Int(parts.tm_sec), Int(now.tv_nsec / 1_000_000))
-    }
-
-    /// A JSON string: quotes, backslashes and control characters escaped.
-    static func quote(_ text: String) -> String {
-        var out = "\""
-        for scalar in text.unicodeScalars {
-            switch scalar {
-            case "\"": out += "\\\""
-            case "\\": out += "\\\\"
-            case "\n": out += "\\n"
-            case "\r": out += "\\r"
-            case "\t": out += "\\t"
-            case _ where scalar.value < 0x20: out += String(format: "\\u%04x", scalar.value)
-            default: out.unicodeScalars.append(scalar)
-            }
-        }
-        return out + "\""
     }
 }
