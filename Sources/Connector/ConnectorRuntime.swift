@@ -23,7 +23,9 @@ public final class ConnectorRuntime: Sendable {
     /// In start order. A `ServiceGroup` stops them in reverse: heartbeats first (an answer in flight
     /// can no longer redial), then the tunnels (requests in flight finish, then close with 1000), the
     /// sweep, the control socket, and the audit log last, once every end is recorded.
-    public var services: [any Service] { [self.privacy, self.control, self.sweep, self.tunnels, self.driver] + (self.textfile.map { [$0] } ?? []) }
+    /// A `ServiceGroup` stops them in reverse: the metrics textfile last, so its final write has
+    /// every heartbeat and request.
+    public var services: [any Service] { (self.textfile.map { [$0] } ?? []) + [self.privacy, self.control, self.sweep, self.tunnels, self.driver] }
     /// Writes `metrics_textfile` for node_exporter, if configured.
     private let textfile: MetricsTextfileWriter?
 
