@@ -87,6 +87,8 @@ struct MetricsTextfileWriter: Service {
         let temporary = self.path + ".tmp"
         do {
             try Data(text).write(to: URL(fileURLWithPath: temporary))
+            // node_exporter runs as another user: the figures are not secret, the file is readable.
+            chmod(temporary, 0o644)
             guard rename(temporary, self.path) == 0 else { throw POSIXError(POSIXErrorCode(rawValue: errno) ?? .EIO) }
         } catch {
             self.logger.warning("cannot write the metrics textfile", metadata: ["path": "\(self.path)", "error": "\(error)"])

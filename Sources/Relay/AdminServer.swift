@@ -3,32 +3,52 @@ import Logging
 import NIOCore
 import NIOHTTP1
 import NIOPosix
+import NIOSSL
+import NIOConcurrencyHelpers
+import RelayAPI
+import RelayStore
 import TunnelCore
 
-/// The admin listener (`admin_listen`, plain HTTP, 127.0.0.1:9464 by default): `/metrics` for
-/// Prometheus, and `/healthz` and `/readyz` as on the main listener. Apart from the public
-/// endpoint, so that a scrape never competes with connectors and firewalls can tell them apart.
-/// Bound to anything but loopback, `/metrics` asks for an ops token (`Authorization: Bearer`).
+/// The admin listener (`admin_listen`, 127.0.0.1:9464 by default): `/metrics` for Prometheus, and
+/// `/healthz` and `/readyz` as on the main listener. Apart from the public endpoint, so that a
+/// scrape never competes with connectors and firewalls can tell them apart. On loopback it is plain
+/// HTTP and open; bound to anything else it serves TLS with the relay's certificate and `/metrics`
+/// asks for an ops token (`Authorization: Bearer`), never sent in clear.
 final class AdminServer: Sendable {
+    /// Connections held at once; an idle one is closed after `idleTimeout`.
+    static let maxConnections = 64
+    static let idleTimeout = TimeAmount.seconds(10)
+
     private let channel: Channel
     var address: SocketAddress? { self.channel.localAddress }
 
     private init(channel: Channel) { self.channel = channel }
 
-    static func start(host: String, port: Int, server: RelayServer, group: EventLoopGroup, logger: Logger) async throws -> AdminServer {
+    static func start(
+        host: String, port: Int, server: RelayServer, tls: @escaping @Sendable () -> NIOSSLContext, group: EventLoopGroup, logger: Logger
+    ) async throws -> AdminServer {
         let open = AdminServer.isLoopback(host)
+        let held = NIOLockedValueBox(0)
         let channel = try await ServerBootstrap(group: group)
             .serverChannelOption(ChannelOptions.socketOption(.so_reuseaddr), value: 1)
             .childChannelInitializer { channel in
-                channel.eventLoop.makeCompletedFuture {
-                    try channel.pipeline.syncOperations.configureHTTPServerPipeline(withErrorHandling: true)
-                    try channel.pipeline.syncOperations.addHandler(AdminHandler(server: server, requiresToken: !open))
+                guard held.withLockedValue({ count in count += 1; return count <= Self.maxConnections }) else {
+                    held.withLockedValue { $0 -= 1 }
+                    return channel.close()
+                }
+                channel.closeFuture.whenComplete { _ in held.withLockedValue { $0 -= 1 } }
+                return channel.eventLoop.makeCompletedFuture {
+                    let sync = channel.pipeline.syncOperations
+                    if !open { try sync.addHandler(NIOSSLServerHandler(context: tls())) }
+                    try sync.addHandler(IdleStateHandler(allTimeout: Self.idleTimeout))
+                    try sync.configureHTTPServerPipeline(withErrorHandling: true)
+                    try sync.addHandler(AdminHandler(server: server, requiresToken: !open))
                 }
             }
             .bind(host: host, port: port).get()
         logger.info(
             "admin listener (metrics, probes)",
-            metadata: ["address": "\(channel.localAddress?.display ?? "?")", "metrics_auth": "\(open ? "none (loopback)" : "ops token")"])
+            metadata: ["address": "\(channel.localAddress?.display ?? "?")", "metrics_auth": "\(open ? "none (loopback, plain HTTP)" : "ops token (TLS)")"])
         return AdminServer(channel: channel)
     }
 
@@ -53,6 +73,12 @@ private final class AdminHandler: ChannelInboundHandler, @unchecked Sendable {
         self.requiresToken = requiresToken
     }
 
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        // Idle (no request, or a request too slow to arrive): closed.
+        if event is IdleStateHandler.IdleStateEvent { context.close(promise: nil) }
+        context.fireUserInboundEventTriggered(event)
+    }
+
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         switch self.unwrapInboundIn(data) {
         case .head(let head): self.head = head
@@ -63,8 +89,9 @@ private final class AdminHandler: ChannelInboundHandler, @unchecked Sendable {
             let server = self.server
             let requiresToken = self.requiresToken
             let loop = context.eventLoop
+            let source = context.channel.remoteAddress?.ipAddress
             let answer = loop.makeFutureWithTask { () -> (HTTPResponseStatus, String, [UInt8]) in
-                await Self.answer(head, server: server, requiresToken: requiresToken)
+                await Self.answer(head, server: server, requiresToken: requiresToken, source: source)
             }
             answer.whenSuccess { status, type, body in
                 self.write(context: context, head: head, status: status, contentType: type, body: body)
@@ -72,7 +99,7 @@ private final class AdminHandler: ChannelInboundHandler, @unchecked Sendable {
         }
     }
 
-    private static func answer(_ head: HTTPRequestHead, server: RelayServer, requiresToken: Bool) async -> (HTTPResponseStatus, String, [UInt8]) {
+    private static func answer(_ head: HTTPRequestHead, server: RelayServer, requiresToken: Bool, source: String?) async -> (HTTPResponseStatus, String, [UInt8]) {
         let json = "application/json"
         guard head.method == .GET || head.method == .HEAD else {
             return (.methodNotAllowed, json, Array("{\"error\":\"method_not_allowed\"}\n".utf8))
@@ -81,14 +108,16 @@ private final class AdminHandler: ChannelInboundHandler, @unchecked Sendable {
         case "/metrics":
             if requiresToken {
                 do {
-                    let caller = try await server.control.authenticateUser(bearer: head.bearer, action: "admin /metrics")
+                    let caller = try await server.control.authenticateUser(bearer: head.bearer, action: "admin /metrics", source: source)
                     guard caller.role == .ops else {
                         server.control.metrics.authFailed(.role)
-                        throw MissionControl.unauthorized
+                        await server.control.deny(caller: caller, "admin /metrics", source: source, reason: "ops_only: not an ops token")
+                        throw MissionControl.opsOnly
                     }
                 } catch {
-                    let code = (error as? RelayError)?.code.rawValue ?? "unauthorized"
-                    return (.unauthorized, json, Array("{\"error\":\"\(code)\",\"message\":\"/metrics on this address needs an ops token\"}\n".utf8))
+                    let refusal = (error as? RelayError) ?? (error as? StoreUnavailable).map { .storeUnavailable($0) }
+                        ?? RelayError(.internalError, "the relay failed to answer; try again")
+                    return (refusal.code.status, json, Array(RelayAPIRouter.errorBody(ProxyRefusal(refusal))))
                 }
             }
             return (.ok, "text/plain; version=0.0.4; charset=utf-8", await server.scrapeMetrics())

@@ -25,7 +25,11 @@ final class OpsConsole: Sendable {
         self.views = ClusterViews(control: control, registry: registry)
     }
 
-    func handle(_ request: APIRequest, cookies: String?) async -> APIResponse {
+    /// - Parameter fetchSite: the browser's `Sec-Fetch-Site`: a form posted from another site is refused.
+    func handle(_ request: APIRequest, cookies: String?, fetchSite: String? = nil) async -> APIResponse {
+        if request.method == .POST, let site = fetchSite, site != "same-origin", site != "none" {
+            return Self.page(.forbidden, StatusPage.signIn(problem: "a form from another site may not sign in or out here"))
+        }
         do {
             switch (request.method, request.path) {
             case (.GET, "/ops"), (.GET, "/ops/"):
@@ -33,6 +37,8 @@ final class OpsConsole: Sendable {
             case (.GET, "/ops/sign-in"):
                 return Self.page(.ok, StatusPage.signIn(problem: nil))
             case (.POST, "/ops/sign-in"):
+                // A browser signing in again leaves its earlier session behind: end it.
+                if let id = Self.sessionID(cookies) { self.sessions.withLockedValue { _ = $0.removeValue(forKey: id) } }
                 return try await self.signIn(request)
             case (.POST, "/ops/sign-out"):
                 if let id = Self.sessionID(cookies) { self.sessions.withLockedValue { _ = $0.removeValue(forKey: id) } }

@@ -122,9 +122,10 @@ final class RelayHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
                 method: head.method, uri: head.uri, bearer: head.bearer, body: body, source: context.channel.remoteAddress?.ipAddress)
             let console = self.console
             let cookies = head.headers[canonicalForm: "cookie"].joined(separator: "; ")
+            let fetchSite = head.headers.first(name: "sec-fetch-site")
             let id = self.requestID
             self.answerLater(context: context, head: head) {
-                await RequestID.$current.withValue(id) { await console.handle(request, cookies: cookies) }
+                await RequestID.$current.withValue(id) { await console.handle(request, cookies: cookies, fetchSite: fetchSite) }
             }
         default:
             let request = APIRequest(

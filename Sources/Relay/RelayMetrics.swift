@@ -2,6 +2,7 @@ import CoreMetrics
 import Foundation
 import NIOConcurrencyHelpers
 import NIOCore
+import RelayAPI
 import Telemetry
 import TunnelCore
 
@@ -84,7 +85,8 @@ public final class RelayMetrics: Sendable {
         var tunnels: Int
         var clusters: Int
         var sessions: Int
-        var requests: [String: Int]
+        /// By state; nil when the store did not answer (the gauges then read NaN, not a stale count).
+        var requests: [String: Int]?
         var ready: Bool
         var storeAvailable: Bool
     }
@@ -93,7 +95,9 @@ public final class RelayMetrics: Sendable {
         self.gauge("relay_tunnels_connected", [:]).record(snapshot.tunnels)
         self.gauge("relay_clusters_connected", [:]).record(snapshot.clusters)
         self.gauge("relay_sessions_active", [:]).record(snapshot.sessions)
-        for (state, count) in snapshot.requests { self.gauge("relay_access_requests", ["state": state]).record(count) }
+        for state in ["pending", "approved"] {
+            self.gauge("relay_access_requests", ["state": state]).record(snapshot.requests.map { Double($0[state] ?? 0) } ?? .nan)
+        }
         self.gauge("relay_ready", [:]).record(snapshot.ready ? 1 : 0)
         self.gauge("relay_store_up", [:]).record(snapshot.storeAvailable ? 1 : 0)
     }
@@ -105,11 +109,20 @@ public final class RelayMetrics: Sendable {
     private func timer(_ name: String, _ labels: [String: String]) -> CoreMetrics.Timer { self.metrics.timer(name, labels) }
     private func gauge(_ name: String, _ labels: [String: String]) -> CoreMetrics.Gauge { self.metrics.gauge(name, labels) }
 
-    /// A code the connector sent: kept only if it looks like one (a label value must not be anything a peer likes).
-    static func boundedCode(_ code: String) -> String {
-        let ok = !code.isEmpty && code.count <= 40 && code.allSatisfy { $0.isLowercase || $0 == "_" || $0.isNumber }
-        return ok ? code : "other"
+    /// A code the connector sent, as a label value only if it is one the programs use: a peer must
+    /// not be able to make a series per request.
+    public static func boundedCode(_ code: String) -> String {
+        Self.streamCodes.contains(code) ? code : "other"
     }
+
+    /// Every refusal code a stream can carry: the relay's own (`APIErrorCode`) and the customer's
+    /// connector's (docs/CONNECTOR.md, docs/PROTOCOL.md).
+    static let streamCodes: Set<String> = Set(APIErrorCode.allCases.map(\.rawValue)).union([
+        "absolute_form", "access_expired", "approval_expired", "audit_unavailable", "bad_framing", "bad_host", "bad_method", "bad_target",
+        "connector_stopping", "denied_path", "method_not_allowed", "method_override", "missing_identity", "rejected_by_customer",
+        "remote_access_disabled", "request_headers_too_large", "revoked_by_customer", "role_forbids_method", "session_ended",
+        "upstream_timeout", "upstream_unavailable", "websocket_unsupported",
+    ])
 
     /// Every metric the relay exposes, with its help text (also what docs/OPERATIONS.md lists).
     static let catalog: [String: String] = [

@@ -125,7 +125,9 @@ public final class RelayServer: Service, Sendable {
         }
         self.logger.info("relay listening", metadata: ["address": "\(address.display)", "tunnel_url": "\(own)"])
         if let admin = self.config.adminListen {
-            let server = try await AdminServer.start(host: admin.host, port: admin.port, server: self, group: self.group, logger: self.logger)
+            let server = try await AdminServer.start(
+                host: admin.host, port: admin.port, server: self, tls: { [tls = self.tls] in tls.withLockedValue { $0 } }, group: self.group,
+                logger: self.logger)
             self.admin.withLockedValue { $0 = server }
         }
         return address
@@ -148,39 +150,45 @@ public final class RelayServer: Service, Sendable {
     /// reasons (`draining`, `not listening`, `store unavailable`; details go to the log, not to
     /// whoever asks: the probe needs no token).
     public func readiness() async -> APIResponse {
-        var reasons: [String] = []
-        if self.draining.withLockedValue({ $0 }) { reasons.append("draining") }
-        if self.serverChannel.get()?.isActive != true { reasons.append("not listening") }
-        do {
-            try await self.control.store.ping()
-        } catch {
-            self.logger.warning("readiness: the store did not answer", metadata: ["error": "\(error)"])
-            reasons.append("store unavailable")
-        }
+        let reasons = await self.notReadyReasons()
         guard reasons.isEmpty else { return Self.notReady(reasons) }
         return APIResponse(status: .ok, body: Data("{\"status\":\"ready\"}\n".utf8), errorCode: nil)
     }
 
+    /// Why this node should not get traffic now (none: ready). The store gets 2 s to answer: a
+    /// probe must not wait out `operation_timeout`.
+    func notReadyReasons() async -> [String] {
+        var reasons: [String] = []
+        if self.draining.withLockedValue({ $0 }) { reasons.append("draining") }
+        if self.serverChannel.get()?.isActive != true { reasons.append("not listening") }
+        do {
+            try await withDeadline(.seconds(2)) { [store = self.control.store] in try await store.ping() }
+        } catch {
+            self.logger.warning("readiness: the store did not answer", metadata: ["error": "\(error)"])
+            reasons.append("store unavailable")
+        }
+        return reasons
+    }
+
     /// `/metrics`: the figures that describe now are read at the scrape (tunnels, sessions,
-    /// requests, readiness); the counters and histograms are kept as events happen.
+    /// requests, readiness), each store read within 2 s so that a scrape of a node whose database
+    /// is down still answers in time (with `relay_store_up 0`); the counters and histograms are
+    /// kept as events happen.
     public func scrapeMetrics() async -> [UInt8] {
         let tunnels = self.registry.clusterIDs.map { self.registry.tunnels(cluster: $0).count }
-        var requests = ["pending": 0, "approved": 0]
-        var storeUp = true
-        do {
-            let now = self.control.now
-            for request in try await self.control.store.requests(clusterID: nil, states: [.pending, .approved]) {
-                if request.state == .pending { requests["pending", default: 0] += 1 }
-                if request.state == .approved, request.isActive(at: now) { requests["approved", default: 0] += 1 }
-            }
-        } catch {
-            storeUp = false
+        async let reasons = self.notReadyReasons()
+        let now = self.control.now
+        let open = try? await withDeadline(.seconds(2)) { [store = self.control.store] in
+            try await store.requests(clusterID: nil, states: [.pending, .approved])
         }
-        let ready = await self.readiness().status == .ok
+        let requests = open.map { open in
+            ["pending": open.filter { $0.state == .pending }.count, "approved": open.filter { $0.state == .approved && $0.isActive(at: now) }.count]
+        }
+        let notReady = await reasons
         self.control.metrics.record(
             .init(
                 tunnels: tunnels.reduce(0, +), clusters: tunnels.filter { $0 > 0 }.count, sessions: self.sessions.all.count,
-                requests: storeUp ? requests : [:], ready: ready, storeAvailable: storeUp))
+                requests: requests, ready: notReady.isEmpty, storeAvailable: !notReady.contains("store unavailable")))
         return self.control.metrics.exposition()
     }
 

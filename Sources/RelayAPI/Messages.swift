@@ -332,6 +332,18 @@ public struct RelayNodeView: Codable, Sendable, Equatable {
     public var tunnels: Int
     public var sessions: Int
 
+    /// A node of an earlier version sends no counts: 0.
+    public init(from decoder: Decoder) throws {
+        let container = try decoder.container(keyedBy: CodingKeys.self)
+        self.id = try container.decode(String.self, forKey: .id)
+        self.tunnelURL = try container.decode(String.self, forKey: .tunnelURL)
+        self.startedAt = try container.decode(Date.self, forKey: .startedAt)
+        self.lastSeenAt = try container.decode(Date.self, forKey: .lastSeenAt)
+        self.live = try container.decode(Bool.self, forKey: .live)
+        self.tunnels = try container.decodeIfPresent(Int.self, forKey: .tunnels) ?? 0
+        self.sessions = try container.decodeIfPresent(Int.self, forKey: .sessions) ?? 0
+    }
+
     public init(id: String, tunnelURL: String, startedAt: Date, lastSeenAt: Date, live: Bool, tunnels: Int = 0, sessions: Int = 0) {
         self.tunnels = tunnels
         self.sessions = sessions

@@ -57,13 +57,13 @@ struct DatabaseAvailability: Sendable {
     }
 }
 
-struct DeadlinePassed: Error, CustomStringConvertible {
-    var description: String { "no answer in time" }
+public struct DeadlinePassed: Error, CustomStringConvertible {
+    public var description: String { "no answer in time" }
 }
 
 /// The first of `operation` and a timer of `timeout`. The operation is not awaited past the
 /// timeout: a query stuck on a silent connection ends with its connection, not with the caller.
-func withDeadline<T: Sendable>(_ timeout: Duration, _ operation: @escaping @Sendable () async throws -> T) async throws -> T {
+public func withDeadline<T: Sendable>(_ timeout: Duration, _ operation: @escaping @Sendable () async throws -> T) async throws -> T {
     let race = NIOLockedValueBox(DeadlineRace<T>())
     return try await withTaskCancellationHandler {
         try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<T, any Error>) in

@@ -48,9 +48,12 @@ public struct JSONLogHandler: LogHandler {
         self.write(line + "}\n")
     }
 
+    /// One whole line per write, one writer at a time: lines from several threads never interleave.
     public static let standardError: @Sendable (String) -> Void = { line in
-        FileHandle.standardError.write(Data(line.utf8))
+        writeLock.withLock { FileHandle.standardError.write(Data(line.utf8)) }
     }
+
+    private static let writeLock = NSLock()
 
     static func timestamp() -> String {
         var now = timespec()

@@ -44,6 +44,21 @@ import TunnelCore
         let records = try await stack.control.store.audit(since: nil, afterID: 0, limit: 1000)
         #expect(records.contains { $0.action == "ops.sign-in" && $0.actor == "ops:root" })
 
+        // A forged cookie, a form from another site, an expert's bearer: no page.
+        let forged = try await runCurl(curl + ["-b", "relay_ops=" + String(repeating: "0", count: 64), "\(base)/ops/status"])
+        #expect(forged.hasPrefix("HTTP/1.1 303") && forged.contains("location: /ops/sign-in"))
+        let crossSite = try await runCurl(curl + ["-H", "sec-fetch-site: cross-site", "--data-urlencode", "token=\(stack.opsToken)", "\(base)/ops/sign-in"])
+        #expect(crossSite.hasPrefix("HTTP/1.1 403") && !crossSite.lowercased().contains("set-cookie: relay_ops="))
+        let expertBearer = try await runCurl(curl + ["-H", "authorization: Bearer \(stack.expertToken)", "\(base)/ops/status"])
+        #expect(expertBearer.hasPrefix("HTTP/1.1 403"))
+        // Signing out ends the session on the relay, not only in the browser.
+        let second = try await runCurl(curl + ["--data-urlencode", "token=\(stack.opsToken)", "\(base)/ops/sign-in"])
+        let other = try #require(second.firstMatch(of: #/set-cookie: relay_ops=([0-9a-f]{64})/#).map { String($0.1) })
+        let out = try await runCurl(curl + ["-X", "POST", "-b", "relay_ops=\(other)", "\(base)/ops/sign-out"])
+        #expect(out.hasPrefix("HTTP/1.1 303") && out.contains("Max-Age=0"))
+        let afterSignOut = try await runCurl(curl + ["-b", "relay_ops=\(other)", "\(base)/ops/status"])
+        #expect(afterSignOut.hasPrefix("HTTP/1.1 303"), "the session is gone")
+
         // The token revoked: its browsers are signed out.
         _ = try await stack.control.revokeToken(name: "root", by: try await stack.control.authenticateUser(bearer: stack.opsToken, action: "test"))
         let after = try await runCurl(curl + ["-b", "relay_ops=\(cookie)", "\(base)/ops/status"])

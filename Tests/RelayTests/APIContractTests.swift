@@ -18,6 +18,14 @@ import TunnelCore
         let router = RelayAPIRouter(control: fixture.control, registry: TunnelRegistry())
         #expect(router.endpoints.map(\.label) == RelayEndpoints.all.map(\.label))
         #expect(Set(RelayEndpoints.all.map(\.label)).count == RelayEndpoints.all.count, "no endpoint twice")
+        // Who may call what, written out: a table edit that opens an ops endpoint to experts fails here.
+        let opsOnly = Set(RelayEndpoints.all.filter { $0.access == .ops }.map(\.label))
+        #expect(opsOnly == [
+            "POST /v1/clusters", "POST /v1/clusters/{id}/enroll", "POST /v1/sessions/{id}/kill", "GET /v1/tokens", "POST /v1/tokens",
+            "POST /v1/tokens/{name}/revoke", "GET /v1/audit", "GET /v1/status",
+        ])
+        #expect(Set(RelayEndpoints.all.filter { $0.access == .enrollmentToken || $0.access == .connectorCredential }.map(\.label))
+            == ["POST /v1/register", "POST /v1/heartbeat"])
         for endpoint in RelayEndpoints.all {
             let documented = "`\(endpoint.method.rawValue) \(endpoint.template)"
             let listed = Self.docs.contains(documented)
