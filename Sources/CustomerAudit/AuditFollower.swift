@@ -1,18 +1,33 @@
 import Foundation
 
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
 /// Reads the audit log's records in order as they are written, across rotations, for
 /// `connector audit export --follow`: each record once, as the line stored on disk (its chain
 /// fields `seq`, `prev` and `hash` included, so whoever receives it can check the chain too).
 /// Reading only: works while the connector runs or is stopped.
+///
+/// The active file is read through one open handle: a rotation (the file renamed, a new one begun)
+/// is seen by its inode, and the old file is read to its end before the new one. Lines of the active
+/// file are handed out one poll later, once they are still there unchanged: the log takes back a
+/// batch it could not make durable (a full disk), and such records must not reach a SIEM.
 public struct AuditFollower {
     public let files: AuditFiles
     /// The last record handed out (0: none yet).
     public private(set) var lastSeq: Int64
-    /// Where the active file was read up to, and its first record (to see a rotation).
-    private var activeOffset: UInt64 = 0
-    private var activeFirstSeq: Int64?
-    /// Set after the first full pass over the files.
-    private var synced = false
+    /// Records that were gone before they could be read (retention removed their file): first...last.
+    public private(set) var gaps: [ClosedRange<Int64>] = []
+
+    private var handle: FileHandle?
+    private var inode: UInt64 = 0
+    /// Read and handed out up to here in the open file.
+    private var offset: UInt64 = 0
+    /// Read past `offset`, handed out at the next poll if the file still holds them unchanged.
+    private var held = Data()
 
     /// - Parameter afterSeq: records up to this one are skipped (resume where a shipper stopped).
     public init(directory: String, afterSeq: Int64 = 0) {
@@ -20,65 +35,108 @@ public struct AuditFollower {
         self.lastSeq = afterSeq
     }
 
-    /// The records written since the last call, oldest first, as stored lines (without newline).
+    /// The records written and kept since the last call, oldest first, as stored lines (no newline).
     public mutating func poll() throws -> [String] {
-        if self.synced, Self.firstSeq(of: self.files.activePath) == self.activeFirstSeq,
-            (Self.size(self.files.activePath) ?? 0) >= self.activeOffset
-        {
-            // Still the same active file: read only what was appended.
-            return try self.readActive()
+        guard self.handle != nil else {
+            // First call: every rotated file that may hold newer records, then the active one.
+            var lines = try self.rotated(after: self.lastSeq)
+            lines += try self.openActive()
+            return lines
         }
-        // First call, or the active file was rotated: the rotated files that may hold newer
-        // records, then the new active file from its start.
+        var lines = try self.confirmHeld()
+        if let current = Self.inode(of: self.files.activePath), current != self.inode {
+            // Rotated: the open file is complete now; read it to its end, then every file after it.
+            lines += try self.readHandle(confirmed: true)
+            try? self.handle?.close()
+            self.handle = nil
+            lines += try self.rotated(after: self.lastSeq)
+            lines += try self.openActive()
+        } else {
+            _ = try self.readHandle(confirmed: false)
+        }
+        return lines
+    }
+
+    /// What is held back for confirmation, handed out now (a one-time export's end).
+    public mutating func drain() throws -> [String] {
+        try self.accept(self.held)
+    }
+
+    // MARK: reading
+
+    private mutating func openActive() throws -> [String] {
+        guard let handle = FileHandle(forReadingAtPath: self.files.activePath) else { return [] }
+        var status = stat()
+        guard fstat(handle.fileDescriptor, &status) == 0 else { return [] }
+        self.handle = handle
+        self.inode = UInt64(status.st_ino)
+        self.offset = 0
+        self.held = Data()
+        _ = try self.readHandle(confirmed: false)
+        return []
+    }
+
+    /// Reads the open file's new whole lines: handed out at once (`confirmed`, a rotated file) or held.
+    private mutating func readHandle(confirmed: Bool) throws -> [String] {
+        guard let handle = self.handle else { return [] }
+        try handle.seek(toOffset: self.offset + UInt64(self.held.count))
+        let data = try handle.readToEnd() ?? Data()
+        guard let end = data.lastIndex(of: UInt8(ascii: "\n")) else { return confirmed ? try self.accept(self.held) : [] }
+        self.held.append(data[data.startIndex...end])
+        return confirmed ? try self.accept(self.held) : []
+    }
+
+    /// Hands out the held lines if the file still holds exactly them; else (a batch taken back)
+    /// forgets them: what replaced them is read again from where the handed-out part ends.
+    private mutating func confirmHeld() throws -> [String] {
+        guard !self.held.isEmpty, let handle = self.handle else { return [] }
+        try handle.seek(toOffset: self.offset)
+        let now = try handle.read(upToCount: self.held.count) ?? Data()
+        guard now == self.held else {
+            self.held = Data()
+            return []
+        }
+        return try self.accept(self.held)
+    }
+
+    /// The records in `data` after `lastSeq`, in order; `data` is no longer held.
+    private mutating func accept(_ data: Data) throws -> [String] {
+        self.offset += UInt64(data.count)
+        self.held = Data()
+        return try self.records(in: data)
+    }
+
+    /// Whole rotated files (never written again) that may hold records after `seq`.
+    private mutating func rotated(after seq: Int64) throws -> [String] {
+        let paths = self.files.all().filter { $0 != self.files.activePath }
+        let named = paths.compactMap { path in AuditLog.firstSeq(ofRotated: path).map { (path, $0) } }
         var lines: [String] = []
-        let rotated = self.files.all().filter { $0 != self.files.activePath }
-        let firsts = rotated.map { AuditLog.firstSeq(ofRotated: $0) ?? 0 }
-        for (index, path) in rotated.enumerated() {
-            let next = index + 1 < firsts.count ? firsts[index + 1] : Int64.max
-            guard next > self.lastSeq + 1 else { continue }  // every record in it was handed out
+        for (index, (path, _)) in named.enumerated() {
+            let next = index + 1 < named.count ? named[index + 1].1 : Int64.max
+            guard next > seq + 1 else { continue }  // every record in it was handed out
             lines += try self.records(in: try Data(contentsOf: URL(fileURLWithPath: path)))
         }
-        self.activeOffset = 0
-        self.activeFirstSeq = Self.firstSeq(of: self.files.activePath)
-        self.synced = true
-        return lines + (try self.readActive())
+        return lines
     }
 
-    private mutating func readActive() throws -> [String] {
-        guard let handle = FileHandle(forReadingAtPath: self.files.activePath) else { return [] }
-        defer { try? handle.close() }
-        try handle.seek(toOffset: self.activeOffset)
-        let data = try handle.readToEnd() ?? Data()
-        // Only whole lines: a record being written is read at the next call.
-        guard let end = data.lastIndex(of: UInt8(ascii: "\n")) else { return [] }
-        let complete = data[data.startIndex...end]
-        self.activeOffset += UInt64(complete.count)
-        return try self.records(in: complete)
-    }
-
-    private mutating func records(in data: some Collection<UInt8>) throws -> [String] {
+    private mutating func records(in data: Data) throws -> [String] {
         var lines: [String] = []
         for line in data.split(separator: UInt8(ascii: "\n")) {
             guard case .success(let record) = AuditChain.read(line) else {
                 throw AuditLogError("a record of \(self.files.directory) does not read as an audit record; run connector audit verify")
             }
-            guard record.entry.seq > self.lastSeq else { continue }
+            let seq = record.entry.seq
+            guard seq > self.lastSeq else { continue }
+            if self.lastSeq > 0, seq > self.lastSeq + 1 { self.gaps.append((self.lastSeq + 1)...(seq - 1)) }
             lines.append(String(decoding: line, as: UTF8.self))
-            self.lastSeq = record.entry.seq
+            self.lastSeq = seq
         }
         return lines
     }
 
-    private static func size(_ path: String) -> UInt64? {
-        (try? FileManager.default.attributesOfItem(atPath: path)[.size] as? NSNumber)?.uint64Value
-    }
-
-    private static func firstSeq(of path: String) -> Int64? {
-        guard let handle = FileHandle(forReadingAtPath: path) else { return nil }
-        defer { try? handle.close() }
-        guard let head = try? handle.read(upToCount: 64 << 10), let end = head.firstIndex(of: UInt8(ascii: "\n")),
-            case .success(let record) = AuditChain.read(head[head.startIndex..<end])
-        else { return nil }
-        return record.entry.seq
+    private static func inode(of path: String) -> UInt64? {
+        var status = stat()
+        guard stat(path, &status) == 0 else { return nil }
+        return UInt64(status.st_ino)
     }
 }

@@ -357,9 +357,16 @@ struct Audit: AsyncParsableCommand {
                 throw ValidationError("--interval must be a duration such as 500ms or 2s")
             }
             var follower = AuditFollower(directory: self.options.auditDirectory(), afterSeq: self.after)
+            var gapsSaid = 0
             while true {
-                for line in try follower.poll() { print(line) }
+                // Without --follow: everything now, the last lines included without waiting a poll.
+                for line in try follower.poll() + (self.follow ? [] : try follower.drain()) { print(line) }
                 fflush(stdout)  // a shipper reading the pipe gets each batch now
+                for gap in follower.gaps.dropFirst(gapsSaid) {
+                    FileHandle.standardError.write(
+                        Data("connector: records \(gap.lowerBound)...\(gap.upperBound) were removed (retention) before they could be read\n".utf8))
+                }
+                gapsSaid = follower.gaps.count
                 guard self.follow else { return }
                 try await Task.sleep(for: .milliseconds(milliseconds))
             }
