@@ -143,6 +143,12 @@ public final class RelayServer: Service, Sendable {
         self.logger.notice("TLS certificate reloaded; new connections get it", metadata: ["certificate_file": "\(self.config.certificateFile)"])
     }
 
+    /// `http://127.0.0.1:9464` (or https beyond loopback): where to scrape, if the admin listener runs.
+    public var adminURL: String? {
+        guard let admin = self.config.adminListen, let address = self.adminAddress else { return nil }
+        return "\(AdminServer.isLoopback(admin.host) ? "http" : "https")://\(address.display)"
+    }
+
     /// Where the admin listener (`/metrics`) is bound, if it is.
     public var adminAddress: SocketAddress? { self.admin.withLockedValue { $0 }?.address }
 

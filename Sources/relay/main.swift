@@ -42,6 +42,9 @@ struct Serve: AsyncParsableCommand {
     func run() async throws {
         // Each line reaches a redirected log as it is written, not when the relay exits.
         setvbuf(stdout, nil, _IOLBF, 0)
+        // Trapped first: a SIGHUP while the store opens or migrates (a certificate deploy hook) must
+        // not end the process; it is acted on once the relay serves.
+        let hangups = await UnixSignalsSequence(trapping: .sighup)
         let config = try RelayConfig.load(path: self.config)
         let logger = config.log.bootstrap(label: "relay", overridingLevel: self.logLevel)
         // The certificate chain and key load and match, as a start needs, before anything is
@@ -64,11 +67,8 @@ struct Serve: AsyncParsableCommand {
         // "listening" is kept. SIGHUP is trapped too: it reloads the TLS certificate.
         let announceLogger = logger
         let announce = ClosureService {
-            let hangups = await UnixSignalsSequence(trapping: .sighup)
             print("relay listening on \(address.display)")
-            if let admin = server.adminAddress {
-                print("metrics on http://\(admin.display)/metrics (probes /healthz, /readyz)")
-            }
+            if let admin = server.adminURL { print("metrics on \(admin)/metrics (probes /healthz, /readyz)") }
             if firstStart {
                 let ip = address.ipAddress ?? "127.0.0.1"
                 let host = ["0.0.0.0", "::"].contains(ip) ? "127.0.0.1" : ip.contains(":") ? "[\(ip)]" : ip

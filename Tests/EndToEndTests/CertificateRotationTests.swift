@@ -1,5 +1,6 @@
 import Foundation
 import Relay
+import TestSupport
 import Testing
 
 /// Certificates and their rotation (docs/OPERATIONS.md): the relay takes a renewed certificate
@@ -37,6 +38,31 @@ import Testing
         #expect(throws: (any Error).self) { try stack.relay.reloadCertificate() }
         #expect(try await Self.servedSerial(stack.relayPort, ca: certs + "/ca.pem") == second)
         await stack.stop()
+    }
+
+    /// The operator's way: `kill -HUP` on the running program.
+    @Test func sighupReloadsTheCertificateOfTheRunningRelay() async throws {
+        let certs = TestStack.temporaryDirectory("hup-certs")
+        #expect(try await TestProcess.run(Self.script, [certs]).0 == 0)
+        let folder = TestStack.temporaryDirectory("hup")
+        let port = try await FaultTests.freePort()
+        let config = try FaultTests.writeRelayConfig(folder: folder, port: port)
+        let yaml = try String(contentsOfFile: config, encoding: .utf8).replacingOccurrences(of: TestCerts.trusted, with: certs)
+        try yaml.write(toFile: config, atomically: true, encoding: .utf8)
+        let relay = try await FaultTests.startRelay(config)
+        defer { relay.killNow() }
+        let first = try await Self.servedSerial(port, ca: certs + "/ca.pem")
+        #expect(try await TestProcess.run("/usr/bin/env", ["RELAY_ONLY=1", Self.script, certs]).0 == 0)
+        relay.send(SIGHUP)
+        var served = first
+        _ = try await TestWait.poll(seconds: 30) {
+            served = try await Self.servedSerial(port, ca: certs + "/ca.pem")
+            return served != first
+        }
+        #expect(served != first, "the renewed certificate is served after SIGHUP")
+        #expect(relay.isRunning, "SIGHUP does not stop the relay")
+        relay.terminate()
+        #expect(await relay.exitStatus() == 0)
     }
 
     /// The serial of the certificate the relay serves, verified against `ca`.

@@ -335,6 +335,9 @@ final class RunningProcess: Sendable {
     var stdout: String { String(decoding: self.out.withLockedValue { $0 }, as: UTF8.self) }
     var stderr: String { String(decoding: self.err.withLockedValue { $0 }, as: UTF8.self) }
 
+    /// Sends `signal` (SIGHUP, say) if the program still runs.
+    func send(_ signal: Int32) { if self.process.isRunning { _ = kill(self.process.processIdentifier, signal) } }
+
     /// Sends SIGTERM (a polite stop, as an operator's `kill`).
     func terminate() { if self.process.isRunning { self.process.terminate() } }
     /// SIGKILL: no drain, no goodbye (its sockets are closed by the kernel).
