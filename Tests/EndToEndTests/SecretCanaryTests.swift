@@ -129,6 +129,18 @@ import TunnelCore
             let (code, _) = try await ctl(["clusters", "list"], token: token)
             #expect(code != 0)
         }
+        // The operators' status page, signed in with the ops token (a form body at trace level), and a scrape.
+        let curl = ["-s", "-i", "--max-time", "30", "--cacert", ca]
+        let signIn = try await runCurl(curl + ["--data-urlencode", "token=\(ops)", "\(url)/ops/sign-in"])
+        let cookie = try #require(signIn.firstMatch(of: #/relay_ops=([0-9a-f]{64})/#).map { String($0.1) })
+        let statusPage = try await runCurl(curl + ["-b", "relay_ops=\(cookie)", "\(url)/ops/status"])
+        #expect(statusPage.hasPrefix("HTTP/1.1 200"))
+        checked.append(("status page sign-in", signIn))
+        checked.append(("status page", statusPage))
+        let adminURL = try #require(relay.stdout.firstMatch(of: #/metrics on (http:\/\/127\.0\.0\.1:\d+)/#).map { String($0.1) })
+        let scrape = try await runCurl(["-s", "--max-time", "30", "\(adminURL)/metrics"])
+        #expect(scrape.contains("relay_build_info"))
+        checked.append(("/metrics", scrape))
         _ = try await ctl(["audit", "export", "--json"], token: ops)
         _ = try await ctl(["audit", "export"], token: ops)
         _ = try await ctl(["sessions", "list", "--json"], token: ops)
@@ -193,8 +205,11 @@ import TunnelCore
         let requestID = try #require(sessionLine.firstMatch(of: #/"request_id":"([0-9a-f]{32})"/#).map { String($0.1) })
         let audits = checked.filter { $0.what.hasPrefix("customer audit") }.map(\.text).joined()
         #expect(audits.contains(requestID), "the customer's audit log has request \(requestID)")
-        // And an API call: the ID relayctl sent is in the relay's log and on its audit record.
-        #expect(relay.stderr.contains("\"message\":\"api call\""))
+        // And an API call: the ID relayctl printed with its error is on the relay's log line and audit record.
+        let refusedCall = try #require(checked.first { $0.what == "relayctl clusters list" && $0.text.contains("(request ID ") })
+        let callID = try #require(refusedCall.text.firstMatch(of: #/\(request ID ([0-9a-f]{32})\)/#).map { String($0.1) })
+        #expect(relayLines.contains { $0.contains("\"message\":\"api call\"") && $0.contains("\"request_id\":\"\(callID)\"") })
+        #expect(relayLines.contains { $0.contains("\"message\":\"denied\"") && $0.contains("\"request_id\":\"\(callID)\"") }, "the refusal's audit record")
     }
 
     static func write(_ path: String, _ text: String) throws {
