@@ -41,6 +41,8 @@ let package = Package(
     targets: [
         // Wire contract shared by all programs: websocket <-> byte stream, HTTP/2 setup, TLS, glue.
         .target(name: "TunnelCore", dependencies: nio + [
+            // StreamErrorCode: the codes every hop refuses a request with.
+            "RelayModel",
             .product(name: "NIOWebSocket", package: "swift-nio"),
             .product(name: "NIOSSL", package: "swift-nio-ssl"),
             .product(name: "NIOHTTP2", package: "swift-nio-http2"),

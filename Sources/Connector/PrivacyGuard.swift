@@ -158,7 +158,7 @@ public final class PrivacyGuard: Sendable {
             switch StreamPolicy.decide(facts, rules: inner.rules, approvals: inner.persisted.approvalMap, now: now) {
             case .failure(let denial):
                 if let id = facts.session { inner.sessions[id]?.refused += 1 }
-                return .failure(ProxyRefusal(HTTPResponseStatus(statusCode: denial.status), code: denial.code, message: denial.reason))
+                return .failure(ProxyRefusal(stream: denial.kind, denial.reason))
             case .success(let permit):
                 let grantKey = GrantKey(accessRequest: permit.accessRequest, expert: permit.expert)
                 if let reason = inner.grants[grantKey]?.endReason {
@@ -185,7 +185,7 @@ public final class PrivacyGuard: Sendable {
                     return .failure(Self.sessionEndedRefusal(reason))
                 }
                 guard let component = inner.config.components.first(where: { $0.name == permit.component }) else {
-                    return .failure(ProxyRefusal(.notFound, code: "unknown_component", message: "component \"\(permit.component)\" is not offered"))
+                    return .failure(ProxyRefusal(stream: .unknownComponent, "component \"\(permit.component)\" is not offered"))
                 }
                 inner.sessions[permit.session]?.lastActivityAt = now
                 inner.sessions[permit.session]?.requests += 1
@@ -240,13 +240,9 @@ public final class PrivacyGuard: Sendable {
         }
     }
 
-    static let auditUnavailable = ProxyRefusal(
-        .serviceUnavailable, code: "audit_unavailable",
-        message: "the customer's audit log cannot be written, so the connector refuses requests until it can (the customer sees why in `connector status`)")
+    static let auditUnavailable = ProxyRefusal(stream: .auditUnavailable, "the customer's audit log cannot be written, so the connector refuses requests until it can (the customer sees why in `connector status`)")
 
-    static let stopping = ProxyRefusal(
-        .serviceUnavailable, code: "connector_stopping",
-        message: "the customer's connector on this node is shutting down; retry (another node of the cluster may answer)")
+    static let stopping = ProxyRefusal(stream: .connectorStopping, "the customer's connector on this node is shutting down; retry (another node of the cluster may answer)")
 
     /// When each open websocket last carried bytes, on the guard's clock (what the sweep reads).
     var webSocketActivity: [Date] {
@@ -278,8 +274,7 @@ public final class PrivacyGuard: Sendable {
     }
 
     private static func sessionEndedRefusal(_ reason: String) -> ProxyRefusal {
-        ProxyRefusal(
-            .forbidden, code: "session_ended", message: "the customer's connector ended this session: \(reason)",
+        ProxyRefusal(stream: .sessionEnded, "the customer's connector ended this session: \(reason)",
             headers: [WireHeader.sessionEnded: reason])
     }
 

@@ -99,13 +99,13 @@ public struct StreamPermit: Sendable, Equatable {
 
 /// A refused stream: HTTP status, stable code and one sentence for the expert (and the audit log).
 public struct StreamDenial: Error, Sendable, Equatable, CustomStringConvertible {
-    public var status: Int
-    public var code: String
+    public var kind: StreamErrorCode
     public var reason: String
+    public var status: Int { self.kind.status }
+    public var code: String { self.kind.rawValue }
 
-    public init(_ status: Int, _ code: String, _ reason: String) {
-        self.status = status
-        self.code = code
+    public init(_ kind: StreamErrorCode, _ reason: String) {
+        self.kind = kind
         self.reason = reason
     }
 
@@ -119,23 +119,23 @@ public enum StreamPolicy {
         _ facts: StreamFacts, rules: PrivacyRules, approvals: [Int64: CustomerApproval], now: Date
     ) -> Result<StreamPermit, StreamDenial> {
         if rules.mode == .disabled {
-            return .failure(StreamDenial(403, "remote_access_disabled", "the customer has turned remote access off"))
+            return .failure(StreamDenial(.remoteAccessDisabled, "the customer has turned remote access off"))
         }
         let name = facts.component ?? ""
         guard let component = rules.components[name] else {
-            return .failure(StreamDenial(404, "unknown_component", "component \"\(name)\" is not offered by this cluster's connector"))
+            return .failure(StreamDenial(.unknownComponent, "component \"\(name)\" is not offered by this cluster's connector"))
         }
         guard let stamped = facts.role, let request = facts.accessRequest, let expert = facts.expert, !expert.isEmpty,
             let session = facts.session, !session.isEmpty, let expires = facts.accessExpiresAt
         else {
-            return .failure(StreamDenial(403, "missing_identity", "the stream lacks the relay's identity headers (expert, session, role, access request, expiry)"))
+            return .failure(StreamDenial(.missingIdentity, "the stream lacks the relay's identity headers (expert, session, role, access request, expiry)"))
         }
         if expires <= now {
-            return .failure(StreamDenial(403, "access_expired", "access request \(request) expired at \(Timestamp.text(expires))"))
+            return .failure(StreamDenial(.accessExpired, "access request \(request) expired at \(Timestamp.text(expires))"))
         }
         if let approval = approvals[request], approval.verdict == .revoked {
             return .failure(
-                StreamDenial(403, "revoked_by_customer", "the customer revoked access request \(request) (\(approval.by) at \(Timestamp.text(approval.decidedAt)))"))
+                StreamDenial(.revokedByCustomer, "the customer revoked access request \(request) (\(approval.by) at \(Timestamp.text(approval.decidedAt)))"))
         }
 
         let role: AccessRole
@@ -143,7 +143,7 @@ public enum StreamPolicy {
         var loweredBy: String?
         switch rules.mode {
         case .disabled:
-            return .failure(StreamDenial(403, "remote_access_disabled", "the customer has turned remote access off"))
+            return .failure(StreamDenial(.remoteAccessDisabled, "the customer has turned remote access off"))
         case .all:
             role = stamped
         case .readOnly:
@@ -153,16 +153,16 @@ public enum StreamPolicy {
             guard let approval = approvals[request], approval.expert == expert else {
                 return .failure(
                     StreamDenial(
-                        403, "not_approved",
+                        .notApproved,
                         "access request \(request) has not been approved by the customer (privacy mode approvedOnly); the customer approves it with `connector requests approve \(request)`"))
             }
             if approval.verdict == .rejected {
                 return .failure(
-                    StreamDenial(403, "rejected_by_customer", "access request \(request) was rejected by \(approval.by) at \(Timestamp.text(approval.decidedAt))"))
+                    StreamDenial(.rejectedByCustomer, "access request \(request) was rejected by \(approval.by) at \(Timestamp.text(approval.decidedAt))"))
             }
             if approval.expiresAt <= now {
                 return .failure(
-                    StreamDenial(403, "approval_expired", "the customer's approval of access request \(request) expired at \(Timestamp.text(approval.expiresAt))"))
+                    StreamDenial(.approvalExpired, "the customer's approval of access request \(request) expired at \(Timestamp.text(approval.expiresAt))"))
             }
             role = min(stamped, approval.role)
             if approval.role < stamped { loweredBy = "the customer approved access request \(request) as \(approval.role.rawValue)" }
@@ -171,28 +171,28 @@ public enum StreamPolicy {
         var method = facts.method
         guard Self.isUpperCaseToken(method) else {
             // A component may read "get" as GET while a rule reads it as something else: one spelling only.
-            return .failure(StreamDenial(400, "bad_method", "the method must be an upper-case token such as GET (at most 32 characters)"))
+            return .failure(StreamDenial(.badMethod, "the method must be an upper-case token such as GET (at most 32 characters)"))
         }
         let allowed = rules.methods[role] ?? []
         let webSocket = method == "CONNECT" && facts.connectProtocol == "websocket"
         if method == "CONNECT", let other = facts.connectProtocol, !webSocket {
-            return .failure(StreamDenial(501, "unsupported_protocol", "CONNECT for protocol \"\(other)\" is not carried; websocket is"))
+            return .failure(StreamDenial(.unsupportedProtocol, "CONNECT for protocol \"\(other)\" is not carried; websocket is"))
         }
         if webSocket {
             // Reaches the component as the GET of an upgrade; the viewer's path rule follows below.
             method = "GET"
             guard allowed.contains(method) else {
                 return .failure(
-                    StreamDenial(403, "role_forbids_method", (loweredBy.map { "\($0): " } ?? "") + "role \(role.rawValue) may not open websockets"))
+                    StreamDenial(.roleForbidsMethod, (loweredBy.map { "\($0): " } ?? "") + "role \(role.rawValue) may not open websockets"))
             }
         } else {
             if PrivacyRules.forbiddenMethods.contains(method) {
-                return .failure(StreamDenial(405, "method_not_allowed", "\(method) is never forwarded to a component"))
+                return .failure(StreamDenial(.methodNotAllowed, "\(method) is never forwarded to a component"))
             }
             guard allowed.contains(method) else {
                 return .failure(
                     StreamDenial(
-                        403, "role_forbids_method",
+                        .roleForbidsMethod,
                         (loweredBy.map { "\($0): " } ?? "") + "role \(role.rawValue) allows \(allowed.sorted().joined(separator: ", ")) only, not \(method)"))
             }
         }
@@ -200,30 +200,30 @@ public enum StreamPolicy {
         let target: NormalizedTarget
         switch RequestTargetNormalizer.normalize(facts.target) {
         case .success(let normalized): target = normalized
-        case .failure(.absoluteForm): return .failure(StreamDenial(400, "absolute_form", TargetRejection.absoluteForm.description))
-        case .failure(let rejection): return .failure(StreamDenial(400, "bad_target", rejection.description))
+        case .failure(.absoluteForm): return .failure(StreamDenial(.absoluteForm, TargetRejection.absoluteForm.description))
+        case .failure(let rejection): return .failure(StreamDenial(.badTarget, rejection.description))
         }
         if let override = methodOverride(facts, query: target.query) {
-            return .failure(StreamDenial(400, "method_override", "method override (\(override)) is refused: send the real method"))
+            return .failure(StreamDenial(.methodOverride, "method override (\(override)) is refused: send the real method"))
         }
         let hosts = facts.values("host")
         if hosts.count > 1 {
-            return .failure(StreamDenial(400, "bad_host", "more than one Host header"))
+            return .failure(StreamDenial(.badHost, "more than one Host header"))
         }
         if let host = hosts.first, host.lowercased() != component.name.lowercased(), host.lowercased() != component.authority.lowercased() {
-            return .failure(StreamDenial(400, "bad_host", "Host \"\(host)\" does not name component \"\(component.name)\""))
+            return .failure(StreamDenial(.badHost, "Host \"\(host)\" does not name component \"\(component.name)\""))
         }
         if let framing = framingProblem(facts) {
-            return .failure(StreamDenial(400, "bad_framing", framing))
+            return .failure(StreamDenial(.badFraming, framing))
         }
         if let prefix = rules.deniedPrefix(for: target, component: component) {
-            return .failure(StreamDenial(403, "denied_path", "the customer denies paths under \(prefix) on component \"\(component.name)\""))
+            return .failure(StreamDenial(.deniedPath, "the customer denies paths under \(prefix) on component \"\(component.name)\""))
         }
         if webSocket && role == .viewer && !rules.viewerMayOpenWebSocket(to: target, component: component) {
             let listed = component.viewerWebSocketPaths.isEmpty ? "none" : component.viewerWebSocketPaths.joined(separator: ", ")
             return .failure(
                 StreamDenial(
-                    403, "role_forbids_websocket",
+                    .roleForbidsWebSocket,
                     (loweredBy.map { "\($0): " } ?? "")
                         + "role viewer may open websockets on component \"\(component.name)\" only under the paths the customer lists (viewer_websocket_paths: \(listed))"))
         }

@@ -3,6 +3,7 @@ import Foundation
 import NIOConcurrencyHelpers
 import NIOCore
 import RelayAPI
+import RelayModel
 import Telemetry
 import TunnelCore
 
@@ -115,14 +116,8 @@ public final class RelayMetrics: Sendable {
         Self.streamCodes.contains(code) ? code : "other"
     }
 
-    /// Every refusal code a stream can carry: the relay's own (`APIErrorCode`) and the customer's
-    /// connector's (docs/CONNECTOR.md, docs/PROTOCOL.md).
-    static let streamCodes: Set<String> = Set(APIErrorCode.allCases.map(\.rawValue)).union([
-        "absolute_form", "access_expired", "approval_expired", "audit_unavailable", "bad_framing", "bad_host", "bad_method", "bad_target",
-        "connector_stopping", "denied_path", "method_not_allowed", "method_override", "missing_identity", "rejected_by_customer",
-        "remote_access_disabled", "request_headers_too_large", "revoked_by_customer", "role_forbids_method", "session_ended",
-        "upstream_timeout", "upstream_unavailable", "websocket_unsupported",
-    ])
+    /// Every refusal code a stream can carry: the relay's own and every hop's.
+    static let streamCodes: Set<String> = Set(APIErrorCode.allCases.map(\.rawValue)).union(StreamErrorCode.allCases.map(\.rawValue))
 
     /// Every metric the relay exposes, with its help text (also what docs/OPERATIONS.md lists).
     static let catalog: [String: String] = [

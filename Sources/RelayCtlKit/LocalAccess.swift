@@ -132,18 +132,14 @@ public final class LocalAccess: Sendable {
                 if cookieSignedIn { return .signIn(location: location, setCookie: nil) }
                 guard head.method == .GET || head.method == .HEAD, self.spend(token, for: component), let secret = self.cookieSecrets[component] else {
                     return .refuse(
-                        ProxyRefusal(
-                            .unauthorized, code: "sign_in_link_used",
-                            message: "this sign-in link was used already, has expired or is not for this host; each link signs in one browser once. Press Enter in the terminal running relayctl for new links"))
+                        ProxyRefusal(stream: .signInLinkUsed, "this sign-in link was used already, has expired or is not for this host; each link signs in one browser once. Press Enter in the terminal running relayctl for new links"))
                 }
                 return .signIn(location: location, setCookie: "\(cookieName)=\(secret); Path=/; HttpOnly; SameSite=Strict")
             }
             guard cookieSignedIn || scriptSignedIn else {
                 let scripts = self.scriptToken == nil ? "" : ", or send the token from --local-token-file in header X-Relayctl-Token"
                 return .refuse(
-                    ProxyRefusal(
-                        .unauthorized, code: "local_sign_in_required",
-                        message: "this port carries a relayctl session and needs signing in: open the link relayctl printed for this host (press Enter in its terminal for a new one)\(scripts)"))
+                    ProxyRefusal(stream: .localSignInRequired, "this port carries a relayctl session and needs signing in: open the link relayctl printed for this host (press Enter in its terminal for a new one)\(scripts)"))
             }
         }
         head.headers.remove(name: Self.tokenHeader)
@@ -171,7 +167,7 @@ public final class LocalAccess: Sendable {
     private func route(_ head: HTTPRequestHead, port: Int, listNames: Bool) -> Result<(String, String), ProxyRefusal> {
         let hosts = head.headers["host"]
         guard hosts.count == 1 else {
-            return .failure(ProxyRefusal(.badRequest, code: "bad_host", message: "a request needs exactly one Host header"))
+            return .failure(ProxyRefusal(stream: .badHost, "a request needs exactly one Host header"))
         }
         // With this port or none (as curl and HTTP/1.0 tools may send); another port is another listener's.
         let host = hosts[0].lowercased()
@@ -181,15 +177,14 @@ public final class LocalAccess: Sendable {
         if Self.loopbackNames.contains(name) {
             if self.components.count == 1 { return .success((self.components[0], origin)) }
             return .failure(
-                ProxyRefusal(.notFound, code: "choose_component", message: "this port carries several components, each on its own host name\(names)"))
+                ProxyRefusal(stream: .chooseComponent, "this port carries several components, each on its own host name\(names)"))
         }
         if let component = self.hostNames.first(where: { $0.value == name })?.key { return .success((component, origin)) }
         // The component's own name, as the connector takes it (a script's `Host: ui`).
         if let component = self.components.first(where: { $0.lowercased() == name }) { return .success((component, origin)) }
         // Any other name (a DNS rebinding page's, another session's) is not ours to carry.
         return .failure(
-            ProxyRefusal(
-                .misdirectedRequest, code: "unknown_host", message: "this port serves a relayctl session under its own host names\(names), not \(visibleText(hosts[0]))"))
+            ProxyRefusal(stream: .unknownHost, "this port serves a relayctl session under its own host names\(names), not \(visibleText(hosts[0]))"))
     }
 
     static let loopbackNames: Set<String> = ["127.0.0.1", "localhost", "[::1]"]
@@ -200,17 +195,13 @@ public final class LocalAccess: Sendable {
     /// without these headers get through.
     static func crossSite(_ head: HTTPRequestHead, origin own: String?) -> ProxyRefusal? {
         if let origin = head.headers.first(name: "origin"), origin.lowercased() != own {
-            return ProxyRefusal(
-                .forbidden, code: "cross_site_request",
-                message: "a page from \(visibleText(origin)) may not use this host; open it from the link relayctl printed")
+            return ProxyRefusal(stream: .crossSiteRequest, "a page from \(visibleText(origin)) may not use this host; open it from the link relayctl printed")
         }
         switch head.headers.first(name: "sec-fetch-site")?.lowercased() {
         case nil, "same-origin", "none":
             return nil
         default:
-            return ProxyRefusal(
-                .forbidden, code: "cross_site_request",
-                message: "another page may not use this host; open it from the link relayctl printed")
+            return ProxyRefusal(stream: .crossSiteRequest, "another page may not use this host; open it from the link relayctl printed")
         }
     }
 }

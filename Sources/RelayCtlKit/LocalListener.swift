@@ -35,7 +35,7 @@ public final class LocalListener: Sendable {
         let only = sessions.count == 1 ? sessions[0] : nil
         let opener: UpstreamOpener = { head, upstream in
             guard let session = only ?? head.headers.first(name: "host").flatMap({ byComponent[$0] }) else {
-                return upstream.downstreamEventLoop.makeFailedFuture(ProxyRefusal(.misdirectedRequest, code: "unknown_host", message: "no session for this host"))
+                return upstream.downstreamEventLoop.makeFailedFuture(ProxyRefusal(stream: .unknownHost, "no session for this host"))
             }
             return session.open(head, upstream)
         }

@@ -47,7 +47,7 @@ final class LocalWebSocketBridge: ChannelDuplexHandler {
             guard head.method == .GET, head.version == .http1_1, head.headers.first(name: "sec-websocket-version") == "13",
                 let key = head.headers.first(name: "sec-websocket-key"), !key.isEmpty
             else {
-                return self.refuse(context, .badRequest, code: "bad_websocket_upgrade", "a websocket upgrade needs GET, HTTP/1.1, Sec-WebSocket-Version 13 and a Sec-WebSocket-Key")
+                return self.refuse(context, ProxyRefusal(stream: .badWebSocketUpgrade, "a websocket upgrade needs GET, HTTP/1.1, Sec-WebSocket-Version 13 and a Sec-WebSocket-Key"))
             }
             self.state = .opening(key: key, heldEnd: false)
             head.method = .CONNECT
@@ -116,9 +116,8 @@ final class LocalWebSocketBridge: ChannelDuplexHandler {
         return upgrade && connection
     }
 
-    private func refuse(_ context: ChannelHandlerContext, _ status: HTTPResponseStatus, code: String, _ message: String) {
+    private func refuse(_ context: ChannelHandlerContext, _ refusal: ProxyRefusal) {
         self.state = .refused
-        let refusal = ProxyRefusal(status, code: code, message: message)
         let body = refusal.body(allocator: context.channel.allocator)
         var head = refusal.responseHead(version: .http1_1, bodyLength: body.readableBytes)
         head.headers.replaceOrAdd(name: "connection", value: "close")

@@ -277,9 +277,7 @@ public final class SessionClient: Sendable {
 
     private static func refusal(_ closed: WebSocketPeerClosed?) -> ProxyRefusal? {
         guard let closed else { return nil }
-        return ProxyRefusal(
-            .forbidden, code: "session_ended",
-            message: "the relay ended this session: \(closed.why); open a new one if you still have access")
+        return ProxyRefusal(stream: .sessionEnded, "the relay ended this session: \(closed.why); open a new one if you still have access")
     }
 }
 

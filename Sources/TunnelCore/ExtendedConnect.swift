@@ -141,7 +141,7 @@ public final class PeerSettings: Sendable {
         case .supported:
             return nil
         case .unsupported:
-            return ProxyRefusal(.notImplemented, code: "websocket_unsupported", message: "\(peer) does not carry websockets (too old a version)")
+            return ProxyRefusal(stream: .websocketUnsupported, "\(peer) does not carry websockets (too old a version)")
         case .closed:
             return ProxyRefusal.badGateway("the connection to \(peer) closed before it said whether it carries websockets; try again")
         case .silent:

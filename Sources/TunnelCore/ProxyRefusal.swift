@@ -1,5 +1,6 @@
 import NIOCore
 import NIOHTTP1
+import RelayModel
 
 /// A proxy hop answers the request itself instead of forwarding it: unknown component, no tunnel,
 /// component down, policy refusal. Only that request fails; the connection and other streams go on.
@@ -19,23 +20,24 @@ public struct ProxyRefusal: Error, CustomStringConvertible, Sendable, Equatable 
         self.headers = headers
     }
 
+    /// A refusal of one request inside a session, its status from `StreamErrorCode.status`.
+    public init(stream code: StreamErrorCode, _ message: String, headers: [String: String] = [:]) {
+        self.init(HTTPResponseStatus(statusCode: code.status), code: code.rawValue, message: message, headers: headers)
+    }
+
     public var description: String { "\(self.status.code) \(self.code): \(self.message)" }
 
     public static func badGateway(_ message: String) -> ProxyRefusal {
-        ProxyRefusal(.badGateway, code: "upstream_unavailable", message: message)
+        ProxyRefusal(stream: .upstreamUnavailable, message)
     }
 
     /// A request head too large for the next HTTP/2 link.
     public static func requestHeadersTooLarge(_ budget: HeaderBudget) -> ProxyRefusal {
-        ProxyRefusal(
-            .requestHeaderFieldsTooLarge, code: "request_headers_too_large",
-            message: "the request's headers are larger than the relay carries (\(budget.listSize) bytes, \(budget.encodedSize) encoded); send fewer or smaller cookies or headers")
+        ProxyRefusal(stream: .requestHeadersTooLarge, "the request's headers are larger than the relay carries (\(budget.listSize) bytes, \(budget.encodedSize) encoded); send fewer or smaller cookies or headers")
     }
 
     public static func requestTrailersTooLarge(_ budget: HeaderBudget) -> ProxyRefusal {
-        ProxyRefusal(
-            .requestHeaderFieldsTooLarge, code: "request_headers_too_large",
-            message: "the request's trailers are larger than the relay carries (\(budget.listSize) bytes, \(budget.encodedSize) encoded); send fewer or smaller trailer fields")
+        ProxyRefusal(stream: .requestHeadersTooLarge, "the request's trailers are larger than the relay carries (\(budget.listSize) bytes, \(budget.encodedSize) encoded); send fewer or smaller trailer fields")
     }
 
     /// The JSON body: `{"error": code, "message": message}`.

@@ -396,7 +396,7 @@ public final class ProxyServerHandler: ChannelDuplexHandler {
             self.cut(exchange, "upstream closed mid-response: \(describe(error))")
         } else if let timedOut = error as? UpstreamTimedOut {
             // Never retried: the next hop has the request and is still working on it, or stuck.
-            self.refuse(exchange, ProxyRefusal(.gatewayTimeout, code: "upstream_timeout", message: "\(timedOut); it may be busy or stuck"))
+            self.refuse(exchange, ProxyRefusal(stream: .upstreamTimeout, "\(timedOut); it may be busy or stuck"))
         } else if let retry = upstream.freshRetry, !exchange.retried, exchange.requestEnded, exchange.requestBytes == 0,
             exchange.head.method.isIdempotent
         {

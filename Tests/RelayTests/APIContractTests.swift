@@ -70,6 +70,19 @@ import TunnelCore
         #expect(APIErrorCode(rawValue: body.error) == .opsOnly)
     }
 
+    /// Refusals of requests inside a session: every code in docs/PROTOCOL.md's table, with its status.
+    @Test func streamErrorCodesAreDocumentedWithTheirStatus() throws {
+        let protocolDocs = try String(
+            contentsOf: URL(fileURLWithPath: #filePath).deletingLastPathComponent().appendingPathComponent("../../docs/PROTOCOL.md"), encoding: .utf8)
+        let rows = protocolDocs.split(separator: "\n").filter { $0.hasPrefix("| ") }
+        for code in StreamErrorCode.allCases {
+            let listed = rows.contains { $0.hasPrefix("| \(code.status) |") && $0.contains("`\(code.rawValue)`") }
+            #expect(listed, "docs/PROTOCOL.md lists no \(code.status) row with \(code.rawValue)")
+            let refusal = ProxyRefusal(stream: code, "m")
+            #expect(refusal.status.code == code.status && refusal.code == code.rawValue)
+        }
+    }
+
     @Test func pathParametersArePercentEncodedAndMatchedBack() throws {
         let template = RelayEndpoints.revokeToken.template
         let path = template.path(["a/b c?d"])
