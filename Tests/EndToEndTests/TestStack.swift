@@ -335,6 +335,8 @@ final class RunningProcess: Sendable {
     var stdout: String { String(decoding: self.out.withLockedValue { $0 }, as: UTF8.self) }
     var stderr: String { String(decoding: self.err.withLockedValue { $0 }, as: UTF8.self) }
 
+    var pid: Int32 { self.process.processIdentifier }
+
     /// Sends `signal` (SIGHUP, say) if the program still runs.
     func send(_ signal: Int32) { if self.process.isRunning { _ = kill(self.process.processIdentifier, signal) } }
 
