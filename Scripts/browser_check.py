@@ -142,20 +142,35 @@ async def unsigned(browser, address):
                                   lambda v: bool(v) and "local_sign_in_required" in v)
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def arguments(doc, screenshot):
+    """The options of the Chromium checks: build, screenshot path, Chromium."""
+    parser = argparse.ArgumentParser(description=doc.split("\n")[0])
     parser.add_argument("--debug", action="store_true", help="use the debug build (the one `swift test` built)")
     parser.add_argument("--no-build", action="store_true")
-    parser.add_argument("--screenshot", default=os.path.join(ROOT, ".build", "browser-check.png"))
+    parser.add_argument("--screenshot", default=os.path.join(ROOT, ".build", screenshot))
     parser.add_argument("--chromium", default=shutil.which("chromium") or shutil.which("chromium-browser") or "chromium")
-    args = parser.parse_args()
-    binaries = bin_dir(args.debug, args.no_build)
-    work = tempfile.mkdtemp(prefix="relay-browser-")
+    return parser.parse_args()
+
+
+def start_component(binaries):
+    """The demo component `ui` on a free loopback port: (process, port)."""
     port = free_port()
     component = subprocess.Popen([f"{binaries}/demo-component", "--listen", f"127.0.0.1:{port}", "--name", "ui"], stdout=subprocess.DEVNULL)
-    stack, browsers = None, []
     try:
         wait_port(port, proc=component)
+    except BaseException:
+        component.terminate()
+        raise
+    return component, port
+
+
+def main():
+    args = arguments(__doc__, "browser-check.png")
+    binaries = bin_dir(args.debug, args.no_build)
+    work = tempfile.mkdtemp(prefix="relay-browser-")
+    component, port = start_component(binaries)
+    stack, browsers = None, []
+    try:
         stack = Stack(work, binaries, port)
         stack.start("connector", [f"{binaries}/connector", "--config", f"{work}/connector.yaml", "--log-level", "warning"])
         stack.request_access("1h", "browser check")

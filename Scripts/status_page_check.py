@@ -12,11 +12,11 @@ only, every wait bounded.
 
   python3 Scripts/status_page_check.py [--debug] [--no-build] [--screenshot PATH]
 """
-import argparse, asyncio, base64, os, shutil, subprocess, sys, tempfile, time
+import asyncio, base64, os, sys, tempfile, time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from benchlib import ROOT, Stack, built_bin, free_port, wait_port  # noqa: E402
-from browser_check import Browser  # noqa: E402
+from benchlib import Stack, built_bin  # noqa: E402
+from browser_check import Browser, arguments, start_component  # noqa: E402
 
 
 async def check(page, base, ops_token, screenshot):
@@ -47,19 +47,12 @@ async def check(page, base, ops_token, screenshot):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--debug", action="store_true", help="use the debug build (the one `swift test` built)")
-    parser.add_argument("--no-build", action="store_true")
-    parser.add_argument("--screenshot", default=os.path.join(ROOT, ".build", "status-page.png"))
-    parser.add_argument("--chromium", default=shutil.which("chromium") or shutil.which("chromium-browser") or "chromium")
-    args = parser.parse_args()
+    args = arguments(__doc__, "status-page.png")
     binaries = built_bin(args.no_build, args.debug)
     work = tempfile.mkdtemp(prefix="relay-status-page-")
-    port = free_port()
-    component = subprocess.Popen([f"{binaries}/demo-component", "--listen", f"127.0.0.1:{port}", "--name", "ui"], stdout=subprocess.DEVNULL)
+    component, port = start_component(binaries)
     stack, browser = None, None
     try:
-        wait_port(port, proc=component)
         stack = Stack(work, binaries, port)
         stack.start("connector", [f"{binaries}/connector", "--config", f"{work}/connector.yaml", "--log-level", "warning"])
         stack.request_access("1h", "status page check")

@@ -51,7 +51,7 @@ public final class ConnectorFigures: Sendable {
 struct MetricsTextfileWriter: Service {
     let path: String
     let interval: Duration
-    let runtime: @Sendable () -> ConnectorStatus
+    let status: @Sendable () -> ConnectorStatus
     let figures: ConnectorFigures
     let clock: any Clock<Duration>
     let logger: Logger
@@ -67,7 +67,7 @@ struct MetricsTextfileWriter: Service {
         self.figures = figures
         self.clock = clock
         self.logger = logger
-        self.runtime = status
+        self.status = status
     }
 
     func run() async {
@@ -83,7 +83,7 @@ struct MetricsTextfileWriter: Service {
     }
 
     func write() {
-        let text = self.exposition(status: self.runtime(), counts: self.figures.counts)
+        let text = self.exposition(status: self.status(), counts: self.figures.counts)
         let temporary = self.path + ".tmp"
         do {
             try Data(text).write(to: URL(fileURLWithPath: temporary))

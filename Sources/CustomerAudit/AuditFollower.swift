@@ -39,7 +39,7 @@ public struct AuditFollower {
     public mutating func poll() throws -> [String] {
         guard self.handle != nil else {
             // First call: every rotated file that may hold newer records, then the active one.
-            var lines = try self.rotated(after: self.lastSeq)
+            var lines = try self.rotated()
             lines += try self.openActive()
             return lines
         }
@@ -49,7 +49,7 @@ public struct AuditFollower {
             lines += try self.readHandle(confirmed: true)
             try? self.handle?.close()
             self.handle = nil
-            lines += try self.rotated(after: self.lastSeq)
+            lines += try self.rotated()
             lines += try self.openActive()
         } else {
             _ = try self.readHandle(confirmed: false)
@@ -106,28 +106,36 @@ public struct AuditFollower {
         return try self.records(in: data)
     }
 
-    /// Whole rotated files (never written again) that may hold records after `seq`.
-    private mutating func rotated(after seq: Int64) throws -> [String] {
+    /// Whole rotated files (never written again) that may hold records after `lastSeq` and before
+    /// `limit`, those records.
+    private mutating func rotated(before limit: Int64 = .max) throws -> [String] {
         let paths = self.files.all().filter { $0 != self.files.activePath }
         let named = paths.compactMap { path in AuditLog.firstSeq(ofRotated: path).map { (path, $0) } }
         var lines: [String] = []
-        for (index, (path, _)) in named.enumerated() {
+        for (index, (path, first)) in named.enumerated() {
             let next = index + 1 < named.count ? named[index + 1].1 : Int64.max
-            guard next > seq + 1 else { continue }  // every record in it was handed out
-            lines += try self.records(in: try Data(contentsOf: URL(fileURLWithPath: path)))
+            // Every record in it handed out already, or all of it past the limit.
+            guard next > self.lastSeq + 1, first < limit else { continue }
+            lines += try self.records(in: try Data(contentsOf: URL(fileURLWithPath: path)), before: limit, filling: false)
         }
         return lines
     }
 
-    private mutating func records(in data: Data) throws -> [String] {
+    /// The records in `data` after `lastSeq` (and before `limit`), in order. A record further on than
+    /// the next one means the log rotated while this reader was between files: the rotated files
+    /// are read for the records between (`filling`); what none holds any more is a gap (retention).
+    private mutating func records(in data: Data, before limit: Int64 = .max, filling: Bool = true) throws -> [String] {
         var lines: [String] = []
         for line in data.split(separator: UInt8(ascii: "\n")) {
             guard case .success(let record) = AuditChain.read(line) else {
                 throw AuditLogError("a record of \(self.files.directory) does not read as an audit record; run connector audit verify")
             }
             let seq = record.entry.seq
-            guard seq > self.lastSeq else { continue }
-            if self.lastSeq > 0, seq > self.lastSeq + 1 { self.gaps.append((self.lastSeq + 1)...(seq - 1)) }
+            guard seq > self.lastSeq, seq < limit else { continue }
+            if seq > self.lastSeq + 1 {
+                if filling { lines += try self.rotated(before: seq) }
+                if self.lastSeq > 0, seq > self.lastSeq + 1 { self.gaps.append((self.lastSeq + 1)...(seq - 1)) }
+            }
             lines.append(String(decoding: line, as: UTF8.self))
             self.lastSeq = seq
         }

@@ -66,8 +66,9 @@ public struct RelayAPIRouter: Sendable {
     public func handle(_ request: APIRequest) async -> APIResponse {
         let clock = ContinuousClock()
         let start = clock.now
-        let route = self.routes.first { $0.endpoint.method == request.method && $0.endpoint.template.match(request.path) != nil }
-        let response = await self.answer(request, route)
+        let match = self.match(request)
+        let route = match.found?.route
+        let response = await self.answer(request, match)
         let label = route?.endpoint.label ?? "other"
         let took = clock.now - start
         self.control.metrics.apiRequest(route: label, status: response.status.code, took: took)
@@ -94,10 +95,22 @@ public struct RelayAPIRouter: Sendable {
         return response
     }
 
-    private func answer(_ request: APIRequest, _ route: APIRoute?) async -> APIResponse {
+    /// The endpoint for this method and path, with the path's parameters, and whether any endpoint
+    /// has this path at all (one pass over the table per call).
+    private func match(_ request: APIRequest) -> (found: (route: APIRoute, parameters: [String: String])?, pathKnown: Bool) {
+        var pathKnown = false
+        for route in self.routes {
+            guard let parameters = route.endpoint.template.match(request.path) else { continue }
+            pathKnown = true
+            if route.endpoint.method == request.method { return ((route, parameters), true) }
+        }
+        return (nil, pathKnown)
+    }
+
+    private func answer(_ request: APIRequest, _ match: (found: (route: APIRoute, parameters: [String: String])?, pathKnown: Bool)) async -> APIResponse {
         let refusal: RelayError
         do {
-            return APIResponse(status: .ok, body: try await self.run(request, route), errorCode: nil)
+            return APIResponse(status: .ok, body: try await self.run(request, match), errorCode: nil)
         } catch let error as RelayError {
             refusal = error
         } catch let error as DecodingError {
@@ -111,24 +124,24 @@ public struct RelayAPIRouter: Sendable {
         return APIResponse(status: refusal.code.status, body: Self.errorBody(ProxyRefusal(refusal)), errorCode: refusal.code.rawValue)
     }
 
-    private func run(_ request: APIRequest, _ route: APIRoute?) async throws -> Data {
+    private func run(_ request: APIRequest, _ match: (found: (route: APIRoute, parameters: [String: String])?, pathKnown: Bool)) async throws -> Data {
         // A path no endpoint has: 404 before any authentication.
-        guard self.routes.contains(where: { $0.endpoint.template.match(request.path) != nil }) else { throw Self.notFound }
-        let access = route?.endpoint.access ?? .anyToken
-        guard access == .anyToken || access == .ops else {
+        guard match.pathKnown else { throw Self.notFound }
+        let access = match.found?.route.endpoint.access ?? .anyToken
+        if let (route, parameters) = match.found, access != .anyToken, access != .ops {
             // Registration and heartbeats: Mission Control authenticates the enrollment token or the node credential.
-            return try await route!.run(APICall(request: request, caller: nil, parameters: route!.parameters(request)))
+            return try await route.run(APICall(request: request, caller: nil, parameters: parameters))
         }
         let action = "api \(request.method) \(request.path)"
         let caller = try await self.control.authenticateUser(bearer: request.bearer, action: action, source: request.source)
         // Every refusal of an authenticated caller is in the audit trail too (docs/API.md).
         do {
-            guard let route else { throw Self.notFound }  // the path exists, not with this method
+            guard let (route, parameters) = match.found else { throw Self.notFound }  // the path exists, not with this method
             if access == .ops, caller.role != .ops {
                 self.control.metrics.authFailed(.role)
                 throw MissionControl.opsOnly
             }
-            return try await route.run(APICall(request: request, caller: caller, parameters: route.parameters(request)))
+            return try await route.run(APICall(request: request, caller: caller, parameters: parameters))
         } catch let refusal as RelayError {
             if refusal.code == .opsOnly, access != .ops { self.control.metrics.authFailed(.role) }  // decided by Mission Control
             await self.control.deny(caller: caller, action, source: request.source, reason: "\(refusal.code.rawValue): \(refusal.message)")
@@ -198,5 +211,4 @@ struct APIRoute: Sendable {
         }
     }
 
-    func parameters(_ request: APIRequest) -> [String: String] { self.endpoint.template.match(request.path) ?? [:] }
 }

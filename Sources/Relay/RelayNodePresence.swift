@@ -85,10 +85,10 @@ public struct RelayNodePresence: Service {
 
     func tick() async throws {
         let now = self.control.now
+        let load = self.load()
         try await self.control.store.announceRelayNode(
             RelayNodeRecord(
-                id: self.nodeID, tunnelURL: self.tunnelURL, startedAt: self.startedAt, lastSeenAt: now, tunnels: self.load().tunnels,
-                sessions: self.load().sessions))
+                id: self.nodeID, tunnelURL: self.tunnelURL, startedAt: self.startedAt, lastSeenAt: now, tunnels: load.tunnels, sessions: load.sessions))
         let ttl = Double(self.ttl.components.seconds) + Double(self.ttl.components.attoseconds) / 1e18
         let continuous = self.state.withLockedValue { state -> Bool in
             if let last = state.lastAnnounced, now.timeIntervalSince(last) <= ttl, let since = state.since {

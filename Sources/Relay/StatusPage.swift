@@ -105,7 +105,7 @@ enum StatusPage {
 }
 
 /// HTML-escapes text from anyone (names, descriptions, reasons).
-func e(_ text: String) -> String {
+private func e(_ text: String) -> String {
     var out = ""
     out.reserveCapacity(text.utf8.count)
     for character in text {
